@@ -1,0 +1,1 @@
+"""jaxcnn: a JAX-native CNN framework (placeholder, filled in by the foundation work)."""

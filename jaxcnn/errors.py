@@ -1,0 +1,27 @@
+"""Errors raised by jaxcnn. Each message says what was wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class JaxcnnError(Exception):
+    """Base class of every error jaxcnn raises on purpose."""
+
+
+class DataError(JaxcnnError, ValueError):
+    """A data file is missing, truncated or corrupt, or a data set cannot be found."""
+
+
+class ShapeError(JaxcnnError, ValueError):
+    """An array has the wrong shape, rank, dtype or size for what was asked."""
+
+
+class ConfigError(JaxcnnError, ValueError):
+    """An unknown name or an invalid option (model, data set, optimizer, learning rate...)."""
+
+
+class CheckpointError(JaxcnnError, ValueError):
+    """A checkpoint is missing, truncated or does not match the model."""
+
+
+class TrainingError(JaxcnnError, RuntimeError):
+    """Training cannot go on (for example, the loss became NaN or infinite)."""
