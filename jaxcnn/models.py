@@ -1,0 +1,243 @@
+"""The report's CNNs as Flax linen modules, chosen by name from one registry.
+
+>>> from jaxcnn import models
+>>> model = models.get_model("mnist_cnn")            # 258,090 parameters
+>>> model = models.get_model("search_cnn", kernel_size=7, weight_decay=0.009)   # 77,770
+
+Every model maps NHWC float images to float32 logits and takes ``train`` (dropout on, batch
+statistics used and updated). Layers are named as Keras names them (``conv2d``, ``conv2d_1``...),
+so checkpoints stay stable and summaries read like the report's. ``dtype`` sets the computation
+dtype of convolutions and dense layers (``jnp.bfloat16`` for mixed precision); parameters and
+logits stay float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxcnn.errors import ConfigError
+from jaxcnn.layers import (
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    LeakyReLU,
+    MaxPool2D,
+)
+
+Array = jax.Array
+
+
+class MnistCNN(nn.Module):
+    """The report's MNIST CNN (1.2): 258,090 parameters for 28x28x1 input.
+
+    Conv 32 3x3 ReLU, MaxPool 2, Conv 32 3x3 ReLU, Flatten, Dense 64 ReLU, Dense ``num_classes``.
+    Input ``(N, 28, 28, 1)``, output logits ``(N, num_classes)``.
+    """
+
+    num_classes: int = 10
+    filters: int = 32
+    kernel_size: int = 3
+    dense_units: int = 64
+    kernel_l2: float = 0.0
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        conv = functools.partial(
+            Conv2D, self.filters, self.kernel_size, activation="relu", kernel_l2=self.kernel_l2, dtype=self.dtype
+        )
+        x = conv(name="conv2d")(x)
+        x = MaxPool2D(2, name="max_pooling2d")(x)
+        x = conv(name="conv2d_1")(x)
+        x = Flatten(name="flatten")(x)
+        x = Dense(self.dense_units, activation="relu", kernel_l2=self.kernel_l2, dtype=self.dtype, name="dense")(x)
+        x = Dense(self.num_classes, kernel_l2=self.kernel_l2, dtype=self.dtype, name="dense_1")(x)
+        return x.astype(jnp.float32)
+
+
+def search_cnn_output_size(kernel_size: int, input_size: int = 28) -> int:
+    """Spatial size after ``search_cnn``'s second conv: 0 or less means the trial cannot be built.
+
+    ``28 -> 28-k+1 -> floor(./2) -> .-k+1``; k = 10 gives 19 -> 9 -> 0.
+    """
+    return (input_size - kernel_size + 1) // 2 - kernel_size + 1
+
+
+class SearchCNN(nn.Module):
+    """The random-search trial model (1.5): Conv 32 kxk, MaxPool 2, Conv 32 kxk, Dense 32, Dense 10.
+
+    ReLU after the convolutions and Dense 32. ``weight_decay`` is a Keras-style L2 factor on every
+    kernel, so the loss includes ``weight_decay * sum(w ** 2)``. k = 7 gives 77,770 parameters.
+    """
+
+    kernel_size: int = 3
+    weight_decay: float = 0.0
+    num_classes: int = 10
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        conv = functools.partial(
+            Conv2D, 32, self.kernel_size, activation="relu", kernel_l2=self.weight_decay, dtype=self.dtype
+        )
+        x = conv(name="conv2d")(x)
+        x = MaxPool2D(2, name="max_pooling2d")(x)
+        x = conv(name="conv2d_1")(x)
+        x = Flatten(name="flatten")(x)
+        x = Dense(32, activation="relu", kernel_l2=self.weight_decay, dtype=self.dtype, name="dense")(x)
+        x = Dense(self.num_classes, kernel_l2=self.weight_decay, dtype=self.dtype, name="dense_1")(x)
+        return x.astype(jnp.float32)
+
+
+class CifarCNN1(nn.Module):
+    """The report's first CIFAR-10 CNN (1.6): no activations at all, 122,570 parameters.
+
+    Conv 32 3x3, MaxPool, Conv 64 3x3, MaxPool, Conv 64 3x3, Flatten, Dense 64, Dense 10.
+    Max-pooling is its only non-linearity, as written in the report.
+    """
+
+    num_classes: int = 10
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        x = Conv2D(32, 3, dtype=self.dtype, name="conv2d")(x)
+        x = MaxPool2D(2, name="max_pooling2d")(x)
+        x = Conv2D(64, 3, dtype=self.dtype, name="conv2d_1")(x)
+        x = MaxPool2D(2, name="max_pooling2d_1")(x)
+        x = Conv2D(64, 3, dtype=self.dtype, name="conv2d_2")(x)
+        x = Flatten(name="flatten")(x)
+        x = Dense(64, dtype=self.dtype, name="dense")(x)
+        x = Dense(self.num_classes, dtype=self.dtype, name="dense_1")(x)
+        return x.astype(jnp.float32)
+
+
+class CifarCNN2(nn.Module):
+    """The report's second CIFAR-10 CNN (1.9): one more conv and two ReLU dense layers, 193,226.
+
+    Conv 32, MaxPool, Conv 64, MaxPool, Conv 64, Conv 64 (all 3x3 valid, linear), Flatten,
+    Dense 256 ReLU, Dense 128 ReLU, Dense 10.
+    """
+
+    num_classes: int = 10
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        x = Conv2D(32, 3, dtype=self.dtype, name="conv2d")(x)
+        x = MaxPool2D(2, name="max_pooling2d")(x)
+        x = Conv2D(64, 3, dtype=self.dtype, name="conv2d_1")(x)
+        x = MaxPool2D(2, name="max_pooling2d_1")(x)
+        x = Conv2D(64, 3, dtype=self.dtype, name="conv2d_2")(x)
+        x = Conv2D(64, 3, dtype=self.dtype, name="conv2d_3")(x)
+        x = Flatten(name="flatten")(x)
+        x = Dense(256, activation="relu", dtype=self.dtype, name="dense")(x)
+        x = Dense(128, activation="relu", dtype=self.dtype, name="dense_1")(x)
+        x = Dense(self.num_classes, dtype=self.dtype, name="dense_2")(x)
+        return x.astype(jnp.float32)
+
+
+class CifarCNN34(nn.Module):
+    """The report's third and fourth CIFAR-10 CNNs (1.9), one shape with optional regularisation.
+
+    Conv 32 3x3 valid, MaxPool, [Dropout], Conv 64 5x5 same, LeakyReLU(0.1), MaxPool, [Dropout],
+    Conv 64 5x5 same, LeakyReLU, Conv 64 5x5 same, LeakyReLU, Flatten, Dense 256 ReLU, [Dropout,
+    BatchNorm], Dense 128 ReLU, [Dropout 0.5], Dense 10.
+
+    ``regularized=False`` is ``cifar_cnn3`` (1,094,346 parameters); ``regularized=True`` is
+    ``cifar_cnn4``: L2(``l2``) on every conv and hidden dense kernel, the dropouts and the batch
+    norm in brackets (1,095,370 parameters, 512 of them non-trainable).
+    """
+
+    regularized: bool = False
+    l2: float = 0.01
+    dropout: float = 0.25
+    dense_dropout: float = 0.5
+    num_classes: int = 10
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        reg = self.regularized
+        l2 = self.l2 if reg else 0.0
+        conv5 = functools.partial(Conv2D, 64, 5, padding="same", kernel_l2=l2, dtype=self.dtype)
+        x = Conv2D(32, 3, kernel_l2=l2, dtype=self.dtype, name="conv2d")(x)
+        x = MaxPool2D(2, name="max_pooling2d")(x)
+        if reg:
+            x = Dropout(self.dropout, name="dropout")(x, train)
+        x = conv5(name="conv2d_1")(x)
+        x = LeakyReLU(0.1, name="leaky_re_lu")(x)
+        x = MaxPool2D(2, name="max_pooling2d_1")(x)
+        if reg:
+            x = Dropout(self.dropout, name="dropout_1")(x, train)
+        x = conv5(name="conv2d_2")(x)
+        x = LeakyReLU(0.1, name="leaky_re_lu_1")(x)
+        x = conv5(name="conv2d_3")(x)
+        x = LeakyReLU(0.1, name="leaky_re_lu_2")(x)
+        x = Flatten(name="flatten")(x)
+        x = Dense(256, activation="relu", kernel_l2=l2, dtype=self.dtype, name="dense")(x)
+        if reg:
+            x = Dropout(self.dropout, name="dropout_2")(x, train)
+            x = BatchNorm(name="batch_normalization")(x, train)
+        x = Dense(128, activation="relu", kernel_l2=l2, dtype=self.dtype, name="dense_1")(x)
+        if reg:
+            x = Dropout(self.dense_dropout, name="dropout_3")(x, train)
+        x = Dense(self.num_classes, dtype=self.dtype, name="dense_2")(x)
+        return x.astype(jnp.float32)
+
+
+# name -> (factory, input shape (H, W, C) the report uses, one-line description)
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], tuple[int, int, int], str]] = {
+    "mnist_cnn": (MnistCNN, (28, 28, 1), "MNIST CNN of 1.2 (258,090 params)"),
+    "search_cnn": (SearchCNN, (28, 28, 1), "random-search trial model of 1.5 (k=7: 77,770 params)"),
+    "cifar_cnn1": (CifarCNN1, (32, 32, 3), "CIFAR-10 CNN 1 of 1.6 (122,570 params)"),
+    "cifar_cnn2": (CifarCNN2, (32, 32, 3), "CIFAR-10 CNN 2 of 1.9 (193,226 params)"),
+    "cifar_cnn3": (functools.partial(CifarCNN34, regularized=False), (32, 32, 3), "CIFAR-10 CNN 3 of 1.9 (1,094,346 params)"),
+    "cifar_cnn4": (functools.partial(CifarCNN34, regularized=True), (32, 32, 3), "CIFAR-10 CNN 4 of 1.9 (1,095,370 params)"),
+}
+
+MODELS: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def register_model(name: str, factory: Callable[..., nn.Module], input_shape: tuple[int, int, int], description: str = "") -> None:
+    """Add a model to the registry so that :func:`get_model` and the experiments can find it."""
+    global MODELS
+    _REGISTRY[name] = (factory, tuple(input_shape), description)  # type: ignore[assignment]
+    MODELS = tuple(_REGISTRY)
+
+
+def _lookup(name: str):
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(_REGISTRY)}") from None
+
+
+def get_model(name: str, **overrides: Any) -> nn.Module:
+    """Build the registered model ``name`` with keyword ``overrides`` of its attributes.
+
+    Raises ``ConfigError`` for an unknown name or an attribute the model does not have.
+    """
+    factory = _lookup(name)[0]
+    try:
+        return factory(**overrides)
+    except TypeError as e:
+        raise ConfigError(f"model {name!r} does not take {sorted(overrides)}: {e}") from None
+
+
+def input_shape(name: str) -> tuple[int, int, int]:
+    """The (H, W, C) input shape the report uses for registered model ``name``."""
+    return _lookup(name)[1]
+
+
+def describe() -> dict[str, str]:
+    """Registered model names and one-line descriptions."""
+    return {name: entry[2] for name, entry in _REGISTRY.items()}

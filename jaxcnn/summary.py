@@ -1,0 +1,196 @@
+"""A Keras-style model summary that also explains each parameter count (report 1.3 and 1.8).
+
+>>> print(jaxcnn.summary(jaxcnn.get_model("mnist_cnn"), (28, 28, 1)))
+
+Layer (type)                 Output Shape           Param #   How the count arises
+conv2d (Conv2D)              (None, 26, 26, 32)     320       (3x3x1 + 1) x 32 = 320
+...
+Total params: 258,090 (1008.16 KB)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxcnn import layers as L
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One row of the summary: a direct sub-module of the model."""
+
+    name: str
+    kind: str
+    output_shape: tuple[Any, ...]
+    trainable: int
+    non_trainable: int
+    explanation: str
+
+    @property
+    def params(self) -> int:
+        return self.trainable + self.non_trainable
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The model summary as data; ``str()`` gives the table."""
+
+    model_name: str
+    rows: tuple[LayerRow, ...]
+
+    @property
+    def trainable(self) -> int:
+        return sum(r.trainable for r in self.rows)
+
+    @property
+    def non_trainable(self) -> int:
+        return sum(r.non_trainable for r in self.rows)
+
+    @property
+    def total(self) -> int:
+        return self.trainable + self.non_trainable
+
+    def __str__(self) -> str:
+        return format_summary(self)
+
+
+def _size(tree: Any) -> int:
+    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def readable_memory_size(n_bytes: float) -> str:
+    """Keras's size format: 1032360 -> '1008.16 KB'."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n_bytes / 1024 < 1:
+            return f"{n_bytes:.2f} {unit}"
+        n_bytes /= 1024
+    return f"{n_bytes:.2f} PB"
+
+
+def _explain(module: nn.Module, params: dict, stats: dict, n: int) -> str:
+    if n == 0:
+        return "no parameters"
+    kernel = params.get("kernel")
+    if isinstance(module, L.Conv2D) and kernel is not None:
+        kh, kw, cin, cout = kernel.shape
+        bias = " + 1" if "bias" in params else ""
+        return f"({kh}x{kw}x{cin}{bias}) x {cout} = {n:,}"
+    if isinstance(module, L.Dense) and kernel is not None:
+        din, dout = kernel.shape
+        bias = " + 1" if "bias" in params else ""
+        return f"({din}{bias}) x {dout} = {n:,}" if bias else f"{din} x {dout} = {n:,}"
+    if isinstance(module, L.BatchNorm):
+        c = _size(params) // 2
+        return f"4 x {c} = {n:,} (gamma, beta trainable; moving mean, variance not)"
+    parts = [" x ".join(map(str, leaf.shape)) for leaf in jax.tree.leaves((params, stats))]
+    return " + ".join(parts) + f" = {n:,}"
+
+
+def model_summary(
+    model: nn.Module, input_shape: Sequence[int], *, name: str | None = None, dtype: Any = jnp.float32
+) -> Summary:
+    """Trace ``model`` on a batch of one ``input_shape`` (no batch axis) and return its :class:`Summary`.
+
+    Nothing is compiled or run: shapes come from ``jax.eval_shape``. Raises the model's own error
+    (for example ``ShapeError`` for a kernel too big for its input) if it cannot be built.
+    """
+    calls: list[tuple[nn.Module, Any]] = []
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        mod = context.module
+        if context.method_name == "__call__" and len(mod.scope.path) == 1:
+            calls.append((mod, out))
+        return out
+
+    x = jax.ShapeDtypeStruct((1, *tuple(input_shape)), dtype)
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    with nn.intercept_methods(record):
+        variables = jax.eval_shape(lambda x: model.init(rngs, x, train=False), x)
+    all_params = variables.get("params", {})
+    all_stats = variables.get("batch_stats", {})
+    rows = []
+    seen = set()
+    for mod, out in calls:
+        name = mod.scope.path[0]
+        if name in seen:  # a shared module called twice: count it once
+            continue
+        seen.add(name)
+        params, stats = all_params.get(name, {}), all_stats.get(name, {})
+        flat_params = _flatten_one_level(params)
+        trainable, non_trainable = _size(params), _size(stats)
+        out_shape = ("None", *tuple(out.shape[1:])) if hasattr(out, "shape") else ()
+        rows.append(
+            LayerRow(
+                name=name,
+                kind=type(mod).__name__,
+                output_shape=out_shape,
+                trainable=trainable,
+                non_trainable=non_trainable,
+                explanation=_explain(mod, flat_params, stats, trainable + non_trainable),
+            )
+        )
+    return Summary(name or getattr(model, "name", None) or type(model).__name__, tuple(rows))
+
+
+def _flatten_one_level(params: dict) -> dict:
+    """BatchNorm wraps flax's own in a sub-scope: bring its leaves up for explanation."""
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, dict):
+            out.update(_flatten_one_level(v))
+        else:
+            out[k] = v
+    return out
+
+
+def _shape_str(shape: tuple[Any, ...]) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def format_summary(s: Summary, explain: bool = True) -> str:
+    """Render a :class:`Summary` as a Keras-style text table."""
+    header = ["Layer (type)", "Output Shape", "Param #"] + (["How the count arises"] if explain else [])
+    body = [
+        [f"{r.name} ({r.kind})", _shape_str(r.output_shape), f"{r.params:,}"] + ([r.explanation] if explain else [])
+        for r in s.rows
+    ]
+    widths = [max(len(row[i]) for row in [header] + body) + 3 for i in range(len(header))]
+    line = lambda row: "".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
+    total_w = sum(widths)
+    out = [f'Model: "{s.model_name}"', "_" * total_w, line(header), "=" * total_w]
+    for i, row in enumerate(body):
+        out.append(line(row))
+        out.append(("_" if i < len(body) - 1 else "=") * total_w)
+    size = lambda n: readable_memory_size(4 * n)  # noqa: E731  float32 parameters
+    out += [
+        f"Total params: {s.total:,} ({size(s.total)})",
+        f"Trainable params: {s.trainable:,} ({size(s.trainable)})",
+        f"Non-trainable params: {s.non_trainable:,} ({size(s.non_trainable)})",
+    ]
+    return "\n".join(out)
+
+
+def summary(
+    model: nn.Module, input_shape: Sequence[int], *, name: str | None = None, explain: bool = True, print_fn=None
+) -> str:
+    """Keras-style summary of ``model`` for one input of ``input_shape`` = (H, W, C).
+
+    Returns the table as a string (and passes it to ``print_fn`` when given). Each row lists a
+    layer, its output shape, its parameter count and, with ``explain``, how the count arises:
+    ``(3x3x1 + 1) x 32 = 320``. Size in KB assumes float32 parameters, as Keras prints it.
+    """
+    text = format_summary(model_summary(model, input_shape, name=name), explain=explain)
+    if print_fn is not None:
+        print_fn(text)
+    return text
+
+
+__all__ = ["summary", "model_summary", "Summary", "LayerRow", "readable_memory_size", "format_summary"]
