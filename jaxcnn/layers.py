@@ -126,7 +126,7 @@ class Conv2D(nn.Module):
         )
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            y = y + bias.astype(dtype)
+            y = y + bias.astype(dtype).reshape((1,) * (y.ndim - 1) + (-1,))
         act = get_activation(self.activation)
         return act(y) if act is not None else y
 
@@ -154,7 +154,7 @@ class Dense(nn.Module):
         y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            y = y + bias.astype(dtype)
+            y = y + bias.astype(dtype).reshape((1,) * (y.ndim - 1) + (-1,))
         act = get_activation(self.activation)
         return act(y) if act is not None else y
 

@@ -90,7 +90,8 @@ def adam(learning_rate: LearningRate = 0.001, beta_1: float = 0.9, beta_2: float
 @optax.inject_hyperparams
 def sgd(learning_rate: LearningRate = 0.01, momentum: float = 0.0) -> optax.GradientTransformation:
     """Plain SGD with optional momentum (Keras defaults: lr 0.01, momentum 0)."""
-    return optax.sgd(learning_rate, momentum=momentum or None)
+    # optax.trace with decay 0 is plain SGD; momentum stays an array so it can be injected too.
+    return optax.chain(optax.trace(decay=momentum), optax.scale_by_learning_rate(learning_rate))
 
 
 def exponential_decay(initial_learning_rate: float, decay_steps: int, decay_rate: float, staircase: bool = False) -> Schedule:

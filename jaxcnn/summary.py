@@ -119,17 +119,17 @@ def model_summary(
     rows = []
     seen = set()
     for mod, out in calls:
-        name = mod.scope.path[0]
-        if name in seen:  # a shared module called twice: count it once
+        layer = mod.scope.path[0]
+        if layer in seen:  # a shared module called twice: count it once
             continue
-        seen.add(name)
-        params, stats = all_params.get(name, {}), all_stats.get(name, {})
+        seen.add(layer)
+        params, stats = all_params.get(layer, {}), all_stats.get(layer, {})
         flat_params = _flatten_one_level(params)
         trainable, non_trainable = _size(params), _size(stats)
         out_shape = ("None", *tuple(out.shape[1:])) if hasattr(out, "shape") else ()
         rows.append(
             LayerRow(
-                name=name,
+                name=layer,
                 kind=type(mod).__name__,
                 output_shape=out_shape,
                 trainable=trainable,

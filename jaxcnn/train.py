@@ -172,8 +172,12 @@ def _zero_acc() -> dict[str, Array]:
 
 def _train_and_accumulate(state: TrainState, acc: dict[str, Array], batch: Batch):
     step = state.step
-    state, metrics = train_step(state, batch)
-    return state, _accumulate(acc, metrics, step.astype(jnp.int32))
+    new_state, metrics = train_step(state, batch)
+    # After a non-finite loss the host stops at its next check; until then no step may move the
+    # weights on, so the state handed back is that of the last good step.
+    keep_going = acc["bad_step"] < 0
+    new_state = jax.tree.map(lambda new, old: jnp.where(keep_going, new, old), new_state, state)
+    return new_state, _accumulate(acc, metrics, step.astype(jnp.int32))
 
 
 def _eval_and_accumulate(state: TrainState, acc: dict[str, Array], batch: Batch) -> dict[str, Array]:
@@ -409,29 +413,33 @@ def run_epoch(
         idx = order[i * batch_size : (i + 1) * batch_size]
         batch = place.put_batch({"x": x[idx], "y": y[idx]})
         state, acc = _jit_train(state, acc, batch)
-        if bar is not None and ((i + 1) % log_every == 0 or i + 1 == steps):
+        if (i + 1) % log_every == 0 and i + 1 < steps:
             m = jax.device_get(acc)
-            seen = max(float(m["count"]), 1.0)
-            bar.set_postfix(
-                loss=f"{m['loss_sum'] / seen:.4f}",
-                acc=f"{m['correct'] / seen:.4f}",
-                ex_s=f"{seen / (time.perf_counter() - t0):,.0f}",
-                refresh=False,
-            )
-            bar.update((i + 1) - bar.n)
+            if bar is not None:
+                seen = max(float(m["count"]), 1.0)
+                bar.set_postfix(
+                    loss=f"{m['loss_sum'] / seen:.4f}",
+                    acc=f"{m['correct'] / seen:.4f}",
+                    ex_s=f"{seen / (time.perf_counter() - t0):,.0f}",
+                    refresh=False,
+                )
+                bar.update((i + 1) - bar.n)
             if m["bad_step"] >= 0:
                 break
     m = jax.device_get(acc)
     elapsed = time.perf_counter() - t0
     if bar is not None:
+        bar.update(steps - bar.n)
         bar.close()
     if m["bad_step"] >= 0:
         step = int(m["bad_step"])
-        raise TrainingError(
+        err = TrainingError(
             f"the loss became NaN or infinite at epoch {epoch + 1}, step {step + 1} (global step); "
             "training stopped with the weights of the last good step. Lower the learning rate, "
             "check the inputs for NaN, or add weight decay"
         )
+        err.state = state  # type: ignore[attr-defined]  # unchanged by the bad step
+        raise err
     count = max(float(m["count"]), 1.0)
     return state, {
         "loss": float(m["loss_sum"]) / count,
@@ -546,7 +554,8 @@ def fit(
         state = model_or_state
     elif isinstance(model_or_state, nn.Module):
         if x_arr.ndim != 4:
-            raise ShapeError(f"x has shape {x_arr.shape}; the model takes a batch of images (N, H, W, C)")
+            hint = "; add the channel axis with x[..., None]" if x_arr.ndim == 3 else ""
+            raise ShapeError(f"x has shape {x_arr.shape}; the model takes a batch of images (N, H, W, C){hint}")
         state = create_train_state(model_or_state, x_arr.shape[1:], optimizer, learning_rate, seed)
     else:
         raise ConfigError(f"fit takes a Flax module or a TrainState, got {type(model_or_state).__name__}")
@@ -587,7 +596,8 @@ def fit(
                 epoch=epoch, verbose=verbose, desc=f"Epoch {epoch + 1}/{epochs}",
             )
         except TrainingError as e:
-            e.state, e.history = loop.state, history  # type: ignore[attr-defined]
+            loop.state = e.state  # type: ignore[attr-defined]
+            e.history = history  # type: ignore[attr-defined]
             raise
         if x_val is not None:
             val = _evaluate_arrays(loop.state, x_val, y_val, batch_size, place)

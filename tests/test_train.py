@@ -1,0 +1,214 @@
+"""Training: Keras-parity optimizer and callbacks, partial batches, no recompilation, overfitting."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxcnn
+from jaxcnn import optim, train
+from jaxcnn.callbacks import Callback, EarlyStopping, LearningRateScheduler, keep_then_decay
+from jaxcnn.errors import ConfigError, ShapeError
+
+
+@pytest.fixture(scope="module")
+def mnist_small():
+    ds = jaxcnn.data.load("mnist")
+    return jaxcnn.data.to_float(ds.x_train[:256]), ds.y_train[:256]
+
+
+def tiny_model():
+    return jaxcnn.get_model("mnist_cnn", filters=4, dense_units=8)
+
+
+# -- optimizers -------------------------------------------------------------------------------
+
+
+def test_rmsprop_matches_keras_update_by_hand():
+    tx = optim.get_optimizer("rmsprop")  # lr 0.001, rho 0.9, eps 1e-7 inside the sqrt (Keras 3)
+    w = jnp.array([1.0, -2.0])
+    state = tx.init(w)
+    v = np.zeros(2)
+    w_ref = np.array([1.0, -2.0])
+    for g in ([0.5, -1.0], [0.1, 3.0]):
+        g = np.array(g)
+        updates, state = tx.update(jnp.asarray(g, jnp.float32), state, w)
+        w = optax.apply_updates(w, updates)
+        v = 0.9 * v + 0.1 * g**2
+        w_ref = w_ref - 0.001 * g / np.sqrt(v + 1e-7)
+    np.testing.assert_allclose(w, w_ref, rtol=1e-6)
+
+
+def test_learning_rate_must_be_positive():
+    with pytest.raises(ConfigError, match="learning rate must be a positive finite number, got -0.1"):
+        optim.get_optimizer("rmsprop", -0.1)
+    with pytest.raises(ConfigError, match="unknown optimizer 'adagrad'"):
+        optim.get_optimizer("adagrad")
+
+
+# -- EarlyStopping against hand-made Keras cases -------------------------------------------------
+
+
+class _Loop:
+    def __init__(self):
+        self.stop_training = False
+        self.state = None
+
+
+def _run_early_stopping(cb, values, key="val_loss"):
+    loop = _Loop()
+    cb.on_train_begin(loop)
+    for epoch, v in enumerate(values):
+        cb.on_epoch_end(epoch, {key: v}, loop)
+        if loop.stop_training:
+            return epoch
+    return None
+
+
+@pytest.mark.parametrize(
+    "kwargs, values, stopped, best_epoch",
+    [
+        # The report's run: best at epoch 4 (1-based), patience 5 -> stops after epoch 9.
+        ({"patience": 5}, [0.20, 0.10, 0.07, 0.05, 0.06, 0.055, 0.07, 0.08, 0.09, 0.1], 8, 3),
+        ({"patience": 0}, [1.0, 2.0, 0.5], 1, 0),
+        ({"patience": 2}, [1.0, 0.9, 0.8, 0.7], None, 3),
+        # min_delta: 0.95 is not 0.1 better than 1.0, so it does not count.
+        ({"patience": 1, "min_delta": 0.1}, [1.0, 0.95, 0.5], 1, 0),
+        # never stops on the first epoch, even with patience 0
+        ({"patience": 0}, [1.0], None, 0),
+    ],
+)
+def test_early_stopping_keras_semantics(kwargs, values, stopped, best_epoch):
+    cb = EarlyStopping(monitor="val_loss", **kwargs)
+    assert _run_early_stopping(cb, values) == stopped
+    assert cb.best_epoch == best_epoch
+
+
+def test_early_stopping_max_mode_auto_for_accuracy():
+    cb = EarlyStopping(monitor="val_accuracy", patience=1)
+    assert cb.mode == "max"
+    assert _run_early_stopping(cb, [0.5, 0.6, 0.55, 0.7], "val_accuracy") == 2
+
+
+def test_early_stopping_baseline_keeps_counting():
+    # Improvements that miss the baseline do not reset wait (Keras): the first non-improving
+    # epoch then finds wait = 3 >= patience.
+    cb = EarlyStopping(patience=2, baseline=0.5)
+    assert _run_early_stopping(cb, [0.9, 0.8, 0.7]) is None  # improving epochs never stop
+    cb = EarlyStopping(patience=2, baseline=0.5)
+    assert _run_early_stopping(cb, [0.9, 0.8, 0.85]) == 2
+    cb = EarlyStopping(patience=2)
+    assert _run_early_stopping(cb, [0.9, 0.8, 0.85]) is None  # without a baseline wait was reset
+
+
+def test_restore_best_weights_in_fit(mnist_small):
+    x, y = mnist_small
+    seen = []
+
+    class Record(Callback):
+        def on_epoch_end(self, epoch, logs, loop):
+            seen.append(jax.device_get(loop.state.params))
+
+    # Force val_loss to get worse after epoch 0 with a huge learning rate on epoch 1+.
+    sched = LearningRateScheduler(lambda e, lr: 0.001 if e == 0 else 0.5)
+    es = EarlyStopping(patience=1, restore_best_weights=True)
+    state, hist = jaxcnn.fit(
+        tiny_model(), x, y, epochs=4, batch_size=64, validation_split=0.25, verbose=0, callbacks=[sched, Record(), es]
+    )
+    best = hist.best_epoch("val_loss")
+    assert es.best_epoch == best
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), seen[best])
+
+
+# -- the training loop -------------------------------------------------------------------------
+
+
+def test_partial_last_batch_is_trained_and_history_complete(mnist_small):
+    x, y = mnist_small
+    state, hist = jaxcnn.fit(tiny_model(), x[:100], y[:100], epochs=2, batch_size=32, verbose=0, optimizer="sgd")
+    assert int(state.step) == 2 * 4  # 32 + 32 + 32 + 4 per epoch
+    assert set(hist.history) >= {"loss", "accuracy", "learning_rate", "time_s", "examples_per_s"}
+    assert hist.epoch == [0, 1]
+
+
+def test_validation_split_takes_last_fraction(mnist_small):
+    x, y = mnist_small
+    _, hist = jaxcnn.fit(tiny_model(), x[:100], y[:100], epochs=1, batch_size=20, validation_split=0.2, verbose=0)
+    assert hist.params["samples"] == 80
+    assert "val_loss" in hist.history and "val_accuracy" in hist.history
+
+
+def test_no_recompilation_after_first_epoch_and_lr_changes_in_place(mnist_small):
+    x, y = mnist_small
+    sizes = []
+
+    class CacheSize(Callback):
+        def on_epoch_end(self, epoch, logs, loop):
+            sizes.append((train._jit_train._cache_size(), train._jit_eval._cache_size()))
+
+    sched = LearningRateScheduler(keep_then_decay(1, 0.1))
+    _, hist = jaxcnn.fit(
+        tiny_model(), x[:200], y[:200], epochs=4, batch_size=48, validation_split=0.1, verbose=0, callbacks=[sched, CacheSize()]
+    )
+    assert sizes[1] == sizes[2] == sizes[3], sizes
+    np.testing.assert_allclose(hist["learning_rate"], [0.001, 0.001 * math.exp(-0.1), 0.001 * math.exp(-0.2), 0.001 * math.exp(-0.3)], rtol=1e-6)
+
+
+def test_one_batch_overfit(mnist_small):
+    x, y = mnist_small
+    state, hist = jaxcnn.fit(
+        jaxcnn.get_model("mnist_cnn"), x[:32], y[:32], epochs=40, batch_size=32, verbose=0, optimizer="adam"
+    )
+    assert hist["loss"][-1] < 0.05
+    assert jaxcnn.evaluate(state, x[:32], y[:32])["accuracy"] == 1.0
+
+
+def test_same_seed_same_history_and_caller_state_survives(mnist_small):
+    x, y = mnist_small
+    state0 = train.create_train_state(tiny_model(), (28, 28, 1), seed=3)
+    a = jaxcnn.fit(state0, x, y, epochs=2, batch_size=64, validation_split=0.25, verbose=0, seed=3)
+    b = jaxcnn.fit(state0, x, y, epochs=2, batch_size=64, validation_split=0.25, verbose=0, seed=3)
+    for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert a.history[k] == b.history[k]
+    # donation inside fit must not invalidate the caller's state
+    assert np.isfinite(np.asarray(jax.tree.leaves(state0.params)[0])).all()
+
+
+def test_predict_outputs(mnist_small):
+    x, y = mnist_small
+    state = train.create_train_state(tiny_model(), (28, 28, 1))
+    logits = jaxcnn.predict(state, x[:10], batch_size=4)
+    assert logits.shape == (10, 10)
+    probs = jaxcnn.predict(state, x[:10], output="probs")
+    np.testing.assert_allclose(probs.sum(-1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(jaxcnn.predict(state, x[:10], output="classes"), logits.argmax(-1))
+
+
+def test_nan_loss_stops_with_epoch_and_step(mnist_small):
+    x, y = mnist_small
+    bad = x.copy()
+    bad[70] = np.nan  # batch 2 of epoch 1 (unshuffled)
+    with pytest.raises(jaxcnn.errors.TrainingError, match=r"NaN or infinite at epoch 1, step 2") as info:
+        jaxcnn.fit(tiny_model(), bad, y, epochs=1, batch_size=64, shuffle=False, verbose=0)
+    state = info.value.state
+    assert int(state.step) == 1  # the last good step
+    assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(state.params))
+
+
+def test_bad_inputs_rejected_before_compiling(mnist_small):
+    x, y = mnist_small
+    with pytest.raises(ShapeError, match=r"add the channel axis with x\[\.\.\., None\]"):
+        jaxcnn.fit(tiny_model(), x[..., 0], y, verbose=0)
+    with pytest.raises(ShapeError, match="dtype uint8"):
+        jaxcnn.fit(tiny_model(), (x * 255).astype(np.uint8), y, verbose=0)
+    with pytest.raises(ShapeError, match="label 10 at index 0, outside 0..9"):
+        jaxcnn.fit(tiny_model(), x[:4], np.array([10, 1, 2, 3]), verbose=0)
+    with pytest.raises(ConfigError, match="batch_size 512 is larger than the 256 training examples"):
+        jaxcnn.fit(tiny_model(), x, y, batch_size=512, verbose=0)
+    with pytest.raises(ConfigError, match="epochs must be a positive integer"):
+        jaxcnn.fit(tiny_model(), x, y, epochs=0, verbose=0)
