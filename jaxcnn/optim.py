@@ -148,5 +148,8 @@ def set_learning_rate(opt_state: Any, learning_rate: float) -> Any:
     _check_lr(float(learning_rate))
     old = hp["learning_rate"]
     new_hp = dict(hp)
-    new_hp["learning_rate"] = jnp.asarray(learning_rate, dtype=jnp.asarray(old).dtype)
+    new = jnp.asarray(learning_rate, dtype=jnp.asarray(old).dtype)
+    if isinstance(old, jax.Array):  # same device placement too, or the step would recompile
+        new = jax.device_put(new, old.sharding)
+    new_hp["learning_rate"] = new
     return opt_state._replace(hyperparams=new_hp)

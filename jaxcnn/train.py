@@ -74,7 +74,7 @@ def create_train_state(
     shapes = jax.eval_shape(lambda: model.init({"params": init_key, "dropout": dropout_key}, x, train=False))
     out = jax.eval_shape(lambda v: model.apply(v, x, train=False, mutable=["losses"])[0], shapes)
     variables = jax.jit(lambda: model.init({"params": init_key, "dropout": dropout_key}, x, train=False))()
-    return TrainState.create(
+    state = TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
         tx=tx,
@@ -83,6 +83,9 @@ def create_train_state(
         input_shape=input_shape,
         num_classes=int(out.shape[-1]),
     )
+    # A strongly typed step: a weakly typed Python 0 would change the step's signature after the
+    # first update and cost a second compilation.
+    return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def regularization_loss(losses: Any) -> Array:
@@ -185,9 +188,6 @@ def _eval_and_accumulate(state: TrainState, acc: dict[str, Array], batch: Batch)
     return {k: acc[k] + m[k] for k in ("loss_sum", "correct", "count")}
 
 
-# Jitted once per process: every fit/evaluate shares the compilation cache (keyed on shapes).
-_jit_train = jax.jit(_train_and_accumulate, donate_argnums=(0, 1))
-_jit_eval = jax.jit(_eval_and_accumulate, donate_argnums=(1,))
 _jit_logits = jax.jit(lambda state, x: _apply(state, state.params, x, False, None)[0])
 
 
@@ -327,9 +327,25 @@ class Placement:
         return jax.device_put(tree, self.replicated)
 
 
-def placement(devices: int | str | Sequence[Any] | None = None) -> Placement:
-    """Resolve ``devices``: None or 1 (one device), "all", a count, or a list of jax devices."""
+def auto_device_count(batch_size: int, devices: Sequence[Any] | None = None) -> int:
+    """How many devices ``devices="auto"`` uses: on CPU, every local CPU device (one per core, see
+    :func:`jaxcnn.use_cpu_devices`) that the batch divides over with at least 8 examples each; on
+    an accelerator, one device (pass ``devices="all"`` for data parallel)."""
+    local = list(devices or jax.local_devices())
+    if local[0].platform != "cpu":
+        return 1
+    for count in range(len(local), 1, -1):
+        if batch_size % count == 0 and batch_size // count >= 8:
+            return count
+    return 1
+
+
+def placement(devices: int | str | Sequence[Any] | None = None, batch_size: int | None = None) -> Placement:
+    """Resolve ``devices``: None or 1 (one device), "auto" (see :func:`auto_device_count`, needs
+    ``batch_size``), "all", a count, or a list of jax devices."""
     local = jax.local_devices()
+    if devices == "auto":
+        devices = auto_device_count(batch_size or 1, local)
     if devices is None:
         chosen = local[:1]
     elif devices == "all":
@@ -388,6 +404,43 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarr
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+# One jitted function per (kind, devices, batch layout), shared by every fit/evaluate in the
+# process. Explicit in/out shardings keep the state's layout fixed from step to step, so the
+# compiled program is reused for every later step and epoch.
+_JIT_CACHE: dict[tuple[Any, ...], Any] = {}
+
+
+def _jitted(kind: str, place: Placement, sharded_batch: bool) -> Any:
+    key = (kind, place.devices, sharded_batch)
+    fn = _JIT_CACHE.get(key)
+    if fn is None:
+        repl = place.replicated
+        batch = place.batch if sharded_batch else repl
+        if kind == "train":
+            fn = jax.jit(_train_and_accumulate, in_shardings=(repl, repl, batch), out_shardings=(repl, repl), donate_argnums=(0, 1))
+        else:
+            fn = jax.jit(_eval_and_accumulate, in_shardings=(repl, repl, batch), out_shardings=repl, donate_argnums=(1,))
+        _JIT_CACHE[key] = fn
+    return fn
+
+
+_COMPILES = [0]
+
+
+def _count_compiles(event: str, duration: float, **kwargs: Any) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILES[0] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compiles)
+
+
+def compile_count() -> int:
+    """How many XLA programs this process has compiled so far: a second epoch of the same shapes
+    must not add any (tests use this to prove there is no recompilation)."""
+    return _COMPILES[0]
+
+
 def run_epoch(
     state: TrainState,
     x: np.ndarray,
@@ -412,7 +465,7 @@ def run_epoch(
     for i in range(steps):
         idx = order[i * batch_size : (i + 1) * batch_size]
         batch = place.put_batch({"x": x[idx], "y": y[idx]})
-        state, acc = _jit_train(state, acc, batch)
+        state, acc = _jitted("train", place, len(idx) % place.size == 0)(state, acc, batch)
         if (i + 1) % log_every == 0 and i + 1 < steps:
             m = jax.device_get(acc)
             if bar is not None:
@@ -463,17 +516,17 @@ def _evaluate_arrays(state: TrainState, x: np.ndarray, y: np.ndarray, batch_size
             xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
             yb = np.concatenate([yb, np.zeros(pad, yb.dtype)])
             mask = np.concatenate([mask, np.zeros(pad, np.float32)])
-        acc = _jit_eval(state, acc, place.put_batch({"x": xb, "y": yb, "mask": mask}))
+        acc = _jitted("eval", place, True)(state, acc, place.put_batch({"x": xb, "y": yb, "mask": mask}))
     m = jax.device_get(acc)
     return {"loss": float(m["loss_sum"] / m["count"]), "accuracy": float(m["correct"] / m["count"])}
 
 
-def evaluate(state: TrainState, x: Any, y: Any, batch_size: int = 128, devices: Any = None) -> dict[str, float]:
+def evaluate(state: TrainState, x: Any, y: Any, batch_size: int = 128, devices: Any = "auto") -> dict[str, float]:
     """Loss (with L2 terms) and accuracy of ``state`` on images ``x`` (N, H, W, C) and labels ``y``."""
     batch_size = _check_positive_int(batch_size, "batch_size")
     x = _check_images(x, state, "x")
     y = _check_labels(y, len(x), state.num_classes, "y")
-    place = placement(devices)
+    place = placement(devices, batch_size)
     return _evaluate_arrays(place.put_state(state), x.astype(np.float32, copy=False), y, batch_size, place)
 
 
@@ -515,7 +568,7 @@ def fit(
     callbacks: Iterable[Callback] = (),
     verbose: int = 1,
     initial_epoch: int = 0,
-    devices: int | str | Sequence[Any] | None = None,
+    devices: int | str | Sequence[Any] | None = "auto",
 ) -> FitResult:
     """Train like ``keras.Model.fit``; return ``FitResult(state, history)``.
 
@@ -532,8 +585,10 @@ def fit(
       seed: parameter initialisation, dropout and shuffling all derive from it.
       callbacks: e.g. ``EarlyStopping``, ``LearningRateScheduler``.
       verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
-      devices: None (one device), "all", a count or a list: data parallel over a mesh, the batch
-        split across devices, parameters replicated. ``batch_size`` must divide evenly.
+      devices: "auto" (default: on CPU, one XLA device per core when the batch divides; one
+        device on an accelerator), None (one device), "all", a count or a list: data parallel
+        over a mesh, the batch split across devices, parameters replicated. ``batch_size`` must
+        divide evenly over an explicit choice.
 
     The history has per epoch: loss, accuracy, val_loss, val_accuracy (with validation),
     learning_rate, time_s (the whole epoch), examples_per_s (training only).
@@ -544,7 +599,7 @@ def fit(
     batch_size = _check_positive_int(batch_size, "batch_size")
     if verbose not in (0, 1, 2):
         raise ConfigError(f"verbose must be 0, 1 or 2, got {verbose!r}")
-    place = placement(devices)
+    place = placement(devices, batch_size)
     if batch_size % place.size:
         raise ConfigError(
             f"batch_size {batch_size} does not divide over {place.size} devices; use a multiple of {place.size}"

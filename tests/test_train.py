@@ -149,7 +149,7 @@ def test_no_recompilation_after_first_epoch_and_lr_changes_in_place(mnist_small)
 
     class CacheSize(Callback):
         def on_epoch_end(self, epoch, logs, loop):
-            sizes.append((train._jit_train._cache_size(), train._jit_eval._cache_size()))
+            sizes.append(train.compile_count())
 
     sched = LearningRateScheduler(keep_then_decay(1, 0.1))
     _, hist = jaxcnn.fit(
