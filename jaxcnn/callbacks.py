@@ -4,7 +4,9 @@ A callback sees the running :class:`~jaxcnn.train.Loop` (its ``state``, ``histor
 ``learning_rate`` and ``stop_training``) at the start and end of training and of each epoch, and
 may change them: :class:`EarlyStopping` sets ``stop_training`` and can put the best weights back,
 :class:`LearningRateScheduler` sets the learning rate for the next epoch, which changes an array
-in the optimizer state and so never recompiles the train step.
+in the optimizer state and so never recompiles the train step. :class:`BackupAndRestore` saves
+everything once an epoch (orbax, via :mod:`jaxcnn.checkpoint`) so that a run can be resumed; it
+keeps each callback's ``get_state()`` and gives it back with ``set_state()``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ class Callback:
 
     def on_train_end(self, loop: Loop) -> None:
         pass
+
+    def get_state(self) -> dict[str, Any]:
+        """What this callback must remember across a resumed run (JSON values or array pytrees)."""
+        return {}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`get_state` returned (called after ``on_train_begin``)."""
 
 
 class EarlyStopping(Callback):
@@ -132,6 +141,26 @@ class EarlyStopping(Callback):
             params, batch_stats = self.best_state
             loop.state = loop.state.replace(params=params, batch_stats=batch_stats)
 
+    def get_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+            "best": float(self.best),
+            "best_epoch": self.best_epoch,
+        }
+        if self.best_state is not None:
+            params, batch_stats = self.best_state
+            state["best_state"] = {"params": params, "batch_stats": batch_stats}
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.wait = int(state["wait"])
+        self.stopped_epoch = int(state["stopped_epoch"])
+        self.best = float(state["best"])
+        self.best_epoch = int(state["best_epoch"])
+        best = state.get("best_state")
+        self.best_state = None if best is None else (best["params"], best.get("batch_stats") or {})
+
 
 class LearningRateScheduler(Callback):
     """Set the learning rate at the start of each epoch: ``lr = schedule(epoch, lr)`` (Keras semantics).
@@ -149,8 +178,17 @@ class LearningRateScheduler(Callback):
         if not math.isfinite(lr) or lr <= 0:
             raise ConfigError(f"the learning-rate schedule returned {lr} at epoch {epoch}; it must be positive")
         loop.learning_rate = lr
+        self._last_lr = lr
         if self.verbose:
             print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr:.6g}.")
+
+    def get_state(self) -> dict[str, Any]:
+        # The rate itself lives in the optimizer state, which every checkpoint holds; this copy
+        # is for people reading the checkpoint.
+        return {"learning_rate": getattr(self, "_last_lr", None)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._last_lr = state.get("learning_rate")
 
 
 def keep_then_decay(keep_epochs: int = 10, rate: float = 0.1) -> Callable[[int, float], float]:
@@ -170,3 +208,54 @@ class LambdaCallback(Callback):
             if not hasattr(Callback, name):
                 raise ConfigError(f"unknown callback hook {name!r}")
             setattr(self, name, fn)
+
+
+class BackupAndRestore(Callback):
+    """Checkpoint the whole training state at every epoch end, and put it back to resume.
+
+    At each epoch end it saves, through ``checkpoints`` (a :class:`jaxcnn.checkpoint.TrainCheckpoints`):
+    the TrainState, the history so far, the state of ``callbacks`` and whether one of them stopped
+    training; ``logs[monitor]`` ranks the checkpoint for "best". Given ``resume`` (what
+    ``checkpoints.restore`` returned), ``on_train_begin`` puts the history and the callbacks' state
+    back, so the resumed run ends exactly as one never interrupted::
+
+        ckpts = checkpoint.TrainCheckpoints(run_dir / "checkpoints")
+        template = create_train_state(model, input_shape, optimizer, seed=seed)
+        resume = ckpts.restore(template) if ckpts.latest_epoch is not None else None
+        cbs = [EarlyStopping(patience=5)]
+        fit(resume.state if resume else template, x, y, seed=seed, initial_epoch=resume.epoch if resume else 0,
+            callbacks=[*cbs, BackupAndRestore(ckpts, cbs, resume)])
+
+    With ``checkpoints=None`` it only restores. Put it after the callbacks it saves: ``fit`` calls
+    ``on_train_begin`` in list order, which resets them, and then this one restores them (and it
+    saves their state once they have seen the epoch).
+    """
+
+    def __init__(self, checkpoints: Any, callbacks: list[Callback] | tuple[Callback, ...] = (), resume: Any = None, monitor: str | None = None):
+        self.checkpoints, self.callbacks, self.resume = checkpoints, list(callbacks), resume
+        self.monitor = monitor or getattr(checkpoints, "monitor", "val_loss")
+        if resume is not None and len(resume.callbacks) not in (0, len(self.callbacks)):
+            raise ConfigError(
+                f"the checkpoint holds the state of {len(resume.callbacks)} callbacks but {len(self.callbacks)} "
+                "were given; resume with the same callbacks (same early stopping and scheduler settings)"
+            )
+
+    def on_train_begin(self, loop: Loop) -> None:
+        if self.resume is None:
+            return
+        loop.history.history = {k: list(v) for k, v in self.resume.history.history.items()}
+        loop.history.epoch = list(self.resume.history.epoch)
+        for cb, state in zip(self.callbacks, self.resume.callbacks):
+            cb.set_state(state)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float], loop: Loop) -> None:
+        if self.checkpoints is None:  # restore only
+            return
+        self.checkpoints.save(
+            epoch + 1,
+            loop.state,
+            history=loop.history,
+            callbacks=[cb.get_state() for cb in self.callbacks],
+            stop_training=loop.stop_training,
+            metrics={self.monitor: logs[self.monitor]} if self.monitor in logs else None,
+        )

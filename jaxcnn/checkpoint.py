@@ -5,6 +5,12 @@ parameters and batch statistics, Flax's msgpack serialisation) and ``model.json`
 name and overrides that rebuild the module, the input shape, and the SHA-256 of the parameter
 file). :func:`load` reads them back and checks everything it can before use, so a truncated file
 or a mismatched model gets a clear :class:`~jaxcnn.errors.CheckpointError`.
+
+:class:`TrainCheckpoints` saves the whole training state once an epoch with orbax (the TrainState
+pytree, the history so far and the callbacks' state), keeping the latest and the best checkpoint,
+and restores it into a TrainState so that a resumed run ends exactly as one never interrupted
+(``experiments/common.py`` ``--resume``; :class:`jaxcnn.callbacks.BackupAndRestore` does the
+per-epoch saving). orbax is imported only when a :class:`TrainCheckpoints` is created.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +113,305 @@ def load_state(directory: str | os.PathLike[str]):
     module, variables, meta = load(directory)
     state = create_train_state(module, tuple(meta["input_shape"]))
     return state.replace(params=variables["params"], batch_stats=variables["batch_stats"] or state.batch_stats)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training checkpoints (orbax): the whole TrainState, the history and the callbacks' state, once
+# an epoch, so that a run can be resumed and end exactly as one never interrupted.
+
+#: Version of the JSON part of a training checkpoint; bump it when its meaning changes.
+TRAIN_FORMAT = 1
+
+
+@dataclass
+class Restored:
+    """What :meth:`TrainCheckpoints.restore` gives back.
+
+    ``epoch`` counts completed epochs: resume with ``fit(restored.state, ..., initial_epoch=epoch)``.
+    """
+
+    state: Any  # a TrainState like the template, on the default device
+    epoch: int  # epochs completed; the checkpoint's step
+    history: Any  # jaxcnn.train.History of every completed epoch
+    callbacks: list[dict[str, Any]]  # per callback, in order: what its get_state() returned
+    stop_training: bool  # a callback (EarlyStopping) had stopped training
+    meta: dict[str, Any]  # the whole JSON record
+
+
+def _key_name(k: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    """``{"opt_state.inner_state.0.nu.dense.kernel": leaf, ...}``: the naming orbax uses too."""
+    return {".".join(_key_name(k) for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _state_tree(state: Any) -> dict[str, Any]:
+    """The arrays of a TrainState as a host pytree (typed PRNG keys as their raw uint32 data)."""
+    key = state.key
+    if key is not None and jax.dtypes.issubdtype(getattr(key, "dtype", np.uint32), jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    tree = {
+        "step": np.asarray(state.step, np.int32),
+        "params": state.params,
+        "batch_stats": state.batch_stats,
+        "opt_state": state.opt_state,
+        "key": key,
+    }
+    return jax.device_get(tree)
+
+
+def _digest(tree: Any) -> str:
+    """SHA-256 over every leaf's name, dtype, shape and bytes: catches silent corruption."""
+    h = hashlib.sha256()
+    for name, leaf in sorted(_flat(tree).items()):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _json_safe(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a callback's state into JSON values and array pytrees (saved with orbax)."""
+    plain, arrays = {}, {}
+    for k, v in state.items():
+        try:
+            json.dumps(v)
+            plain[k] = v
+        except (TypeError, ValueError):
+            arrays[k] = jax.device_get(v)
+    return plain, arrays
+
+
+class TrainCheckpoints:
+    """One orbax checkpoint per epoch in ``directory``, keeping the latest and the best.
+
+    Each checkpoint (a folder named by the number of completed epochs) holds ``state``: the full
+    TrainState pytree (params, batch_stats, opt_state with the current learning rate, step, dropout
+    key); ``meta``: JSON with the history so far, the callbacks' state and a SHA-256 of the arrays;
+    and, when a callback keeps arrays (EarlyStopping's best weights), ``callback_arrays``. Saving is
+    synchronous and atomic (orbax writes a temporary folder and renames it), so a process killed at
+    any moment leaves the previous checkpoints intact.
+
+    Args:
+      directory: where the checkpoints live, e.g. ``<run>/checkpoints``; created if missing.
+      monitor: the ``metrics`` key that ranks checkpoints for "best" (default "val_loss").
+      mode: "min" or "max" for ``monitor``.
+      keep: "last_and_best" (default) or "last".
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, monitor: str = "val_loss", mode: str = "min", keep: str = "last_and_best"):
+        import orbax.checkpoint as ocp  # heavy: imported only when checkpoints are used
+
+        if mode not in ("min", "max"):
+            raise CheckpointError(f"mode must be 'min' or 'max', got {mode!r}")
+        if keep not in ("last_and_best", "last"):
+            raise CheckpointError(f"keep must be 'last_and_best' or 'last', got {keep!r}")
+        self.directory = Path(directory).absolute()
+        self.monitor, self.mode = monitor, mode
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CheckpointError(f"{self.directory} is not a directory; it cannot hold checkpoints")
+        policies = [ocp.checkpoint_managers.LatestN(1)]
+        best_fn = None
+        if keep == "last_and_best":
+            best_fn = lambda m: m[monitor]  # noqa: E731
+            policies.append(
+                ocp.checkpoint_managers.BestN(
+                    get_metric_fn=best_fn, reverse=(mode == "min"), n=1, keep_checkpoints_without_metrics=False
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            best_fn=best_fn,
+            best_mode=mode,
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=False,
+            cleanup_tmp_directories=True,  # leftovers of a save that was killed
+        )
+        self._ocp = ocp
+        try:
+            handlers = {
+                "state": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+                "callback_arrays": ocp.StandardCheckpointHandler(),
+            }
+            self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        except Exception as e:  # noqa: BLE001 - orbax/etils raise many kinds
+            raise CheckpointError(f"cannot open the checkpoint directory {self.directory}: {e}") from None
+
+    # -- what is there -----------------------------------------------------------------------
+
+    @property
+    def epochs(self) -> list[int]:
+        """Completed-epoch counts of the checkpoints on disk, oldest first."""
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    @property
+    def latest_epoch(self) -> int | None:
+        epochs = self.epochs
+        return epochs[-1] if epochs else None
+
+    @property
+    def best_epoch(self) -> int | None:
+        """The checkpoint with the best ``monitor`` (the latest when none has the metric)."""
+        self._manager.reload()
+        return self._manager.best_step()
+
+    # -- save and restore --------------------------------------------------------------------
+
+    def save(
+        self,
+        epoch: int,
+        state: Any,
+        *,
+        history: Any = None,
+        callbacks: list[dict[str, Any]] | tuple[()] = (),
+        stop_training: bool = False,
+        metrics: dict[str, float] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """Save after ``epoch`` completed epochs (1 after the first). ``metrics[monitor]`` ranks it."""
+        tree = _state_tree(state)
+        plain_cbs, arrays = [], {}
+        for i, cb_state in enumerate(callbacks):
+            plain, arr = _json_safe(dict(cb_state))
+            plain_cbs.append(plain)
+            if arr:
+                arrays[str(i)] = arr
+        lr = None
+        try:
+            from jaxcnn import optim
+
+            value = optim.get_learning_rate(tree["opt_state"])
+            lr = None if value is None else float(value)
+        except Exception:  # noqa: BLE001 - informational only
+            pass
+        meta = {
+            "format": TRAIN_FORMAT,
+            "epoch": int(epoch),
+            "step": int(tree["step"]),
+            "learning_rate": lr,
+            "input_shape": list(getattr(state, "input_shape", ())),
+            "num_classes": int(getattr(state, "num_classes", 0)),
+            "history": history.to_dict() if history is not None else None,
+            "callbacks": plain_cbs,
+            "stop_training": bool(stop_training),
+            "sha256": _digest(tree),
+            **(extra or {}),
+        }
+        ranked = None
+        if metrics is not None and self.monitor in metrics and np.isfinite(metrics[self.monitor]):
+            ranked = {self.monitor: float(metrics[self.monitor])}
+        items = {"state": self._ocp.args.StandardSave(tree), "meta": self._ocp.args.JsonSave(meta)}
+        if arrays:
+            items["callback_arrays"] = self._ocp.args.StandardSave(arrays)
+        try:
+            self._manager.save(int(epoch), args=self._ocp.args.Composite(**items), metrics=ranked, force=True)
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"cannot save a checkpoint in {self.directory}: {e}") from None
+
+    def restore(self, template: Any, epoch: int | None = None) -> Restored:
+        """Read the checkpoint after ``epoch`` completed epochs (default: the latest) into a
+        TrainState shaped like ``template`` (the model and optimizer of the run being resumed).
+
+        Raises :class:`CheckpointError` when there is no checkpoint, when it was saved from another
+        model or optimizer (names the first parameter that differs), or when it is truncated or
+        corrupt.
+        """
+        from jaxcnn.train import History
+
+        epochs = self.epochs
+        if not epochs:
+            raise CheckpointError(f"no checkpoint in {self.directory}; nothing to resume from")
+        epoch = epochs[-1] if epoch is None else int(epoch)
+        if epoch not in epochs:
+            raise CheckpointError(f"no checkpoint after epoch {epoch} in {self.directory}; there are: {epochs}")
+        where = self.directory / str(epoch)
+        fix = "delete that folder to resume from an earlier checkpoint, or start the run again in a new directory"
+        target = _state_tree(template)
+        try:
+            saved = self._manager.item_metadata(epoch)["state"]
+            saved_tree = getattr(saved, "tree", saved)
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"checkpoint {where} is truncated or corrupt ({type(e).__name__}: {e}); {fix}") from None
+        if saved_tree is None:
+            raise CheckpointError(f"checkpoint {where} has no training state (truncated or not written by jaxcnn); {fix}")
+        _check_against(_flat(target), _flat(saved_tree), where)
+        try:
+            args = {"state": self._ocp.args.StandardRestore(target), "meta": self._ocp.args.JsonRestore()}
+            restored = self._manager.restore(epoch, args=self._ocp.args.Composite(**args))
+            tree, meta = restored["state"], restored["meta"]
+            arrays = {}
+            if (where / "callback_arrays").is_dir():
+                arrays = self._manager.restore(
+                    epoch, args=self._ocp.args.Composite(callback_arrays=self._ocp.args.StandardRestore())
+                )["callback_arrays"]
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001 - tensorstore, json, msgpack...
+            raise CheckpointError(f"checkpoint {where} cannot be read ({type(e).__name__}: {str(e)[:300]}); it is truncated or corrupt; {fix}") from None
+        if not isinstance(meta, dict) or meta.get("format") != TRAIN_FORMAT:
+            raise CheckpointError(f"checkpoint {where} was not written by this version of jaxcnn (format {meta.get('format') if isinstance(meta, dict) else None}); {fix}")
+        if _digest(tree) != meta.get("sha256"):
+            raise CheckpointError(f"checkpoint {where} does not match its SHA-256 (truncated or changed on disk); {fix}")
+        state = _state_from_tree(template, tree)
+        callbacks = [dict(c) for c in meta.get("callbacks", [])]
+        for i, arr in (arrays or {}).items():
+            callbacks[int(i)].update(jax.device_get(arr))
+        history = History.from_dict(meta["history"]) if meta.get("history") else History()
+        return Restored(state, int(meta["epoch"]), history, callbacks, bool(meta.get("stop_training")), meta)
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def __enter__(self) -> TrainCheckpoints:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _check_against(want: dict[str, Any], got: dict[str, Any], where: Path) -> None:
+    """Compare the template's leaves with the checkpoint's (name, shape, dtype): a clear message
+    instead of an error deep inside orbax when the architecture or optimizer differs."""
+    got = {k: v for k, v in got.items() if hasattr(v, "shape")}
+    missing = [k for k in want if k not in got]
+    extra = [k for k in got if k not in want]
+    if missing or extra:
+        first = missing[0] if missing else extra[0]
+        what = "the model has" if missing else "the checkpoint has"
+        raise CheckpointError(
+            f"checkpoint {where} does not match this model/optimizer: {what} {first!r} and the other does not "
+            f"({len(missing)} missing, {len(extra)} unexpected); was it saved from another architecture or optimizer?"
+        )
+    for k, leaf in want.items():
+        shape, dtype = tuple(np.shape(leaf)), np.asarray(leaf).dtype
+        g = got[k]
+        if tuple(g.shape) != shape or np.dtype(g.dtype) != dtype:
+            raise CheckpointError(
+                f"checkpoint {where} does not match this model: {k} should be {dtype}{list(shape)}, the checkpoint "
+                f"has {np.dtype(g.dtype)}{list(g.shape)}; was it saved from another architecture?"
+            )
+
+
+def _state_from_tree(template: Any, tree: dict[str, Any]) -> Any:
+    import jax.numpy as jnp
+
+    key = template.key
+    if key is not None and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(jnp.asarray(tree["key"]), impl=jax.random.key_impl(template.key))
+    elif key is not None:
+        key = jnp.asarray(tree["key"])
+    to_device = lambda t: jax.tree.map(jnp.asarray, t)  # noqa: E731
+    return template.replace(
+        step=jnp.asarray(tree["step"], jnp.int32),
+        params=to_device(tree["params"]),
+        batch_stats=to_device(tree["batch_stats"]),
+        opt_state=to_device(tree["opt_state"]),
+        key=key,
+    )

@@ -418,10 +418,34 @@ def _jitted(kind: str, place: Placement, sharded_batch: bool) -> Any:
         batch = place.batch if sharded_batch else repl
         if kind == "train":
             fn = jax.jit(_train_and_accumulate, in_shardings=(repl, repl, batch), out_shardings=(repl, repl), donate_argnums=(0, 1))
+        elif kind == "scan":
+            fn = _scan_fn(place, sharded_batch)
         else:
             fn = jax.jit(_eval_and_accumulate, in_shardings=(repl, repl, batch), out_shardings=repl, donate_argnums=(1,))
         _JIT_CACHE[key] = fn
     return fn
+
+
+def _scan_fn(place: Placement, sharded_batch: bool):
+    """A whole chunk of steps in one program, the data set resident on the device: ``idx``
+    (K, B) holds the example indices of K steps, ``valid`` (K,) marks padding steps to skip."""
+
+    def run(state, acc, x_all, y_all, idx, valid):
+        def body(carry, inputs):
+            st, ac = carry
+            ids, ok = inputs
+            batch = {"x": jnp.take(x_all, ids, axis=0), "y": jnp.take(y_all, ids, axis=0)}
+            if sharded_batch and place.size > 1:
+                batch = jax.lax.with_sharding_constraint(batch, place.batch)
+            new_st, new_ac = _train_and_accumulate(st, ac, batch)
+            keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+            return (jax.tree.map(keep, new_st, st), jax.tree.map(keep, new_ac, ac)), None
+
+        (state, acc), _ = jax.lax.scan(body, (state, acc), (idx, valid))
+        return state, acc
+
+    repl = place.replicated
+    return jax.jit(run, in_shardings=(repl,) * 6, out_shardings=(repl, repl), donate_argnums=(0, 1))
 
 
 _COMPILES = [0]
@@ -452,21 +476,40 @@ def run_epoch(
     epoch: int = 0,
     verbose: int = 0,
     desc: str = "",
+    resident: tuple[Array, Array] | None = None,
+    chunk: int = 64,
 ) -> tuple[TrainState, dict[str, float]]:
     """Train one epoch over ``x[order]`` in batches (the last one partial). Returns the new state
     and the epoch's ``loss``, ``accuracy`` and ``examples_per_s``; raises :class:`TrainingError`
-    on a non-finite loss with the state of the last good step."""
+    on a non-finite loss with the state of the last good step.
+
+    With ``resident`` = (x, y) already on the device(s), batches are gathered there and ``chunk``
+    steps run inside one jitted ``lax.scan`` (the GPU path); otherwise each batch is sliced on
+    the host and sent to one jitted step (faster on CPU, where a scanned epoch measured 4x
+    slower)."""
     n = len(order)
     steps = math.ceil(n / batch_size)
     bar = _progress(steps, desc, verbose)
     acc = place.put_state(_zero_acc())
-    log_every = max(1, min(25, steps // 20))
     t0 = time.perf_counter()
-    for i in range(steps):
-        idx = order[i * batch_size : (i + 1) * batch_size]
-        batch = place.put_batch({"x": x[idx], "y": y[idx]})
-        state, acc = _jitted("train", place, len(idx) % place.size == 0)(state, acc, batch)
-        if (i + 1) % log_every == 0 and i + 1 < steps:
+    if resident is not None:
+        units = _scan_units(order, batch_size, chunk)
+        log_every = 1
+    else:
+        units = [order[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
+        log_every = max(1, min(25, steps // 20))
+    done = 0
+    for i, unit in enumerate(units):
+        if resident is not None:
+            idx, valid = unit
+            fn = _jitted("scan", place, idx.shape[1] % place.size == 0)
+            state, acc = fn(state, acc, resident[0], resident[1], idx, valid)
+            done += int(valid.sum())
+        else:
+            batch = place.put_batch({"x": x[unit], "y": y[unit]})
+            state, acc = _jitted("train", place, len(unit) % place.size == 0)(state, acc, batch)
+            done += 1
+        if (i + 1) % log_every == 0 and i + 1 < len(units):
             m = jax.device_get(acc)
             if bar is not None:
                 seen = max(float(m["count"]), 1.0)
@@ -476,7 +519,7 @@ def run_epoch(
                     ex_s=f"{seen / (time.perf_counter() - t0):,.0f}",
                     refresh=False,
                 )
-                bar.update((i + 1) - bar.n)
+                bar.update(done - bar.n)
             if m["bad_step"] >= 0:
                 break
     m = jax.device_get(acc)
@@ -500,6 +543,24 @@ def run_epoch(
         "examples_per_s": count / elapsed,
         "train_time_s": elapsed,
     }
+
+
+def _scan_units(order: np.ndarray, batch_size: int, chunk: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Split an epoch's order into scan chunks of ``chunk`` full batches (the last chunk padded
+    with skipped steps, so all chunks share one program) and a final partial batch."""
+    full = len(order) // batch_size
+    units = []
+    if full:
+        k = min(chunk, full)
+        n_chunks = math.ceil(full / k)
+        idx = np.zeros((n_chunks * k, batch_size), np.int32)
+        idx[:full] = order[: full * batch_size].reshape(full, batch_size)
+        valid = np.arange(n_chunks * k) < full
+        units += [(idx[c * k : (c + 1) * k], valid[c * k : (c + 1) * k]) for c in range(n_chunks)]
+    rest = order[full * batch_size :]
+    if len(rest):
+        units.append((rest[None, :].astype(np.int32), np.ones(1, bool)))
+    return units
 
 
 def _evaluate_arrays(state: TrainState, x: np.ndarray, y: np.ndarray, batch_size: int, place: Placement) -> dict[str, float]:
@@ -569,6 +630,7 @@ def fit(
     verbose: int = 1,
     initial_epoch: int = 0,
     devices: int | str | Sequence[Any] | None = "auto",
+    data_on_device: bool | None = None,
 ) -> FitResult:
     """Train like ``keras.Model.fit``; return ``FitResult(state, history)``.
 
@@ -589,6 +651,9 @@ def fit(
         device on an accelerator), None (one device), "all", a count or a list: data parallel
         over a mesh, the batch split across devices, parameters replicated. ``batch_size`` must
         divide evenly over an explicit choice.
+      data_on_device: keep the training set on the device, gather batches there and run chunks
+        of steps in one ``lax.scan``. ``None`` chooses by backend: on for GPU/TPU, off on CPU
+        (measured 4x slower there). Same results either way, to float tolerance.
 
     The history has per epoch: loss, accuracy, val_loss, val_accuracy (with validation),
     learning_rate, time_s (the whole epoch), examples_per_s (training only).
@@ -631,6 +696,9 @@ def fit(
             f"use batch_size <= {len(x_arr)} or more data"
         )
     x_arr = np.ascontiguousarray(x_arr, dtype=np.float32)
+    if data_on_device is None:
+        data_on_device = place.devices[0].platform != "cpu"
+    resident = jax.device_put((x_arr, y_arr), place.replicated) if data_on_device else None
     if x_val is not None:
         x_val = np.ascontiguousarray(x_val, dtype=np.float32)
 
@@ -648,7 +716,7 @@ def fit(
         try:
             loop.state, logs = run_epoch(
                 loop.state, x_arr, y_arr, order, batch_size, place,
-                epoch=epoch, verbose=verbose, desc=f"Epoch {epoch + 1}/{epochs}",
+                epoch=epoch, verbose=verbose, desc=f"Epoch {epoch + 1}/{epochs}", resident=resident,
             )
         except TrainingError as e:
             loop.state = e.state  # type: ignore[attr-defined]

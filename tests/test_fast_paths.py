@@ -1,0 +1,78 @@
+"""Every fast path gives the results of the plain one, to float tolerance."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcnn
+from jaxcnn import train
+
+
+@pytest.fixture(scope="module")
+def mnist_small():
+    ds = jaxcnn.data.load("mnist")
+    return jaxcnn.data.to_float(ds.x_train[:600]), ds.y_train[:600]
+
+
+def _max_param_diff(a, b):
+    return max(float(np.abs(np.asarray(p) - np.asarray(q)).max()) for p, q in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
+
+
+def _assert_same_history(a, b, rtol=1e-5, keys=("loss", "accuracy", "val_loss", "val_accuracy")):
+    for k in keys:
+        np.testing.assert_allclose(a.history[k], b.history[k], rtol=rtol, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("model_name", ["mnist_cnn", "cifar_cnn4"])
+def test_device_resident_scan_equals_host_loop(mnist_small, model_name):
+    x, y = mnist_small
+    if model_name == "cifar_cnn4":  # dropout and batch norm in the scanned step too
+        x = np.repeat(np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))), 3, axis=-1)[:200]
+        y = y[:200]
+    # SGD: RMSprop turns float noise in near-zero gradients into +-lr steps, which would hide a
+    # real difference behind rounding.
+    kw = dict(epochs=2, batch_size=48, validation_split=0.2, verbose=0, devices=1, seed=1, optimizer="sgd")
+    plain = jaxcnn.fit(jaxcnn.get_model(model_name), x, y, data_on_device=False, **kw)
+    fast = jaxcnn.fit(jaxcnn.get_model(model_name), x, y, data_on_device=True, **kw)
+    assert int(plain.state.step) == int(fast.state.step)
+    _assert_same_history(plain.history, fast.history)
+    assert _max_param_diff(plain.state, fast.state) < 1e-5
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), plain.state.batch_stats, fast.state.batch_stats)
+
+
+def test_scan_chunks_pad_and_skip_steps():
+    order = np.arange(10)
+    units = train._scan_units(order, batch_size=3, chunk=2)  # 3 full batches + 1 partial
+    assert [u[0].shape for u in units] == [(2, 3), (2, 3), (1, 1)]
+    assert [list(u[1]) for u in units] == [[True, True], [True, False], [True]]
+    np.testing.assert_array_equal(units[0][0].ravel(), np.arange(6))
+
+
+@pytest.mark.skipif(jax.local_device_count() < 2, reason="needs 2 local devices (jaxcnn.use_cpu_devices gives one per core)")
+def test_data_parallel_equals_one_device(mnist_small):
+    x, y = mnist_small
+    kw = dict(epochs=2, batch_size=64, validation_split=0.2, verbose=0, seed=2)
+    one = jaxcnn.fit(jaxcnn.get_model("mnist_cnn"), x, y, devices=1, **kw)
+    two = jaxcnn.fit(jaxcnn.get_model("mnist_cnn"), x, y, devices=2, **kw)
+    _assert_same_history(one.history, two.history)
+    assert _max_param_diff(one.state, two.state) < 1e-5
+
+
+def test_auto_devices_on_cpu():
+    n = jax.local_device_count()
+    assert train.auto_device_count(128) == (n if 128 % n == 0 else train.auto_device_count(128))
+    assert train.auto_device_count(7) == 1  # too small to split
+
+
+def test_bfloat16_mixed_precision_keeps_accuracy(mnist_small):
+    x, y = mnist_small
+    kw = dict(epochs=3, batch_size=32, validation_split=0.2, verbose=0, seed=0)
+    fp32 = jaxcnn.fit(jaxcnn.get_model("mnist_cnn"), x, y, **kw)
+    bf16 = jaxcnn.fit(jaxcnn.get_model("mnist_cnn", dtype=jnp.bfloat16), x, y, **kw)
+    assert {p.dtype for p in jax.tree.leaves(bf16.state.params)} == {jnp.dtype("float32")}
+    assert abs(fp32.history["val_accuracy"][-1] - bf16.history["val_accuracy"][-1]) < 0.05
+    np.testing.assert_allclose(bf16.history["loss"], fp32.history["loss"], rtol=0.1)
+    assert bf16.history["loss"][-1] < 0.5 * bf16.history["loss"][0]

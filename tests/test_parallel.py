@@ -1,0 +1,180 @@
+"""Data parallel and multi-process training, and determinism.
+
+The device count of the CPU backend is fixed when JAX starts (``XLA_FLAGS``), and this test
+session's JAX has already started with one device, so the multi-device checks run in a fresh
+Python process with ``--xla_force_host_platform_device_count=4``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jaxcnn
+from experiments.common import initialize_distributed
+from jaxcnn import data
+from jaxcnn.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(devices: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        JAXCNN_OFFLINE="1",
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        **extra,
+    )
+    return env
+
+
+def _python(code: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+DATA_PARALLEL = """
+import json, jax, numpy as np, jaxcnn
+from jaxcnn import data
+from jaxcnn.errors import ConfigError
+assert jax.local_device_count() == 4, jax.devices()
+ds = data.load("mnist").limit(512)
+x, y = data.to_float(ds.x_train), ds.y_train
+model = jaxcnn.get_model("mnist_cnn")
+kw = dict(epochs=2, batch_size=64, validation_split=0.25, seed=0, verbose=0)
+one = jaxcnn.fit(model, x, y, **kw)
+four = jaxcnn.fit(model, x, y, devices="all", **kw)
+leaf = jax.tree.leaves(four.state.params)[0]
+try:
+    jaxcnn.fit(model, x, y, epochs=1, batch_size=66, devices="all", verbose=0)
+    refusal = None
+except ConfigError as e:
+    refusal = str(e)
+keys = ("loss", "accuracy", "val_loss", "val_accuracy")
+print(json.dumps({
+    "one": {k: one.history[k] for k in keys},
+    "four": {k: four.history[k] for k in keys},
+    "max_param_diff": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                          for a, b in zip(jax.tree.leaves(one.state.params), jax.tree.leaves(four.state.params))),
+    "param_devices": len(leaf.sharding.device_set),
+    "replicated": bool(leaf.sharding.is_fully_replicated),
+    "refusal": refusal,
+}))
+"""
+
+
+@pytest.mark.slow
+def test_data_parallel_over_4_cpu_devices_matches_one_device():
+    proc = _python(DATA_PARALLEL, _env(4))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        # Same batches, same steps; only the order of the floating-point sums differs.
+        np.testing.assert_allclose(r["four"][k], r["one"][k], rtol=1e-4, atol=1e-4, err_msg=k)
+    assert r["max_param_diff"] < 1e-4
+    assert r["param_devices"] == 4 and r["replicated"]  # parameters replicated on every device
+    assert r["refusal"] is not None
+    assert "batch_size 66 does not divide over 4 devices; use a multiple of 4" in r["refusal"]
+
+
+WORKER = """
+import json, sys, jax, numpy as np
+from experiments.common import initialize_distributed
+assert initialize_distributed() is True
+assert initialize_distributed() is True  # a second call is a no-op
+mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+# The global batch 0..7; each process holds only its half, as a multi-host input pipeline would.
+pid = jax.process_index()
+local = np.arange(8, dtype=np.float32)[pid * 4:(pid + 1) * 4]
+g = jax.make_array_from_process_local_data(batch, local, (8,))
+total = jax.jit(lambda a: a.sum(), out_shardings=replicated)(g)
+print(json.dumps({"index": pid, "count": jax.process_count(), "devices": jax.device_count(),
+                  "local": jax.local_device_count(), "sum": float(total)}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_join_through_the_environment():
+    """initialize_distributed() reads JAXCNN_* and joins a 2-process job (2 CPU devices each)."""
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER],
+            env=_env(2, JAXCNN_COORDINATOR=f"127.0.0.1:{port}", JAXCNN_NUM_PROCESSES="2", JAXCNN_PROCESS_ID=str(i)),
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    results = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("the 2-process job did not finish in 90 s")
+        assert p.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert sorted(r["index"] for r in results) == [0, 1]
+    for r in results:
+        assert (r["count"], r["devices"], r["local"]) == (2, 4, 2)
+        assert r["sum"] == 28.0  # 0 + 1 + ... + 7: both halves took part
+
+
+def test_initialize_distributed_does_nothing_without_settings():
+    assert initialize_distributed(environ={}) is False
+
+
+@pytest.mark.parametrize(
+    ("environ", "match"),
+    [
+        ({"JAXCNN_NUM_PROCESSES": "2", "JAXCNN_PROCESS_ID": "0"}, r"without --coordinator \(JAXCNN_COORDINATOR\)"),
+        ({"JAXCNN_COORDINATOR": "node001"}, r"coordinator must be 'host:port' \(e\.g\. node001:12355\) or 'auto'"),
+        ({"JAXCNN_COORDINATOR": "node001:1234"}, r"needs the number of processes and this process's id too"),
+        ({"JAXCNN_COORDINATOR": "node001:1234", "JAXCNN_NUM_PROCESSES": "two", "JAXCNN_PROCESS_ID": "0"},
+         r"JAXCNN_NUM_PROCESSES must be an integer, got 'two'"),
+        ({"JAXCNN_COORDINATOR": "node001:1234", "JAXCNN_NUM_PROCESSES": "2", "JAXCNN_PROCESS_ID": "2"},
+         r"process id 2 is outside 0\.\.1 for 2 processes"),
+    ],
+)
+def test_initialize_distributed_refuses_bad_settings(environ, match):
+    # Every check runs before jax.distributed is touched, so this process stays single.
+    with pytest.raises(ConfigError, match=match):
+        initialize_distributed(environ=environ)
+
+
+def test_same_seed_gives_bit_identical_history():
+    ds = data.load("mnist").limit(256)
+    x, y = data.to_float(ds.x_train), ds.y_train
+    model = jaxcnn.get_model("mnist_cnn")
+    kw = dict(epochs=2, batch_size=32, validation_split=0.25, seed=7, verbose=0)
+    a = jaxcnn.fit(model, x, y, **kw)
+    b = jaxcnn.fit(model, x, y, **kw)
+    for k in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
+        assert a.history[k] == b.history[k], k  # exact equality, not a tolerance
+    for p, q in zip(jax_leaves(a.state.params), jax_leaves(b.state.params)):
+        np.testing.assert_array_equal(p, q)
+
+
+def jax_leaves(tree):
+    import jax
+
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
