@@ -17,6 +17,7 @@ batch size; ``val_loss`` includes the L2 terms too; the last partial batch is tr
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -52,6 +53,23 @@ class TrainState(train_state.TrainState):
     num_classes: int = struct.field(pytree_node=False, default=0)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_variables(model: nn.Module, input_shape: tuple[int, ...], init_key: Array, dropout_key: Array) -> Any:
+    # Jitted once per (model, input shape): flax modules hash by their attributes.
+    x = jnp.zeros((1, *input_shape), jnp.float32)
+    variables = model.init({"params": init_key, "dropout": dropout_key}, x, train=False)
+    return {k: v for k, v in variables.items() if k != "losses"}
+
+
+def output_classes(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Number of outputs of ``model`` for one input of ``input_shape``, found by tracing alone
+    (nothing compiles); raises the model's own error, e.g. a kernel too big for its input."""
+    x = jax.ShapeDtypeStruct((1, *tuple(input_shape)), jnp.float32)
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    out = jax.eval_shape(lambda x: model.init_with_output(rngs, x, train=False)[0], x)
+    return int(out.shape[-1])
+
+
 def create_train_state(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -68,12 +86,9 @@ def create_train_state(
     if len(input_shape) != 3:
         raise ShapeError(f"input_shape must be (H, W, C), got {input_shape}")
     tx = optim.get_optimizer(optimizer, learning_rate) if isinstance(optimizer, str) else optimizer
+    num_classes = output_classes(model, input_shape)  # traced only: a bad shape fails here, uncompiled
     init_key, dropout_key = jax.random.split(jax.random.key(seed))
-    x = jnp.zeros((1, *input_shape), jnp.float32)
-    # Shapes are checked by tracing (no compile) before the real init runs.
-    shapes = jax.eval_shape(lambda: model.init({"params": init_key, "dropout": dropout_key}, x, train=False))
-    out = jax.eval_shape(lambda v: model.apply(v, x, train=False, mutable=["losses"])[0], shapes)
-    variables = jax.jit(lambda: model.init({"params": init_key, "dropout": dropout_key}, x, train=False))()
+    variables = _init_variables(model, input_shape, init_key, dropout_key)
     state = TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
@@ -81,7 +96,7 @@ def create_train_state(
         batch_stats=variables.get("batch_stats", {}),
         key=dropout_key,
         input_shape=input_shape,
-        num_classes=int(out.shape[-1]),
+        num_classes=num_classes,
     )
     # A strongly typed step: a weakly typed Python 0 would change the step's signature after the
     # first update and cost a second compilation.
@@ -248,11 +263,10 @@ class FitResult(NamedTuple):
 # Input checks: every one runs in Python, before anything is compiled.
 
 
-def _check_images(x: Any, state: TrainState, what: str) -> np.ndarray:
+def _check_images(x: Any, expected: tuple[int, ...], what: str) -> np.ndarray:
     x = np.asarray(x)
     if x.size == 0 or len(x) == 0:
         raise ShapeError(f"{what} is empty: there is nothing to train or evaluate on")
-    expected = state.input_shape
     if x.ndim == 3 and expected and expected[-1] == 1 and x.shape[1:] == expected[:2]:
         raise ShapeError(
             f"{what} has shape {x.shape} but the model takes (N, {', '.join(map(str, expected))}); "
@@ -585,7 +599,7 @@ def _evaluate_arrays(state: TrainState, x: np.ndarray, y: np.ndarray, batch_size
 def evaluate(state: TrainState, x: Any, y: Any, batch_size: int = 128, devices: Any = "auto") -> dict[str, float]:
     """Loss (with L2 terms) and accuracy of ``state`` on images ``x`` (N, H, W, C) and labels ``y``."""
     batch_size = _check_positive_int(batch_size, "batch_size")
-    x = _check_images(x, state, "x")
+    x = _check_images(x, state.input_shape, "x")
     y = _check_labels(y, len(x), state.num_classes, "y")
     place = placement(devices, batch_size)
     return _evaluate_arrays(place.put_state(state), x.astype(np.float32, copy=False), y, batch_size, place)
@@ -595,7 +609,7 @@ def predict(state: TrainState, x: Any, batch_size: int = 512, output: str = "log
     """Model outputs for ``x`` (N, H, W, C): ``"logits"`` (N, classes), ``"probs"`` or ``"classes"`` (N,)."""
     if output not in ("logits", "probs", "classes"):
         raise ConfigError(f"output must be 'logits', 'probs' or 'classes', got {output!r}")
-    x = _check_images(x, state, "x").astype(np.float32, copy=False)
+    x = _check_images(x, state.input_shape, "x").astype(np.float32, copy=False)
     batch_size = _check_positive_int(batch_size, "batch_size")
     outs = []
     for start in range(0, len(x), batch_size):
@@ -670,20 +684,24 @@ def fit(
             f"batch_size {batch_size} does not divide over {place.size} devices; use a multiple of {place.size}"
         )
     x_arr = np.asarray(x)
+    # Every input check runs before anything compiles, the model's own shapes by tracing only.
     if isinstance(model_or_state, TrainState):
         state = model_or_state
+        input_shape, num_classes = state.input_shape, state.num_classes
     elif isinstance(model_or_state, nn.Module):
         if x_arr.ndim != 4:
             hint = "; add the channel axis with x[..., None]" if x_arr.ndim == 3 else ""
             raise ShapeError(f"x has shape {x_arr.shape}; the model takes a batch of images (N, H, W, C){hint}")
-        state = create_train_state(model_or_state, x_arr.shape[1:], optimizer, learning_rate, seed)
+        state = None
+        input_shape = tuple(x_arr.shape[1:])
+        num_classes = output_classes(model_or_state, input_shape)
     else:
         raise ConfigError(f"fit takes a Flax module or a TrainState, got {type(model_or_state).__name__}")
-    x_arr = _check_images(x_arr, state, "x")
-    y_arr = _check_labels(y, len(x_arr), state.num_classes, "y")
+    x_arr = _check_images(x_arr, input_shape, "x")
+    y_arr = _check_labels(y, len(x_arr), num_classes, "y")
     if validation_data is not None:
-        x_val = _check_images(validation_data[0], state, "validation x")
-        y_val = _check_labels(validation_data[1], len(x_val), state.num_classes, "validation y")
+        x_val = _check_images(validation_data[0], input_shape, "validation x")
+        y_val = _check_labels(validation_data[1], len(x_val), num_classes, "validation y")
     elif validation_split:
         from jaxcnn.data import validation_split as split
 
@@ -695,6 +713,8 @@ def fit(
             f"batch_size {batch_size} is larger than the {len(x_arr)} training examples; "
             f"use batch_size <= {len(x_arr)} or more data"
         )
+    if state is None:
+        state = create_train_state(model_or_state, input_shape, optimizer, learning_rate, seed)
     x_arr = np.ascontiguousarray(x_arr, dtype=np.float32)
     if data_on_device is None:
         data_on_device = place.devices[0].platform != "cpu"
