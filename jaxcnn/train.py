@@ -334,11 +334,30 @@ class Placement:
 
     def put_batch(self, arrays: dict[str, np.ndarray]) -> Batch:
         n = len(next(iter(arrays.values())))
-        sharding = self.batch if n % self.size == 0 else self.replicated
-        return jax.device_put(arrays, sharding)
+        return _put(arrays, self.batch if n % self.size == 0 else self.replicated)
 
     def put_state(self, tree: Any) -> Any:
-        return jax.device_put(tree, self.replicated)
+        return _put(tree, self.replicated)
+
+
+def _put(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+    """Place ``tree`` with ``sharding``. Across several processes (hosts), every process holds the
+    same host values (data and order derive from seed and epoch), so each builds the global array
+    from the slices its own devices need."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def one(leaf: Any) -> Any:
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = np.asarray(jax.random.key_data(leaf))
+            # Keys are state, always replicated, so the sharding covers their extra data axis too.
+            arr = jax.make_array_from_callback(data.shape, sharding, lambda i: data[i])
+            return jax.random.wrap_key_data(arr, impl=jax.random.key_impl(leaf))
+        value = np.asarray(leaf)
+        return jax.make_array_from_callback(value.shape, sharding, lambda i: value[i])
+
+    return jax.tree.map(one, tree)
+
 
 
 def auto_device_count(batch_size: int, devices: Sequence[Any] | None = None) -> int:
@@ -357,7 +376,8 @@ def auto_device_count(batch_size: int, devices: Sequence[Any] | None = None) -> 
 def placement(devices: int | str | Sequence[Any] | None = None, batch_size: int | None = None) -> Placement:
     """Resolve ``devices``: None or 1 (one device), "auto" (see :func:`auto_device_count`, needs
     ``batch_size``), "all", a count, or a list of jax devices."""
-    local = jax.local_devices()
+    # Across hosts (jax.distributed.initialize), "all" means every device of every process.
+    local = jax.local_devices() if jax.process_count() == 1 else jax.devices()
     if devices == "auto":
         devices = auto_device_count(batch_size or 1, local)
     if devices is None:
@@ -718,7 +738,7 @@ def fit(
     x_arr = np.ascontiguousarray(x_arr, dtype=np.float32)
     if data_on_device is None:
         data_on_device = place.devices[0].platform != "cpu"
-    resident = jax.device_put((x_arr, y_arr), place.replicated) if data_on_device else None
+    resident = _put((x_arr, y_arr), place.replicated) if data_on_device else None
     if x_val is not None:
         x_val = np.ascontiguousarray(x_val, dtype=np.float32)
 

@@ -53,7 +53,7 @@ ds = data.load("mnist").limit(512)
 x, y = data.to_float(ds.x_train), ds.y_train
 model = jaxcnn.get_model("mnist_cnn")
 kw = dict(epochs=2, batch_size=64, validation_split=0.25, seed=0, verbose=0)
-one = jaxcnn.fit(model, x, y, **kw)
+one = jaxcnn.fit(model, x, y, devices=1, **kw)
 four = jaxcnn.fit(model, x, y, devices="all", **kw)
 leaf = jax.tree.leaves(four.state.params)[0]
 try:
@@ -178,3 +178,46 @@ def jax_leaves(tree):
     import jax
 
     return [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
+
+
+FIT_WORKER = """
+import json, jax, numpy as np, jaxcnn
+from experiments.common import initialize_distributed
+from jaxcnn import data
+initialize_distributed()
+ds = data.load("mnist").limit(384)
+x, y = data.to_float(ds.x_train), ds.y_train
+r = jaxcnn.fit(jaxcnn.get_model("mnist_cnn", filters=8, dense_units=16), x, y, epochs=2, batch_size=64,
+               validation_split=0.25, seed=0, verbose=0, devices="all")
+leaf = jax.tree.leaves(r.state.params)[0]
+print(json.dumps({"devices": len(leaf.sharding.device_set), "history": {k: r.history[k] for k in ("loss", "val_loss", "val_accuracy")}}))
+"""
+
+
+@pytest.mark.slow
+def test_fit_over_two_processes_matches_one_process():
+    """2 processes x 2 CPU devices train one model over all 4 devices, as 1 process x 4 does."""
+    single = _python(FIT_WORKER, _env(4))
+    assert single.returncode == 0, single.stderr[-3000:]
+    ref = json.loads(single.stdout.strip().splitlines()[-1])
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", FIT_WORKER],
+            env=_env(2, JAXCNN_COORDINATOR=f"127.0.0.1:{port}", JAXCNN_NUM_PROCESSES="2", JAXCNN_PROCESS_ID=str(i)),
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("the 2-process fit did not finish in 120 s")
+        assert p.returncode == 0, err[-3000:]
+        got = json.loads(out.strip().splitlines()[-1])
+        assert got["devices"] == ref["devices"] == 4
+        for k, v in ref["history"].items():
+            np.testing.assert_allclose(got["history"][k], v, rtol=1e-5, atol=1e-6, err_msg=k)
