@@ -58,11 +58,22 @@ class RunConfig:
     out: str | None = None  # run directory; None = runs/<name>-<time>
     devices: str | int | None = None  # None: jaxcnn.fit's default ("auto"); "all", "auto" or a count of local devices
     verbose: int = 1  # 0 silent, 1 progress bars, 2 one line per epoch
+    precision: str = "fp32"  # "bf16": bfloat16 compute, float32 parameters (mixed precision)
     resume: bool = False  # continue the run in `out` from its latest checkpoint (a new run if it has none)
     checkpoint: bool = True  # save <out>/checkpoints once an epoch (the latest and the best by val_loss)
     coordinator: str | None = None  # multi-process: "host:port" of process 0, or "auto" (SLURM, MPI...)
     num_processes: int | None = None  # multi-process: how many processes in all
     process_id: int | None = None  # multi-process: this process's rank, 0..num_processes-1
+
+
+def _compute_dtype(config: RunConfig) -> dict[str, Any]:
+    if config.precision == "fp32":
+        return {}
+    if config.precision == "bf16":
+        import jax.numpy as jnp
+
+        return {"dtype": jnp.bfloat16}
+    raise ConfigError(f"precision must be 'fp32' or 'bf16', got {config.precision!r}")
 
 
 def build_parser(description: str, defaults: RunConfig) -> argparse.ArgumentParser:
@@ -78,6 +89,7 @@ def build_parser(description: str, defaults: RunConfig) -> argparse.ArgumentPars
     p.add_argument("--out", default=None, help=f"run directory (default runs/{defaults.name}-<time>)")
     p.add_argument("--devices", default=defaults.devices, help="'auto' (default: data parallel over one XLA device per CPU core; one GPU), 'all', or '1'")
     p.add_argument("--verbose", type=int, default=defaults.verbose, choices=(0, 1, 2), help="0 silent, 1 progress bars, 2 one line per epoch")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=defaults.precision, help="bf16: bfloat16 compute with float32 parameters (default %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint (starts it if it has none)")
     p.add_argument("--no-checkpoint", dest="checkpoint", action="store_false", default=defaults.checkpoint, help="do not save <out>/checkpoints each epoch")
     p.add_argument("--coordinator", default=None, help="multi-process: host:port of process 0, or 'auto' (default $JAXCNN_COORDINATOR)")
@@ -100,6 +112,7 @@ def config_from_args(args: argparse.Namespace, defaults: RunConfig, **extra: Any
         out=args.out,
         devices=int(args.devices) if str(args.devices).isdigit() else args.devices,
         verbose=args.verbose,
+        precision=getattr(args, "precision", defaults.precision),
         resume=getattr(args, "resume", defaults.resume),
         checkpoint=getattr(args, "checkpoint", defaults.checkpoint),
         coordinator=getattr(args, "coordinator", defaults.coordinator),
@@ -249,7 +262,7 @@ def _callbacks(config: RunConfig) -> list[Any]:
 #: grow (train longer); ``verbose``, ``devices``, ``data_dir`` and the process flags may change.
 RESUME_MUST_MATCH = (
     "dataset", "model", "model_kwargs", "optimizer", "learning_rate", "lr_decay", "lr_schedule_after",
-    "batch_size", "validation_split", "patience", "seed", "limit",
+    "batch_size", "validation_split", "patience", "seed", "limit", "precision",
 )
 
 
@@ -330,7 +343,7 @@ def run(config: RunConfig) -> dict[str, Any]:
         raise ConfigError("several processes need --out: a run directory on a file system every process reaches")
     say = print if config.verbose and primary else (lambda *a, **k: None)
     # Everything that can fail on bad input does so before the run directory is made.
-    model = jaxcnn.get_model(config.model, **config.model_kwargs)
+    model = jaxcnn.get_model(config.model, **config.model_kwargs, **_compute_dtype(config))
     ds = data.load(config.dataset, config.data_dir)
     if config.limit is not None:
         ds = ds.limit(config.limit)
