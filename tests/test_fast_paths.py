@@ -76,3 +76,17 @@ def test_bfloat16_mixed_precision_keeps_accuracy(mnist_small):
     assert abs(fp32.history["val_accuracy"][-1] - bf16.history["val_accuracy"][-1]) < 0.05
     np.testing.assert_allclose(bf16.history["loss"], fp32.history["loss"], rtol=0.1)
     assert bf16.history["loss"][-1] < 0.5 * bf16.history["loss"][0]
+
+
+@pytest.mark.skipif(jax.local_device_count() < 2, reason="needs 2 local devices")
+def test_one_all_reduce_per_data_parallel_step():
+    """Independent all-reduces in one step could each hold a thread of a 2-core pool while the
+    other device waits for a thread (XLA aborts after 40 s); the step must have exactly one."""
+    import re
+
+    place = train.placement(2)
+    state = place.put_state(train.create_train_state(jaxcnn.get_model("mnist_cnn"), (28, 28, 1)))
+    acc = place.put_state(train._zero_acc())
+    batch = place.put_batch({"x": np.zeros((64, 28, 28, 1), np.float32), "y": np.zeros(64, np.int32)})
+    hlo = train._jitted("train", place, True).lower(state, acc, batch).compile().as_text()
+    assert len(re.findall(r"all-reduce\(", hlo)) == 1
