@@ -70,6 +70,15 @@ def _sow_l2(module: nn.Module, l2: float, kernel: Array) -> None:
         module.sow("losses", "l2", l2 * jnp.sum(jnp.square(kernel.astype(jnp.float32))))
 
 
+def _bias_and_activation(layer: Conv2D | Dense, y: Array) -> Array:
+    """Add the layer's bias (one per output channel) and apply its activation."""
+    if layer.use_bias:
+        bias = layer.param("bias", layer.bias_init, (layer.features,), layer.param_dtype)
+        y = y + bias.astype(y.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
+    act = get_activation(layer.activation)
+    return act(y) if act is not None else y
+
+
 class Conv2D(nn.Module):
     """2-D convolution on NHWC input, like ``keras.layers.Conv2D``.
 
@@ -124,11 +133,7 @@ class Conv2D(nn.Module):
             padding=padding.upper(),
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
-        if self.use_bias:
-            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            y = y + bias.astype(dtype).reshape((1,) * (y.ndim - 1) + (-1,))
-        act = get_activation(self.activation)
-        return act(y) if act is not None else y
+        return _bias_and_activation(self, y)
 
 
 class Dense(nn.Module):
@@ -152,11 +157,7 @@ class Dense(nn.Module):
         _sow_l2(self, self.kernel_l2, kernel)
         dtype = self.dtype or x.dtype
         y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
-        if self.use_bias:
-            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            y = y + bias.astype(dtype).reshape((1,) * (y.ndim - 1) + (-1,))
-        act = get_activation(self.activation)
-        return act(y) if act is not None else y
+        return _bias_and_activation(self, y)
 
 
 def max_pool(x: Array, pool_size: int | Sequence[int] = 2, strides: int | Sequence[int] | None = None) -> Array:
