@@ -36,9 +36,9 @@ def use_cpu_devices(count: int | None = None) -> int:
     """
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if count is None:
         env = os.environ.get("JAXCNN_CPU_DEVICES")
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         count = int(env) if env else min(cores, 8)
     if count <= 1:
         return 1
@@ -46,6 +46,12 @@ def use_cpu_devices(count: int | None = None) -> int:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:  # JAX already started: keep what it has
         return 1
+    # XLA's CPU client runs every device's program on one thread pool of max(cores, devices)
+    # threads. A device waiting in the gradient all-reduce holds a thread; with exactly as many
+    # threads as devices, the other device's remaining work can find none, and XLA aborts after
+    # 40 s (seen here in long runs). One spare thread per pool keeps a thread free.
+    if not (os.environ.get("PJRT_NPROC") or os.environ.get("NPROC")):
+        os.environ["PJRT_NPROC"] = str(max(cores, count) + 1)
     return count
 
 
