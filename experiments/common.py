@@ -242,9 +242,9 @@ def prepare_run_dir(config: RunConfig) -> Path:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
+    from jaxcnn.checkpoint import atomic_write
+
+    atomic_write(path, json.dumps(obj, indent=2, default=float) + "\n")
 
 
 def _callbacks(config: RunConfig) -> list[Any]:

@@ -94,7 +94,7 @@ def run(config: RandomSearchRun) -> dict[str, Any]:
         ds = ds.limit(config.limit)
     if config.search.verbose:
         print(f"data: {ds.name} from {ds.source}: {len(ds.x_train)} train (before the validation split)")
-    result = search.random_search(data.to_float(ds.x_train), ds.y_train, REPORT_SPACE, config.search, out=out)
+    search.random_search(data.to_float(ds.x_train), ds.y_train, REPORT_SPACE, config.search, out=out)
     write_json(out / "config.json", dataclasses.asdict(config))
     if config.search.verbose:
         print(f"Outputs in {out}")

@@ -33,7 +33,12 @@ PARAMS_FILE = "params.msgpack"
 MODEL_FILE = "model.json"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: a reader (or a run
+    killed mid-write) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode()
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -48,7 +53,7 @@ def export(directory: str | os.PathLike[str], state: Any, model_name: str, model
     directory.mkdir(parents=True, exist_ok=True)
     variables = {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}
     blob = serialization.to_bytes(variables)
-    _atomic_write(directory / PARAMS_FILE, blob)
+    atomic_write(directory / PARAMS_FILE, blob)
     meta = {
         "model": model_name,
         "model_kwargs": model_kwargs or {},
@@ -57,7 +62,7 @@ def export(directory: str | os.PathLike[str], state: Any, model_name: str, model
         "sha256": hashlib.sha256(blob).hexdigest(),
         "format": "flax.serialization msgpack: {params, batch_stats}",
     }
-    _atomic_write(directory / MODEL_FILE, json.dumps(meta, indent=2).encode())
+    atomic_write(directory / MODEL_FILE, json.dumps(meta, indent=2).encode())
     return directory
 
 

@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import models, optim, train
+from jaxcnn import checkpoint, models, optim, train
 from jaxcnn.callbacks import Callback
 from jaxcnn.errors import CheckpointError, ConfigError, ShapeError, TrainingError
 
@@ -851,13 +851,6 @@ RESULT_FILE = "result.json"
 SEARCH_FILE = "search.json"
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _json(obj: Any) -> str:
@@ -903,7 +896,7 @@ def _open_run_dir(out: Path, fingerprint: dict[str, Any]) -> Path:
         raise ConfigError(f"{out} already holds files but no {SEARCH_FILE}; choose a new directory so that nothing is overwritten")
     try:
         (out / TRIALS_DIR).mkdir(parents=True, exist_ok=True)
-        _atomic_text(meta, _json(fingerprint))
+        checkpoint.atomic_write(meta, _json(fingerprint))
     except OSError as e:
         raise ConfigError(f"cannot write to {out}: {e.strerror or e}; choose a writable directory") from None
     return out
@@ -934,7 +927,7 @@ def _save_trial(run_dir: Path, trial: Trial) -> None:
         "trained_with": trial.trained_with,
         "input_shape": list(trial.shape),
     }
-    _atomic_text(d / RESULT_FILE, _json(record))
+    checkpoint.atomic_write(d / RESULT_FILE, _json(record))
 
 
 @dataclass
@@ -1003,8 +996,8 @@ def _write_tables(run_dir: Path, trials: Sequence[Trial], config: SearchConfig) 
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else repr(row[k]) if isinstance(row.get(k), float) else row[k]) for k in columns})
-    _atomic_text(run_dir / "trials.csv", buf.getvalue())
-    _atomic_text(run_dir / "trials.json", _json(rows))
+    checkpoint.atomic_write(run_dir / "trials.csv", buf.getvalue())
+    checkpoint.atomic_write(run_dir / "trials.json", _json(rows))
     return rows
 
 
@@ -1043,14 +1036,14 @@ def save_results(result: SearchResult, out: str | os.PathLike[str]) -> Path:
         "config": dataclasses.asdict(config),
         "space": space_to_dict(result.space),
     }
-    _atomic_text(out / "best.json", _json(summary_record))
+    checkpoint.atomic_write(out / "best.json", _json(summary_record))
     if best is not None:
         bdir = out / "best"
         bdir.mkdir(exist_ok=True)
         text = summary(best.model(), best.shape, name=f"{config.model} (trial {best.trial})")
-        _atomic_text(bdir / "summary.txt", f"Trial {best.trial}: {_hp_text(best.hyperparameters)}\n\n{text}\n")
-        _atomic_text(bdir / "history.json", _json(best.history.to_dict()))
-        _atomic_text(bdir / "history.csv", best.history.to_csv())
+        checkpoint.atomic_write(bdir / "summary.txt", f"Trial {best.trial}: {_hp_text(best.hyperparameters)}\n\n{text}\n")
+        checkpoint.atomic_write(bdir / "history.json", _json(best.history.to_dict()))
+        checkpoint.atomic_write(bdir / "history.csv", best.history.to_csv())
         title = f"Best trial {best.trial}: {_hp_text(best.hyperparameters)}"
         plots.save(plots.training_curves(best.history, monitor=config.metric, title=title), bdir / "history.png")
         checkpoint.export(bdir / "model", _holder(best), best.model_name, best.model_kwargs)
