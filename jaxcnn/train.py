@@ -363,16 +363,25 @@ def _put(tree: Any, sharding: jax.sharding.Sharding) -> Any:
 
 
 def auto_device_count(batch_size: int, devices: Sequence[Any] | None = None) -> int:
-    """How many devices ``devices="auto"`` uses: on CPU, every local CPU device (one per core, see
-    :func:`jaxcnn.use_cpu_devices`) that the batch divides over with at least 8 examples each; on
-    an accelerator, one device (pass ``devices="all"`` for data parallel)."""
-    local = list(devices or jax.local_devices())
-    if local[0].platform != "cpu":
-        return 1
+    """How many devices a data-parallel *mesh* uses for ``devices="auto"``: always one. On CPU,
+    ``fit`` splits the batch over the CPU devices itself (:func:`split_devices`) without XLA
+    collectives, whose in-process all-reduce aborted long CPU runs here; on an accelerator pass
+    ``devices="all"`` for a mesh."""
+    return 1
+
+
+def split_devices(batch_size: int, state: TrainState | None = None) -> tuple[Any, ...]:
+    """The CPU devices ``devices="auto"`` splits each batch over (one per core, see
+    :func:`jaxcnn.use_cpu_devices`), or ``()`` for one device: not on an accelerator, not for a
+    model with batch statistics (each part would normalise by its own), and only when every part
+    gets at least 8 examples."""
+    local = jax.local_devices()
+    if jax.process_count() > 1 or local[0].platform != "cpu" or (state is not None and state.batch_stats):
+        return ()
     for count in range(len(local), 1, -1):
         if batch_size % count == 0 and batch_size // count >= 8:
-            return count
-    return 1
+            return tuple(local[:count])
+    return ()
 
 
 def placement(devices: int | str | Sequence[Any] | None = None, batch_size: int | None = None) -> Placement:
@@ -381,7 +390,7 @@ def placement(devices: int | str | Sequence[Any] | None = None, batch_size: int 
     # Across hosts (jax.distributed.initialize), "all" means every device of every process.
     local = jax.local_devices() if jax.process_count() == 1 else jax.devices()
     if devices == "auto":
-        devices = auto_device_count(batch_size or 1, local)
+        devices = None
     if devices is None:
         chosen = local[:1]
     elif devices == "all":
@@ -484,6 +493,59 @@ def _scan_fn(place: Placement, sharded_batch: bool):
     return jax.jit(run, in_shardings=(repl,) * 6, out_shardings=(repl, repl), donate_argnums=(0, 1))
 
 
+def _part_grads(apply_fn: Any, params: Any, key: Array, step: Array, part: int, x: Array, y: Array):
+    """One part of a split batch, on its own device: gradients of ``sum(ce) + n * l2`` (summed
+    over the parts and divided by the whole batch size, that is the gradient of the mean loss
+    plus L2), the summed loss and the correct count."""
+    key = jax.random.fold_in(jax.random.fold_in(key, step), part)
+
+    def loss_fn(p):
+        logits, updates = apply_fn({"params": p}, x, train=True, rngs={"dropout": key}, mutable=["losses"])
+        n = jnp.asarray(y.shape[0], jnp.float32)
+        total = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y)) + n * regularization_loss(updates.get("losses", {}))
+        return total, logits
+
+    (total, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, total, jnp.sum((jnp.argmax(logits, -1) == y).astype(jnp.float32))
+
+
+_jit_part_grads = jax.jit(_part_grads, static_argnums=(0, 4))
+
+
+def _combine_and_update(state: TrainState, acc: dict[str, Array], grads: Sequence[Any], totals: Sequence[Array], corrects: Sequence[Array], n: int):
+    """Sum the parts' gradients and metrics (all on this device now) and take the optimizer step,
+    with the same non-finite guard as :func:`train_step`."""
+    loss_sum = sum(totals)
+    g = jax.tree.map(lambda *parts: sum(parts) / n, *grads)
+    finite = jnp.isfinite(loss_sum)
+    new_state = state.apply_gradients(grads=g)
+    keep = finite & (acc["bad_step"] < 0)
+    new_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_state, state)
+    metrics = {"loss_sum": loss_sum, "correct": sum(corrects), "count": jnp.asarray(n, jnp.float32), "finite": finite}
+    return new_state, _accumulate(acc, metrics, state.step)
+
+
+_jit_combine = jax.jit(_combine_and_update, static_argnums=(5,), donate_argnums=(0, 1))
+
+
+def _split_step(state: TrainState, acc: dict[str, Array], replicas: list[Any], keys: list[Array], step: int, x: np.ndarray, y: np.ndarray, devices: tuple[Any, ...]):
+    """One training step with the batch split over ``devices``: each device computes its part's
+    gradients (its own program, no collective), device 0 sums them and updates, and the new
+    parameters are copied back to the others. Returns the new state and accumulator."""
+    k = len(devices)
+    size = len(y) // k
+    outs = []
+    for i, dev in enumerate(devices):
+        params = state.params if i == 0 else replicas[i]
+        xi, yi = jax.device_put((x[i * size : (i + 1) * size], y[i * size : (i + 1) * size]), dev)
+        outs.append(_jit_part_grads(state.apply_fn, params, keys[i], jax.device_put(np.int32(step), dev), i, xi, yi))
+    grads, totals, corrects = zip(*[jax.device_put(o, devices[0]) for o in outs])
+    state, acc = _jit_combine(state, acc, list(grads), list(totals), list(corrects), len(y))
+    for i in range(1, k):
+        replicas[i] = jax.device_put(state.params, devices[i])
+    return state, acc
+
+
 _COMPILES = [0]
 
 
@@ -514,6 +576,7 @@ def run_epoch(
     desc: str = "",
     resident: tuple[Array, Array] | None = None,
     chunk: int = 64,
+    split: tuple[Any, ...] = (),
 ) -> tuple[TrainState, dict[str, float]]:
     """Train one epoch over ``x[order]`` in batches (the last one partial). Returns the new state
     and the epoch's ``loss``, ``accuracy`` and ``examples_per_s``; raises :class:`TrainingError`
@@ -522,7 +585,8 @@ def run_epoch(
     With ``resident`` = (x, y) already on the device(s), batches are gathered there and ``chunk``
     steps run inside one jitted ``lax.scan`` (the GPU path); otherwise each batch is sliced on
     the host and sent to one jitted step (faster on CPU, where a scanned epoch measured 4x
-    slower)."""
+    slower). With ``split`` devices, every batch divisible over them is split across them (see
+    :func:`split_devices`); the state lives on the first."""
     n = len(order)
     steps = math.ceil(n / batch_size)
     bar = _progress(steps, desc, verbose)
@@ -535,16 +599,26 @@ def run_epoch(
         units = [order[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
         log_every = max(1, min(25, steps // 20))
     done = 0
+    if split:
+        first_step = int(state.step)
+        replicas = [None] + [jax.device_put(state.params, d) for d in split[1:]]
+        keys = [jax.device_put(state.key, d) for d in split]
     for i, unit in enumerate(units):
         if resident is not None:
             idx, valid = unit
             fn = _jitted("scan", place, idx.shape[1] % place.size == 0)
             state, acc = fn(state, acc, resident[0], resident[1], idx, valid)
             done += int(valid.sum())
+        elif split and len(unit) % len(split) == 0:
+            step = int(first_step) + i
+            state, acc = _split_step(state, acc, replicas, keys, step, x[unit], y[unit], split)
+            done += 1
         else:
             batch = place.put_batch({"x": x[unit], "y": y[unit]})
             state, acc = _jitted("train", place, len(unit) % place.size == 0)(state, acc, batch)
             done += 1
+            if split:
+                replicas[1:] = [jax.device_put(state.params, d) for d in split[1:]]
         if (i + 1) % log_every == 0 and i + 1 < len(units):
             m = jax.device_get(acc)
             if bar is not None:
@@ -738,8 +812,11 @@ def fit(
     if state is None:
         state = create_train_state(model_or_state, input_shape, optimizer, learning_rate, seed)
     x_arr = np.ascontiguousarray(x_arr, dtype=np.float32)
+    split = split_devices(batch_size, state) if devices == "auto" else ()
     if data_on_device is None:
         data_on_device = place.devices[0].platform != "cpu"
+    if data_on_device:
+        split = ()
     resident = _put((x_arr, y_arr), place.replicated) if data_on_device else None
     if x_val is not None:
         x_val = np.ascontiguousarray(x_val, dtype=np.float32)
@@ -759,6 +836,7 @@ def fit(
             loop.state, logs = run_epoch(
                 loop.state, x_arr, y_arr, order, batch_size, place,
                 epoch=epoch, verbose=verbose, desc=f"Epoch {epoch + 1}/{epochs}", resident=resident,
+                split=split,
             )
         except TrainingError as e:
             loop.state = e.state  # type: ignore[attr-defined]

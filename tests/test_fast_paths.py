@@ -62,9 +62,27 @@ def test_data_parallel_equals_one_device(mnist_small):
 
 
 def test_auto_devices_on_cpu():
+    assert train.auto_device_count(128) == 1  # no XLA mesh unless asked for
     n = jax.local_device_count()
-    assert train.auto_device_count(128) == (n if 128 % n == 0 else train.auto_device_count(128))
-    assert train.auto_device_count(7) == 1  # too small to split
+    split = train.split_devices(128)
+    assert len(split) == (n if n > 1 and 128 % n == 0 else 0)
+    assert train.split_devices(7) == ()  # too small to split
+    bn = train.create_train_state(jaxcnn.get_model("cifar_cnn4"), (32, 32, 3))
+    assert train.split_devices(128, bn) == ()  # batch statistics would differ per part
+
+
+@pytest.mark.skipif(not train.split_devices(64), reason="needs 2 local CPU devices (one per core)")
+@pytest.mark.parametrize("model_name", ["mnist_cnn", "search_cnn"])
+def test_split_batch_over_cpu_devices_equals_one_device(mnist_small, model_name):
+    """devices="auto" splits each batch over the CPU devices without collectives; same results."""
+    x, y = mnist_small
+    kw = dict(epochs=2, batch_size=64, validation_split=0.2, verbose=0, seed=2)
+    model = jaxcnn.get_model(model_name, **({"kernel_size": 5, "weight_decay": 0.01} if model_name == "search_cnn" else {}))
+    one = jaxcnn.fit(model, x[:-20], y[:-20], devices=None, **kw)  # 464 = 5 x 64 + 144: a partial batch too
+    split = jaxcnn.fit(model, x[:-20], y[:-20], devices="auto", **kw)
+    assert int(one.state.step) == int(split.state.step)
+    _assert_same_history(one.history, split.history)
+    assert _max_param_diff(one.state, split.state) < 1e-5
 
 
 def test_bfloat16_mixed_precision_keeps_accuracy(mnist_small):
