@@ -757,10 +757,11 @@ def fit(
       seed: parameter initialisation, dropout and shuffling all derive from it.
       callbacks: e.g. ``EarlyStopping``, ``LearningRateScheduler``.
       verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
-      devices: "auto" (default: on CPU, one XLA device per core when the batch divides; one
-        device on an accelerator), None (one device), "all", a count or a list: data parallel
-        over a mesh, the batch split across devices, parameters replicated. ``batch_size`` must
-        divide evenly over an explicit choice.
+      devices: "auto" (default: on CPU, each batch split over the CPU devices, one per core,
+        with no collective, see :func:`split_devices`; one device on an accelerator), None (one
+        device), or "all", a count or a list: a data-parallel mesh (``jax.sharding``), the batch
+        split across devices and hosts, parameters replicated. ``batch_size`` must divide
+        evenly over an explicit choice.
       data_on_device: keep the training set on the device, gather batches there and run chunks
         of steps in one ``lax.scan``. ``None`` chooses by backend: on for GPU/TPU, off on CPU
         (measured 4x slower there). Same results either way, to float tolerance.
