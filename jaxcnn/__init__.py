@@ -29,8 +29,9 @@ def use_cpu_devices(count: int | None = None) -> int:
     """Split the host CPU into ``count`` XLA devices (default: its cores, at most 8).
 
     XLA's own threading uses a second core badly on small convolutions (PERF-NOTES.md: 2 cores
-    gave 1.36x one core); one XLA device per core, with the batch split across them by
-    :func:`jaxcnn.fit`, gave 1.8x. jaxcnn calls this on import; it only works before JAX has run
+    gave 1.36x one core); one XLA device per core, with each batch split across them by
+    :func:`jaxcnn.fit` (no collective: see :func:`jaxcnn.train.split_devices`), gave 2.2x here.
+    jaxcnn calls this on import; it only works before JAX has run
     anything, and does nothing when ``XLA_FLAGS`` already forces a device count or
     ``JAXCNN_CPU_DEVICES=1``. Returns the count in force (1 when it could not be set).
     """
@@ -46,12 +47,6 @@ def use_cpu_devices(count: int | None = None) -> int:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:  # JAX already started: keep what it has
         return 1
-    # XLA's CPU client runs every device's program on one thread pool of max(cores, devices)
-    # threads. A device waiting in the gradient all-reduce holds a thread; with exactly as many
-    # threads as devices, the other device's remaining work can find none, and XLA aborts after
-    # 40 s (seen here in long runs). One spare thread per pool keeps a thread free.
-    if not (os.environ.get("PJRT_NPROC") or os.environ.get("NPROC")):
-        os.environ["PJRT_NPROC"] = str(max(cores, count) + 1)
     return count
 
 
