@@ -22,7 +22,9 @@ logits (plus the L2 terms of CNN 4); every model validates on the test split (th
 1,024 validation images (the default devices: one XLA device per CPU core), the second epoch's
 time scaled to 50,000 training and 10,000 test images; two runs gave the ranges shown. The 2-core
 machine was shared (load average 4 to 7), so they are rough. On one XLA device (``--devices 1``)
-CNNs 1 to 3 took 1.2 to 1.4x as long.
+CNNs 1 to 3 took 1.2 to 1.4x as long. CNN 4 was measured before ``fit`` kept models with batch
+normalisation on one CPU device (its batch statistics must see the whole batch), so expect it to
+take about that much longer than shown.
 
 Each flag overrides the chosen model's default; for models 1 and 2 ``--learning-rate`` is the
 schedule's initial rate.
