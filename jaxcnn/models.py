@@ -36,31 +36,38 @@ Array = jax.Array
 
 
 class MnistCNN(nn.Module):
-    """The report's MNIST CNN (1.2): 258,090 parameters for 28x28x1 input.
+    """The report's MNIST CNN (1.2) and its random-search family (1.5), one class.
 
-    Conv 32 3x3 ReLU, MaxPool 2, Conv 32 3x3 ReLU, Flatten, Dense 64 ReLU, Dense ``num_classes``.
-    Input ``(N, 28, 28, 1)``, output logits ``(N, num_classes)``.
+    Conv ``filters`` kxk ReLU, MaxPool 2, Conv ``filters`` kxk ReLU, Flatten, Dense
+    ``dense_units`` ReLU, Dense ``num_classes``. Input ``(N, 28, 28, 1)``, output logits
+    ``(N, num_classes)``. The defaults are ``mnist_cnn`` (258,090 parameters); ``search_cnn`` is
+    the same class with ``dense_units=32`` (k = 7: 1,600 + 50,208 + 25,632 + 330 = 77,770).
+    ``weight_decay`` is a Keras-style L2 factor on every kernel, so the loss includes
+    ``weight_decay * sum(w ** 2)``.
     """
 
     num_classes: int = 10
     filters: int = 32
     kernel_size: int = 3
     dense_units: int = 64
-    kernel_l2: float = 0.0
+    weight_decay: float = 0.0
     dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        conv = functools.partial(
-            Conv2D, self.filters, self.kernel_size, activation="relu", kernel_l2=self.kernel_l2, dtype=self.dtype
-        )
+        l2 = self.weight_decay
+        conv = functools.partial(Conv2D, self.filters, self.kernel_size, activation="relu", kernel_l2=l2, dtype=self.dtype)
         x = conv(name="conv2d")(x)
         x = MaxPool2D(2, name="max_pooling2d")(x)
         x = conv(name="conv2d_1")(x)
         x = Flatten(name="flatten")(x)
-        x = Dense(self.dense_units, activation="relu", kernel_l2=self.kernel_l2, dtype=self.dtype, name="dense")(x)
-        x = Dense(self.num_classes, kernel_l2=self.kernel_l2, dtype=self.dtype, name="dense_1")(x)
+        x = Dense(self.dense_units, activation="relu", kernel_l2=l2, dtype=self.dtype, name="dense")(x)
+        x = Dense(self.num_classes, kernel_l2=l2, dtype=self.dtype, name="dense_1")(x)
         return x.astype(jnp.float32)
+
+
+#: The random-search trial model (1.5): ``SearchCNN(kernel_size=k, weight_decay=wd)``.
+SearchCNN = functools.partial(MnistCNN, dense_units=32)
 
 
 def search_cnn_output_size(kernel_size: int, input_size: int = 28) -> int:
@@ -69,32 +76,6 @@ def search_cnn_output_size(kernel_size: int, input_size: int = 28) -> int:
     ``28 -> 28-k+1 -> floor(./2) -> .-k+1``; k = 10 gives 19 -> 9 -> 0.
     """
     return (input_size - kernel_size + 1) // 2 - kernel_size + 1
-
-
-class SearchCNN(nn.Module):
-    """The random-search trial model (1.5): Conv 32 kxk, MaxPool 2, Conv 32 kxk, Dense 32, Dense 10.
-
-    ReLU after the convolutions and Dense 32. ``weight_decay`` is a Keras-style L2 factor on every
-    kernel, so the loss includes ``weight_decay * sum(w ** 2)``. k = 7 gives 77,770 parameters.
-    """
-
-    kernel_size: int = 3
-    weight_decay: float = 0.0
-    num_classes: int = 10
-    dtype: Any = None
-
-    @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Array:
-        conv = functools.partial(
-            Conv2D, 32, self.kernel_size, activation="relu", kernel_l2=self.weight_decay, dtype=self.dtype
-        )
-        x = conv(name="conv2d")(x)
-        x = MaxPool2D(2, name="max_pooling2d")(x)
-        x = conv(name="conv2d_1")(x)
-        x = Flatten(name="flatten")(x)
-        x = Dense(32, activation="relu", kernel_l2=self.weight_decay, dtype=self.dtype, name="dense")(x)
-        x = Dense(self.num_classes, kernel_l2=self.weight_decay, dtype=self.dtype, name="dense_1")(x)
-        return x.astype(jnp.float32)
 
 
 class CifarCNN1(nn.Module):
