@@ -11,3 +11,18 @@ os.environ.setdefault("JAXCNN_OFFLINE", "1")
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def isolated_data(tmp_path, monkeypatch):
+    """An empty user cache, no downloads, and a fresh loader memo before and after the test."""
+    from jaxcnn import data
+
+    monkeypatch.setenv("JAXCNN_DATA", str(tmp_path / "user-cache"))
+    monkeypatch.setenv("JAXCNN_OFFLINE", "1")
+    data.clear_memo()
+    yield
+    data.clear_memo()

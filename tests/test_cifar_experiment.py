@@ -58,12 +58,8 @@ def write_archive(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("JAXCNN_DATA", str(tmp_path / "empty-cache"))
-    monkeypatch.setenv("JAXCNN_OFFLINE", "1")
-    data.clear_memo()
-    yield
-    data.clear_memo()
+def _isolated(isolated_data):
+    """Every test: an empty cache, offline, a fresh memo (tests/conftest.py)."""
 
 
 @pytest.fixture

@@ -27,13 +27,8 @@ FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Every test gets an empty cache, no system copy unless it asks, and a fresh memo."""
-    monkeypatch.setenv("JAXCNN_DATA", str(tmp_path / "user-cache"))
-    monkeypatch.setenv("JAXCNN_OFFLINE", "1")
-    data.clear_memo()
-    yield
-    data.clear_memo()
+def _isolated(isolated_data):
+    """Every test: an empty cache, offline, a fresh memo (tests/conftest.py)."""
 
 
 def _no_system(monkeypatch, tmp_path):
