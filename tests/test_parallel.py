@@ -112,12 +112,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_join_through_the_environment():
-    """initialize_distributed() reads JAXCNN_* and joins a 2-process job (2 CPU devices each)."""
+def _two_processes(code: str, timeout: float) -> list[dict]:
+    """Run ``code`` as a 2-process job (2 CPU devices each) joined through JAXCNN_*; return the
+    JSON each process printed last."""
     port = _free_port()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER],
+            [sys.executable, "-c", code],
             env=_env(2, JAXCNN_COORDINATOR=f"127.0.0.1:{port}", JAXCNN_NUM_PROCESSES="2", JAXCNN_PROCESS_ID=str(i)),
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
@@ -126,13 +127,19 @@ def test_two_processes_join_through_the_environment():
     results = []
     for p in procs:
         try:
-            out, err = p.communicate(timeout=90)
+            out, err = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            pytest.fail("the 2-process job did not finish in 90 s")
+            pytest.fail(f"the 2-process job did not finish in {timeout:.0f} s")
         assert p.returncode == 0, err[-3000:]
         results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def test_two_processes_join_through_the_environment():
+    """initialize_distributed() reads JAXCNN_* and joins a 2-process job (2 CPU devices each)."""
+    results = _two_processes(WORKER, timeout=90)
     assert sorted(r["index"] for r in results) == [0, 1]
     for r in results:
         assert (r["count"], r["devices"], r["local"]) == (2, 4, 2)
@@ -200,24 +207,7 @@ def test_fit_over_two_processes_matches_one_process():
     single = _python(FIT_WORKER, _env(4))
     assert single.returncode == 0, single.stderr[-3000:]
     ref = json.loads(single.stdout.strip().splitlines()[-1])
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", FIT_WORKER],
-            env=_env(2, JAXCNN_COORDINATOR=f"127.0.0.1:{port}", JAXCNN_NUM_PROCESSES="2", JAXCNN_PROCESS_ID=str(i)),
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for i in range(2)
-    ]
-    for p in procs:
-        try:
-            out, err = p.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("the 2-process fit did not finish in 120 s")
-        assert p.returncode == 0, err[-3000:]
-        got = json.loads(out.strip().splitlines()[-1])
+    for got in _two_processes(FIT_WORKER, timeout=120):
         assert got["devices"] == ref["devices"] == 4
         for k, v in ref["history"].items():
             np.testing.assert_allclose(got["history"][k], v, rtol=1e-5, atol=1e-6, err_msg=k)
