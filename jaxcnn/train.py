@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -493,7 +494,7 @@ def _scan_fn(place: Placement, sharded_batch: bool):
     return jax.jit(run, in_shardings=(repl,) * 6, out_shardings=(repl, repl), donate_argnums=(0, 1))
 
 
-def _part_grads(apply_fn: Any, params: Any, key: Array, step: Array, part: int, x: Array, y: Array):
+def _part_grads(apply_fn: Any, params: Any, key: Array, step: Array, part: Array, x: Array, y: Array):
     """One part of a split batch, on its own device: gradients of ``sum(ce) + n * l2`` (summed
     over the parts and divided by the whole batch size, that is the gradient of the mean loss
     plus L2), the summed loss and the correct count."""
@@ -509,7 +510,7 @@ def _part_grads(apply_fn: Any, params: Any, key: Array, step: Array, part: int, 
     return grads, total, jnp.sum((jnp.argmax(logits, -1) == y).astype(jnp.float32))
 
 
-_jit_part_grads = jax.jit(_part_grads, static_argnums=(0, 4))
+_jit_part_grads = jax.jit(_part_grads, static_argnums=(0,))
 
 
 def _combine_and_update(state: TrainState, acc: dict[str, Array], grads: Sequence[Any], totals: Sequence[Array], corrects: Sequence[Array], n: int):
@@ -528,17 +529,39 @@ def _combine_and_update(state: TrainState, acc: dict[str, Array], grads: Sequenc
 _jit_combine = jax.jit(_combine_and_update, static_argnums=(5,), donate_argnums=(0, 1))
 
 
+# Examples per part when a batch is split over CPU devices. Measured on the 2-core machine (MNIST
+# CNN, per device): parts of 32 ran at 1.9x the per-example speed of parts of 128, whose
+# activations no longer fit the core's cache; see BENCHMARKS.md.
+PART_SIZE = int(os.environ.get("JAXCNN_PART_SIZE", "32"))
+
+
+def split_parts(n: int, k: int, part_size: int | None = None) -> int:
+    """How many equal parts a batch of ``n`` is cut into over ``k`` devices: the fewest multiple
+    of ``k`` that divides ``n`` into parts of at most ``part_size`` (and at least 8) examples, or
+    ``k`` where there is none."""
+    part_size = PART_SIZE if part_size is None else part_size
+    for p in range(k, n // 8 + 1, k):
+        if n % p == 0 and n // p <= part_size:
+            return p
+    return k
+
+
 def _split_step(state: TrainState, acc: dict[str, Array], replicas: list[Any], keys: list[Array], step: int, x: np.ndarray, y: np.ndarray, devices: tuple[Any, ...]):
-    """One training step with the batch split over ``devices``: each device computes its part's
-    gradients (its own program, no collective), device 0 sums them and updates, and the new
-    parameters are copied back to the others. Returns the new state and accumulator."""
+    """One training step with the batch split over ``devices``: the batch is cut into parts of at
+    most :data:`PART_SIZE` examples (:func:`split_parts`), dealt out to the devices in turn; each
+    part's gradients are computed by its device's own program (no collective), device 0 sums them
+    and updates, and the new parameters are copied back to the others. Returns the new state and
+    accumulator."""
     k = len(devices)
-    size = len(y) // k
+    parts = split_parts(len(y), k)
+    size = len(y) // parts
+    steps = [jax.device_put(np.int32(step), d) for d in devices]
     outs = []
-    for i, dev in enumerate(devices):
+    for j in range(parts):
+        i = j % k
         params = state.params if i == 0 else replicas[i]
-        xi, yi = jax.device_put((x[i * size : (i + 1) * size], y[i * size : (i + 1) * size]), dev)
-        outs.append(_jit_part_grads(state.apply_fn, params, keys[i], jax.device_put(np.int32(step), dev), i, xi, yi))
+        xj, yj, pj = jax.device_put((x[j * size : (j + 1) * size], y[j * size : (j + 1) * size], np.int32(j)), devices[i])
+        outs.append(_jit_part_grads(state.apply_fn, params, keys[i], steps[i], pj, xj, yj))
     grads, totals, corrects = zip(*[jax.device_put(o, devices[0]) for o in outs])
     state, acc = _jit_combine(state, acc, list(grads), list(totals), list(corrects), len(y))
     for i in range(1, k):

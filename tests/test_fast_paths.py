@@ -71,12 +71,27 @@ def test_auto_devices_on_cpu():
     assert train.split_devices(128, bn) == ()  # batch statistics would differ per part
 
 
+def test_split_parts_keeps_parts_small_and_equal():
+    assert train.split_parts(64, 2, part_size=32) == 2
+    assert train.split_parts(128, 2, part_size=32) == 4
+    assert train.split_parts(256, 2, part_size=32) == 8
+    assert train.split_parts(512, 2, part_size=64) == 8
+    assert train.split_parts(100, 2, part_size=32) == 4  # 25 each
+    assert train.split_parts(80, 2, part_size=32) == 4  # 20 each
+    assert train.split_parts(74, 2, part_size=32) == 2  # 74 = 2 x 37 has no smaller equal parts
+    assert train.split_parts(48, 2, part_size=8) == 6  # never below 8 examples a part
+    for n, k in [(128, 2), (96, 3), (100, 4), (24, 2)]:
+        p = train.split_parts(n, k)
+        assert p % k == 0 and n % p == 0
+
+
 @pytest.mark.skipif(not train.split_devices(64), reason="needs 2 local CPU devices (one per core)")
-@pytest.mark.parametrize("model_name", ["mnist_cnn", "search_cnn"])
-def test_split_batch_over_cpu_devices_equals_one_device(mnist_small, model_name):
-    """devices="auto" splits each batch over the CPU devices without collectives; same results."""
+@pytest.mark.parametrize("model_name, batch_size", [("mnist_cnn", 64), ("search_cnn", 128)])
+def test_split_batch_over_cpu_devices_equals_one_device(mnist_small, model_name, batch_size):
+    """devices="auto" splits each batch over the CPU devices without collectives, in parts of at
+    most 32 (batch 128 over 2 devices: 4 parts; its last batch of 80: 4 parts of 20); same results."""
     x, y = mnist_small
-    kw = dict(epochs=2, batch_size=64, validation_split=0.2, verbose=0, seed=2)
+    kw = dict(epochs=2, batch_size=batch_size, validation_split=0.2, verbose=0, seed=2)
     model = jaxcnn.get_model(model_name, **({"kernel_size": 5, "weight_decay": 0.01} if model_name == "search_cnn" else {}))
     one = jaxcnn.fit(model, x[:-20], y[:-20], devices=None, **kw)  # 464 = 5 x 64 + 144: a partial batch too
     split = jaxcnn.fit(model, x[:-20], y[:-20], devices="auto", **kw)
