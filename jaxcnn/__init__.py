@@ -30,7 +30,8 @@ def use_cpu_devices(count: int | None = None) -> int:
 
     XLA's own threading uses a second core badly on small convolutions (PERF-NOTES.md: 2 cores
     gave 1.36x one core); one XLA device per core, with each batch split across them by
-    :func:`jaxcnn.fit` (no collective: see :func:`jaxcnn.train.split_devices`), gave 2.2x here.
+    :func:`jaxcnn.fit` (no collective: see :func:`jaxcnn.train.split_devices`), gave 2.2x here,
+    and 2.7x with the batch cut into parts of 32.
     jaxcnn calls this on import; it only works before JAX has run
     anything, and does nothing when ``XLA_FLAGS`` already forces a device count or
     ``JAXCNN_CPU_DEVICES=1``. Returns the count in force (1 when it could not be set).

@@ -372,15 +372,18 @@ def auto_device_count(batch_size: int, devices: Sequence[Any] | None = None) -> 
 
 
 def split_devices(batch_size: int, state: TrainState | None = None) -> tuple[Any, ...]:
-    """The CPU devices ``devices="auto"`` splits each batch over (one per core, see
-    :func:`jaxcnn.use_cpu_devices`), or ``()`` for one device: not on an accelerator, not for a
-    model with batch statistics (each part would normalise by its own), and only when every part
-    gets at least 8 examples."""
+    """The CPU devices ``devices="auto"`` deals each batch's parts out to (one device per core, see
+    :func:`jaxcnn.use_cpu_devices`; the parts have at most :data:`PART_SIZE` examples, see
+    :func:`split_parts`), or ``()`` for the plain one-device step: on an accelerator, for a model
+    with batch statistics (each part would normalise by its own), when no split leaves every
+    device at least 8 examples, and on a single device when the batch is one part anyway."""
     local = jax.local_devices()
     if jax.process_count() > 1 or local[0].platform != "cpu" or (state is not None and state.batch_stats):
         return ()
-    for count in range(len(local), 1, -1):
+    for count in range(len(local), 0, -1):
         if batch_size % count == 0 and batch_size // count >= 8:
+            if count == 1 and split_parts(batch_size, 1) == 1:
+                return ()
             return tuple(local[:count])
     return ()
 
@@ -529,9 +532,11 @@ def _combine_and_update(state: TrainState, acc: dict[str, Array], grads: Sequenc
 _jit_combine = jax.jit(_combine_and_update, static_argnums=(5,), donate_argnums=(0, 1))
 
 
-# Examples per part when a batch is split over CPU devices. Measured on the 2-core machine (MNIST
-# CNN, per device): parts of 32 ran at 1.9x the per-example speed of parts of 128, whose
-# activations no longer fit the core's cache; see BENCHMARKS.md.
+# Most examples in one part of a CPU batch. A part's activations must stay in the core's cache:
+# on the 2-core machine (BENCHMARKS.md), the MNIST CNN at batch 256 over 2 devices ran at 5,084
+# examples/s in parts of 128 and 10,806 in parts of 32; cifar_cnn3 at batch 512, 1,279 in parts
+# of 256 and 1,870 in parts of 32; on one device, batch 128 in one part 3,935, in 4 parts 6,674.
+# Override with JAXCNN_PART_SIZE (read at import).
 PART_SIZE = int(os.environ.get("JAXCNN_PART_SIZE", "32"))
 
 
@@ -780,9 +785,9 @@ def fit(
       seed: parameter initialisation, dropout and shuffling all derive from it.
       callbacks: e.g. ``EarlyStopping``, ``LearningRateScheduler``.
       verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
-      devices: "auto" (default: on CPU, each batch split over the CPU devices, one per core,
-        with no collective, see :func:`split_devices`; one device on an accelerator), None (one
-        device), or "all", a count or a list: a data-parallel mesh (``jax.sharding``), the batch
+      devices: "auto" (default: on CPU, each batch cut into parts of at most 32 examples dealt
+        out to the CPU devices, one per core, with no collective, see :func:`split_devices`; one
+        device on an accelerator), None (one device, the whole batch in one program), or "all", a count or a list: a data-parallel mesh (``jax.sharding``), the batch
         split across devices and hosts, parameters replicated. ``batch_size`` must divide
         evenly over an explicit choice.
       data_on_device: keep the training set on the device, gather batches there and run chunks

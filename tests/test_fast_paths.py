@@ -64,9 +64,10 @@ def test_data_parallel_equals_one_device(mnist_small):
 def test_auto_devices_on_cpu():
     assert train.auto_device_count(128) == 1  # no XLA mesh unless asked for
     n = jax.local_device_count()
-    split = train.split_devices(128)
-    assert len(split) == (n if n > 1 and 128 % n == 0 else 0)
+    assert len(train.split_devices(128)) == n  # 128 divides over 1, 2, 4 or 8 devices
     assert train.split_devices(7) == ()  # too small to split
+    if n == 1:
+        assert train.split_devices(32) == ()  # one part on one device: the plain step
     bn = train.create_train_state(jaxcnn.get_model("cifar_cnn4"), (32, 32, 3))
     assert train.split_devices(128, bn) == ()  # batch statistics would differ per part
 
@@ -98,6 +99,23 @@ def test_split_batch_over_cpu_devices_equals_one_device(mnist_small, model_name,
     assert int(one.state.step) == int(split.state.step)
     _assert_same_history(one.history, split.history)
     assert _max_param_diff(one.state, split.state) < 1e-5
+
+
+def test_parts_on_one_device_equal_the_whole_batch(mnist_small):
+    """On one CPU device (JAXCNN_CPU_DEVICES=1, a 1-core machine), fit still cuts a batch of 128
+    into 4 parts of 32, one program call each, and sums their gradients: same step."""
+    x, y = mnist_small
+    model = jaxcnn.get_model("mnist_cnn")
+    place = train.placement(None)
+    order = np.arange(512)
+    fresh = lambda: train.create_train_state(model, (28, 28, 1), "sgd", 0.05, seed=3)  # noqa: E731  (steps donate their state)
+    whole, m_whole = train.run_epoch(fresh(), x, y, order, 128, place)
+    parts, m_parts = train.run_epoch(fresh(), x, y, order, 128, place, split=(jax.local_devices()[0],))
+    assert train.split_parts(128, 1) == 4
+    assert int(whole.step) == int(parts.step) == 4
+    np.testing.assert_allclose(m_whole["loss"], m_parts["loss"], rtol=1e-5)
+    assert m_whole["accuracy"] == m_parts["accuracy"]
+    assert _max_param_diff(whole, parts) < 1e-5
 
 
 def test_bfloat16_mixed_precision_keeps_accuracy(mnist_small):
