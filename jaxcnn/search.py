@@ -33,8 +33,9 @@ Two ways to train, with the same results to float tolerance:
   resident on the device.
 * ``strategy="auto"``: vmap on GPU/TPU, sequential on CPU. On the 2-core CPU, vmap's per-trial
   throughput measured at most that of one trial at a time, and 2 to 4x lower with 4 trials
-  (vmap turns the per-trial kernels into grouped convolutions), while ``fit`` also splits each
-  batch over one XLA device per core; sharding the trial axis over those devices was slower still.
+  (vmap turns the per-trial kernels into grouped convolutions), while ``fit`` also cuts each
+  batch into cache-sized parts dealt out to one XLA device per core; sharding the trial axis
+  over those devices was slower still.
 
 With ``out``, the search is resumable: each finished trial is stored atomically in
 ``out/trials/NNN/`` (``result.json`` written last, by rename; ``model/`` via

@@ -613,8 +613,8 @@ def run_epoch(
     With ``resident`` = (x, y) already on the device(s), batches are gathered there and ``chunk``
     steps run inside one jitted ``lax.scan`` (the GPU path); otherwise each batch is sliced on
     the host and sent to one jitted step (faster on CPU, where a scanned epoch measured 4x
-    slower). With ``split`` devices, every batch divisible over them is split across them (see
-    :func:`split_devices`); the state lives on the first."""
+    slower). With ``split`` devices, every batch divisible over them is cut into parts dealt out
+    to them (see :func:`split_devices`, :func:`split_parts`); the state lives on the first."""
     n = len(order)
     steps = math.ceil(n / batch_size)
     bar = _progress(steps, desc, verbose)

@@ -141,3 +141,42 @@ def test_one_all_reduce_per_data_parallel_step():
     batch = place.put_batch({"x": np.zeros((64, 28, 28, 1), np.float32), "y": np.zeros(64, np.int32)})
     hlo = train._jitted("train", place, True).lower(state, acc, batch).compile().as_text()
     assert len(re.findall(r"all-reduce\(", hlo)) == 1
+
+
+@pytest.mark.parametrize("k, size, padding", [(7, 11, "valid"), (8, 10, "valid"), (3, 13, "valid"), (5, 7, "same"), (4, 3, "same")])
+def test_col2im_input_gradient_equals_xla(k, size, padding):
+    """conv2d's col2im input gradient (used on CPU where the output is no larger than the kernel)
+    gives XLA's gradients; the forward values are XLA's own."""
+    from jaxcnn.layers import conv2d
+
+    kx, kw = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, (3, size, size, 4))
+    w = jax.random.normal(kw, (k, k, 4, 5)) * 0.2
+
+    def grads(impl, dtype=jnp.float32):
+        loss = lambda x, w: jnp.sum(jnp.sin(conv2d(x.astype(dtype), w.astype(dtype), padding, impl)).astype(jnp.float32))  # noqa: E731
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
+
+    (gx, gw), (cx, cw) = grads("xla"), grads("col2im")
+    assert cx.shape == x.shape and cw.shape == w.shape
+    np.testing.assert_allclose(cx, gx, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cw, gw, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(conv2d(x, w, padding, "col2im"), conv2d(x, w, padding, "xla"))
+    bx, _ = grads("col2im", jnp.bfloat16)
+    np.testing.assert_allclose(bx, gx, rtol=0.1, atol=0.1)
+
+
+def test_conv2d_picks_col2im_where_the_output_is_no_larger_than_the_kernel():
+    from jaxcnn.layers import conv2d
+
+    def uses_col2im(k, size, padding="valid"):
+        x, w = jnp.zeros((2, size, size, 3)), jnp.zeros((k, k, 3, 4))
+        return "custom_vjp" in str(jax.make_jaxpr(lambda x: conv2d(x, w, padding))(x))
+
+    cpu = jax.default_backend() == "cpu"
+    assert uses_col2im(7, 11) == cpu  # search_cnn k=7's second convolution: output 5x5
+    assert uses_col2im(6, 11) == cpu  # output 6x6, kernel 6x6
+    assert not uses_col2im(3, 13)  # mnist_cnn's: output 11x11
+    assert not uses_col2im(5, 7, "same")  # cifar_cnn3's: output 7x7
+    with pytest.raises(jaxcnn.errors.ConfigError, match="input_grad must be"):
+        conv2d(jnp.zeros((1, 5, 5, 1)), jnp.zeros((3, 3, 1, 1)), input_grad="fast")
