@@ -6,7 +6,9 @@ Times, each as its own jitted program on the same random batch: the whole jaxcnn
 the loss's forward pass alone; forward plus backward; and, for each layer, its forward and its
 forward plus backward (gradients of its input and parameters) at the shapes it sees in the
 model. Prints a table (milliseconds per call, median of --repeat calls) and the share of the
-step. With --devices 2 the step is split over two XLA CPU devices as fit does.
+step. With --devices 2 the step runs on a data-parallel mesh over two XLA CPU devices; fit's
+default instead cuts each batch into parts of 32 dealt out to the devices (time that with
+peer_jaxcnn.py), and --batch-size 32 profiles the program one such part runs.
 """
 
 from __future__ import annotations
