@@ -538,17 +538,26 @@ _jit_combine = jax.jit(_combine_and_update, static_argnums=(5,), donate_argnums=
 # of 256 and 1,870 in parts of 32; on one device, batch 128 in one part 3,935, in 4 parts 6,674.
 # Override with JAXCNN_PART_SIZE (read at import).
 PART_SIZE = int(os.environ.get("JAXCNN_PART_SIZE", "32"))
+# Each part's gradients reach the first device before they are summed: at most this many bytes of
+# them at once, so that a large model gets fewer, larger parts rather than many copies of itself.
+PART_GRADS_BYTES = 512 * 2**20
 
 
-def split_parts(n: int, k: int, part_size: int | None = None) -> int:
+def split_parts(n: int, k: int, part_size: int | None = None, max_parts: int | None = None) -> int:
     """How many equal parts a batch of ``n`` is cut into over ``k`` devices: the fewest multiple
-    of ``k`` that divides ``n`` into parts of at most ``part_size`` (and at least 8) examples, or
-    ``k`` where there is none."""
+    of ``k`` that divides ``n`` into parts of at most ``part_size`` (default :data:`PART_SIZE`)
+    and at least 8 examples; where no count up to ``max_parts`` gives parts that small, the count
+    that gives the smallest (at least ``k``)."""
     part_size = PART_SIZE if part_size is None else part_size
+    best = k
     for p in range(k, n // 8 + 1, k):
-        if n % p == 0 and n // p <= part_size:
-            return p
-    return k
+        if max_parts is not None and p > max_parts:
+            break
+        if n % p == 0:
+            best = p
+            if n // p <= part_size:
+                break
+    return best
 
 
 def _split_step(state: TrainState, acc: dict[str, Array], replicas: list[Any], keys: list[Array], step: int, x: np.ndarray, y: np.ndarray, devices: tuple[Any, ...]):
@@ -558,7 +567,8 @@ def _split_step(state: TrainState, acc: dict[str, Array], replicas: list[Any], k
     and updates, and the new parameters are copied back to the others. Returns the new state and
     accumulator."""
     k = len(devices)
-    parts = split_parts(len(y), k)
+    grad_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state.params))
+    parts = split_parts(len(y), k, max_parts=max(k, PART_GRADS_BYTES // max(grad_bytes, 1)))
     size = len(y) // parts
     steps = [jax.device_put(np.int32(step), d) for d in devices]
     outs = []

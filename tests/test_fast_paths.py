@@ -81,6 +81,10 @@ def test_split_parts_keeps_parts_small_and_equal():
     assert train.split_parts(80, 2, part_size=32) == 4  # 20 each
     assert train.split_parts(74, 2, part_size=32) == 2  # 74 = 2 x 37 has no smaller equal parts
     assert train.split_parts(48, 2, part_size=8) == 6  # never below 8 examples a part
+    assert train.split_parts(48, 2, part_size=4) == 6  # the smallest parts there are
+    # A large model: at most max_parts copies of its gradients, so fewer, larger parts.
+    assert train.split_parts(256, 2, part_size=32, max_parts=4) == 4  # 64 each
+    assert train.split_parts(256, 2, part_size=32, max_parts=3) == 2
     for n, k in [(128, 2), (96, 3), (100, 4), (24, 2)]:
         p = train.split_parts(n, k)
         assert p % k == 0 and n % p == 0
