@@ -797,9 +797,10 @@ def fit(
       verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
       devices: "auto" (default: on CPU, each batch cut into parts of at most 32 examples dealt
         out to the CPU devices, one per core, with no collective, see :func:`split_devices`; one
-        device on an accelerator), None (one device, the whole batch in one program), or "all", a count or a list: a data-parallel mesh (``jax.sharding``), the batch
-        split across devices and hosts, parameters replicated. ``batch_size`` must divide
-        evenly over an explicit choice.
+        device on an accelerator), None (one device, the whole batch in one program), or "all",
+        a count or a list: a data-parallel mesh (``jax.sharding``), the batch split across
+        devices and hosts, parameters replicated. ``batch_size`` must divide evenly over an
+        explicit choice.
       data_on_device: keep the training set on the device, gather batches there and run chunks
         of steps in one ``lax.scan``. ``None`` chooses by backend: on for GPU/TPU, off on CPU
         (measured 4x slower there). Same results either way, to float tolerance.
