@@ -693,15 +693,7 @@ def _init_group(module, group: list[Trial], config: SearchConfig) -> train.Train
 
     def one(seed, lr):
         v, dropout_key = variables(seed)
-        state = train.TrainState.create(
-            apply_fn=module.apply,
-            params=v["params"],
-            tx=tx,
-            batch_stats=v.get("batch_stats", {}),
-            key=dropout_key,
-            input_shape=shape,
-            num_classes=int(logits.shape[-1]),
-        )
+        state = train.state_from_variables(module.apply, v, tx, dropout_key, shape, int(logits.shape[-1]))
         if lr is None:
             return state
         hp = dict(state.opt_state.hyperparams)

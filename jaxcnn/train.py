@@ -90,12 +90,19 @@ def create_train_state(
     num_classes = output_classes(model, input_shape)  # traced only: a bad shape fails here, uncompiled
     init_key, dropout_key = jax.random.split(jax.random.key(seed))
     variables = _init_variables(model, input_shape, init_key, dropout_key)
+    return state_from_variables(model.apply, variables, tx, dropout_key, input_shape, num_classes)
+
+
+def state_from_variables(apply_fn: Any, variables: Any, tx: optax.GradientTransformation, key: Array,
+                         input_shape: tuple[int, ...], num_classes: int) -> TrainState:
+    """A fresh :class:`TrainState` around initialised ``variables`` (``params``, and
+    ``batch_stats`` where the model has them), with dropout key ``key``."""
     state = TrainState.create(
-        apply_fn=model.apply,
+        apply_fn=apply_fn,
         params=variables["params"],
         tx=tx,
         batch_stats=variables.get("batch_stats", {}),
-        key=dropout_key,
+        key=key,
         input_shape=input_shape,
         num_classes=num_classes,
     )
