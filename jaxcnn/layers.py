@@ -86,6 +86,13 @@ def _bias_and_activation(layer: Conv2D | Dense, y: Array) -> Array:
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
+def _padding_mode(padding: str) -> str:
+    mode = padding.lower() if isinstance(padding, str) else padding
+    if mode not in ("valid", "same"):
+        raise ConfigError(f"padding must be 'valid' or 'same', got {padding!r}")
+    return mode
+
+
 def _conv(x: Array, kernel: Array, padding: Padding) -> Array:
     return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
@@ -138,7 +145,7 @@ def conv2d(x: Array, kernel: Array, padding: str = "valid", input_grad: str = "a
     kernel's gradient are XLA's either way; the input gradients agree to float rounding.
     """
     kh, kw = kernel.shape[:2]
-    if padding == "valid":
+    if _padding_mode(padding) == "valid":
         pads: Padding = ((0, 0), (0, 0))
     else:
         pads = (((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2))
@@ -185,9 +192,7 @@ class Conv2D(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         kh, kw = _pair(self.kernel_size, "kernel_size")
-        padding = self.padding.lower()
-        if padding not in ("valid", "same"):
-            raise ConfigError(f"padding must be 'valid' or 'same', got {self.padding!r}")
+        padding = _padding_mode(self.padding)
         if x.ndim != 4:
             raise ShapeError(
                 f"{self.name}: expected a 4-D NHWC batch (N, H, W, C), got shape {tuple(x.shape)}; "

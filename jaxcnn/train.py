@@ -389,7 +389,7 @@ def split_devices(batch_size: int, state: TrainState | None = None) -> tuple[Any
         return ()
     for count in range(len(local), 0, -1):
         if batch_size % count == 0 and batch_size // count >= 8:
-            if count == 1 and split_parts(batch_size, 1) == 1:
+            if count == 1 and split_parts(batch_size, 1, max_parts=max_parts(state, 1)) == 1:
                 return ()
             return tuple(local[:count])
     return ()
@@ -550,6 +550,15 @@ PART_SIZE = int(os.environ.get("JAXCNN_PART_SIZE", "32"))
 PART_GRADS_BYTES = 512 * 2**20
 
 
+def max_parts(state: TrainState | None, k: int) -> int | None:
+    """The most parts a batch over ``k`` devices may have for ``state``'s model: as many copies
+    of its gradients as fit :data:`PART_GRADS_BYTES`, at least ``k`` (``None``: no state, no cap)."""
+    if state is None:
+        return None
+    grad_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state.params))
+    return max(k, PART_GRADS_BYTES // max(grad_bytes, 1))
+
+
 def split_parts(n: int, k: int, part_size: int | None = None, max_parts: int | None = None) -> int:
     """How many equal parts a batch of ``n`` is cut into over ``k`` devices: the fewest multiple
     of ``k`` that divides ``n`` into parts of at most ``part_size`` (default :data:`PART_SIZE`)
@@ -567,15 +576,14 @@ def split_parts(n: int, k: int, part_size: int | None = None, max_parts: int | N
     return best
 
 
-def _split_step(state: TrainState, acc: dict[str, Array], replicas: list[Any], keys: list[Array], step: int, x: np.ndarray, y: np.ndarray, devices: tuple[Any, ...]):
+def _split_step(state: TrainState, acc: dict[str, Array], replicas: list[Any], keys: list[Array], step: int, x: np.ndarray, y: np.ndarray, devices: tuple[Any, ...], limit: int | None):
     """One training step with the batch split over ``devices``: the batch is cut into parts of at
     most :data:`PART_SIZE` examples (:func:`split_parts`), dealt out to the devices in turn; each
     part's gradients are computed by its device's own program (no collective), device 0 sums them
-    and updates, and the new parameters are copied back to the others. Returns the new state and
-    accumulator."""
+    and updates, and the new parameters are copied back to the others. ``limit`` caps the number
+    of parts (:func:`max_parts`). Returns the new state and accumulator."""
     k = len(devices)
-    grad_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state.params))
-    parts = split_parts(len(y), k, max_parts=max(k, PART_GRADS_BYTES // max(grad_bytes, 1)))
+    parts = split_parts(len(y), k, max_parts=limit)
     size = len(y) // parts
     steps = [jax.device_put(np.int32(step), d) for d in devices]
     outs = []
@@ -648,6 +656,7 @@ def run_epoch(
         first_step = int(state.step)
         replicas = [None] + [jax.device_put(state.params, d) for d in split[1:]]
         keys = [jax.device_put(state.key, d) for d in split]
+        limit = max_parts(state, len(split))
     for i, unit in enumerate(units):
         if resident is not None:
             idx, valid = unit
@@ -656,7 +665,7 @@ def run_epoch(
             done += int(valid.sum())
         elif split and len(unit) % len(split) == 0:
             step = int(first_step) + i
-            state, acc = _split_step(state, acc, replicas, keys, step, x[unit], y[unit], split)
+            state, acc = _split_step(state, acc, replicas, keys, step, x[unit], y[unit], split, limit)
             done += 1
         else:
             batch = place.put_batch({"x": x[unit], "y": y[unit]})

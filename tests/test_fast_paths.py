@@ -85,6 +85,9 @@ def test_split_parts_keeps_parts_small_and_equal():
     # A large model: at most max_parts copies of its gradients, so fewer, larger parts.
     assert train.split_parts(256, 2, part_size=32, max_parts=4) == 4  # 64 each
     assert train.split_parts(256, 2, part_size=32, max_parts=3) == 2
+    mnist = train.create_train_state(jaxcnn.get_model("mnist_cnn"), (28, 28, 1))  # 1 MB of params
+    assert train.max_parts(mnist, 2) == train.PART_GRADS_BYTES // (258_090 * 4)
+    assert train.max_parts(None, 2) is None
     for n, k in [(128, 2), (96, 3), (100, 4), (24, 2)]:
         p = train.split_parts(n, k)
         assert p % k == 0 and n % p == 0
@@ -182,5 +185,9 @@ def test_conv2d_picks_col2im_where_the_output_is_no_larger_than_the_kernel():
     assert uses_col2im(6, 11) == cpu  # output 6x6, kernel 6x6
     assert not uses_col2im(3, 13)  # mnist_cnn's: output 11x11
     assert not uses_col2im(5, 7, "same")  # cifar_cnn3's: output 7x7
+    np.testing.assert_array_equal(conv2d(x := jnp.ones((1, 5, 5, 1)), w := jnp.ones((3, 3, 1, 1)), "VALID"), conv2d(x, w, "valid"))
+    assert conv2d(x, w, "same").shape == (1, 5, 5, 1)
+    with pytest.raises(jaxcnn.errors.ConfigError, match="padding must be 'valid' or 'same', got 'full'"):
+        conv2d(x, w, "full")
     with pytest.raises(jaxcnn.errors.ConfigError, match="input_grad must be"):
         conv2d(jnp.zeros((1, 5, 5, 1)), jnp.zeros((3, 3, 1, 1)), input_grad="fast")
