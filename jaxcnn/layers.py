@@ -38,28 +38,121 @@ Dtype = Any
 glorot_uniform = nn.initializers.glorot_uniform()
 zeros = nn.initializers.zeros
 
-_ACTIVATIONS: dict[str, Callable[[Array], Array] | None] = {
+# Keras 3's activations (keras/src/activations/__init__.py ALL_OBJECTS plus its aliases swish and
+# hard_swish), each with Keras's default arguments; the values match Keras on its JAX backend
+# (tests/test_keras_parity.py::test_activation_matches_keras, 1e-6). Where Keras's default
+# differs from Flax's: leaky_relu's slope is 0.2 (the LeakyReLU *layer* defaults to 0.3, see
+# :class:`LeakyReLU`), gelu is exact (erf), not the tanh approximation.
+
+
+def leaky_relu(x: Array, negative_slope: float = 0.2) -> Array:
+    """``keras.activations.leaky_relu``: ``x`` if ``x >= 0`` else ``negative_slope * x`` (0.2)."""
+    return jax.nn.leaky_relu(x, negative_slope)
+
+
+def gelu(x: Array, approximate: bool = False) -> Array:
+    """``keras.activations.gelu``: exact ``0.5 * x * (1 + erf(x / sqrt(2)))`` by default."""
+    return jax.nn.gelu(x, approximate=approximate)
+
+
+def soft_shrink(x: Array, threshold: float = 0.5) -> Array:
+    """``keras.activations.soft_shrink``: ``x -/+ threshold`` outside ``[-threshold, threshold]``, else 0."""
+    return jnp.where(x > threshold, x - threshold, jnp.where(x < -threshold, x + threshold, 0.0)).astype(x.dtype)
+
+
+def hard_shrink(x: Array, threshold: float = 0.5) -> Array:
+    """``keras.activations.hard_shrink``: ``x`` where ``|x| > threshold``, else 0."""
+    return jnp.where(jnp.abs(x) > threshold, x, 0.0).astype(x.dtype)
+
+
+def threshold(x: Array, threshold: float, default_value: float) -> Array:
+    """``keras.activations.threshold``: ``x`` where ``x > threshold``, else ``default_value``.
+
+    It has no defaults, so it is not a name for ``activation=``: pass
+    ``functools.partial(threshold, threshold=..., default_value=...)``.
+    """
+    return jnp.where(x > threshold, x, default_value).astype(x.dtype)
+
+
+def tanh_shrink(x: Array) -> Array:
+    """``keras.activations.tanh_shrink``: ``x - tanh(x)``."""
+    return x - jnp.tanh(x)
+
+
+def mish(x: Array) -> Array:
+    """``keras.activations.mish``: ``x * tanh(softplus(x))``."""
+    return x * jnp.tanh(jax.nn.softplus(x))
+
+
+def sparsemax(x: Array, axis: int = -1) -> Array:
+    """``keras.activations.sparsemax``: the Euclidean projection onto the simplex along ``axis``."""
+    srt = -jnp.sort(-x, axis=axis)
+    cums = jnp.cumsum(srt, axis=axis)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    r = jnp.arange(1, x.shape[axis] + 1, dtype=x.dtype).reshape(shape)
+    support = srt - (cums - 1) / r > 0
+    k = jnp.sum(support, axis=axis, keepdims=True)
+    tau = (jnp.sum(jnp.where(support, cums, 0.0), axis=axis, keepdims=True) - 1) / k
+    return jnp.maximum(x - tau, 0.0)
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array] | None] = {
     "linear": None,
-    "relu": nn.relu,
-    "leaky_relu": lambda x: nn.leaky_relu(x, 0.1),
-    "sigmoid": nn.sigmoid,
+    "relu": jax.nn.relu,
+    "leaky_relu": leaky_relu,
+    "relu6": jax.nn.relu6,
+    "softmax": jax.nn.softmax,
+    "log_softmax": jax.nn.log_softmax,
+    "sparsemax": sparsemax,
+    "celu": jax.nn.celu,
+    "elu": jax.nn.elu,
+    "selu": jax.nn.selu,
+    "softplus": jax.nn.softplus,
+    "softsign": jax.nn.soft_sign,
+    "squareplus": jax.nn.squareplus,
+    "soft_shrink": soft_shrink,
+    "sparse_plus": jax.nn.sparse_plus,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "gelu": gelu,
+    "glu": jax.nn.glu,
     "tanh": jnp.tanh,
-    "softmax": nn.softmax,
-    "elu": nn.elu,
-    "gelu": nn.gelu,
+    "tanh_shrink": tanh_shrink,
+    "hard_tanh": jax.nn.hard_tanh,
+    "hard_shrink": hard_shrink,
+    "sigmoid": jax.nn.sigmoid,
+    "log_sigmoid": jax.nn.log_sigmoid,
+    "sparse_sigmoid": jax.nn.sparse_sigmoid,
+    "hard_sigmoid": jax.nn.hard_sigmoid,
+    "hard_silu": jax.nn.hard_silu,
+    "hard_swish": jax.nn.hard_silu,
+    "exponential": jnp.exp,
+    "mish": mish,
 }
+#: Keras names that need arguments Keras gives no default for.
+_NEEDS_ARGUMENTS = {"threshold": "functools.partial(jaxcnn.layers.threshold, threshold=..., default_value=...)"}
 
 
 def get_activation(activation: str | Callable[[Array], Array] | None) -> Callable[[Array], Array] | None:
-    """Return the activation function for a Keras-style name, a callable, or ``None`` (linear)."""
+    """Return the activation function for a Keras name (:data:`ACTIVATIONS`, with Keras's
+    defaults), a callable, or ``None``/``"linear"`` (identity: returns ``None``).
+
+    Unknown names raise ``ConfigError`` with the closest known name.
+    """
     if activation is None or callable(activation):
         return activation
-    try:
-        return _ACTIVATIONS[activation]
-    except KeyError:
-        raise ConfigError(
-            f"unknown activation {activation!r}; use one of {sorted(_ACTIVATIONS)} or pass a function"
-        ) from None
+    if isinstance(activation, str) and activation in ACTIVATIONS:
+        return ACTIVATIONS[activation]
+    if activation in _NEEDS_ARGUMENTS:
+        raise ConfigError(f"activation {activation!r} has no default arguments; pass {_NEEDS_ARGUMENTS[activation]}")
+    import difflib
+
+    close = difflib.get_close_matches(str(activation).lower(), list(ACTIVATIONS), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(
+        f"unknown activation {activation!r}{hint}; use one of {', '.join(sorted(ACTIVATIONS))} or pass a function"
+    )
 
 
 def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:

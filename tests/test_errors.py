@@ -118,7 +118,7 @@ def test_unknown_model_optimizer_or_dataset(model, xy):
     x, y = xy
     with pytest.raises(ConfigError, match=r"unknown model 'resnet'; known models: mnist_cnn, search_cnn, cifar_cnn1"):
         jaxcnn.get_model("resnet")
-    with pytest.raises(ConfigError, match=r"unknown optimizer 'adagrad'; use one of rmsprop, adamax, adam, sgd"):
+    with pytest.raises(ConfigError, match=r"unknown optimizer 'adagrad'; use one of rmsprop, adamax, adam, adamw, sgd"):
         jaxcnn.fit(model, x, y, optimizer="adagrad", verbose=0)
     with pytest.raises(ConfigError, match=r"Unknown data set 'imagenet'\. Known data sets: mnist, fashion_mnist, cifar10"):
         data.load("imagenet")
