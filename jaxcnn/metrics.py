@@ -1,0 +1,352 @@
+"""Classification metrics as pytrees updated on the device, in the style of CLU.
+
+A :class:`Metric` is a frozen (hashable) dataclass that describes a metric; its *state* is a
+pytree of arrays (sums, counts) that the jitted train/eval step updates batch by batch and that
+merges by addition, so parts of a batch, devices and batches combine exactly. Only
+:meth:`Metric.result` runs on the host, once an epoch::
+
+    ms = get_metrics(["accuracy", "top_k_accuracy", "f1"])
+    states = tuple(m.init(num_classes) for m in ms)
+    # inside the jitted step, per batch:
+    states = tuple(m.update(s, logits, labels, weights) for m, s in zip(ms, states))
+    # at the end of the epoch, on the host:
+    logs = {k: v for m, s in zip(ms, jax.device_get(states)) for k, v in m.result(s).items()}
+
+``update(state, outputs, labels, weights)`` takes ``outputs`` ``(B, C)`` (logits or
+probabilities: every metric here depends only on the ranking of the classes), ``labels`` ``(B,)``
+int32 class indices and ``weights`` ``(B,)`` float32: 0 for padding rows, otherwise the sample
+weight. As in Keras, a sample weight multiplies the example's contribution to every count, so
+accuracy is ``sum(w * correct) / sum(w)`` and precision is ``sum(w * tp) / sum(w * (tp + fp))``.
+
+Names for :func:`get_metrics` and their result keys:
+
+* ``"accuracy"`` / ``"acc"`` (also Keras's ``"sparse_categorical_accuracy"`` and
+  ``"categorical_accuracy"``): :class:`Accuracy`, key = the name given.
+* ``"top_k_accuracy"`` (k = 5; also ``"top_k_categorical_accuracy"``,
+  ``"sparse_top_k_categorical_accuracy"``): :class:`TopKAccuracy`, key = the name given; a label
+  counts as within the top k if fewer than k classes score strictly higher (Keras's ``in_top_k``).
+* ``"precision"``, ``"recall"``, ``"f1"`` (also ``"f1_score"``): :class:`Precision`,
+  :class:`Recall`, :class:`F1Score`, per class with the class predicted by argmax. Keys: the
+  name (macro mean over all classes, as ``keras.metrics.F1Score(average="macro")``) and
+  ``name_0`` ... ``name_{C-1}`` (per class: ``keras.metrics.Precision(top_k=1, class_id=c)``,
+  ``Recall(top_k=1, class_id=c)``, ``F1Score(average=None)``). A class never predicted (or never
+  present) has precision (recall) 0, as Keras's ``divide_no_nan``.
+* ``"confusion_matrix"``: :class:`ConfusionMatrix`, whose result is a ``(C, C)`` array (rows:
+  true class, columns: predicted class; weighted counts), not a float; keep it out of a history.
+
+Parity with Keras's metrics, with sample weights, is tested in
+``tests/test_keras_parity.py::test_metrics_match_keras`` (tolerance 1e-5; Keras adds an epsilon
+of 1e-7 to F1's denominators, here a zero denominator gives 0 exactly). Host helpers:
+:func:`confusion_matrix` and :func:`classification_report`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn.errors import ConfigError, ShapeError
+
+Array = jax.Array
+
+
+def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` with 0 where ``den`` is 0 (Keras's ``divide_no_nan``)."""
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A metric's description (hashable: a static argument of the jitted step).
+
+    Subclasses implement :meth:`init`, :meth:`update` and :meth:`result`; :meth:`merge` adds
+    two states leaf by leaf, which is right for every metric here (all states are sums).
+    """
+
+    name: str
+
+    def init(self, num_classes: int) -> Any:
+        """The zero state for ``num_classes`` classes: a pytree of ``jnp`` zeros."""
+        raise NotImplementedError
+
+    def update(self, state: Any, outputs: Array, labels: Array, weights: Array) -> Any:
+        """``state`` plus one batch: ``outputs`` (B, C), ``labels`` (B,) int, ``weights`` (B,). Pure."""
+        raise NotImplementedError
+
+    def merge(self, a: Any, b: Any) -> Any:
+        """The state of the union of what ``a`` and ``b`` saw (their sum)."""
+        return jax.tree.map(jnp.add, a, b)
+
+    def result(self, state: Any) -> dict[str, Any]:
+        """The metric's values by log key, computed on the host from a (numpy) state."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class Accuracy(Metric):
+    """``sum(w * (argmax(outputs) == label)) / sum(w)`` (``keras.metrics.SparseCategoricalAccuracy``)."""
+
+    name: str = "accuracy"
+
+    def init(self, num_classes: int) -> Any:
+        return {"correct": jnp.zeros((), jnp.float32), "weight": jnp.zeros((), jnp.float32)}
+
+    def update(self, state, outputs, labels, weights):
+        correct = (jnp.argmax(outputs, axis=-1) == labels).astype(jnp.float32)
+        w = weights.astype(jnp.float32)
+        return {"correct": state["correct"] + jnp.sum(w * correct), "weight": state["weight"] + jnp.sum(w)}
+
+    def result(self, state):
+        return {self.name: float(_divide(state["correct"], state["weight"]))}
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class TopKAccuracy(Metric):
+    """Weighted share of examples whose label is among the ``k`` highest outputs
+    (``keras.metrics.SparseTopKCategoricalAccuracy(k)``; ties count in the label's favour).
+
+    ``TopKAccuracy(3)`` logs ``top_3_accuracy`` unless given a ``name``.
+    """
+
+    k: int = 5
+
+    def __init__(self, k: int = 5, name: str | None = None):
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"TopKAccuracy: k must be a positive integer, got {k!r}")
+        object.__setattr__(self, "k", k)
+        object.__setattr__(self, "name", name or f"top_{k}_accuracy")
+
+    def init(self, num_classes: int) -> Any:
+        return {"correct": jnp.zeros((), jnp.float32), "weight": jnp.zeros((), jnp.float32)}
+
+    def update(self, state, outputs, labels, weights):
+        at_label = jnp.take_along_axis(outputs, labels[:, None].astype(jnp.int32), axis=-1)
+        at_label = jnp.where(jnp.isnan(at_label), -jnp.inf, at_label)
+        rank = 1 + jnp.sum(outputs > at_label, axis=-1)
+        correct = (rank <= self.k).astype(jnp.float32)
+        w = weights.astype(jnp.float32)
+        return {"correct": state["correct"] + jnp.sum(w * correct), "weight": state["weight"] + jnp.sum(w)}
+
+    def result(self, state):
+        return {self.name: float(_divide(state["correct"], state["weight"]))}
+
+
+def _counts(outputs: Array, labels: Array, weights: Array, num_classes: int) -> dict[str, Array]:
+    """Weighted true positives, false positives and false negatives per class (argmax prediction)."""
+    pred = jax.nn.one_hot(jnp.argmax(outputs, axis=-1), num_classes, dtype=jnp.float32)
+    true = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    w = weights.astype(jnp.float32)[:, None]
+    return {
+        "tp": jnp.sum(w * pred * true, axis=0),
+        "fp": jnp.sum(w * pred * (1 - true), axis=0),
+        "fn": jnp.sum(w * (1 - pred) * true, axis=0),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class _PerClass(Metric):
+    def init(self, num_classes: int) -> Any:
+        z = jnp.zeros((num_classes,), jnp.float32)
+        return {"tp": z, "fp": z, "fn": z}
+
+    def update(self, state, outputs, labels, weights):
+        c = _counts(outputs, labels, weights, outputs.shape[-1])
+        return {k: state[k] + c[k] for k in ("tp", "fp", "fn")}
+
+    def per_class(self, state) -> np.ndarray:
+        raise NotImplementedError
+
+    def result(self, state):
+        values = self.per_class(state)
+        out = {self.name: float(np.mean(values)) if values.size else 0.0}
+        out.update({f"{self.name}_{i}": float(v) for i, v in enumerate(values)})
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Precision(_PerClass):
+    """Per-class precision ``tp / (tp + fp)`` with argmax predictions; keys ``precision`` (macro
+    mean) and ``precision_{c}`` (``keras.metrics.Precision(top_k=1, class_id=c)``)."""
+
+    name: str = "precision"
+
+    def per_class(self, state):
+        return _divide(state["tp"], np.asarray(state["tp"]) + np.asarray(state["fp"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Recall(_PerClass):
+    """Per-class recall ``tp / (tp + fn)``; keys ``recall`` (macro mean) and ``recall_{c}``
+    (``keras.metrics.Recall(top_k=1, class_id=c)``)."""
+
+    name: str = "recall"
+
+    def per_class(self, state):
+        return _divide(state["tp"], np.asarray(state["tp"]) + np.asarray(state["fn"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class F1Score(_PerClass):
+    """Per-class F1 ``2 p r / (p + r)``; keys ``f1`` (macro mean, ``keras.metrics.F1Score(average=
+    "macro")``) and ``f1_{c}`` (``F1Score(average=None)``, argmax predictions)."""
+
+    name: str = "f1"
+
+    def per_class(self, state):
+        p = _divide(state["tp"], np.asarray(state["tp"]) + np.asarray(state["fp"]))
+        r = _divide(state["tp"], np.asarray(state["tp"]) + np.asarray(state["fn"]))
+        return _divide(2 * p * r, p + r)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfusionMatrix(Metric):
+    """Weighted ``(C, C)`` confusion matrix: entry ``[t, p]`` sums the weights of examples of true
+    class ``t`` predicted as ``p`` (argmax). Its result is an array, not a float."""
+
+    name: str = "confusion_matrix"
+
+    def init(self, num_classes: int) -> Any:
+        return jnp.zeros((num_classes, num_classes), jnp.float32)
+
+    def update(self, state, outputs, labels, weights):
+        c = outputs.shape[-1]
+        pred = jax.nn.one_hot(jnp.argmax(outputs, axis=-1), c, dtype=jnp.float32)
+        true = jax.nn.one_hot(labels, c, dtype=jnp.float32) * weights.astype(jnp.float32)[:, None]
+        return state + true.T @ pred
+
+    def result(self, state):
+        return {self.name: np.asarray(state)}
+
+
+_NAMES: dict[str, Any] = {
+    "accuracy": Accuracy,
+    "acc": Accuracy,
+    "sparse_categorical_accuracy": Accuracy,
+    "categorical_accuracy": Accuracy,
+    "top_k_accuracy": TopKAccuracy,
+    "top_k_categorical_accuracy": TopKAccuracy,
+    "sparse_top_k_categorical_accuracy": TopKAccuracy,
+    "precision": Precision,
+    "recall": Recall,
+    "f1": F1Score,
+    "f1_score": F1Score,
+    "confusion_matrix": ConfusionMatrix,
+}
+
+
+def get_metric(metric: str | Metric) -> Metric:
+    """A :class:`Metric` from a name (see the module docstring) or a :class:`Metric` itself."""
+    if isinstance(metric, Metric):
+        return metric
+    if isinstance(metric, str) and metric.lower() in _NAMES:
+        return _NAMES[metric.lower()](name=metric)
+    import difflib
+
+    close = difflib.get_close_matches(str(metric).lower(), list(_NAMES), n=1, cutoff=0.7)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(
+        f"unknown metric {metric!r}{hint}; use one of {', '.join(_NAMES)} or a jaxcnn.metrics.Metric"
+    )
+
+
+def get_metrics(metrics: Sequence[str | Metric] | None) -> tuple[Metric, ...]:
+    """The :class:`Metric` objects for ``metrics`` (names or metrics), checked for clashing names."""
+    if metrics is None:
+        return ()
+    if isinstance(metrics, (str, Metric)):
+        metrics = [metrics]
+    out = tuple(get_metric(m) for m in metrics)
+    names = [m.name for m in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"metrics {dupes} are given more than once; give each metric once (or distinct names)")
+    return out
+
+
+# -- host helpers ------------------------------------------------------------------------------
+
+
+def _as_classes(y: Any, what: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim == 2:  # one-hot labels, probabilities or logits
+        y = np.argmax(y, axis=-1)
+    if y.ndim != 1:
+        raise ShapeError(f"{what} must be class indices (N,) or scores (N, C), got shape {y.shape}")
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise ShapeError(f"{what} holds non-integer class indices; pass int labels or (N, C) scores")
+        y = y.astype(np.int64)
+    return y.astype(np.int64)
+
+
+def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int | None = None, sample_weight: Any = None) -> np.ndarray:
+    """``(C, C)`` confusion matrix on the host: ``[t, p]`` counts (or sums the sample weights of)
+    the examples of true class ``t`` predicted as ``p``.
+
+    ``y_true`` and ``y_pred`` are class indices ``(N,)`` or scores/one-hot ``(N, C)`` (argmaxed).
+    ``num_classes`` defaults to the largest class seen plus one. Integer counts without weights.
+    """
+    t, p = _as_classes(y_true, "y_true"), _as_classes(y_pred, "y_pred")
+    if t.shape != p.shape:
+        raise ShapeError(f"y_true has {t.shape[0]} labels and y_pred {p.shape[0]}; they must match one to one")
+    n = int(num_classes) if num_classes is not None else int(max(t.max(initial=-1), p.max(initial=-1)) + 1)
+    for name, y in (("y_true", t), ("y_pred", p)):
+        bad = (y < 0) | (y >= n)
+        if bad.any():
+            raise ShapeError(f"{name} holds class {int(y[bad][0])}, outside 0..{n - 1}; pass num_classes={int(y.max()) + 1} or fix the labels")
+    if sample_weight is None:
+        out = np.zeros((n, n), np.int64)
+        np.add.at(out, (t, p), 1)
+        return out
+    w = np.asarray(sample_weight, np.float64).reshape(-1)
+    if w.shape[0] != t.shape[0]:
+        raise ShapeError(f"sample_weight has {w.shape[0]} values for {t.shape[0]} labels; they must match one to one")
+    out = np.zeros((n, n), np.float64)
+    np.add.at(out, (t, p), w)
+    return out
+
+
+def classification_report(
+    y_true: Any, y_pred: Any, class_names: Sequence[str] | None = None, sample_weight: Any = None, digits: int = 3
+) -> str:
+    """A text table of per-class precision, recall, F1 and support, then accuracy and the macro
+    and support-weighted averages (the layout of scikit-learn's ``classification_report``).
+
+    ``y_true``/``y_pred`` as in :func:`confusion_matrix`; ``class_names`` names the rows (default
+    the class indices) and fixes the number of classes.
+    """
+    n = len(class_names) if class_names is not None else None
+    cm = confusion_matrix(y_true, y_pred, n, sample_weight).astype(np.float64)
+    n = cm.shape[0]
+    names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(n)]
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)
+    precision = _divide(tp, cm.sum(axis=0))
+    recall = _divide(tp, support)
+    f1 = _divide(2 * precision * recall, precision + recall)
+    total = support.sum()
+    width = max([len(s) for s in names] + [len("weighted avg")])
+
+    def fmt_support(v: float) -> str:
+        return f"{int(v)}" if float(v).is_integer() else f"{v:.{digits}f}"
+
+    head = f"{'':>{width}} {'precision':>10} {'recall':>10} {'f1-score':>10} {'support':>10}"
+    lines = [head, ""]
+    for i, name in enumerate(names):
+        lines.append(
+            f"{name:>{width}} {precision[i]:>10.{digits}f} {recall[i]:>10.{digits}f} {f1[i]:>10.{digits}f} {fmt_support(support[i]):>10}"
+        )
+    lines.append("")
+    acc = float(_divide(tp.sum(), total))
+    lines.append(f"{'accuracy':>{width}} {'':>10} {'':>10} {acc:>10.{digits}f} {fmt_support(total):>10}")
+    share = _divide(support, total)
+    for label, avg in (("macro avg", np.mean), ("weighted avg", lambda v: float(np.sum(v * share)))):
+        p, r, f = (avg(v) if n else 0.0 for v in (precision, recall, f1))
+        lines.append(f"{label:>{width}} {p:>10.{digits}f} {r:>10.{digits}f} {f:>10.{digits}f} {fmt_support(total):>10}")
+    return "\n".join(lines)
