@@ -1,27 +1,31 @@
-"""Report task 1.5: random search over kernel size, L2 weight decay and learning rate.
+"""Report task 1.5: hyperparameter search over kernel size, L2 weight decay and learning rate, on Optuna.
 
     python -m experiments.random_search                 # the report's search (see below for time)
     python -m experiments.random_search --limit 600 --trials 3 --epochs 1   # a quick check, seconds
-    python -m experiments.random_search --out runs/rs   # run it again with the same --out to resume
+    python -m experiments.random_search --out runs/rs   # run it again with the same --out to continue
+    python -m experiments.random_search --pruner median --sampler tpe --workers 2
+    # several machines on one PostgreSQL study: each runs the same command
+    python -m experiments.random_search --storage postgresql://user:pw@db-host/search --study rs1
 
 The report's settings: 10 trials of ``search_cnn`` (Conv 32 kxk, MaxPool, Conv 32 kxk, Dense 32,
 Dense 10), each 10 epochs, batch 256, validation_split 0.2, RMSprop; kernel size k in 2..10, L2
-weight decay uniform in [0.0001, 0.1], learning rate uniform in [0.0001, 0.01]. A trial with
-k = 10 cannot be built on 28x28 images (the second conv has no room) and is recorded as invalid.
-The best trial is the one with the highest last-epoch validation accuracy.
+weight decay uniform in [0.0001, 0.1], learning rate uniform in [0.0001, 0.01], drawn at random
+from (seed, trial) alone. A trial with k = 10 cannot be built on 28x28 images (the second conv has
+no room) and is recorded as invalid. The best trial is the one with the highest last-epoch
+validation accuracy.
 
-Runtime: 7.5 minutes (452 s) on the 2-core CPU with the defaults (trials one after another, each
-batch cut into parts of 32 over one XLA device per core): 9 valid trials of 33 to 58 s, about
-10,000 training images/s. On a GPU, ``--strategy auto`` trains the trials that share a kernel size together, in
-one vmapped program.
+Runtime: about 7.5 minutes on the 2-core CPU with the defaults (BENCHMARKS.md): 9 valid trials
+of 33 to 58 s, one after another, each batch cut into parts of 32 over one XLA device per core.
 
-Writes to ``--out`` (default runs/random_search-<time>): search.json (what identifies the search,
-for resuming), trials/NNN/ (result.json and model/ of each finished trial, written atomically),
-trials.csv and trials.json (one row per trial: hyperparameters, status, last-epoch and best-epoch
-metrics, wall time), best.json (the best trial and the settings), params.png (validation accuracy
-against each hyperparameter) and best/ (summary.txt, history.json/.csv/.png, and model/, which
-``python -m experiments.predict <out>/best`` reloads). A rerun with the same --out trains only
-the trials not yet finished; a larger --trials extends the search with the same first trials.
+Writes to ``--out`` (default runs/random_search-<time>): study.db (the Optuna study, SQLite,
+unless --storage), search.json (what identifies the search), trials/NNN/ (result.json,
+history.csv and model/ of each trial), trials.csv and trials.json (one row per trial:
+hyperparameters, status and Optuna state, last-epoch and best-epoch metrics, wall time),
+best.json (the best trial and the settings), history.png (optimisation history),
+importances.png, params.png (validation accuracy against each hyperparameter) and best/
+(summary.txt, history.json/.csv/.png, and model/, which ``python -m experiments.predict
+<out>/best`` reloads). A rerun with the same --out (or --resume) trains only the trials not yet
+finished; a larger --trials extends the search with the same first trials.
 
 Result (seed 0; 48,000 images to train on, 12,000 to validate): seed 0 draws k = 6, 10, 6, 6, 8,
 6, 9, 4, 4, 4; trial 2 (k = 10) is invalid; two trials (weight decay 0.056 and 0.078 with learning
@@ -45,7 +49,7 @@ from typing import Any
 
 from experiments.common import main_guard, write_json
 from jaxcnn.errors import ConfigError
-from jaxcnn.search import REPORT_SPACE, SearchConfig
+from jaxcnn.search import DEFAULT_STUDY, PRUNERS, REPORT_SPACE, SAMPLERS, SearchConfig
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,11 @@ class RandomSearchRun:
     dataset: str = "mnist"  # jaxcnn.data.load name
     limit: int | None = None  # use only the first N training examples (before the split)
     data_dir: str | None = None  # where the data files are; None = cache / bundled / download
-    out: str | None = None  # run directory; None = runs/<name>-<time>; an existing search resumes
+    out: str | None = None  # run directory; None = runs/<name>-<time>; an existing search continues
+    resume: bool = False  # continue the search in `out` (it must hold one)
+    storage: str | None = None  # Optuna storage URL; None = SQLite in out/study.db
+    study: str = DEFAULT_STUDY  # the study's name in the storage
+    workers: int = 1  # local worker processes
     search: SearchConfig = field(default_factory=SearchConfig)  # the report's 10 x 10 epochs
 
 
@@ -74,42 +82,69 @@ def build_parser() -> Any:
     p.add_argument("--seed", type=int, default=s.seed, help="trial t is a function of (seed, t) (default %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training examples, for quick runs")
     p.add_argument("--data-dir", default=None, help="directory with the data files (default: cache, bundled copy)")
-    p.add_argument("--out", default=None, help="run directory (default runs/random_search-<time>); an existing search resumes")
-    p.add_argument("--strategy", default=s.strategy, choices=("auto", "sequential", "vmap"),
-                   help="auto: vmap on GPU/TPU, sequential on CPU (default %(default)s)")
+    p.add_argument("--out", default=None, help="run directory (default runs/random_search-<time>); an existing search continues")
+    p.add_argument("--resume", action="store_true", help="continue the search in --out (a rerun with the same --out does too)")
+    p.add_argument("--sampler", default=s.sampler, choices=SAMPLERS,
+                   help="random: trial t drawn from (seed, t) alone, as the report; tpe: Optuna's TPE (default %(default)s)")
+    p.add_argument("--pruner", default=s.pruner, choices=PRUNERS,
+                   help="stop hopeless trials after an epoch: median, halving (successive halving), hyperband (default %(default)s)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL shared by workers, e.g. postgresql://user:pw@host/db (default: SQLite in --out)")
+    p.add_argument("--study", default=DEFAULTS.study, help="the study's name in the storage (default %(default)s)")
+    p.add_argument("--workers", type=int, default=DEFAULTS.workers, help="local worker processes (default %(default)s)")
+    p.add_argument("--heartbeat", type=int, default=s.heartbeat_interval,
+                   help="seconds between a trial's heartbeats; a worker silent for 3 of them is dead and its trial retried (default %(default)s)")
     p.add_argument("--verbose", type=int, default=s.verbose, choices=(0, 1, 2),
                    help="0 silent, 1 trial lines and an epoch bar, 2 one line per epoch")
     return p
 
 
 def run(config: RandomSearchRun) -> dict[str, Any]:
-    """Run (or resume) the search per ``config``; return the contents of best.json."""
+    """Run (or join, or continue) the search per ``config``; return the contents of best.json."""
     import json
 
     from jaxcnn import data, search
 
+    if config.resume and not config.out:
+        raise ConfigError("--resume needs --out: the run directory of the search to continue")
+    if config.workers < 1:
+        raise ConfigError(f"--workers must be a positive integer, got {config.workers}")
+    if config.limit is not None and config.limit <= 0:
+        raise ConfigError(f"--limit must be positive, got {config.limit}")
     out = Path(config.out or f"runs/{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if config.resume and not (out / "search.json").is_file():
+        raise ConfigError(f"--resume: {out} holds no search to continue; drop --resume to start one there")
     ds = data.load(config.dataset, config.data_dir)
     if config.limit is not None:
-        if config.limit <= 0:
-            raise ConfigError(f"--limit must be positive, got {config.limit}")
         ds = ds.limit(config.limit)
     if config.search.verbose:
         print(f"data: {ds.name} from {ds.source}: {len(ds.x_train)} train (before the validation split)")
-    search.random_search(data.to_float(ds.x_train), ds.y_train, REPORT_SPACE, config.search, out=out)
-    write_json(out / "config.json", dataclasses.asdict(config))
+    search.random_search(
+        data.to_float(ds.x_train), ds.y_train, REPORT_SPACE, config.search,
+        out=out, storage=config.storage, study_name=config.study, workers=config.workers,
+    )
+    write_json(out / "config.json", {**dataclasses.asdict(config), "storage": _hide(config.storage)})
     if config.search.verbose:
         print(f"Outputs in {out}")
     return json.loads((out / "best.json").read_text())
+
+
+def _hide(url: str | None) -> str | None:
+    from jaxcnn.search import _hide_password
+
+    return _hide_password(url)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     search = dataclasses.replace(
         DEFAULTS.search, trials=args.trials, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-        strategy=args.strategy, verbose=args.verbose,
+        sampler=args.sampler, pruner=args.pruner, heartbeat_interval=args.heartbeat, verbose=args.verbose,
     )
-    return run(dataclasses.replace(DEFAULTS, limit=args.limit, data_dir=args.data_dir, out=args.out, search=search))
+    return run(dataclasses.replace(
+        DEFAULTS, limit=args.limit, data_dir=args.data_dir, out=args.out, resume=args.resume,
+        storage=args.storage, study=args.study, workers=args.workers, search=search,
+    ))
 
 
 if __name__ == "__main__":

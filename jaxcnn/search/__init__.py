@@ -1,0 +1,554 @@
+"""Hyperparameter search on Optuna: any model, any space, pruning, workers on one database.
+
+>>> from jaxcnn import data, search
+>>> ds = data.load("mnist")
+>>> result = search.random_search(data.to_float(ds.x_train), ds.y_train, out="runs/rs")
+>>> result.best.hyperparameters, result.best.results["val_accuracy"]
+
+The defaults are the report's task 1.5: 10 trials of ``search_cnn`` over :data:`REPORT_SPACE`
+(kernel size 2..10, L2 weight decay uniform in [0.0001, 0.1], RMSprop learning rate uniform in
+[0.0001, 0.01]), 10 epochs each, batch 256, the best trial by last-epoch ``val_accuracy``.
+
+* **Engine.** An Optuna study (``optuna.Study``): a sampler (``"random"``, the default: trial
+  ``t`` gets the same hyperparameters whether it runs first or last, alone or beside other
+  workers; ``"tpe"``), an optional pruner (``"median"``, ``"halving"``, ``"hyperband"``) that
+  acts mid-trial (each epoch reports its ``metric`` to the trial), and storage. A trial that
+  cannot be built (``search_cnn`` with k = 10) is recorded as ``"invalid"``, one whose loss
+  becomes NaN as ``"diverged"``, both with their reason, and never count as the best.
+* **Model.** ``model`` is a registry name, a Flax module class (or ``functools.partial`` of one,
+  or an instance) that gets the space's values as attributes, or a function ``trial -> module``
+  that calls Optuna's ``trial.suggest_*`` itself (define-by-run). ``learning_rate``,
+  ``optimizer`` and ``batch_size`` go to training; ``weight_decay`` goes to the model when it
+  has that attribute (the report's Keras-style L2), else to the optimizer (Keras's
+  ``weight_decay``).
+* **Space.** Declarative dimensions (:class:`IntRange`, :class:`Uniform`,
+  :class:`LogUniform`, :class:`Choice`), or none at all with a define-by-run model.
+* **Storage and workers.** With ``out``, the study is SQLite in ``out/study.db``; a rerun with
+  the same ``out`` continues it. ``storage`` takes any URL Optuna supports
+  (``postgresql://user@host/db``), ``study_name`` names the study: every process that runs the
+  same search on it joins it, on one machine or many. ``workers=N`` starts N local worker
+  processes. A killed worker's trial is failed once its heartbeat stops and trained again by
+  another worker; the study ends with exactly ``trials`` trials (see :mod:`jaxcnn.search.engine`).
+* **Outputs** (with ``out``): ``trials/NNN/`` (result.json, history.csv, model/ of each trial),
+  ``trials.csv``/``trials.json`` (one row per trial: hyperparameters, seed, status and Optuna
+  state, last-epoch and best-epoch metrics, wall time), ``best.json``, ``history.png``,
+  ``importances.png``, ``params.png`` and ``best/`` (summary, history table and plot, model).
+  The console shows one line per trial and a final table.
+
+Training the trials that share shapes together in one vmapped program (the first version's
+``strategy="vmap"``) is gone: on this 2-core CPU it was slower than one trial at a time
+(BENCHMARKS.md), Optuna's pruners act on one trial at a time, and several worker processes are
+the way to use more devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxcnn.errors import ConfigError, ShapeError
+from jaxcnn.search.engine import (
+    DB_FILE, MAX_RETRY, PRUNERS, SAMPLERS, TRAINING_PARAMS, Data, SearchConfig, describe_model, fingerprint,
+    open_storage, open_study, storage_url, work,
+)
+from jaxcnn.search.space import (
+    REPORT_SPACE, Choice, Dimension, IntRange, LogUniform, Space, Uniform, check_space, draw, sample,
+    seeded_random_sampler, space_to_dict, suggest, to_distribution, trial_seed,
+)
+
+DEFAULT_STUDY = "jaxcnn-search"
+_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SeededRandomSampler":  # defined on first use: Optuna loads lazily
+        from jaxcnn.search.space import _sampler_class
+
+        return _sampler_class()
+    raise AttributeError(f"module 'jaxcnn.search' has no attribute {name!r}")
+
+
+@dataclass
+class Trial:
+    """One trial of a search (the last attempt at jaxcnn trial number ``trial``, 1-based).
+
+    ``status`` is ``"ok"``, ``"pruned"``, ``"invalid"`` (the model cannot be built; ``reason``
+    says why), ``"diverged"`` (the loss became NaN; the history stops at the last finished
+    epoch) or ``"failed"``; ``state`` is Optuna's (COMPLETE, PRUNED, FAIL). ``results`` holds
+    the last epoch's loss, accuracy, val_loss and val_accuracy (the report's ``model_results``).
+    ``params``/``batch_stats`` are the trained variables when this process trained the trial or
+    its ``out/trials/NNN/model`` holds them. ``attempts`` counts tries (a killed worker's too).
+    """
+
+    trial: int
+    hyperparameters: dict[str, Any]
+    seed: int
+    model_name: str
+    status: str = "ok"
+    reason: str = ""
+    state: str = ""
+    number: int = -1  # Optuna's trial number
+    history: Any = None  # jaxcnn.train.History
+    results: dict[str, float] = field(default_factory=dict)
+    params: Any = None
+    batch_stats: Any = None
+    wall_time_s: float = 0.0
+    attempts: int = 1
+    worker: str = ""
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    module: Any = None  # the Flax module, when this process built it
+
+    def best_epoch(self, metric: str = "val_accuracy", mode: str = "max") -> int | None:
+        """0-based epoch with the best ``metric``, or None without a history."""
+        if self.history is None or not self.history.history.get(metric):
+            return None
+        return self.history.best_epoch(metric, mode)
+
+    def row(self, metric: str = "val_accuracy", mode: str = "max") -> dict[str, Any]:
+        """One flat row of the results table."""
+        row: dict[str, Any] = {"trial": self.trial, **self.hyperparameters, "seed": self.seed,
+                               "status": self.status, "state": self.state}
+        for k in _METRICS:
+            row[k] = self.results.get(k)
+        best = self.best_epoch(metric, mode)
+        row["epochs_run"] = len(self.history) if self.history is not None else 0
+        row["best_epoch"] = None if best is None else best + 1
+        for k in _METRICS:
+            values = self.history.history.get(k) if self.history is not None else None
+            row[f"best_{k}"] = values[self.history.epoch.index(best)] if values and best is not None else None
+        row["wall_time_s"] = self.wall_time_s
+        row["attempts"] = self.attempts
+        row["worker"] = self.worker
+        row["reason"] = self.reason
+        return row
+
+
+@dataclass
+class SearchResult:
+    """Every trial, in trial order, the best one (None when none finished), and the study."""
+
+    trials: list[Trial]
+    best: Trial | None
+    config: SearchConfig
+    space: dict[str, Dimension]
+    study: Any  # optuna.Study
+    wall_time_s: float
+    trained_here: int = 0  # trials this process (or its workers) trained in this call
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [t.row(self.config.metric, self.config.mode) for t in self.trials]
+
+
+# ----------------------------------------------------------------------------------------------
+# The search
+
+
+def random_search(
+    x: Any,
+    y: Any,
+    space: Space | None = None,
+    config: SearchConfig | None = None,
+    *,
+    validation_data: tuple[Any, Any] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    storage: str | None = None,
+    study_name: str = DEFAULT_STUDY,
+    workers: int = 1,
+    **overrides: Any,
+) -> SearchResult:
+    """Run (or join, or resume) a search: train ``config.trials`` trials and return them all.
+
+    Args:
+      x: float training images (N, H, W, C), e.g. ``jaxcnn.data.to_float(ds.x_train)``.
+      y: integer labels (N,) (or one-hot).
+      space: name -> dimension; default :data:`REPORT_SPACE` (``{}`` with a define-by-run model).
+      config: a :class:`SearchConfig`; ``overrides`` replace its fields (``trials=3, model=MyCNN,
+        sampler="tpe", pruner="median"``).
+      validation_data: ``(x_val, y_val)``; default: the last ``validation_split`` of ``x``/``y``.
+      out: directory for the study (SQLite, unless ``storage``), each trial's results and model,
+        and the final tables and figures. A directory holding this search continues it.
+      storage: an Optuna storage URL shared by workers (``postgresql://...``, ``sqlite:///...``).
+      study_name: the study's name in the storage.
+      workers: local worker processes (each gets its share of the CPU devices).
+
+    Returns a :class:`SearchResult`. Raises ``ConfigError``/``ShapeError`` on bad input before
+    training anything.
+    """
+    t_start = time.perf_counter()
+    space = check_space(REPORT_SPACE if space is None else space)
+    try:
+        config = dataclasses.replace(config or SearchConfig(), **overrides).check()
+    except TypeError as e:
+        raise ConfigError(f"random_search got an unknown option: {e}") from None
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    if workers > 1 and storage is None and out is None:
+        raise ConfigError("workers > 1 need a shared study: give out (SQLite in it) or storage")
+    if not space and isinstance(config.model, str):
+        raise ConfigError("the search space is empty; give dimensions, or a model function trial -> module that suggests its own")
+    say = print if config.verbose else (lambda *a, **k: None)
+    data = _prepare_data(x, y, validation_data, config)
+    if "batch_size" not in space and config.batch_size > len(data.x_train):
+        raise ConfigError(
+            f"batch_size {config.batch_size} is larger than the {len(data.x_train)} training examples; "
+            f"use batch_size <= {len(data.x_train)} or more data"
+        )
+    run_dir = _open_run_dir(Path(out)) if out is not None else None
+    url = storage_url(storage, run_dir)
+    fp = fingerprint(config, space, (data.x_train, data.y_train, data.x_val, data.y_val))
+    db = open_storage(url, config)
+    study = open_study(db, study_name, config, space, say, fp=fp)
+    if run_dir is not None:
+        _write_json(run_dir / "search.json", {"storage": _hide_password(url), "study": study_name, **fp})
+    where = f"study {study_name!r} in {_hide_password(url) if url else 'memory'}"
+    say(f"Search: {config.trials} trials, {_sampler_name(config)} sampler, pruner {_pruner_name(config)}; {where}")
+    local: dict[int, dict[str, Any]] = {}
+    if workers == 1:
+        trained = work(study, db, data, config, space, run_dir, say, on_trial=lambda r: local.__setitem__(r["trial"], r))
+    else:
+        trained = _run_workers(workers, data, config, space, run_dir, url, study_name, fp)
+        trained += work(study, db, data, config, space, run_dir, say)  # a dead worker's trial, if any
+    result = collect(study, config, space, run_dir, local)
+    result.wall_time_s = time.perf_counter() - t_start
+    result.trained_here = trained
+    if run_dir is not None:
+        save_results(result, run_dir)
+    if config.verbose:
+        from jaxcnn.search.report import console_table
+
+        names = _param_names(result)
+        say(console_table(result.rows(), names, config.metric, result.best.trial if result.best else None))
+        if result.best is not None:
+            b = result.best
+            say(f"Best: trial {b.trial} ({_hp_text(b.hyperparameters)}), {config.metric} "
+                f"{b.results.get(config.metric, float('nan')):.4f}; search took {result.wall_time_s:.1f} s")
+        else:
+            say("No trial finished with a usable result")
+    return result
+
+
+run = random_search  # the same function, for searches that are not random (sampler="tpe")
+
+
+def _sampler_name(config: SearchConfig) -> str:
+    return config.sampler if isinstance(config.sampler, str) else type(config.sampler).__name__
+
+
+def _pruner_name(config: SearchConfig) -> str:
+    return config.pruner if isinstance(config.pruner, str) else type(config.pruner).__name__
+
+
+def _hide_password(url: str | None) -> str | None:
+    if not url or "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    cred, host = rest.rsplit("@", 1)
+    user = cred.split(":", 1)[0]
+    return f"{scheme}://{user}{':***' if ':' in cred else ''}@{host}"
+
+
+def _hp_text(hp: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in hp.items())
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    from jaxcnn.checkpoint import atomic_write
+
+    atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _open_run_dir(out: Path) -> Path:
+    """Create ``out`` or reuse one that holds this search's study; refuse anything else."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out {out} exists and is not a directory; choose another directory")
+    if out.is_dir() and any(out.iterdir()) and not ((out / DB_FILE).is_file() or (out / "search.json").is_file()):
+        raise ConfigError(f"{out} already holds files but no search; choose a new directory so that nothing is overwritten")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot write to {out}: {e.strerror or e}; choose a writable directory") from None
+    return out
+
+
+def _prepare_data(x, y, validation_data, config: SearchConfig) -> Data:
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ShapeError(f"x has shape {x.shape}; the search takes a batch of images (N, H, W, C)")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ShapeError(
+            f"x has dtype {x.dtype}; the search takes floating-point images. Scale them first, "
+            "e.g. jaxcnn.data.to_float(x) (pixels / 255, as the report does)"
+        )
+    y = np.asarray(y)
+    if y.ndim == 2:  # one-hot
+        y = y.argmax(-1)
+    if validation_data is not None:
+        x_val, y_val = np.asarray(validation_data[0]), np.asarray(validation_data[1])
+        if y_val.ndim == 2:
+            y_val = y_val.argmax(-1)
+        x_tr, y_tr = x, y
+    else:
+        from jaxcnn.data import validation_split
+
+        (x_tr, y_tr), (x_val, y_val) = validation_split(x, y, config.validation_split)
+    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    return Data(f32(x_tr), y_tr.astype(np.int32), f32(x_val), y_val.astype(np.int32))
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker processes
+
+
+def _run_workers(n: int, data: Data, config: SearchConfig, space: dict[str, Any], out: Path | None,
+                 url: str, study_name: str, fp: dict[str, Any]) -> int:
+    """Start ``n`` worker processes (spawned: fresh JAX), each with ``cores // n`` CPU devices,
+    and wait for them. Returns how many trials they trained."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    tmp = tempfile.mkdtemp(prefix="jaxcnn-search-")
+    try:
+        paths = {}
+        for name in ("x_train", "y_train", "x_val", "y_val"):
+            paths[name] = os.path.join(tmp, f"{name}.npy")
+            np.save(paths[name], getattr(data, name))
+        counts = ctx.Queue()
+        procs = []
+        saved = os.environ.get("JAXCNN_CPU_DEVICES")
+        os.environ["JAXCNN_CPU_DEVICES"] = str(max(1, cores // n))
+        try:
+            for i in range(n):
+                p = ctx.Process(target=_worker_main, args=(i + 1, paths, config, space, out, url, study_name, fp, counts), daemon=False)
+                p.start()
+                procs.append(p)
+        finally:
+            if saved is None:
+                os.environ.pop("JAXCNN_CPU_DEVICES", None)
+            else:
+                os.environ["JAXCNN_CPU_DEVICES"] = saved
+        for p in procs:
+            p.join()
+        total = 0
+        while not counts.empty():
+            total += counts.get()
+        bad = [f"worker {i + 1} exited with status {p.exitcode}" for i, p in enumerate(procs) if p.exitcode]
+        if bad:
+            print(f"warning: {'; '.join(bad)}; its trial goes back to the queue", file=sys.stderr)
+        return total
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _worker_main(index: int, paths: dict[str, str], config: SearchConfig, space: dict[str, Any], out: Path | None,
+                 url: str, study_name: str, fp: dict[str, Any], counts: Any) -> None:
+    """One spawned worker: load the data, join the study, train slots until none is left."""
+    import jaxcnn  # noqa: F401  (splits the CPU into this worker's devices)
+
+    data = Data(*(np.load(paths[k], mmap_mode="r") for k in ("x_train", "y_train", "x_val", "y_val")))
+    data = Data(*(np.ascontiguousarray(a) for a in (data.x_train, data.y_train, data.x_val, data.y_val)))
+    db = open_storage(url, config)
+    study = open_study(db, study_name, config, space, print, worker=index, fp=fp, create=False)
+    prefix = f"[worker {index}] "
+    say = (lambda s: print(prefix + s, flush=True)) if config.verbose else (lambda s: None)
+    counts.put(work(study, db, data, config, space, out, say, bars=False))
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+
+
+def collect(study: Any, config: SearchConfig, space: dict[str, Any], out: Path | None = None,
+            local: Mapping[int, Mapping[str, Any]] | None = None) -> SearchResult:
+    """The search's trials from the study: for each jaxcnn trial number, its last finished
+    attempt (a killed worker's attempt counts in ``attempts``), with the variables trained in
+    this process (``local``) or exported in ``out/trials/NNN/model``."""
+    from optuna.trial import TrialState
+
+    from jaxcnn import train
+
+    local = local or {}
+    by_t: dict[int, list[Any]] = {}
+    for ft in study.get_trials(deepcopy=False):
+        if "trial" in ft.user_attrs:
+            by_t.setdefault(int(ft.user_attrs["trial"]), []).append(ft)
+    trials = []
+    for t in sorted(by_t):
+        attempts = by_t[t]
+        done = [ft for ft in attempts if ft.state.is_finished() and ft.user_attrs.get("status") not in (None, "interrupted")]
+        if not done:
+            final = attempts[-1]
+            status = "failed" if final.state == TrialState.FAIL else final.state.name.lower()
+            reason = f"its worker stopped ({len(attempts)} attempt(s), the last {final.state.name})"
+            trials.append(Trial(t, dict(final.params), trial_seed(config.seed, t), describe_model(config.model),
+                                status=status, reason=reason, state=final.state.name, number=final.number, attempts=len(attempts)))
+            continue
+        ft = done[-1]
+        ua = ft.user_attrs
+        history = train.History.from_dict(ua["history"]) if ua.get("history") else None
+        trial = Trial(
+            trial=t, hyperparameters=dict(ft.params), seed=ua.get("seed", trial_seed(config.seed, t)),
+            model_name=describe_model(config.model), status=ua.get("status", "failed"), reason=ua.get("reason", ""),
+            state=ft.state.name, number=ft.number, history=history, results=dict(ua.get("results") or {}),
+            wall_time_s=float(ua.get("wall_time_s") or 0.0), attempts=len(attempts), worker=ua.get("worker", ""),
+            model_kwargs=dict(ua.get("model_kwargs") or {}),
+        )
+        rec = local.get(t)
+        if rec is not None and rec.get("number") == ft.number and rec.get("state_obj") is not None:
+            state = rec["state_obj"]
+            trial.params, trial.batch_stats = state.params, state.batch_stats
+            trial.module = rec.get("module")
+        trials.append(trial)
+    best = _best(trials, config)
+    return SearchResult(trials=trials, best=best, config=config, space=space, study=study, wall_time_s=0.0)
+
+
+def _best(trials, config: SearchConfig) -> Trial | None:
+    """The first finished trial with the best last-epoch ``metric`` (ties: the earlier trial, as
+    the report's strict ``>``); pruned, invalid, diverged and failed trials never count."""
+    import math
+
+    best, best_value = None, None
+    for trial in trials:
+        value = trial.results.get(config.metric)
+        if trial.status != "ok" or value is None or not math.isfinite(value):
+            continue
+        if best is None or (value > best_value if config.mode == "max" else value < best_value):
+            best, best_value = trial, value
+    return best
+
+
+def _param_names(result: SearchResult) -> list[str]:
+    names = list(result.space)
+    for t in result.trials:
+        names += [k for k in t.hyperparameters if k not in names]
+    return names
+
+
+def _distributions(result: SearchResult) -> dict[str, Any]:
+    dists: dict[str, Any] = {name: to_distribution(dim) for name, dim in result.space.items()}
+    for ft in result.study.get_trials(deepcopy=False):
+        for k, d in ft.distributions.items():
+            dists.setdefault(k, d)
+    return dists
+
+
+def save_results(result: SearchResult, out: str | os.PathLike[str]) -> Path:
+    """Write the search's tables and figures to ``out``:
+
+    trials.csv / trials.json (one row per trial: hyperparameters, seed, status and Optuna
+    state, last-epoch and best-epoch metrics, wall time, attempts, worker, reason), best.json
+    (the best trial and the search's settings), history.png, importances.png (when two or more
+    trials finished), params.png, and best/: summary.txt, history.json/.csv/.png and model/.
+    """
+    from jaxcnn import checkpoint, plots
+    from jaxcnn.checkpoint import atomic_write
+    from jaxcnn.search import report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = result.config
+    rows = result.rows()
+    names = _param_names(result)
+    _, text = report.table(rows, names)
+    atomic_write(out / "trials.csv", text)
+    _write_json(out / "trials.json", rows)
+    kinds = report.kinds_of(_distributions(result))
+    plots.save(report.params_figure(rows, names, config.metric, kinds), out / "params.png")
+    plots.save(report.history_figure(rows, config.metric, config.mode), out / "history.png")
+    importances = _importances(result)
+    if importances:
+        plots.save(report.importances_figure(importances, config.metric), out / "importances.png")
+    best = result.best
+    summary_record = {
+        "metric": config.metric,
+        "mode": config.mode,
+        "best": None if best is None else best.row(config.metric, config.mode),
+        "trials": len(result.trials),
+        "finished": sum(t.status == "ok" for t in result.trials),
+        "pruned": [t.trial for t in result.trials if t.status == "pruned"],
+        "invalid": [t.trial for t in result.trials if t.status == "invalid"],
+        "diverged": [t.trial for t in result.trials if t.status == "diverged"],
+        "failed": [t.trial for t in result.trials if t.status == "failed"],
+        "importances": importances,
+        "study": result.study.study_name,
+        "run_wall_time_s": result.wall_time_s,
+        "trials_wall_time_s": sum(t.wall_time_s for t in result.trials),
+        "config": {k: (v if isinstance(v, (int, float, str, type(None))) else describe_model(v) if k == "model" else type(v).__name__)
+                   for k, v in dataclasses.asdict(config).items()},
+        "space": space_to_dict(result.space),
+    }
+    _write_json(out / "best.json", summary_record)
+    if best is not None:
+        _save_best(out / "best", best, result, checkpoint, plots)
+    return out
+
+
+def _importances(result: SearchResult) -> dict[str, float]:
+    """Optuna's fANOVA importances over the finished trials ({} with fewer than 2 or no spread)."""
+    import optuna
+
+    if sum(t.state == "COMPLETE" for t in result.trials) < 2:
+        return {}
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return {k: float(v) for k, v in optuna.importance.get_param_importances(result.study).items()}
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        return {}
+
+
+def _save_best(bdir: Path, best: Trial, result: SearchResult, checkpoint: Any, plots: Any) -> None:
+    from jaxcnn.checkpoint import atomic_write
+    from jaxcnn.search.engine import export_model, trial_dir
+    from jaxcnn.summary import summary
+
+    config = result.config
+    bdir.mkdir(parents=True, exist_ok=True)
+    title = f"Best trial {best.trial}: {_hp_text(best.hyperparameters)}"
+    module = best.module
+    if module is None and isinstance(config.model, str):
+        from jaxcnn import models
+
+        module = models.get_model(config.model, **best.model_kwargs)
+    text = ""
+    if module is not None:
+        shape = _input_shape(result)
+        if shape:
+            text = "\n\n" + summary(module, shape, name=f"{describe_model(config.model)} (trial {best.trial})")
+    atomic_write(bdir / "summary.txt", f"Trial {best.trial}: {_hp_text(best.hyperparameters)}{text}\n")
+    if best.history is not None:
+        _write_json(bdir / "history.json", best.history.to_dict())
+        atomic_write(bdir / "history.csv", best.history.to_csv())
+        plots.save(plots.training_curves(best.history, monitor=config.metric, title=title), bdir / "history.png")
+    src = trial_dir(Path(bdir).parent, best.trial) / "model"
+    if (src / "model.json").is_file():
+        import shutil
+
+        shutil.copytree(src, bdir / "model", dirs_exist_ok=True)
+
+
+def _input_shape(result: SearchResult) -> tuple[int, ...] | None:
+    shape = (result.study.user_attrs.get("jaxcnn_search") or {}).get("input_shape")
+    return tuple(shape) if shape else None
+
+
+__all__ = [
+    "Choice", "DEFAULT_STUDY", "Dimension", "IntRange", "LogUniform", "MAX_RETRY", "PRUNERS", "REPORT_SPACE", "SAMPLERS",
+    "SearchConfig", "SearchResult", "SeededRandomSampler", "Space", "TRAINING_PARAMS", "Trial", "Uniform", "collect",
+    "draw", "random_search", "run", "sample", "save_results", "space_to_dict", "suggest", "to_distribution", "trial_seed",
+]

@@ -1,0 +1,688 @@
+"""The search on Optuna: configuration, storage, the study's trial slots, workers, one trial.
+
+A search of ``N`` trials is an Optuna study holding ``N`` *slots*: the process that creates the
+study enqueues trials ``1..N`` (Optuna ``WAITING`` trials whose ``user_attrs["trial"]`` is ``t``;
+with the random sampler their declarative parameters are fixed to :func:`~jaxcnn.search.sample`
+``(space, seed, t)``). A worker takes the lowest waiting slot (its state set ``WAITING ->
+RUNNING`` in one locked transaction), trains it with :func:`jaxcnn.fit`, and finishes it:
+``COMPLETE`` (its value is the last epoch's metric), ``PRUNED``, or ``FAIL`` with
+``user_attrs["status"]`` ``"invalid"`` (the model cannot be built) or ``"diverged"``. A worker
+never creates a trial of its own, so the study ends with exactly the ``N`` trials asked for.
+
+While it trains, a worker records a heartbeat in the database every ``heartbeat_interval``
+seconds. Before taking a slot, every worker fails the running trials whose heartbeat is older
+than ``grace_period`` (a killed worker's) with Optuna's ``fail_stale_trials``, and Optuna's
+``RetryHeartbeatStaleTrialCallback`` enqueues each again with the same parameters and
+``user_attrs``: another worker trains it, and the study still completes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import socket
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from jaxcnn.callbacks import Callback
+from jaxcnn.errors import ConfigError, ShapeError, TrainingError
+from jaxcnn.search import space as spaces
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+#: Hyperparameters that go to training rather than to the model's constructor.
+TRAINING_PARAMS = ("learning_rate", "optimizer", "batch_size")
+SAMPLERS = ("random", "tpe")
+PRUNERS = ("none", "median", "halving", "hyperband")
+DB_FILE = "study.db"
+TRIALS_DIR = "trials"
+MAX_RETRY = 2  # a slot whose worker is killed is trained again at most this many times
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """One search. The defaults are the report's (1.5): 10 random trials of ``search_cnn``."""
+
+    trials: int = 10  # number of trials, numbered 1..trials
+    epochs: int = 10  # epochs per trial (no early stopping, as the report)
+    batch_size: int = 256  # unless the space has "batch_size"
+    validation_split: float = 0.2  # last fraction of the training arrays, as Keras
+    # A registry name, a Flax module class (or functools.partial of one, or an instance) built
+    # with the space's model attributes, or a function optuna.Trial -> module (define-by-run).
+    model: Any = "search_cnn"
+    optimizer: str = "rmsprop"  # unless the space has "optimizer"; jaxcnn.optim name
+    learning_rate: float | None = None  # unless the space has "learning_rate"; None = default
+    seed: int = 0  # trial t's random hyperparameters and seed derive from (seed, t) only
+    metric: str = "val_accuracy"  # the last epoch's metric is the trial's value; reported each epoch
+    mode: str = "max"  # "max" or "min" for metric
+    sampler: Any = "random"  # "random" (seeded per trial), "tpe", or an optuna sampler
+    pruner: Any = "none"  # "none", "median", "halving", "hyperband", or an optuna pruner
+    heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (databases only)
+    grace_period: int | None = None  # heartbeat age that marks a trial's worker dead (None: 3 x interval)
+    verbose: int = 1  # 0 silent, 1 trial lines + an epoch bar, 2 trial lines + one line per epoch
+
+    def check(self) -> SearchConfig:
+        for name in ("trials", "epochs", "batch_size", "heartbeat_interval"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if self.grace_period is not None and (not isinstance(self.grace_period, int) or self.grace_period <= 0):
+            raise ConfigError(f"grace_period must be a positive integer or None, got {self.grace_period!r}")
+        if not 0.0 < float(self.validation_split) < 1.0:
+            raise ConfigError(f"validation_split must be strictly between 0 and 1, got {self.validation_split!r}")
+        if self.mode not in ("max", "min"):
+            raise ConfigError(f"mode must be 'max' or 'min', got {self.mode!r}")
+        if isinstance(self.sampler, str) and self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)} or an optuna sampler, got {self.sampler!r}")
+        if isinstance(self.pruner, str) and self.pruner not in PRUNERS:
+            raise ConfigError(f"pruner must be one of {', '.join(PRUNERS)} or an optuna pruner, got {self.pruner!r}")
+        if self.verbose not in (0, 1, 2):
+            raise ConfigError(f"verbose must be 0, 1 or 2, got {self.verbose!r}")
+        if isinstance(self.model, str):
+            from jaxcnn import models
+
+            models.input_shape(self.model)  # unknown names raise ConfigError here
+        elif not callable(self.model) and not _is_module(self.model):
+            raise ConfigError(
+                f"model must be a registry name, a Flax module class or a function trial -> module, got {self.model!r}"
+            )
+        from jaxcnn import optim
+
+        optim.get_optimizer(self.optimizer, self.learning_rate)
+        return self
+
+    @property
+    def grace(self) -> int:
+        return self.grace_period or 3 * self.heartbeat_interval
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+
+
+def _is_module(obj: Any) -> bool:
+    import flax.linen as nn
+
+    return isinstance(obj, nn.Module)
+
+
+def _module_class(model: Any) -> type | None:
+    """The Flax class behind ``model`` (a class, a partial of one), else None."""
+    import flax.linen as nn
+
+    target = model
+    while isinstance(target, functools.partial):
+        target = target.func
+    return target if isinstance(target, type) and issubclass(target, nn.Module) else None
+
+
+def describe_model(model: Any) -> str:
+    """A stable one-line name for ``model`` (the study's fingerprint and the tables)."""
+    if isinstance(model, str):
+        return model
+    if _is_module(model):
+        return f"{type(model).__module__}.{type(model).__qualname__} instance"
+    if isinstance(model, functools.partial):
+        args = ", ".join([*map(repr, model.args), *(f"{k}={v!r}" for k, v in sorted(model.keywords.items()))])
+        return f"partial({describe_model(model.func)}, {args})"
+    return f"{getattr(model, '__module__', '?')}.{getattr(model, '__qualname__', repr(model))}"
+
+
+def _takes(model: Any, name: str) -> bool:
+    """Whether the module that ``model`` builds has an attribute ``name``."""
+    from jaxcnn import models
+
+    if isinstance(model, str):
+        return hasattr(models.get_model(model), name)
+    if _is_module(model):
+        return hasattr(model, name)
+    cls = _module_class(model)
+    return cls is not None and name in {f.name for f in dataclasses.fields(cls)}
+
+
+def build_model(model: Any, trial: optuna.Trial, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The trial's module and the keyword arguments it was built with.
+
+    ``params`` (the declarative space's values) minus the training hyperparameters go to the
+    model: ``models.get_model(name, **kw)``, ``cls(**kw)``, ``instance.clone(**kw)``; a define-by-run
+    function gets the trial and suggests its own parameters.
+    """
+    from jaxcnn import models
+
+    if _module_class(model) is None and not _is_module(model) and not isinstance(model, str):
+        module = model(trial)  # define-by-run
+        if not _is_module(module):
+            raise ConfigError(f"the model function {describe_model(model)} returned {type(module).__name__}, not a Flax module")
+        return module, {}
+    kwargs = {k: v for k, v in params.items() if k not in TRAINING_PARAMS}
+    if "weight_decay" in kwargs and not _takes(model, "weight_decay"):
+        del kwargs["weight_decay"]  # it goes to the optimizer
+    if isinstance(model, str):
+        return models.get_model(model, **kwargs), kwargs
+    if _is_module(model):
+        return (model.clone(**kwargs) if kwargs else model), kwargs
+    try:
+        return model(**kwargs), kwargs
+    except TypeError as e:
+        raise ConfigError(f"model {describe_model(model)} does not take {sorted(kwargs)}: {e}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Storage and study
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def storage_url(storage: str | None, out: Path | None) -> str | None:
+    """The storage URL: ``storage`` if given, else SQLite in ``out`` (``out/study.db``), else
+    None (in memory, one process)."""
+    if storage:
+        return storage
+    if out is not None:
+        return f"sqlite:///{(Path(out) / DB_FILE).resolve()}"
+    return None
+
+
+def open_storage(url: str | None, config: SearchConfig) -> Any:
+    """An Optuna storage for ``url`` (None: in memory), with heartbeats and the retry callback.
+
+    SQLite gets ``BEGIN IMMEDIATE`` transactions (and a 60 s busy timeout), so that two workers
+    can never both take one waiting trial: Optuna's ``SELECT ... FOR UPDATE`` locks the row on
+    PostgreSQL and MySQL, but SQLite ignores it.
+    """
+    import optuna
+
+    _quiet_optuna()
+    if url is None:
+        return optuna.storages.InMemoryStorage()
+    sqlite = url.startswith("sqlite")
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {"pool_pre_ping": True}
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+    last: Exception | None = None
+    for attempt in range(8):  # two workers creating one database's tables at once: one retries
+        try:
+            storage = optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=kwargs,
+                heartbeat_interval=config.heartbeat_interval,
+                grace_period=config.grace,
+                heartbeat_stale_trial_callback=retry,
+            )
+            break
+        except ImportError as e:
+            raise ConfigError(f"storage {url}: {e}; install the database's driver (PostgreSQL: pip install psycopg2-binary)") from None
+        except Exception as e:  # noqa: BLE001 (sqlalchemy/optuna errors of many kinds)
+            last = e
+            time.sleep(0.2 * (attempt + 1))
+    else:
+        raise ConfigError(f"cannot open the study storage {url}: {last}; check the URL and that the database is running") from None
+    if sqlite:
+        from sqlalchemy import event
+
+        @event.listens_for(storage.engine, "begin")
+        def _begin(conn):  # noqa: ANN001
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        storage.engine.dispose()
+    return storage
+
+
+def make_sampler(config: SearchConfig, worker: int = 0) -> Any:
+    """The configured sampler: :class:`~jaxcnn.search.SeededRandomSampler` for ``"random"``,
+    ``TPESampler(seed=seed + worker)`` for ``"tpe"`` (each worker its own random start-up)."""
+    import optuna
+
+    if not isinstance(config.sampler, str):
+        return config.sampler
+    if config.sampler == "random":
+        return spaces.seeded_random_sampler(config.seed)
+    return optuna.samplers.TPESampler(seed=config.seed + worker)
+
+
+def make_pruner(config: SearchConfig) -> Any:
+    """The configured pruner: ``MedianPruner()``, ``SuccessiveHalvingPruner()``,
+    ``HyperbandPruner(min_resource=1, max_resource=epochs)`` or ``NopPruner()``."""
+    import optuna
+
+    p = config.pruner
+    if not isinstance(p, str):
+        return p
+    if p == "median":
+        return optuna.pruners.MedianPruner()
+    if p == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if p == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.epochs)
+    return optuna.pruners.NopPruner()
+
+
+def fingerprint(config: SearchConfig, space: dict[str, Any], data: tuple[np.ndarray, ...]) -> dict[str, Any]:
+    """What must match for a worker to join (or a rerun to resume) a study: everything that
+    changes a trial's result. ``trials`` may grow; the pruner may differ per worker."""
+    h = hashlib.sha256()
+    for a in data:
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return {
+        "space": spaces.space_to_dict(space),
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "model": describe_model(config.model),
+        "optimizer": config.optimizer,
+        "learning_rate": config.learning_rate,
+        "metric": config.metric,
+        "mode": config.mode,
+        "sampler": config.sampler if isinstance(config.sampler, str) else type(config.sampler).__name__,
+        "input_shape": [int(d) for d in data[0].shape[1:]],
+        "data": {"train": len(data[0]), "validation": len(data[2]), "sha256": h.hexdigest()},
+    }
+
+
+FINGERPRINT_ATTR = "jaxcnn_search"
+SLOTS_ATTR = "jaxcnn_trials"
+
+
+def open_study(
+    storage: Any,
+    study_name: str,
+    config: SearchConfig,
+    space: dict[str, Any],
+    print_: Callable[[str], None],
+    worker: int = 0,
+    fp: dict[str, Any] | None = None,
+    create: bool = True,
+) -> optuna.Study:
+    """Create the study with its ``config.trials`` slots, or load it and check that it is the same
+    search (``fp``), adding slots when ``config.trials`` grew. Returns the study."""
+    import optuna
+
+    direction = "maximize" if config.mode == "max" else "minimize"
+    kwargs = dict(storage=storage, sampler=make_sampler(config, worker), pruner=make_pruner(config))
+    created = False
+    if create:
+        try:
+            study = optuna.create_study(study_name=study_name, direction=direction, **kwargs)
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(study_name=study_name, **kwargs)
+    else:
+        study = optuna.load_study(study_name=study_name, **kwargs)
+    if created:
+        if fp is not None:
+            study.set_user_attr(FINGERPRINT_ATTR, fp)
+        _add_slots(study, 1, config, space)
+        return study
+    # Joining a study: wait for its creator to store the fingerprint and the slots.
+    deadline = time.monotonic() + 120
+    while SLOTS_ATTR not in study.user_attrs and time.monotonic() < deadline:
+        time.sleep(0.5)
+    attrs = study.user_attrs
+    if fp is not None and attrs.get(FINGERPRINT_ATTR) not in (None, fp):
+        old = attrs[FINGERPRINT_ATTR]
+        diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
+        raise ConfigError(
+            f"study {study_name!r} holds a different search (it differs in {', '.join(diff)}); join it with the "
+            "same settings and data, or choose another --study (or --out)"
+        )
+    if study.directions[0] != optuna.study.StudyDirection(1 if direction == "minimize" else 2):
+        raise ConfigError(f"study {study_name!r} goes the other way (direction); use another --study")
+    have = int(attrs.get(SLOTS_ATTR, 0))
+    if have < config.trials:
+        if have:
+            print_(f"Extending study {study_name!r} from {have} to {config.trials} trials")
+        _add_slots(study, have + 1, config, space)
+    elif have > config.trials:
+        print_(f"Study {study_name!r} has {have} trials; running all of them")
+    return study
+
+
+def _add_slots(study: optuna.Study, first: int, config: SearchConfig, space: dict[str, Any]) -> None:
+    """Enqueue trials ``first..config.trials``; with the random sampler, each with its seeded
+    declarative draws as fixed parameters."""
+    fixed = config.sampler == "random"
+    for t in range(first, config.trials + 1):
+        params = spaces.sample(space, config.seed, t) if fixed else {}
+        study.enqueue_trial(params, user_attrs={"trial": t})
+    study.set_user_attr(SLOTS_ATTR, config.trials)
+
+
+def slot_count(study: optuna.Study) -> int:
+    return int(study.user_attrs.get(SLOTS_ATTR, 0))
+
+
+# ----------------------------------------------------------------------------------------------
+# A worker
+
+
+@dataclass
+class Data:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+class _Heartbeat:
+    """Records ``trial_id``'s heartbeat every ``interval`` seconds in a thread while it trains."""
+
+    def __init__(self, storage: Any, trial_id: int, interval: int):
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Heartbeat:
+        if hasattr(self.storage, "record_heartbeat"):
+            self.thread = threading.Thread(target=self._run, daemon=True)
+            self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception:  # noqa: BLE001 (a busy database: the next beat tries again)
+                pass
+            if self.stop.wait(self.interval):
+                return
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+
+
+def _study_id(storage: Any, study: optuna.Study) -> int:
+    return storage.get_study_id_from_name(study.study_name)
+
+
+def take_slot(study: optuna.Study, storage: Any) -> optuna.Trial | None:
+    """Take the lowest waiting slot (``WAITING -> RUNNING``, one locked transaction); None if
+    none is waiting. Never creates a trial."""
+    import optuna
+    from optuna.trial import TrialState
+
+    sid = _study_id(storage, study)
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(sid, frozen.number)
+        try:
+            if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                return optuna.trial.Trial(study, trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail running trials whose heartbeat stopped (their workers died) and enqueue them again."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.storages.fail_stale_trials(study)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def work(
+    study: optuna.Study,
+    storage: Any,
+    data: Data,
+    config: SearchConfig,
+    space: dict[str, Any],
+    out: Path | None,
+    print_: Callable[[str], None],
+    on_trial: Callable[[Any], None] | None = None,
+    bars: bool = True,
+) -> int:
+    """Train waiting slots until none is waiting or running; return how many this worker trained.
+
+    Waits (polling) while other workers' trials run: one of them may die, and its trial comes
+    back as a waiting slot after ``grace_period`` seconds.
+    """
+    from optuna.trial import TrialState
+
+    done = 0
+    poll = min(2.0, config.heartbeat_interval / 2)
+    total = slot_count(study) or config.trials
+    while True:
+        fail_stale(study)
+        trial = take_slot(study, storage)
+        if trial is None:
+            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+                return done
+            time.sleep(poll)
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(_study_id(storage, study), trial.number)
+        with _Heartbeat(storage, trial_id, config.heartbeat_interval):
+            record = run_trial(trial, study, data, config, space, out, print_, total, bars)
+        done += 1
+        if on_trial is not None:
+            on_trial(record)
+
+
+# ----------------------------------------------------------------------------------------------
+# One trial
+
+
+class _Reporter(Callback):
+    """A fit callback: reports ``metric`` to the trial after each epoch, and stops training
+    (``loop.stop_training``) when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, metric: str):
+        self.trial, self.metric, self.pruned_at = trial, metric, None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float], loop) -> None:
+        value = logs.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return
+        self.trial.report(float(value), epoch)
+        if self.trial.should_prune():
+            self.pruned_at = epoch
+            loop.stop_training = True
+
+
+class _EpochBar(Callback):
+    """A tqdm bar over a trial's epochs, with the last epoch's metrics."""
+
+    def __init__(self, epochs: int, desc: str):
+        self.epochs, self.desc, self.bar = epochs, desc, None
+
+    def on_train_begin(self, loop) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.epochs, desc=self.desc, unit="epoch", dynamic_ncols=True, leave=False)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float], loop) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{logs[k]:.4f}" for k in METRICS if k in logs}, refresh=False)
+            self.bar.update(1)
+
+    def on_train_end(self, loop) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def _hp_text(hp: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in hp.items())
+
+
+def run_trial(
+    trial: optuna.Trial,
+    study: optuna.Study,
+    data: Data,
+    config: SearchConfig,
+    space: dict[str, Any],
+    out: Path | None,
+    print_: Callable[[str], None],
+    total: int,
+    bars: bool = True,
+) -> dict[str, Any]:
+    """Suggest, build, train and finish one trial; store its history (and, with ``out``, its
+    result and exported model in ``out/trials/NNN``). Returns the trial's record."""
+    from optuna.trial import TrialState
+
+    from jaxcnn import train
+
+    t = int(trial.user_attrs["trial"])
+    seed = spaces.trial_seed(config.seed, t)
+    t0 = time.perf_counter()
+    record: dict[str, Any] = {"trial": t, "number": trial.number, "seed": seed, "worker": worker_name()}
+    state = history = None
+    module = kwargs = None
+    status, reason = "ok", ""
+    try:
+        declared = {name: spaces.suggest(trial, name, dim) for name, dim in space.items()}
+        module, kwargs = build_model(config.model, trial, declared)
+        hp = dict(trial.params)  # with a define-by-run model's own suggestions, in order
+        lr = hp.get("learning_rate", config.learning_rate)
+        opt = hp.get("optimizer", config.optimizer)
+        batch_size = int(hp.get("batch_size", config.batch_size))
+        opt_kwargs = {}
+        if "weight_decay" in declared and "weight_decay" not in kwargs:
+            opt_kwargs["weight_decay"] = declared["weight_decay"]  # Keras: the optimizer's own decay
+        if config.verbose:
+            print_(f"Trial {t}/{total}: {_hp_text(hp)} (seed {seed})")
+        from jaxcnn import optim
+
+        optimizer = optim.get_optimizer(opt, lr, **opt_kwargs) if opt_kwargs else opt
+        reporter = _Reporter(trial, config.metric)
+        callbacks: list[Any] = [reporter]
+        bar = _EpochBar(config.epochs, f"Trial {t}") if config.verbose == 1 and bars else None
+        if bar is not None:
+            callbacks.append(bar)
+        try:
+            state, history = train.fit(
+                module, data.x_train, data.y_train,
+                epochs=config.epochs, batch_size=batch_size, optimizer=optimizer,
+                learning_rate=None if opt_kwargs else lr,
+                validation_data=(data.x_val, data.y_val), seed=seed, callbacks=callbacks,
+                verbose=2 if config.verbose == 2 else 0, devices="auto",
+            )
+        except TrainingError as e:
+            if bar is not None:
+                bar.close()
+            state, history = getattr(e, "state", None), getattr(e, "history", None)
+            status, reason = "diverged", str(e)
+        if status == "ok" and reporter.pruned_at is not None:
+            status, reason = "pruned", f"pruned by {type(study.pruner).__name__} after epoch {reporter.pruned_at + 1}"
+    except (ShapeError, ConfigError) as e:  # this trial's hyperparameters cannot be built or run
+        hp = dict(trial.params)
+        status, reason = "invalid", str(e)
+    except BaseException as e:
+        # A bug or an interruption: this attempt fails and the slot waits for another worker.
+        _requeue(study, trial, f"{type(e).__name__}: {e}")
+        raise
+    record.update(hyperparameters=hp, status=status, reason=reason)
+    record["history"] = history.to_dict() if history is not None and len(history) else None
+    results = {k: history.history[k][-1] for k in METRICS if history is not None and history.history.get(k)}
+    record["results"] = results
+    record["wall_time_s"] = time.perf_counter() - t0
+    record["model"] = describe_model(config.model)
+    record["model_kwargs"] = kwargs or {}
+    if out is not None and state is not None and status != "invalid":
+        _save_trial(out, record, state, config.model, kwargs or {})
+    for key in ("seed", "status", "reason", "history", "results", "wall_time_s", "worker", "model_kwargs"):
+        trial.set_user_attr(key, record[key])
+    value = results.get(config.metric)
+    if status == "ok" and value is not None and math.isfinite(value):
+        study.tell(trial, value)
+    elif status == "pruned":
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        if status == "ok":
+            status = record["status"] = "failed"
+            reason = record["reason"] = f"no finite {config.metric} after the last epoch"
+            trial.set_user_attr("status", status)
+            trial.set_user_attr("reason", reason)
+        study.tell(trial, state=TrialState.FAIL)
+    record["state"] = {"ok": "COMPLETE", "pruned": "PRUNED"}.get(status, "FAIL")
+    record["module"], record["state_obj"] = module, state
+    if config.verbose:
+        shown = " - ".join(f"{k}: {results[k]:.4f}" for k in METRICS if k in results) or "no epoch finished"
+        epochs = len(history) if history is not None else 0
+        tail = "" if status == "ok" else f" [{status}: {reason}]"
+        print_(f"Trial {t}: {shown} ({epochs} epoch(s), {record['wall_time_s']:.1f} s){tail}")
+    return record
+
+
+def _requeue(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    """Fail this attempt and enqueue the slot again with the same parameters (as Optuna's retry
+    callback does for a dead worker)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        trial.set_user_attr("status", "interrupted")
+        trial.set_user_attr("reason", reason)
+        study.tell(trial, state=TrialState.FAIL)
+        frozen = study.get_trials(deepcopy=True)[trial.number]
+        attrs = {k: v for k, v in frozen.user_attrs.items() if k == "trial"}
+        system = {k: v for k, v in frozen.system_attrs.items() if k == "fixed_params"}
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
+                user_attrs=attrs, system_attrs=system,
+            )
+        )
+    except Exception as e:  # noqa: BLE001 (keep the original error)
+        print(f"warning: could not put trial back in the queue: {e}", file=sys.stderr)
+
+
+def trial_dir(out: Path, t: int) -> Path:
+    return Path(out) / TRIALS_DIR / f"{t:03d}"
+
+
+def _save_trial(out: Path, record: dict[str, Any], state: Any, model: Any, kwargs: dict[str, Any]) -> None:
+    """``out/trials/NNN``: result.json (the record), history.json/.csv and model/ (exported)."""
+    from jaxcnn import checkpoint, train
+
+    d = trial_dir(out, record["trial"])
+    d.mkdir(parents=True, exist_ok=True)
+    export_model(d / "model", state, model, kwargs)
+    if record.get("history"):
+        checkpoint.atomic_write(d / "history.csv", train.History.from_dict(record["history"]).to_csv())
+    keep = {k: v for k, v in record.items() if k not in ("module", "state_obj")}
+    checkpoint.atomic_write(d / "result.json", json.dumps(keep, indent=2, default=float) + "\n")
+
+
+def export_model(directory: Path, state: Any, model: Any, kwargs: dict[str, Any]) -> Path:
+    """Export the trained ``state`` with :func:`jaxcnn.checkpoint.export`: with the registry
+    name for a registry model; otherwise under the model's description (``checkpoint.load``
+    rebuilds registry models only, so such a model's ``params.msgpack`` is read back with
+    ``flax.serialization.from_bytes`` on the module's variables)."""
+    from jaxcnn import checkpoint
+
+    name = model if isinstance(model, str) else describe_model(model)
+    return checkpoint.export(directory, state, name, kwargs if isinstance(model, str) else _json_safe(kwargs))
+
+
+def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if isinstance(v, (bool, int, float, str)) or v is None}
