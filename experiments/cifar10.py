@@ -2,6 +2,9 @@
 
     python -m experiments.cifar10 --model 1 --data-dir ~/data/cifar10   # the report's run of CNN 1
     python -m experiments.cifar10 --model 4 --limit 2000 --epochs 1 --batch-size 128  # a quick check
+    python -m experiments.cifar10 --model mnist_cnn          # any registered model, CNN 1's settings
+    python -m experiments.cifar10 --model mypackage.models:MyCNN   # your own Flax module
+    python -m experiments.cifar10 --resume --out runs/cifar10-cnn1-20261125-120000  # continue a run
 
 ``--data-dir`` takes ``cifar-10-binary.tar.gz``, its ``cifar-10-batches-bin/`` folder or a folder
 holding ``data_batch_1..5.bin`` and ``test_batch.bin``; without it the cache (``$JAXCNN_DATA``
@@ -11,7 +14,7 @@ directory is made. Pixels are divided by 255; the loss is sparse categorical cro
 logits (plus the L2 terms of CNN 4); every model validates on the test split (the report's
 ``validation_data``) and reshuffles the training set each epoch.
 
-| model | optimizer | batch | epochs | callbacks | reported (SPEC.md) | s/epoch, 2 CPU cores (*) |
+| model | optimizer | batch | epochs | callbacks | reported (docs/assignment.md) | s/epoch, 2 CPU cores (*) |
 | --- | --- | --- | --- | --- | --- | --- |
 | 1 ``cifar_cnn1``, 122,570 params | Adamax, ExponentialDecay(0.005, 1500, 0.96, staircase) | 128 | 10 | none | epoch 10: loss 0.9227, acc 0.6837, val_loss 1.0588, val_acc 0.6481 (23 s/epoch in the report) | 45-50 |
 | 2 ``cifar_cnn2``, 193,226 | same Adamax schedule | 128 | 15 | EarlyStopping(val_loss, patience 5) | stopped at epoch 13, val_acc about 0.71 | 50-60 |
@@ -43,11 +46,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from experiments.common import RunConfig, build_parser, config_from_args, main_guard, run
+from experiments.common import MODEL_HELP, RunConfig, build_parser, config_from_args, main_guard, parse_args, run, save_figure
 
 # The report's Figure 4 shows training images x_train[13] and x_train[37] (R, 1-based).
 FIGURE4_INDICES: tuple[int, ...] = (12, 36)
@@ -64,20 +66,31 @@ DEFAULTS: dict[int, RunConfig] = {
 }
 
 
+def _model_name(value: str) -> str:
+    """``--model``: 1..4 for the report's CNNs, or any other model name (see common.MODEL_HELP)."""
+    value = str(value).strip()
+    return DEFAULTS[int(value)].model if value in ("1", "2", "3", "4") else value
+
+
 def parse_config(argv: list[str] | None = None) -> RunConfig:
-    """The :class:`RunConfig` for ``argv``: the chosen model's defaults, overridden by the flags."""
+    """The :class:`RunConfig` for ``argv``: the chosen model's defaults, overridden by the flags
+    (with ``--resume``: the run's own settings, see experiments/common.py)."""
     # --model decides the other flags' defaults, so read it first.
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--model", default="1")
-    chosen = pre.parse_known_args(argv)[0].model
-    defaults = DEFAULTS.get(int(chosen) if chosen in ("1", "2", "3", "4") else 1)
+    chosen = str(pre.parse_known_args(argv)[0].model).strip()
+    if chosen in ("1", "2", "3", "4"):
+        defaults = DEFAULTS[int(chosen)]
+    else:  # another model trains with CNN 1's settings
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in chosen)
+        defaults = dataclasses.replace(DEFAULTS[1], name=f"cifar10-{safe}", model=chosen)
     parser = build_parser(__doc__, defaults)
     parser.add_argument(
-        "--model", type=int, choices=sorted(DEFAULTS), default=1,
-        help="which of the report's CIFAR-10 CNNs to train (default %(default)s)",
+        "--model", default="1",
+        help=f"1, 2, 3 or 4: the report's CIFAR-10 CNNs (default %(default)s); or {MODEL_HELP}, trained with CNN 1's settings",
     )
-    args = parser.parse_args(argv)
-    return config_from_args(args, DEFAULTS[args.model])
+    args, explicit = parse_args(parser, argv)
+    return config_from_args(args, defaults, explicit, convert={"model": _model_name})
 
 
 def save_figure4(ds: Any, out: str | Path, limit: int | None = None) -> list[int]:
@@ -90,25 +103,15 @@ def save_figure4(ds: Any, out: str | Path, limit: int | None = None) -> list[int
     shown = [i for i in FIGURE4_INDICES if i < n]
     if shown:
         fig = plots.labelled_images(ds.x_train, ds.y_train, shown, class_names=ds.class_names, ncols=len(shown))
-        plots.save(fig, Path(out) / "figure4.png")
+        save_figure(fig, Path(out) / "figure4.png")
     return shown
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = parse_config(argv)
-
-    from jaxcnn import data
-
-    # Fails here, before a run directory exists, when CIFAR-10 is nowhere to be found. The arrays
-    # are memoised, so run() below does not read the files a second time; ds also feeds figure 4.
-    ds = data.load(config.dataset, config.data_dir)
-    # run() would name the directory itself; naming it here lets figure4.png join the others.
-    out = config.out or f"runs/{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    config = dataclasses.replace(config, out=out)
-    metrics = run(config)
-    if metrics:  # {} on the non-primary processes of a multi-process run
-        save_figure4(ds, out, config.limit)
-    return metrics
+    # run() fails before any run directory is made when CIFAR-10 is nowhere to be found, and
+    # calls save_figure4 on the data it loaded once training is done.
+    return run(config, after=lambda ds, out: save_figure4(ds, out) if ds.name == "cifar10" else None)
 
 
 if __name__ == "__main__":

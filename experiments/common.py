@@ -10,11 +10,20 @@ epoch, wall time), and model/ (params.msgpack + model.json, reloaded by
 ``python -m experiments.predict``), and checkpoints/ (orbax, once an epoch, the latest and the best
 by val_loss: the whole training state, the history so far and the callbacks' state).
 
-Reliability: ``--resume`` with the ``--out`` of an interrupted run continues it from its latest
-checkpoint and ends with the same history and parameters as a run never interrupted (the data
-order, dropout keys and learning rate all derive from the seed, the epoch and the saved state).
-A NaN or infinite loss stops the run with a one-line error (exit status 2) that names the epoch
-and step; the last good checkpoint and history.json (the epochs completed) are kept.
+Every check runs before the run directory is made: the flags, the data, and everything
+``jaxcnn.fit`` checks (the directory is made by a callback at the start of training). Outputs are
+written through a temporary file and a rename, so a full disk leaves no half-written file.
+
+Reliability: ``--resume --out RUN`` continues an interrupted run from its latest checkpoint,
+taking every setting from ``RUN/config.json``; a flag given explicitly must agree with it (the
+epochs may grow). It ends with the same history and parameters as a run never interrupted (the
+data order, dropout keys and learning rate all derive from the seed, the epoch and the saved
+state). config.json records a SHA-256 of the data and of the settings, so a resume on other data
+(another ``--data-dir``) or with an edited config is refused; ``--resume`` refuses a directory
+that is not a jaxcnn run. Ctrl-C stops the run (the checkpoint of the last finished epoch is
+kept), prints how to resume, and exits with status 130. A NaN or infinite loss stops the run with
+a one-line error (exit status 2) that names the epoch and step; the last good checkpoint and
+history.json (the epochs completed) are kept.
 
 Several processes (hosts): set ``JAXCNN_COORDINATOR``/``JAXCNN_NUM_PROCESSES``/``JAXCNN_PROCESS_ID``
 or ``--coordinator``/``--num-processes``/``--process-id`` (``--coordinator auto`` under SLURM);
@@ -24,25 +33,48 @@ see docs/distributed.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import hashlib
+import importlib
+import io
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from jaxcnn.errors import ConfigError, JaxcnnError
+from typing import Any, Callable
 
 
-@dataclass(frozen=True)
+def _import_jaxcnn() -> None:
+    """Import jaxcnn, turning a bad ``JAXCNN_*`` environment variable (read at import) into the
+    experiments' one-line ``error:`` and exit status 2 instead of a traceback."""
+    try:
+        import jaxcnn  # noqa: F401
+    except ValueError as e:
+        if type(e).__name__ != "ConfigError":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+_import_jaxcnn()
+
+from jaxcnn.errors import ConfigError, JaxcnnError  # noqa: E402
+
+#: config.json's ``jaxcnn_run`` value: marks a directory as a jaxcnn run (``--resume`` refuses
+#: any other) and versions the file's meaning.
+RUN_FORMAT = 1
+
+
+@dataclass
 class RunConfig:
-    """One training run. Defaults are the report's MNIST settings (1.4)."""
+    """One training run. Defaults are the report's MNIST settings (docs/assignment.md)."""
 
     name: str = "mnist"  # run-directory prefix
     dataset: str = "mnist"  # jaxcnn.data.load name
-    model: str = "mnist_cnn"  # jaxcnn.models registry name
+    model: str = "mnist_cnn"  # jaxcnn.models registry name, or "package.module:Class" (built with no arguments)
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # overrides of the model's attributes
     optimizer: str = "rmsprop"  # rmsprop | adamax | adam | sgd, Keras defaults
     learning_rate: float = 0.001  # initial learning rate
@@ -76,21 +108,32 @@ def _compute_dtype(config: RunConfig) -> dict[str, Any]:
     raise ConfigError(f"precision must be 'fp32' or 'bf16', got {config.precision!r}")
 
 
-def build_parser(description: str, defaults: RunConfig) -> argparse.ArgumentParser:
-    """Flags that map onto :class:`RunConfig`, with its values as defaults."""
+MODEL_HELP = (
+    "a registered model (python -c 'import jaxcnn; print(jaxcnn.models.describe())'), or "
+    "package.module:Class for your own Flax module, importable from where you run the command and "
+    "built with no arguments"
+)
+
+
+def build_parser(description: str, defaults: RunConfig, *, model_and_dataset: bool = False) -> argparse.ArgumentParser:
+    """Flags that map onto :class:`RunConfig`, with its values as defaults. With
+    ``model_and_dataset``, also ``--dataset`` and ``--model``."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if model_and_dataset:
+        p.add_argument("--dataset", default=defaults.dataset, help="mnist, fashion_mnist or cifar10 (default %(default)s)")
+        p.add_argument("--model", default=defaults.model, help=f"{MODEL_HELP} (default %(default)s)")
     p.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="batch size (default %(default)s)")
     p.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="initial learning rate (default %(default)s)")
     p.add_argument("--patience", type=int, default=defaults.patience, help="early-stopping patience on val_loss; -1 turns it off (default %(default)s)")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="random seed, 0 to 2**32-1 (default %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training examples, for quick runs")
     p.add_argument("--data-dir", default=None, help="directory with the data files (default: cache, bundled copy, download)")
     p.add_argument("--out", default=None, help=f"run directory (default runs/{defaults.name}-<time>)")
     p.add_argument("--devices", default=defaults.devices, help="'auto' (default: data parallel over one XLA device per CPU core; one GPU), 'all', or '1'")
     p.add_argument("--verbose", type=int, default=defaults.verbose, choices=(0, 1, 2), help="0 silent, 1 progress bars, 2 one line per epoch")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=defaults.precision, help="bf16: bfloat16 compute with float32 parameters (default %(default)s)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint (starts it if it has none)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint, with the settings in its config.json (other flags are optional)")
     p.add_argument("--no-checkpoint", dest="checkpoint", action="store_false", default=defaults.checkpoint, help="do not save <out>/checkpoints each epoch")
     p.add_argument("--coordinator", default=None, help="multi-process: host:port of process 0, or 'auto' (default $JAXCNN_COORDINATOR)")
     p.add_argument("--num-processes", type=int, default=None, help="multi-process: number of processes (default $JAXCNN_NUM_PROCESSES)")
@@ -98,28 +141,49 @@ def build_parser(description: str, defaults: RunConfig) -> argparse.ArgumentPars
     return p
 
 
-def config_from_args(args: argparse.Namespace, defaults: RunConfig, **extra: Any) -> RunConfig:
-    patience = None if args.patience is not None and args.patience < 0 else args.patience
-    return dataclasses.replace(
-        defaults,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        patience=patience,
-        seed=args.seed,
-        limit=args.limit,
-        data_dir=args.data_dir,
-        out=args.out,
-        devices=int(args.devices) if str(args.devices).isdigit() else args.devices,
-        verbose=args.verbose,
-        precision=getattr(args, "precision", defaults.precision),
-        resume=getattr(args, "resume", defaults.resume),
-        checkpoint=getattr(args, "checkpoint", defaults.checkpoint),
-        coordinator=getattr(args, "coordinator", defaults.coordinator),
-        num_processes=getattr(args, "num_processes", defaults.num_processes),
-        process_id=getattr(args, "process_id", defaults.process_id),
-        **extra,
-    )
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, set[str]]:
+    """``parser.parse_args(argv)`` and the destinations of the flags given explicitly (what
+    ``--resume`` compares with, and takes over, the run's config.json)."""
+    args = parser.parse_args(argv)
+    quiet = copy.deepcopy(parser)
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    return args, set(vars(quiet.parse_args(argv)))
+
+
+def config_from_args(
+    args: argparse.Namespace,
+    defaults: RunConfig,
+    explicit: set[str] | None = None,
+    *,
+    convert: dict[str, Callable[[Any], Any]] | None = None,
+    **extra: Any,
+) -> RunConfig:
+    """The :class:`RunConfig` the flags ask for: ``defaults`` overridden by every flag that maps
+    onto a field. With ``--resume`` and a run in ``--out``, the run's config.json instead, overridden
+    only by the flags in ``explicit`` (all flags when None), which must agree with it on every
+    setting in :data:`RESUME_MUST_MATCH`."""
+    convert = {
+        "patience": lambda v: None if v is not None and v < 0 else v,
+        "devices": lambda v: int(v) if str(v).isdigit() else v,
+        **(convert or {}),
+    }
+    values = {
+        f.name: convert.get(f.name, lambda v: v)(getattr(args, f.name))
+        for f in dataclasses.fields(RunConfig)
+        if f.name != "name" and hasattr(args, f.name)
+    }
+    if not values.get("resume"):
+        return dataclasses.replace(defaults, **values, **extra)
+    if not values.get("out"):
+        raise ConfigError("--resume needs --out: the run directory of the run to continue")
+    out = Path(values["out"])
+    stored = read_run_config(out)
+    if stored is None:  # an empty or new directory: start the run there
+        return dataclasses.replace(defaults, **values, **extra)
+    given = {k: v for k, v in values.items() if explicit is None or k in explicit}
+    _check_same(stored, dataclasses.replace(stored, **given), out)
+    return dataclasses.replace(stored, **{**given, "out": str(out), "resume": True}, **extra)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,22 +281,68 @@ def jax_process_count() -> int:
     return jax.process_count()
 
 
-def prepare_run_dir(config: RunConfig) -> Path:
-    """Create the run directory. Refuses one that already holds results (nothing written is
-    overwritten) unless ``config.resume``, and one that cannot be written, with a message saying
-    what to do."""
+# ----------------------------------------------------------------------------------------------
+# The run directory and its files
+
+
+class RunInterrupted(JaxcnnError):
+    """Ctrl-C during a run: the message says what was kept and how to resume (exit status 130)."""
+
+
+def _command() -> str:
+    """How this process was started, as a user would type it (for the "resume with" hint)."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is not None and script.suffix == ".py" and script.parent.name == "experiments":
+        return f"python -m experiments.{script.stem}"
+    return "the same experiment"
+
+
+def check_out(config: RunConfig) -> None:
+    """Refuse an ``--out`` that is a file, holds files (unless ``--resume``) or cannot be written,
+    without creating anything (:func:`make_run_dir` creates it once training starts)."""
     if config.resume and not config.out:
         raise ConfigError("--resume needs --out: the run directory of the run to continue")
-    out = Path(config.out or f"runs/{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(config.out) if config.out else Path("runs")
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not config.resume:
+        what = "--out" if config.out else "the default run folder"
+        raise ConfigError(f"{what} {out} exists and is not a directory; choose another --out")
+    if config.out and out.is_dir() and any(out.iterdir()) and not config.resume:
         raise ConfigError(
             f"--out {out} already holds files; choose a new directory so that no result is overwritten, "
             "or add --resume to continue that run"
         )
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise ConfigError(f"cannot write to --out {out}: {existing} is not a directory; choose a writable directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to --out {out}: {existing} is not writable (read-only or no permission); choose a writable directory")
+
+
+def make_run_dir(config: RunConfig) -> Path:
+    """Create the run directory (the default name gets ``-2``, ``-3``... when a run started in the
+    same second holds it) and check that it can be written."""
+    if config.out:
+        out = Path(config.out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot write to --out {out}: {e.strerror or e}; choose a writable directory") from None
+        if any(out.iterdir()) and not config.resume:  # another run took it since check_out
+            raise ConfigError(f"--out {out} already holds files; choose a new directory so that no result is overwritten")
+    else:
+        base = f"runs/{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        for n in range(1, 1000):
+            out = Path(base if n == 1 else f"{base}-{n}")
+            try:
+                out.mkdir(parents=True)  # atomic: two runs never get the same directory
+                break
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise ConfigError(f"cannot write to {out}: {e.strerror or e}; choose a writable --out") from None
     try:
-        out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
         probe.write_text("ok")
         probe.unlink()
@@ -241,10 +351,55 @@ def prepare_run_dir(config: RunConfig) -> Path:
     return out
 
 
-def write_json(path: Path, obj: Any) -> None:
+def validate_output_path(path: Path, what: str = "--out") -> None:
+    """Refuse, before any work, a file path whose folder is missing or cannot be written."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory; give a file name such as {path / 'predictions.png'}")
+    if not folder.is_dir():
+        raise ConfigError(f"{what} {path}: the folder {folder} does not exist; create it or choose another place")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: the folder {folder} is not writable (read-only or no permission); choose another place with --out")
+
+
+def write_file(path: str | os.PathLike[str], data: bytes | str, *, hint: str = "free some space or choose a writable --out") -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file and a rename). On an OS error (full
+    disk, read-only file system) remove the temporary file, keep the old file, and raise a
+    one-line :class:`ConfigError` ending in ``hint``."""
     from jaxcnn.checkpoint import atomic_write
 
-    atomic_write(path, json.dumps(obj, indent=2, default=float) + "\n")
+    path = Path(path)
+    try:
+        atomic_write(path, data)
+    except OSError as e:
+        try:
+            path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}; {hint}") from None
+
+
+def write_json(path: Path, obj: Any, **kwargs: Any) -> None:
+    write_file(path, json.dumps(obj, indent=2, default=float) + "\n", **kwargs)
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], **kwargs: Any) -> None:
+    """Render ``fig`` to PNG in memory, then :func:`write_file` it: never a 0-byte file."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    write_file(path, buf.getvalue(), **kwargs)
+
+
+def export_model(directory: Path, state: Any, config: RunConfig, **kwargs: Any) -> None:
+    """``jaxcnn.checkpoint.export`` with :func:`write_file`'s handling of a full or read-only disk."""
+    from jaxcnn import checkpoint
+
+    try:
+        checkpoint.export(directory, state, config.model, config.model_kwargs)
+    except OSError as e:
+        for tmp in directory.glob("*.tmp"):
+            tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {directory}: {e.strerror or e}; {kwargs.get('hint', 'free some space or choose a writable --out')}") from None
 
 
 def _callbacks(config: RunConfig) -> list[Any]:
@@ -259,16 +414,56 @@ def _callbacks(config: RunConfig) -> list[Any]:
 
 
 #: Fields that must be the same for ``--resume`` to give the run never interrupted. ``epochs`` may
-#: grow (train longer); ``verbose``, ``devices``, ``data_dir`` and the process flags may change.
+#: grow (train longer); ``verbose``, ``devices``, ``data_dir`` and the process flags may change
+#: (the data themselves must not: config.json holds their SHA-256).
 RESUME_MUST_MATCH = (
     "dataset", "model", "model_kwargs", "optimizer", "learning_rate", "lr_decay", "lr_schedule_after",
     "batch_size", "validation_split", "patience", "seed", "limit", "precision",
 )
 
+MAX_SEED = 2**32 - 1
+
+
+def _close(word: str, known: Any) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f"did you mean {match[0]!r}? " if match else ""
+
+
+def resolve_model(name: str, **kwargs: Any) -> Any:
+    """The Flax module ``name`` names: a registry name (:func:`jaxcnn.models.get_model`) or
+    ``package.module:Class``, imported and built with ``kwargs`` only (no other arguments)."""
+    if ":" not in name:
+        from jaxcnn import models
+
+        return models.get_model(name, **kwargs)
+    import flax.linen as nn
+
+    module_name, _, class_name = name.partition(":")
+    if not module_name or not class_name:
+        raise ConfigError(f"--model {name!r}: write a module's class as package.module:Class")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(
+            f"--model {name}: cannot import {module_name!r} ({e}); run from the folder that holds it or add it to PYTHONPATH"
+        ) from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ConfigError(f"--model {name}: {module_name} has no {class_name!r}; {_close(class_name, dir(module))}".rstrip("; "))
+    try:
+        model = cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"--model {name}: {class_name}() must build with no arguments ({e}); give its fields defaults") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--model {name}: {class_name}() is a {type(model).__name__}, not a Flax linen Module")
+    return model
+
 
 def validate_config(config: RunConfig) -> None:
     """Check what can be checked before anything is written or compiled."""
-    from jaxcnn import models, optim
+    from jaxcnn import optim
     from jaxcnn.data import DATASETS
 
     for what, value in (("--epochs", config.epochs), ("--batch-size", config.batch_size)):
@@ -276,13 +471,23 @@ def validate_config(config: RunConfig) -> None:
             raise ConfigError(f"{what} must be a positive integer, got {value!r}")
     if config.limit is not None and config.limit <= 0:
         raise ConfigError(f"--limit must be positive, got {config.limit}")
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed <= MAX_SEED:
+        raise ConfigError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {config.seed!r}")
     if not 0.0 <= config.validation_split < 1.0:
         raise ConfigError(f"validation_split must be in [0, 1), got {config.validation_split}")
-    models.get_model(config.model, **config.model_kwargs)  # unknown name or attribute
-    if config.dataset.strip().lower().replace("-", "_") not in DATASETS:
-        raise ConfigError(f"unknown data set {config.dataset!r}; known data sets: {', '.join(DATASETS)}")
+    resolve_model(config.model, **config.model_kwargs)  # unknown name or attribute
+    key = config.dataset.strip().lower().replace("-", "_")
+    if key not in DATASETS:
+        raise ConfigError(f"unknown data set {config.dataset!r}; {_close(key, DATASETS)}known data sets: {', '.join(DATASETS)}")
     optim.get_optimizer(config.optimizer, config.learning_rate)  # unknown name, non-positive rate
     _devices(config.devices)
+    try:
+        import matplotlib  # noqa: F401  (reads MPLBACKEND when imported)
+    except ValueError:
+        raise ConfigError(
+            f"MPLBACKEND={os.environ.get('MPLBACKEND')!r} is not a matplotlib backend; unset it or set MPLBACKEND=Agg "
+            "(jaxcnn draws its figures without a display)"
+        ) from None
 
 
 def _devices(value: str | int | None) -> str | int | None:
@@ -293,38 +498,166 @@ def _devices(value: str | int | None) -> str | int | None:
     raise ConfigError(f"--devices must be 'auto', 'all' or a number of devices, got {value!r}")
 
 
-def _check_resumable(out: Path, config: RunConfig) -> None:
-    """Refuse to resume a run that was started with other settings: it would not be the same run."""
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=float))
+
+
+def settings_fingerprint(config: RunConfig) -> str:
+    """SHA-256 of the settings :data:`RESUME_MUST_MATCH` names, as config.json holds them."""
+    settings = {k: _json(getattr(config, k)) for k in RESUME_MUST_MATCH}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def data_fingerprint(ds: Any) -> str:
+    """SHA-256 of the arrays a run trains and tests on (after ``--limit``): dtype, shape, bytes."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+# What each config.json field may hold: a type, or a tuple of types (None allowed where listed).
+_NUM = (int, float)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "dataset": (str,), "model": (str,), "model_kwargs": (dict,), "optimizer": (str,),
+    "learning_rate": _NUM, "lr_decay": (list, type(None)), "lr_schedule_after": (int, type(None)),
+    "epochs": (int,), "batch_size": (int,), "validation_split": _NUM, "patience": (int, type(None)),
+    "seed": (int,), "limit": (int, type(None)), "data_dir": (str, type(None)), "out": (str, type(None)),
+    "devices": (str, int, type(None)), "verbose": (int,), "precision": (str,), "resume": (bool,),
+    "checkpoint": (bool,), "coordinator": (str, type(None)), "num_processes": (int, type(None)),
+    "process_id": (int, type(None)),
+}
+
+
+def config_from_json(raw: Any, path: Path) -> RunConfig:
+    """The :class:`RunConfig` in a run's config.json (already parsed), checked field by field."""
+    fix = "restore it from a backup, or start a new run with another --out"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} holds {type(raw).__name__ if raw is not None else 'null'}, not a run's settings (a JSON object); {fix}")
+    if raw.get("jaxcnn_run") != RUN_FORMAT:
+        raise ConfigError(f"{path} was not written by this version of jaxcnn's experiments (no \"jaxcnn_run\": {RUN_FORMAT}); {fix}")
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(RunConfig):
+        if f.name not in raw:
+            if f.name in RESUME_MUST_MATCH or f.name == "epochs":
+                raise ConfigError(f"{path} has no {f.name!r}; {fix}")
+            continue
+        value, types = raw[f.name], _FIELD_TYPES.get(f.name)
+        bad = types is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types))
+        if f.name == "lr_decay" and isinstance(value, list):
+            bad = len(value) != 2 or not all(isinstance(v, _NUM) and not isinstance(v, bool) for v in value)
+            value = tuple(value) if not bad else value
+        if bad:
+            raise ConfigError(f"{path}: {f.name} = {json.dumps(value)} is not a valid setting; {fix}")
+        values[f.name] = value
+    config = RunConfig(**values)
+    if raw.get("settings_sha256") != settings_fingerprint(config):
+        raise ConfigError(f"{path} was changed after the run started (its settings do not match their SHA-256); {fix}")
+    return config
+
+
+def read_run_config(out: Path) -> RunConfig | None:
+    """The settings of the run in ``out``, for ``--resume``; None when ``out`` is missing or
+    empty (a new run starts there). Refuses a directory that is not a jaxcnn run, and one whose
+    config.json is missing, unreadable, of the wrong shape or edited."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory; choose another --out")
     path = out / "config.json"
     if not path.is_file():
-        return
-    try:
-        before = json.loads(path.read_text())
-    except ValueError as e:
-        raise ConfigError(f"{path} is not valid JSON ({e}); cannot check that --resume continues the same run") from None
-    now = json.loads(json.dumps(dataclasses.asdict(config), default=float))
-    for key in RESUME_MUST_MATCH:
-        if key in before and before[key] != now.get(key):
+        if not any(out.iterdir()):
+            return None
+        if (out / "checkpoints").is_dir():
             raise ConfigError(
-                f"--resume: the run in {out} was started with {key}={before[key]!r}, not {now.get(key)!r}; "
+                f"--resume: {out} has checkpoints but no config.json, so nothing can check that the resume continues "
+                "the same run (settings and data); restore config.json, or start a new run with another --out"
+            )
+        raise ConfigError(
+            f"--resume: {out} is not a jaxcnn run (it has no config.json) and was left as it is; "
+            "give the --out of the run to continue, or a new directory"
+        )
+    try:
+        raw = json.loads(path.read_text())
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{path} cannot be read ({e}); cannot check that --resume continues the same run") from None
+    return config_from_json(raw, path)
+
+
+def _check_same(before: RunConfig, now: RunConfig, out: Path) -> None:
+    """Refuse to resume a run with other settings than it was started with."""
+    for key in RESUME_MUST_MATCH:
+        a, b = _json(getattr(before, key)), _json(getattr(now, key))
+        if a != b:
+            raise ConfigError(
+                f"--resume: the run in {out} was started with {key}={a!r}, not {b!r}; "
                 "resume with the same settings, or start a new run with another --out"
             )
 
 
-def _write_history(out: Path, history: Any) -> None:
-    write_json(out / "history.json", history.to_dict())
-    (out / "history.csv").write_text(history.to_csv())
+def _write_history(out: Path, history: Any, **kwargs: Any) -> None:
+    write_json(out / "history.json", history.to_dict(), **kwargs)
+    write_file(out / "history.csv", history.to_csv(), **kwargs)
 
 
-def run(config: RunConfig) -> dict[str, Any]:
+def _start_callback(start: Callable[[], None]) -> Any:
+    """A callback whose ``on_train_begin`` calls ``start``: jaxcnn.fit calls it after every input
+    check and the checkpoint's own resume checks."""
+    from jaxcnn.callbacks import Callback
+
+    class _Start(Callback):
+        def on_train_begin(self, loop: Any) -> None:
+            start()
+
+    return _Start()
+
+
+def _holds_files(folder: Path) -> bool:
+    return any(files for _, _, files in os.walk(folder))
+
+
+def _peek_checkpoint(out: Path, template: Any) -> Any:
+    """The latest checkpoint in ``out/checkpoints`` (``TrainCheckpoints.restore``), or None."""
+    from jaxcnn import checkpoint
+
+    if not (out / "checkpoints").is_dir():
+        return None
+    ckpts = checkpoint.TrainCheckpoints(out / "checkpoints")
+    try:
+        return ckpts.restore(template) if ckpts.latest_epoch is not None else None
+    finally:
+        ckpts.close()
+
+
+def _latest_epoch(out: Path | None) -> int | None:
+    from jaxcnn import checkpoint
+
+    if out is None or not (out / "checkpoints").is_dir():
+        return None
+    ckpts = checkpoint.TrainCheckpoints(out / "checkpoints")
+    try:
+        return ckpts.latest_epoch
+    finally:
+        ckpts.close()
+
+
+def run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) -> dict[str, Any]:
     """Train and evaluate per ``config``, writing every output to its run directory.
 
     With ``config.checkpoint`` (default) the whole training state is saved to
-    ``<out>/checkpoints`` after every epoch; with ``config.resume`` an interrupted run continues
-    from its latest checkpoint. Returns the metrics written to ``metrics.json``.
+    ``<out>/checkpoints`` after every epoch (``jaxcnn.fit(checkpoint_dir=...)``); with
+    ``config.resume`` an interrupted run continues from its latest checkpoint. ``after(ds, out)``
+    writes extra outputs (process 0, a finished run). Returns the metrics written to
+    ``metrics.json``.
 
-    Raises ``ConfigError``/``DataError`` on bad settings or data (before training), and
-    ``TrainingError`` when the loss becomes NaN or infinite (after writing history.json).
+    Raises ``ConfigError``/``DataError``/``ShapeError`` on bad settings or data (before anything
+    is written: a run directory made for a run that fit then refuses is removed again),
+    ``TrainingError`` when the loss becomes NaN or infinite (after writing history.json), and
+    :class:`RunInterrupted` on Ctrl-C (the last finished epoch's checkpoint is kept).
     """
     import numpy as np
 
@@ -333,8 +666,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     initialize_distributed(config.coordinator, config.num_processes, config.process_id)
 
     import jaxcnn
-    from jaxcnn import checkpoint, data, optim, plots
-    from jaxcnn.callbacks import BackupAndRestore
+    from jaxcnn import data, optim, plots
     from jaxcnn.errors import TrainingError
     from jaxcnn.train import create_train_state
 
@@ -343,25 +675,26 @@ def run(config: RunConfig) -> dict[str, Any]:
         raise ConfigError("several processes need --out: a run directory on a file system every process reaches")
     say = print if config.verbose and primary else (lambda *a, **k: None)
     # Everything that can fail on bad input does so before the run directory is made.
-    model = jaxcnn.get_model(config.model, **config.model_kwargs, **_compute_dtype(config))
+    model = resolve_model(config.model, **config.model_kwargs, **_compute_dtype(config))
     ds = data.load(config.dataset, config.data_dir)
     if config.limit is not None:
         ds = ds.limit(config.limit)
+    fingerprint = data_fingerprint(ds)
+    out: Path | None = Path(config.out) if config.out else None
+    if config.resume and out is not None:
+        before = read_run_config(out)
+        if before is not None:
+            _check_same(before, config, out)
+            if json.loads((out / "config.json").read_text()).get("data_sha256") != fingerprint:
+                raise ConfigError(
+                    f"--resume: the data differ from those the run in {out} was started with (another --data-dir "
+                    "or data set?); resume with the same data, or start a new run with another --out"
+                )
     if primary:
-        out = prepare_run_dir(config)
-    else:  # process 0 checks and creates it; the others share it (a shared file system)
-        out = Path(config.out or f"runs/{config.name}")
-    if config.resume:
-        _check_resumable(out, config)
-    if primary:
-        write_json(out / "config.json", dataclasses.asdict(config))
+        check_out(config)
     say(f"data: {ds.name} from {ds.source}: {len(ds.x_train)} train, {len(ds.x_test)} test")
-
     text = jaxcnn.summary(model, ds.input_shape, name=config.model)
     names = ds.class_names if ds.name == "cifar10" else None
-    if primary:
-        (out / "summary.txt").write_text(text + "\n")
-        plots.save(plots.labelled_images(ds.x_train, ds.y_train, range(3), class_names=names), out / "digits.png")
     say(text)
 
     lr: Any = config.learning_rate
@@ -376,76 +709,107 @@ def run(config: RunConfig) -> dict[str, Any]:
     # The same initial state fit(model, ...) would build; also the template a checkpoint fills.
     state = create_train_state(model, ds.input_shape, optim.get_optimizer(config.optimizer, lr), seed=config.seed)
     callbacks = _callbacks(config)
-    ckpts = checkpoint.TrainCheckpoints(out / "checkpoints") if config.checkpoint or config.resume else None
-    resume = None
-    if config.resume and ckpts is not None and ckpts.latest_epoch is not None:
-        resume = ckpts.restore(state)
-        state = resume.state
-        say(f"resuming from {ckpts.directory / str(resume.epoch)}: {resume.epoch} epoch(s) done")
+
+    resume = _peek_checkpoint(out, state) if config.resume and out is not None else None
+    if resume is not None:
+        say(f"resuming from {out / 'checkpoints' / str(resume.epoch)}: {resume.epoch} epoch(s) done")
     elif config.resume:
-        if (out / "metrics.json").is_file():
+        if out is not None and (out / "metrics.json").is_file():
             raise ConfigError(
                 f"--resume: the run in {out} has finished and has no checkpoint to continue from; "
                 "start a new run with another --out"
             )
-        say(f"--resume: no checkpoint in {out / 'checkpoints'}; starting the run")
+        say(f"--resume: no checkpoint in {out}; starting the run")
+    finished = resume is not None and (resume.stop_training or resume.epoch >= config.epochs)
+    if finished and (out / "metrics.json").is_file():
+        say(f"the run in {out} had already finished; nothing to do")  # and nothing is rewritten
+        return json.loads((out / "metrics.json").read_text())
 
-    try:
-        finished = resume is not None and (resume.stop_training or resume.epoch >= config.epochs)
-        if finished and (out / "metrics.json").is_file():
-            say(f"the run in {out} had already finished; nothing to do")
-            return json.loads((out / "metrics.json").read_text())
-        if finished:
-            history = resume.history
-        else:
-            # Last in the list: it restores the others after their on_train_begin reset them, and
-            # saves their state once they have seen the epoch.
-            saver = ckpts if config.checkpoint else None
-            all_callbacks = [*callbacks, BackupAndRestore(saver, callbacks, resume, monitor="val_loss")]
-            try:
-                state, history = jaxcnn.fit(
-                    state,
-                    data.to_float(ds.x_train),
-                    ds.y_train,
-                    epochs=config.epochs,
-                    batch_size=config.batch_size,
-                    seed=config.seed,
-                    callbacks=all_callbacks,
-                    verbose=config.verbose if primary else 0,
-                    **({} if config.devices is None else {"devices": _devices(config.devices)}),  # None: fit's default
-                    initial_epoch=resume.epoch if resume is not None else 0,
-                    **fit_kwargs,
-                )
-            except TrainingError as e:
-                history = getattr(e, "history", None)
-                if history is not None and primary:
-                    _write_history(out, history)
-                last = ckpts.latest_epoch if ckpts is not None else None
-                kept = (
-                    f"the last good checkpoint (after epoch {last}) is in {ckpts.directory}"
-                    if last is not None
-                    else "no checkpoint was written before it"
-                )
-                raise TrainingError(f"{e}. {kept}; the history so far is in {out / 'history.json'}") from None
-    finally:
-        if ckpts is not None:
-            ckpts.close()
+    config_record = {
+        **_json(dataclasses.asdict(config)),
+        "jaxcnn_run": RUN_FORMAT,
+        "settings_sha256": settings_fingerprint(config),
+        "data_sha256": fingerprint,
+    }
+    if finished:
+        state, history = resume.state, resume.history  # trained; only the outputs are missing
+    else:
+        existed = out is not None and out.exists()
+        if primary:
+            out = make_run_dir(dataclasses.replace(config, out=str(out) if out else None))
+        started = False
+
+        def start() -> None:
+            """The files known before training, written once fit has accepted everything."""
+            nonlocal started
+            started = True
+            if primary:
+                if not config.out:
+                    say(f"run directory: {out}")
+                write_json(out / "config.json", config_record)
+                if not (out / "summary.txt").is_file():
+                    write_file(out / "summary.txt", text + "\n")
+                if not (out / "digits.png").is_file():
+                    shown = range(min(3, len(ds.x_train)))
+                    save_figure(plots.labelled_images(ds.x_train, ds.y_train, shown, class_names=names), out / "digits.png")
+
+        try:
+            state, history = jaxcnn.fit(
+                state,
+                data.to_float(ds.x_train),
+                ds.y_train,
+                epochs=config.epochs,
+                batch_size=config.batch_size,
+                seed=config.seed,
+                callbacks=[_start_callback(start), *callbacks],
+                verbose=config.verbose if primary else 0,
+                **({} if config.devices is None else {"devices": _devices(config.devices)}),  # None: fit's default
+                checkpoint_dir=out / "checkpoints" if config.checkpoint else None,
+                resume=config.resume,
+                **fit_kwargs,
+            )
+        except TrainingError as e:
+            history = getattr(e, "history", None)
+            if history is not None and primary:
+                _write_history(out, history)
+            last = _latest_epoch(out)
+            kept = (
+                f"the last good checkpoint (after epoch {last}) is in {out / 'checkpoints'}"
+                if last is not None
+                else "no checkpoint was written before it"
+            )
+            raise TrainingError(f"{e}. {kept}; the history so far is in {out / 'history.json'}") from None
+        except KeyboardInterrupt:
+            if not started:
+                _remove_if_empty(out, existed)
+                raise RunInterrupted("before training started; nothing was kept") from None
+            last = _latest_epoch(out)
+            kept = f"the checkpoint after epoch {last} is in {out / 'checkpoints'}" if last else "no epoch had finished"
+            raise RunInterrupted(f"{kept}; continue with: {_command()} --resume --out {out}") from None
+        except BaseException:
+            if not started:  # fit refused the run: leave no directory behind
+                _remove_if_empty(out, existed)
+            raise
 
     # Every process computes (with several, each computation spans them all); process 0 writes.
+    hint = f"free some space or make {out} writable, then continue with --resume --out {out} (the checkpoints are kept)"
     best = history.best_epoch("val_loss") if "val_loss" in history.history else history.epoch[-1]
     if primary:
-        _write_history(out, history)
-        plots.save(plots.training_curves(history, best_epoch=best, title=f"{config.model} on {ds.name}"), out / "history.png")
-        checkpoint.export(out / "model", state, config.model, config.model_kwargs)
+        _write_history(out, history, hint=hint)
+        save_figure(plots.training_curves(history, best_epoch=best, title=f"{config.model} on {ds.name}"), out / "history.png", hint=hint)
+        export_model(out / "model", state, config, hint=hint)
 
     test = jaxcnn.evaluate(state, x_test, y_test, batch_size=max(config.batch_size, 256))
     shown = np.arange(min(9, len(x_test)))
     predicted = jaxcnn.predict(state, x_test[shown], output="classes")
     if primary:
-        plots.save(
+        save_figure(
             plots.labelled_images(ds.x_test, y_test, shown, predicted=predicted, class_names=names),
             out / "predictions.png",
+            hint=hint,
         )
+        if after is not None:
+            after(ds, out)
     per_epoch = history.history["time_s"]
     metrics = {
         "test_loss": test["loss"],
@@ -460,7 +824,7 @@ def run(config: RunConfig) -> dict[str, Any]:
         "resumed_from_epoch": resume.epoch if resume is not None else None,
     }
     if primary:
-        write_json(out / "metrics.json", metrics)
+        write_json(out / "metrics.json", metrics, hint=hint)
     say(
         f"test loss {test['loss']:.4f}, test accuracy {test['accuracy']:.4f}; {len(history)} epochs "
         f"(best {best + 1}), {metrics['wall_time_s']:.1f}s in all. Outputs in {out}"
@@ -468,11 +832,26 @@ def run(config: RunConfig) -> dict[str, Any]:
     return metrics
 
 
-def main_guard(fn, argv: list[str] | None) -> int:
-    """Run ``fn(argv)``; turn jaxcnn's own errors into a one-line message and exit status 2."""
+def _remove_if_empty(out: Path | None, existed: bool) -> None:
+    """Remove the run directory this run made, when nothing was written in it (only folders)."""
+    import shutil
+
+    if out is not None and not existed and out.is_dir() and not _holds_files(out):
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def main_guard(fn: Callable[[list[str] | None], Any], argv: list[str] | None) -> int:
+    """Run ``fn(argv)``; turn jaxcnn's own errors into a one-line message and exit status 2, and
+    Ctrl-C into one line saying how to resume and exit status 130."""
     try:
         fn(argv)
+    except RunInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr, flush=True)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
     except JaxcnnError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     return 0

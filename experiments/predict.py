@@ -1,44 +1,90 @@
-"""Reload a trained model from a run directory and predict on test images.
+"""Reload a trained model, from a run directory or any exported model directory, and predict on
+test images.
 
     python -m experiments.predict runs/mnist-20261125-120000 --count 9
+    python -m experiments.predict my-export --dataset mnist --out predictions.png
 
-Reads <run>/model (written by every training experiment), evaluates it on the test split of the
-run's data set, and writes <run>/reloaded-predictions.png (or --out) with "Actual, Predicted"
-titles. Takes seconds.
+RUN_DIR is a run directory written by a training experiment (it holds model/ and config.json; the
+data set and data folder come from its config.json), or a directory written by
+``jaxcnn.checkpoint.export`` (params.msgpack + model.json; give ``--dataset``, or it is inferred
+from the model's input shape: 28x28x1 MNIST, 32x32x3 CIFAR-10). Evaluates the model on the test
+split and writes ``reloaded-predictions.png`` into that directory (or ``--out``) with "Actual,
+Predicted" titles. Takes seconds. The figure's place is checked before anything is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from experiments.common import main_guard
+from experiments.common import config_from_json, main_guard, save_figure, validate_output_path
+from jaxcnn.errors import CheckpointError, ConfigError
+
+
+def _model_dir(path: Path) -> tuple[Path, dict]:
+    """(the export directory, the run's config.json or {}) for a run directory or an export."""
+    if not path.is_dir():
+        raise ConfigError(f"{path} is not a directory; give a run directory (with model/) or an exported model directory")
+    if (path / "model.json").is_file():
+        return path, {}
+    if (path / "model").is_dir():
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            return path / "model", {}
+        try:
+            raw = json.loads(config_path.read_text())
+        except (ValueError, OSError) as e:
+            raise ConfigError(f"{config_path} cannot be read ({e}); give --dataset, or restore it") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{config_path} holds {json.dumps(raw)[:20]}, not a run's settings (a JSON object); give --dataset, or restore it")
+        if "jaxcnn_run" in raw:
+            config_from_json(raw, config_path)  # every field checked
+        return path / "model", raw
+    raise CheckpointError(
+        f"{path} holds neither model/ (a run directory) nor model.json (an exported model, jaxcnn.checkpoint.export)"
+    )
+
+
+def _dataset_for(input_shape: tuple[int, ...]) -> str:
+    if tuple(input_shape) == (28, 28, 1):
+        return "mnist"
+    if tuple(input_shape) == (32, 32, 3):
+        return "cifar10"
+    raise ConfigError(f"the model takes images of shape {tuple(input_shape)}; give --dataset to say which data set to predict on")
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", help="run directory written by an experiment (holds model/ and config.json)")
+    p.add_argument("run", help="run directory written by an experiment (holds model/), or an exported model directory (holds model.json)")
     p.add_argument("--count", type=int, default=9, help="how many test images to show (default %(default)s)")
+    p.add_argument("--dataset", default=None, help="mnist, fashion_mnist or cifar10 (default: the run's, or inferred from the model)")
     p.add_argument("--data-dir", default=None, help="directory with the data files")
-    p.add_argument("--out", default=None, help="figure path (default <run>/reloaded-predictions.png)")
+    p.add_argument("--out", default=None, help="figure path (default <dir>/reloaded-predictions.png)")
     args = p.parse_args(argv)
+    if args.count < 1:
+        raise ConfigError(f"--count must be a positive integer, got {args.count}")
+
+    run = Path(args.run)
+    model_dir, config = _model_dir(run)
+    out = Path(args.out) if args.out else run / "reloaded-predictions.png"
+    validate_output_path(out, "--out" if args.out else "the run directory")
 
     import jaxcnn
     from jaxcnn import checkpoint, data, plots
 
-    run = Path(args.run)
-    config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
-    state = checkpoint.load_state(run / "model")
-    ds = data.load(config.get("dataset", "mnist"), args.data_dir or config.get("data_dir"))
+    state = checkpoint.load_state(model_dir)
+    dataset = args.dataset or config.get("dataset") or _dataset_for(state.input_shape)
+    ds = data.load(dataset, args.data_dir or config.get("data_dir"))
     x_test = data.to_float(ds.x_test)
     test = jaxcnn.evaluate(state, x_test, ds.y_test, batch_size=256)
     shown = list(range(min(args.count, len(x_test))))
     predicted = jaxcnn.predict(state, x_test[shown], output="classes")
     names = ds.class_names if ds.name == "cifar10" else None
-    out = Path(args.out) if args.out else run / "reloaded-predictions.png"
-    plots.save(plots.labelled_images(ds.x_test, ds.y_test, shown, predicted=predicted, class_names=names), out)
+    fig = plots.labelled_images(ds.x_test, ds.y_test, shown, predicted=predicted, class_names=names)
+    save_figure(fig, out, hint="choose a writable place with --out")
     print(f"test loss {test['loss']:.4f}, test accuracy {test['accuracy']:.4f}; figure: {out}")
     return test
 

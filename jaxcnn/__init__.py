@@ -28,7 +28,7 @@ import jax
 def use_cpu_devices(count: int | None = None) -> int:
     """Split the host CPU into ``count`` XLA devices (default: its cores, at most 8).
 
-    XLA's own threading uses a second core badly on small convolutions (PERF-NOTES.md: 2 cores
+    XLA's own threading uses a second core badly on small convolutions (docs/cpu.md: 2 cores
     gave 1.36x one core); one XLA device per core, with each batch split across them by
     :func:`jaxcnn.fit` (no collective: see :func:`jaxcnn.train.split_devices`), gave 2.2x here,
     and 2.7x with the batch cut into parts of 32.
@@ -40,7 +40,11 @@ def use_cpu_devices(count: int | None = None) -> int:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if count is None:
-        env = os.environ.get("JAXCNN_CPU_DEVICES")
+        env = os.environ.get("JAXCNN_CPU_DEVICES", "").strip()
+        if env and not env.isdigit():
+            from jaxcnn.errors import ConfigError
+
+            raise ConfigError(f"JAXCNN_CPU_DEVICES must be a whole number of CPU devices, got {env!r}; unset it or set e.g. JAXCNN_CPU_DEVICES=1")
         count = int(env) if env else min(cores, 8)
     if count <= 1:
         return 1
@@ -69,6 +73,11 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return importlib.import_module(f"jaxcnn.{name}")
     raise AttributeError(f"module 'jaxcnn' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazily loaded submodules show in dir(jaxcnn) and tab completion too.
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [

@@ -199,7 +199,11 @@ def _lookup(name: str):
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(_REGISTRY)}") from None
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown model {name!r}; {hint}known models: {', '.join(_REGISTRY)}") from None
 
 
 def get_model(name: str, **overrides: Any) -> nn.Module:

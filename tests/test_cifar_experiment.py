@@ -58,8 +58,13 @@ def write_archive(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(autouse=True)
-def _isolated(isolated_data):
-    """Every test: an empty cache, offline, a fresh memo (tests/conftest.py)."""
+def _isolated(isolated_data, monkeypatch):
+    """Every test: an empty cache, offline, a fresh memo (tests/conftest.py), and the loader's
+    official counts (10,000 per batch) and archive hash swapped for this file's tiny set."""
+    from jaxcnn.data import cifar10 as cifar_data
+
+    monkeypatch.setattr(cifar_data, "RECORDS", {n: N_TEST if n == "test_batch.bin" else PER_BATCH for n in BIN_NAMES})
+    monkeypatch.setattr(cifar_data, "ARCHIVE_SHA256", None)
 
 
 @pytest.fixture
@@ -120,11 +125,24 @@ def test_flags_override_the_model_defaults():
     assert cifar10.parse_config(["--model", "1", "--patience", "3"]).patience == 3
 
 
-def test_unknown_model_is_a_usage_error(capsys):
-    with pytest.raises(SystemExit) as e:
-        cifar10.parse_config(["--model", "5"])
-    assert e.value.code == 2
-    assert "--model" in capsys.readouterr().err
+def test_model_by_name_takes_cnn1_settings():
+    c = cifar10.parse_config(["--model", "mnist_cnn"])
+    c1 = cifar10.parse_config(["--model", "1"])
+    assert c.model == "mnist_cnn" and c.name == "cifar10-mnist_cnn"
+    assert (c.optimizer, c.learning_rate, c.lr_decay, c.batch_size, c.epochs) == (c1.optimizer, c1.learning_rate, c1.lr_decay, c1.batch_size, c1.epochs)
+    assert cifar10.parse_config(["--model", "mymodels.nets:Small"]).name == "cifar10-mymodels.nets_Small"
+
+
+def test_unknown_model_is_a_one_line_error(tmp_path, capsys):
+    from experiments.common import main_guard
+
+    out = tmp_path / "never-made"
+    assert main_guard(cifar10.main, ["--model", "5", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown model '5'") and len(err.strip().splitlines()) == 1
+    assert main_guard(cifar10.main, ["--model", "mnist_cn", "--out", str(out)]) == 2
+    assert "did you mean 'mnist_cnn'?" in capsys.readouterr().err
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -54,8 +54,12 @@ def clear_memo() -> None:
 def _normalize_name(name: object) -> str:
     key = name.strip().lower().replace("-", "_") if isinstance(name, str) else None
     if key not in DATASETS:
+        import difflib
+
+        close = difflib.get_close_matches(key or "", DATASETS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(
-            f"Unknown data set {name!r}. Known data sets: {', '.join(DATASETS)}."
+            f"Unknown data set {name!r}.{hint} Known data sets: {', '.join(DATASETS)}."
         )
     return key
 
