@@ -7,6 +7,13 @@ may change them: :class:`EarlyStopping` sets ``stop_training`` and can put the b
 in the optimizer state and so never recompiles the train step. :class:`BackupAndRestore` saves
 everything once an epoch (orbax, via :mod:`jaxcnn.checkpoint`) so that a run can be resumed; it
 keeps each callback's ``get_state()`` and gives it back with ``set_state()``.
+
+Keras's toolbox, with Keras 3's decisions and arguments: :class:`ModelCheckpoint` (an exported
+model directory or a weights file, every epoch or only the best), :class:`ReduceLROnPlateau`,
+:class:`CSVLogger`, :class:`TensorBoard` (tensorboardX event files: scalars per epoch or every N
+steps, the learning rate, weight histograms) and :class:`TerminateOnNaN` (for
+``fit(..., stop_on_nan=False)``; by default ``fit`` itself stops on a NaN loss). Each one's
+``get_state()`` is JSON, so a resumed run continues their decisions and files where they were.
 """
 
 from __future__ import annotations
@@ -85,8 +92,8 @@ class EarlyStopping(Callback):
     ):
         if mode not in ("auto", "min", "max"):
             raise ConfigError(f"EarlyStopping mode must be 'auto', 'min' or 'max', got {mode!r}")
-        if patience < 0:
-            raise ConfigError(f"EarlyStopping patience must be >= 0, got {patience}")
+        if isinstance(patience, bool) or not hasattr(type(patience), "__index__") or patience < 0:
+            raise ConfigError(f"EarlyStopping patience must be a whole number of epochs >= 0, got {patience!r}; e.g. patience=5")
         if mode == "auto":
             mode = "max" if "acc" in monitor else "min"
         self.monitor, self.mode, self.patience = monitor, mode, patience
@@ -259,3 +266,527 @@ class BackupAndRestore(Callback):
             stop_training=loop.stop_training,
             metrics={self.monitor: logs[self.monitor]} if self.monitor in logs else None,
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Keras's toolbox around fit: ModelCheckpoint, ReduceLROnPlateau, CSVLogger, TensorBoard,
+# TerminateOnNaN. Each makes Keras 3's decisions (keras/src/callbacks/*.py) from the epoch logs,
+# and keeps what it must remember across a resumed run in get_state()/set_state() (JSON values).
+
+
+def _auto_mode(monitor: str, mode: str, owner: str) -> str:
+    """Keras's "auto": minimise losses and errors, maximise accuracies and other scores."""
+    if mode not in ("auto", "min", "max"):
+        raise ConfigError(f"{owner} mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode != "auto":
+        return mode
+    name = monitor.removeprefix("val_")
+    if any(s in name for s in ("acc", "auc", "precision", "recall", "f1")):
+        return "max"
+    return "min"
+
+
+def _is_primary() -> bool:
+    """Only process 0 of a multi-process job writes files (the others compute the same values)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+class _MonitorMixin:
+    """Keras's MonitorCallback decision: ``current`` improves on ``best`` when
+    ``current + min_delta < best`` ("min") or ``current - min_delta > best`` ("max"); any value
+    improves on ``best=None``."""
+
+    monitor: str
+    mode: str
+    min_delta: float
+
+    def _is_improvement(self, current: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        if self.mode == "min":
+            return current + self.min_delta < best
+        return current - self.min_delta > best
+
+
+def _per_batch(cls: type, per_batch_cls: type, wanted: bool) -> Any:
+    # fit syncs with the device after every batch for callbacks whose class overrides
+    # on_train_batch_end; the per-batch subclass is used only when asked for, so an epoch-only
+    # callback costs nothing during the epoch.
+    return object.__new__(per_batch_cls if wanted else cls)
+
+
+class ModelCheckpoint(_MonitorMixin, Callback):
+    """Save the model (or only its weights) during training, with ``keras.callbacks.ModelCheckpoint``'s
+    decisions.
+
+    At each epoch end (``save_freq="epoch"``), or every ``save_freq`` training steps (an int),
+    the path is ``filepath.format(epoch=epoch + 1, **logs)`` (e.g. ``"ckpt/{epoch:02d}-{val_loss:.4f}"``;
+    per-step saves also get ``batch``, the global step + 1). Without ``save_best_only`` every
+    save is written. With it, a save is written only when ``logs[monitor]`` improves on the best
+    so far (``initial_value_threshold`` to start from, else the first value always counts); a
+    missing monitor warns and saves, as Keras.
+
+    What is written: the whole model as a :func:`jaxcnn.checkpoint.export` directory
+    (``params.msgpack`` + ``model.json``; reload with :func:`jaxcnn.checkpoint.load_state`), or,
+    with ``save_weights_only``, one file holding ``{"params", "batch_stats"}`` in Flax's msgpack
+    serialisation (read it back with ``flax.serialization.from_bytes(template, data)``). An
+    export names the model so that it can be rebuilt: pass ``model_name`` (a
+    :func:`jaxcnn.get_model` name, with ``model_kwargs``); without it the state's own model is
+    used where :func:`jaxcnn.checkpoint.export` accepts one.
+
+    Args:
+      filepath: path pattern, formatted with ``epoch`` (1-based) and the epoch's logs.
+      monitor: the logged value to compare ("val_loss" by default, as Keras).
+      verbose: 1 prints a line per decision.
+      save_best_only: write only improvements of ``monitor``.
+      save_weights_only: write the weights file instead of an export directory.
+      mode: "min", "max" or "auto" (max for accuracies, min otherwise).
+      save_freq: "epoch" or a number of training steps.
+      initial_value_threshold: the best value to beat at the start.
+      model_name, model_kwargs: how the export rebuilds the model.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> ModelCheckpoint:
+        save_freq = kwargs.get("save_freq", args[6] if len(args) > 6 else "epoch")
+        return _per_batch(cls, _ModelCheckpointPerStep, save_freq != "epoch")
+
+    def __init__(
+        self,
+        filepath: str | Any,
+        monitor: str = "val_loss",
+        verbose: int = 0,
+        save_best_only: bool = False,
+        save_weights_only: bool = False,
+        mode: str = "auto",
+        save_freq: str | int = "epoch",
+        initial_value_threshold: float | None = None,
+        model_name: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ):
+        import os
+
+        self.filepath = os.fspath(filepath)
+        if not self.filepath:
+            raise ConfigError("ModelCheckpoint filepath is empty; give a path such as 'checkpoints/{epoch:02d}'")
+        if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq <= 0):
+            raise ConfigError(f"ModelCheckpoint save_freq must be 'epoch' or a positive number of steps, got {save_freq!r}")
+        self.monitor, self.verbose = monitor, verbose
+        self.mode = _auto_mode(monitor, mode, "ModelCheckpoint")
+        self.min_delta = 0.0
+        self.save_best_only, self.save_weights_only, self.save_freq = save_best_only, save_weights_only, save_freq
+        self.initial_value_threshold = initial_value_threshold
+        self.best: float | None = initial_value_threshold
+        self.model_name, self.model_kwargs = model_name, dict(model_kwargs or {})
+        self.saved: list[str] = []  # paths written, in order
+        self._epoch = 0
+
+    def on_train_begin(self, loop: Loop) -> None:
+        self.best = self.initial_value_threshold
+        if not self.save_weights_only and self.model_name is None:
+            import inspect
+
+            from jaxcnn import checkpoint
+
+            param = inspect.signature(checkpoint.export).parameters.get("model_name")
+            if param is not None and param.default is inspect.Parameter.empty:
+                raise ConfigError(
+                    "ModelCheckpoint needs model_name=<a jaxcnn.get_model name> to export the whole model "
+                    "(e.g. ModelCheckpoint(path, model_name='mnist_cnn')), or save_weights_only=True"
+                )
+
+    def on_epoch_begin(self, epoch: int, loop: Loop) -> None:
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float], loop: Loop) -> None:
+        if self.save_freq == "epoch":
+            self._save(epoch, None, logs, loop)
+
+    def _path(self, epoch: int, batch: int | None, logs: dict[str, float]) -> str:
+        fields = dict(logs)
+        if batch is not None:
+            fields["batch"] = batch + 1
+        try:
+            return self.filepath.format(epoch=epoch + 1, **fields)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(
+                f"ModelCheckpoint filepath {self.filepath!r} cannot be formatted ({type(e).__name__}: {e}); "
+                f"it may use epoch and the logged values: {', '.join(fields)}"
+            ) from None
+
+    def _should_save(self, epoch: int, logs: dict[str, float], path: str) -> bool:
+        if not self.save_best_only:
+            if self.verbose:
+                print(f"Epoch {epoch + 1}: saving model to {path}")
+            return True
+        current = logs.get(self.monitor)
+        if current is None:
+            warnings.warn(f"Can save best model only with {self.monitor} available.", stacklevel=3)
+            return True
+        best = "None" if self.best is None else f"{self.best:.5f}"
+        if self._is_improvement(current, self.best):
+            if self.verbose:
+                print(f"Epoch {epoch + 1}: {self.monitor} improved from {best} to {current:.5f}, saving model to {path}")
+            self.best = float(current)
+            return True
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: {self.monitor} did not improve from {best}")
+        return False
+
+    def _save(self, epoch: int, batch: int | None, logs: dict[str, float], loop: Loop) -> None:
+        path = self._path(epoch, batch, logs)
+        if not self._should_save(epoch, logs, path):
+            return
+        self.saved.append(path)
+        if not _is_primary():
+            return
+        import jax
+        from flax import serialization
+
+        from jaxcnn import checkpoint
+
+        state = loop.state
+        if self.save_weights_only:
+            import os
+
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            variables = {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}
+            checkpoint.atomic_write(path, serialization.to_bytes(variables))
+        elif self.model_name is not None:
+            checkpoint.export(path, state, self.model_name, self.model_kwargs)
+        else:  # an export that rebuilds the model from the state itself
+            checkpoint.export(path, state)  # type: ignore[call-arg]
+
+    def get_state(self) -> dict[str, Any]:
+        return {"best": None if self.best is None else float(self.best), "saved": list(self.saved)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        best = state.get("best")
+        self.best = None if best is None else float(best)
+        self.saved = list(state.get("saved", []))
+
+
+class _ModelCheckpointPerStep(ModelCheckpoint):
+    """ModelCheckpoint with an int ``save_freq``: saves every ``save_freq`` global steps."""
+
+    def on_train_batch_end(self, step: int, logs: dict[str, float], loop: Loop) -> None:
+        if (step + 1) % int(self.save_freq) == 0:
+            self._save(self._epoch, step, logs, loop)
+
+
+class ReduceLROnPlateau(_MonitorMixin, Callback):
+    """Multiply the learning rate by ``factor`` when ``monitor`` stops improving, with
+    ``keras.callbacks.ReduceLROnPlateau``'s decisions.
+
+    At each epoch end: during a cooldown, count it down and reset ``wait``; an improvement
+    (beyond ``min_delta``; the first value always counts) becomes the best and resets ``wait``;
+    otherwise, outside a cooldown, ``wait += 1`` and once ``wait >= patience`` the rate becomes
+    ``max(lr * factor, min_lr)`` (when ``lr > min_lr``), ``wait`` resets and a cooldown of
+    ``cooldown`` epochs starts. The new rate applies from the next epoch; it is written into the
+    optimizer state (an ``optax.inject_hyperparams`` optimizer, as every :mod:`jaxcnn.optim` one),
+    so nothing recompiles. With a learning-rate schedule the rate cannot be set, and training
+    stops before the first epoch with a ``ConfigError``.
+
+    Args:
+      monitor: the logged value to watch ("val_loss" by default).
+      factor: 0 < factor < 1.
+      patience: epochs without improvement before reducing.
+      verbose: 1 prints a line when reducing.
+      mode: "min", "max" or "auto".
+      min_delta: smallest change that counts as an improvement (1e-4, as Keras).
+      cooldown: epochs to wait after a reduction before counting again.
+      min_lr: lower bound of the rate.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        factor: float = 0.1,
+        patience: int = 10,
+        verbose: int = 0,
+        mode: str = "auto",
+        min_delta: float = 1e-4,
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+    ):
+        if not 0 < factor < 1:
+            raise ConfigError(f"ReduceLROnPlateau factor must be between 0 and 1 (new lr = lr * factor), got {factor}")
+        if patience < 0 or cooldown < 0 or min_lr < 0:
+            raise ConfigError(
+                f"ReduceLROnPlateau patience, cooldown and min_lr must be >= 0, got {patience}, {cooldown}, {min_lr}"
+            )
+        self.monitor, self.factor, self.patience, self.verbose = monitor, float(factor), patience, verbose
+        self.mode = _auto_mode(monitor, mode, "ReduceLROnPlateau")
+        self.min_delta, self.cooldown, self.min_lr = abs(min_delta), cooldown, float(min_lr)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best: float | None = None
+        self.cooldown_counter = 0
+        self.wait = 0
+
+    def in_cooldown(self) -> bool:
+        return self.cooldown_counter > 0
+
+    def on_train_begin(self, loop: Loop) -> None:
+        self._reset()
+        loop.learning_rate = loop.learning_rate  # fails now, not after epochs, if the rate cannot be set
+
+    def decide(self, epoch: int, current: float, lr: float) -> float | None:
+        """Keras's decision for one epoch end: the new learning rate, or None to keep ``lr``."""
+        import numpy as np
+
+        if self.in_cooldown():
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._is_improvement(current, self.best):
+            self.best = float(current)
+            self.wait = 0
+        elif not self.in_cooldown():
+            self.wait += 1
+            if self.wait >= self.patience and lr > np.float32(self.min_lr):
+                new_lr = max(lr * self.factor, self.min_lr)
+                self.cooldown_counter = self.cooldown
+                self.wait = 0
+                if self.verbose:
+                    print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new_lr}.")
+                return new_lr
+        return None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float], loop: Loop) -> None:
+        current = logs.get(self.monitor)
+        if current is None:
+            warnings.warn(
+                f"Learning rate reduction is conditioned on metric `{self.monitor}` which is not available. "
+                f"Available metrics are: {','.join(logs)}.",
+                stacklevel=2,
+            )
+            return
+        new_lr = self.decide(epoch, current, loop.learning_rate)
+        if new_lr is not None:
+            loop.learning_rate = new_lr
+
+    def get_state(self) -> dict[str, Any]:
+        # The rate itself lives in the optimizer state, which every checkpoint holds.
+        return {"best": self.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        best = state.get("best")
+        self.best = None if best is None else float(best)
+        self.wait = int(state["wait"])
+        self.cooldown_counter = int(state["cooldown_counter"])
+
+
+class CSVLogger(Callback):
+    """Stream each epoch's logs to a CSV file, as ``keras.callbacks.CSVLogger``.
+
+    Columns: ``epoch`` (0-based, as Keras) and the log keys sorted by name (with ``val_`` copies
+    when no validation key is logged); ``"NA"`` where a value is missing. The file is flushed
+    after every row. ``append=True`` continues an existing file (no second header).
+
+    On a resumed run (``set_state`` from a checkpoint) the file is continued whatever ``append``
+    says: rows written after the checkpoint by the interrupted run are dropped first, so the file
+    ends as that of a run never interrupted.
+    """
+
+    def __init__(self, filename: str | Any, separator: str = ",", append: bool = False):
+        import os
+
+        self.filename, self.sep, self.append = os.fspath(filename), separator, append
+        self.keys: list[str] | None = None
+        self.last_epoch: int | None = None
+        self._file: Any = None
+        self._writer: Any = None
+        self._resumed = False
+
+    def on_train_begin(self, loop: Loop) -> None:
+        self._close()
+        self.keys, self.last_epoch, self._resumed = None, None, False
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.keys = list(state["keys"]) if state.get("keys") is not None else None
+        self.last_epoch = state.get("last_epoch")
+        self._resumed = True
+
+    def get_state(self) -> dict[str, Any]:
+        return {"keys": self.keys, "last_epoch": self.last_epoch}
+
+    def _open(self) -> None:
+        import csv
+        import os
+
+        os.makedirs(os.path.dirname(self.filename) or ".", exist_ok=True)
+        exists = os.path.isfile(self.filename)
+        header = True
+        if self._resumed and exists:
+            # Keep the header and the rows up to the checkpointed epoch.
+            with open(self.filename, newline="") as f:
+                rows = list(csv.reader(f, delimiter=self.sep))
+            keep = rows[:1] + [r for r in rows[1:] if r and self.last_epoch is not None and int(r[0]) <= self.last_epoch]
+            with open(self.filename, "w", newline="") as f:
+                csv.writer(f, delimiter=self.sep).writerows(keep)
+            header = not keep
+        elif self.append and exists:
+            with open(self.filename) as f:
+                header = not f.readline()
+        mode = "a" if (self._resumed or self.append) and exists else "w"
+        self._file = open(self.filename, mode, newline="")
+        self._write_header = header
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float], loop: Loop) -> None:
+        import csv
+
+        if self.keys is None:
+            self.keys = sorted(logs)
+            if self.keys and not any(k.startswith("val_") for k in self.keys):
+                self.keys.extend(f"val_{k}" for k in list(self.keys))
+        if _is_primary() and self._file is None:
+            self._open()  # on a resumed run, drops the rows after self.last_epoch (the checkpoint's)
+        self.last_epoch = epoch
+        if not _is_primary():
+            return
+        if self._writer is None:
+            sep = self.sep
+
+            class Dialect(csv.excel):
+                delimiter = sep
+
+            self._writer = csv.DictWriter(self._file, fieldnames=["epoch", *self.keys], dialect=Dialect)
+            if self._write_header:
+                self._writer.writeheader()
+        self._writer.writerow({"epoch": epoch, **{k: logs.get(k, "NA") for k in self.keys}})
+        self._file.flush()
+
+    def _close(self) -> None:
+        if self._file is not None and not self._file.closed:
+            self._file.close()
+        self._file = self._writer = None
+
+    def on_train_end(self, loop: Loop) -> None:
+        self._close()
+
+
+class TensorBoard(Callback):
+    """Write TensorBoard event files (with tensorboardX: no TensorFlow), laid out as Keras's.
+
+    ``log_dir/train`` gets ``epoch_<name>`` for every training log of each epoch (``epoch_loss``,
+    ``epoch_accuracy``, ``epoch_learning_rate``, ...), at step = epoch (0-based, as Keras);
+    ``log_dir/validation`` gets the ``val_`` logs under the same names (``epoch_loss``...), so
+    TensorBoard draws training and validation on one chart. With ``update_freq`` a number N (or
+    "batch", N = 1), ``batch_loss`` and ``batch_accuracy`` (the epoch's running values) go to
+    ``train`` every N training steps, at step = the global step + 1. With ``histogram_freq`` N,
+    every N epochs each parameter and batch statistic gets a histogram ``<layer>/<name>/histogram``.
+
+    View with ``tensorboard --logdir log_dir``. A resumed run writes new event files in the same
+    folders; TensorBoard's reader drops the interrupted run's values at the epochs written again.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> TensorBoard:
+        update_freq = kwargs.get("update_freq", args[2] if len(args) > 2 else "epoch")
+        return _per_batch(cls, _TensorBoardPerStep, update_freq != "epoch")
+
+    def __init__(self, log_dir: str | Any = "logs", histogram_freq: int = 0, update_freq: str | int = "epoch"):
+        import os
+
+        if update_freq == "batch":
+            update_freq = 1
+        if update_freq != "epoch" and (isinstance(update_freq, bool) or not isinstance(update_freq, int) or update_freq <= 0):
+            raise ConfigError(f"TensorBoard update_freq must be 'epoch', 'batch' or a positive number of steps, got {update_freq!r}")
+        if isinstance(histogram_freq, bool) or not isinstance(histogram_freq, int) or histogram_freq < 0:
+            raise ConfigError(f"TensorBoard histogram_freq must be 0 (off) or a positive number of epochs, got {histogram_freq!r}")
+        self.log_dir, self.histogram_freq, self.update_freq = os.fspath(log_dir), histogram_freq, update_freq
+        self._writers: dict[str, Any] = {}
+
+    def _writer(self, which: str) -> Any:
+        if which not in self._writers:
+            import os
+
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:  # pragma: no cover
+                raise ConfigError("TensorBoard needs the tensorboardX package: pip install tensorboardX") from None
+            self._writers[which] = SummaryWriter(os.path.join(self.log_dir, which))
+        return self._writers[which]
+
+    def on_train_begin(self, loop: Loop) -> None:
+        if _is_primary():
+            self._writer("train")  # fail early if tensorboardX is missing or log_dir is not writable
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float], loop: Loop) -> None:
+        if not _is_primary():
+            return
+        train = self._writer("train")
+        for name, value in logs.items():
+            if name.startswith("val_"):
+                self._writer("validation").add_scalar(f"epoch_{name[4:]}", value, epoch)
+            else:
+                train.add_scalar(f"epoch_{name}", value, epoch)
+        if self.histogram_freq and epoch % self.histogram_freq == 0:
+            self._histograms(train, loop, epoch)
+        for w in self._writers.values():
+            w.flush()
+
+    def _histograms(self, writer: Any, loop: Loop, epoch: int) -> None:
+        import jax
+        import numpy as np
+
+        trees = {"": loop.state.params, "batch_stats/": loop.state.batch_stats or {}}
+        for prefix, tree in trees.items():
+            for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]:
+                name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+                writer.add_histogram(f"{prefix}{name}/histogram", np.asarray(leaf, np.float32), epoch)
+
+    def on_train_end(self, loop: Loop) -> None:
+        for w in self._writers.values():
+            w.close()
+        self._writers = {}
+
+
+class _TensorBoardPerStep(TensorBoard):
+    """TensorBoard with per-step scalars every ``update_freq`` steps."""
+
+    def on_train_batch_end(self, step: int, logs: dict[str, float], loop: Loop) -> None:
+        if (step + 1) % int(self.update_freq) or not _is_primary():
+            return
+        train = self._writer("train")
+        for name, value in logs.items():
+            train.add_scalar(f"batch_{name}", value, step + 1)
+
+
+class TerminateOnNaN(Callback):
+    """Stop training when the loss is NaN or infinite, as ``keras.callbacks.TerminateOnNaN``.
+
+    ``jaxcnn.fit`` already stops by default: ``stop_on_nan=True`` raises ``TrainingError`` (with
+    the weights of the last good step) the moment a step's loss is not finite, so this callback
+    only matters with ``fit(..., stop_on_nan=False)``. There, the bad step is skipped, the epoch
+    ends early and logs ``loss = nan``; this callback then sets ``stop_training`` (the run ends
+    after this epoch's callbacks, with the last good weights and the history so far), or raises
+    ``TrainingError`` with ``raise_error=True``. Without it, training would go on to the next
+    epoch from the last good weights.
+    """
+
+    def __init__(self, raise_error: bool = False):
+        self.raise_error = raise_error
+        self.stopped_epoch: int | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float], loop: Loop) -> None:
+        loss = logs.get("loss")
+        if loss is None or math.isfinite(loss):
+            return
+        self.stopped_epoch = epoch
+        if self.raise_error:
+            from jaxcnn.errors import TrainingError
+
+            raise TrainingError(
+                f"NaN or infinite loss at epoch {epoch + 1}; training terminated. Lower the learning rate or check the inputs for NaN",
+                state=loop.state, history=loop.history,
+            )
+        print(f"Epoch {epoch + 1}: invalid loss, terminating training")
+        loop.stop_training = True
+
+    def get_state(self) -> dict[str, Any]:
+        return {"stopped_epoch": self.stopped_epoch}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.stopped_epoch = state.get("stopped_epoch")

@@ -1,0 +1,235 @@
+"""Augmentation layers: each against a NumPy reference (and Keras's own layer) for the same random
+draws, identity outside training, the dropout RNG rule, and the Augmented wrapper in a real fit."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcnn
+from jaxcnn import augment as A
+from jaxcnn.errors import ConfigError, ShapeError
+
+# -- a NumPy reference: bilinear sampling with scipy/Keras fill modes, one pixel at a time -------
+
+
+def _fold(i: int, n: int, mode: str) -> int | None:
+    """Index i of an axis of size n under fill ``mode``; None: outside ("constant")."""
+    if 0 <= i < n:
+        return i
+    if mode == "constant":
+        return None
+    if mode == "nearest":
+        return min(max(i, 0), n - 1)
+    if mode == "wrap":
+        return i % n
+    period = i % (2 * n)  # reflect: d c b a | a b c d | d c b a
+    return period if period < n else 2 * n - 1 - period
+
+
+def np_sample(img: np.ndarray, rows: np.ndarray, cols: np.ndarray, mode: str, cval: float) -> np.ndarray:
+    h, w, c = img.shape
+    out = np.zeros((h, w, c), np.float64)
+    for r in range(h):
+        for q in range(w):
+            y, x = rows[r, q], cols[r, q]
+            y0, x0 = math.floor(y), math.floor(x)
+            for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
+                for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
+                    fy, fx = _fold(yy, h, mode), _fold(xx, w, mode)
+                    value = cval if fy is None or fx is None else img[fy, fx]
+                    out[r, q] += wy * wx * np.asarray(value, np.float64)
+    return out
+
+
+def np_translate(x, dy, dx, mode, cval=0.0):
+    h, w = x.shape[1:3]
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    return np.stack([np_sample(img, rows - a, cols - b, mode, cval) for img, a, b in zip(x, dy, dx)])
+
+
+def np_rotate(x, angles, mode, cval=0.0):
+    h, w = x.shape[1:3]
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    out = []
+    for img, a in zip(x, angles):
+        c, s = math.cos(a), math.sin(a)
+        out.append(np_sample(img, cy + c * (rows - cy) + s * (cols - cx), cx - s * (rows - cy) + c * (cols - cx), mode, cval))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def images():
+    # Small odd-sized RGB images, values that make every pixel distinguishable.
+    return np.random.default_rng(0).random((5, 7, 9, 3)).astype(np.float32)
+
+
+def run_layer(layer, x, key=0):
+    """(output, draws) of ``layer`` in training, with the draws it recorded."""
+    out, st = layer.apply({}, jnp.asarray(x), train=True, rngs={"dropout": jax.random.key(key)}, mutable=["intermediates"])
+    return np.asarray(out), jax.device_get(st["intermediates"]["draws"][0])
+
+
+# -- each layer against the reference ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", A.FLIP_MODES)
+def test_random_flip_matches_numpy(images, mode):
+    out, draws = run_layer(A.RandomFlip(mode), images, key=3)
+    expected = images.copy()
+    for i in range(len(images)):
+        if draws.get("horizontal", np.zeros(len(images), bool))[i]:
+            expected[i] = expected[i][:, ::-1]
+        if draws.get("vertical", np.zeros(len(images), bool))[i]:
+            expected[i] = expected[i][::-1]
+    np.testing.assert_array_equal(out, expected)
+    assert set(draws) == {"horizontal": {"horizontal"}, "vertical": {"vertical"}}.get(mode, {"horizontal", "vertical"})
+    # Over many draws both outcomes occur on each axis, about half the time each.
+    _, many = run_layer(A.RandomFlip(mode), np.zeros((400, 2, 2, 1), np.float32), key=4)
+    for flips in many.values():
+        assert 150 < int(np.sum(flips)) < 250
+
+
+@pytest.mark.parametrize("fill_mode", A.FILL_MODES)
+def test_random_translation_matches_numpy(images, fill_mode):
+    layer = A.RandomTranslation((-0.4, 0.3), 0.5, fill_mode=fill_mode, fill_value=0.25)
+    out, draws = run_layer(layer, images, key=1)
+    h, w = images.shape[1:3]
+    assert np.all(draws["dy"] >= -0.4 * h) and np.all(draws["dy"] <= 0.3 * h)
+    assert np.all(np.abs(draws["dx"]) <= 0.5 * w)
+    assert len(np.unique(draws["dx"])) == len(images)  # one draw per image
+    np.testing.assert_allclose(out, np_translate(images, draws["dy"], draws["dx"], fill_mode, 0.25), atol=1e-5)
+
+
+@pytest.mark.parametrize("fill_mode", ["reflect", "constant"])
+def test_random_rotation_matches_numpy(images, fill_mode):
+    out, draws = run_layer(A.RandomRotation(0.2, fill_mode=fill_mode), images, key=2)
+    assert np.all(np.abs(draws["angle"]) <= 0.2 * 2 * math.pi)
+    np.testing.assert_allclose(out, np_rotate(images, draws["angle"], fill_mode), atol=1e-5)
+
+
+def test_whole_pixel_shift_and_quarter_turn_move_pixels_exactly():
+    # Independent of the reference's arithmetic: a shift by whole pixels moves the image, a
+    # quarter turn of a square image is np.rot90 (counter-clockwise, as Keras).
+    x = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4, 1)
+    shifted = np.asarray(A.translate(jnp.asarray(x), jnp.array([1.0, 0.0]), jnp.array([0.0, -2.0]), fill_mode="constant"))
+    np.testing.assert_array_equal(shifted[0, 1:], x[0, :-1])
+    np.testing.assert_array_equal(shifted[0, 0], 0)
+    np.testing.assert_array_equal(shifted[1, :, :2], x[1, :, 2:])
+    turned = np.asarray(A.rotate(jnp.asarray(x), jnp.array([math.pi / 2, -math.pi / 2])))
+    np.testing.assert_allclose(turned[0, ..., 0], np.rot90(x[0, ..., 0], 1), atol=1e-4)
+    np.testing.assert_allclose(turned[1, ..., 0], np.rot90(x[1, ..., 0], -1), atol=1e-4)
+
+
+def test_same_transforms_as_keras_layers(images):
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "jax":
+        pytest.skip("keras was imported with another backend")
+    dy, dx = np.array([1.3, -2.5, 0.0, 4.2, 0.5], np.float32), np.array([-0.7, 3.0, 2.2, -5.5, 1.0], np.float32)
+    angles = np.array([0.3, -1.0, 2.0, 0.05, 3.0], np.float32)
+    for mode in A.FILL_MODES:
+        kt = keras.layers.RandomTranslation(0.5, 0.5, fill_mode=mode, fill_value=0.3)
+        theirs = kt.transform_images(images, {"translations": np.stack([dx, dy], 1), "input_shape": images.shape}, training=True)
+        ours = A.translate(jnp.asarray(images), jnp.asarray(dy), jnp.asarray(dx), fill_mode=mode, fill_value=0.3)
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-5)
+        kr = keras.layers.RandomRotation(0.5, fill_mode=mode, fill_value=0.3)
+        z, one = np.zeros(5, np.float32), np.ones(5, np.float32)
+        matrix = kr._compute_affine_matrix(
+            center_x=0.5, center_y=0.5, angle=jnp.asarray(np.degrees(angles)), translate_x=z, translate_y=z,
+            scale=one, shear_x=z, shear_y=z, height=images.shape[1], width=images.shape[2],
+        )
+        theirs = kr.transform_images(images, {"rotation_matrix": matrix}, training=True)
+        ours = A.rotate(jnp.asarray(images), jnp.asarray(angles), fill_mode=mode, fill_value=0.3)
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-5)
+
+
+# -- evaluation, randomness, errors -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", [A.RandomFlip(), A.RandomTranslation(0.2, 0.2), A.RandomRotation(0.25)])
+def test_identity_outside_training_and_draws_follow_the_key(images, layer):
+    x = jnp.asarray(images)
+    np.testing.assert_array_equal(np.asarray(layer.apply({}, x, train=False)), images)
+    np.testing.assert_array_equal(np.asarray(layer.apply({}, x)), images)  # train defaults to False
+    a, _ = run_layer(layer, images, key=7)
+    b, _ = run_layer(layer, images, key=7)
+    c, _ = run_layer(layer, images, key=8)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert not np.array_equal(a, images)
+
+
+def test_bad_arguments_raise_config_error():
+    with pytest.raises(ConfigError, match="RandomFlip mode"):
+        A.RandomFlip("diagonal")
+    with pytest.raises(ConfigError, match="within \\[-1, 1\\]"):
+        A.RandomTranslation(1.5, 0.1)
+    with pytest.raises(ConfigError, match="fill_mode"):
+        A.RandomRotation(0.1, fill_mode="mirror")
+    with pytest.raises(ShapeError, match="batch of images"):
+        A.RandomFlip().apply({}, jnp.zeros((4, 4, 1)), train=True, rngs={"dropout": jax.random.key(0)})
+
+
+# -- the Augmented wrapper ----------------------------------------------------------------------
+
+
+class DropoutNet(nn.Module):
+    """A user's model: dropout, no BatchNorm."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(4, (3, 3))(x)
+        x = nn.Dropout(0.3, deterministic=not train)(nn.relu(x))
+        return nn.Dense(10)(x.reshape(len(x), -1))
+
+
+class NoTrainArg(nn.Module):
+    """A user's model whose __call__ has no train argument."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(10)(x.reshape(len(x), -1))
+
+
+def test_augmented_keeps_the_models_parameters_and_summary():
+    base = jaxcnn.get_model("cifar_cnn1")
+    model = A.Augmented(base, A.cifar_augmentation())
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    x = jnp.zeros((1, 32, 32, 3))
+    shapes = lambda v: jax.tree.map(jnp.shape, v)  # noqa: E731
+    assert shapes(model.init(rngs, x)) == shapes(base.init(rngs, x))
+    text = jaxcnn.summary(model, (32, 32, 3))
+    assert "random_flip (RandomFlip)" in text and "random_translation (RandomTranslation)" in text
+    assert "Total params: 122,570" in text  # the bare CNN 1's count
+    # Duplicate layer kinds get Keras-style suffixes.
+    two = A.Augmented(base, (A.RandomFlip("horizontal"), A.RandomFlip("vertical")))
+    assert "random_flip_1 (RandomFlip)" in jaxcnn.summary(two, (32, 32, 3))
+    # A model without a train argument still works (train goes to the layers only).
+    bare = A.Augmented(NoTrainArg(), (A.RandomFlip(),))
+    v = bare.init(rngs, x)
+    assert bare.apply(v, x, train=True, rngs={"dropout": jax.random.key(2)}).shape == (1, 10)
+
+
+def test_fit_with_augmentation_trains_and_evaluation_is_untouched():
+    ds = jaxcnn.data.load("mnist")
+    x, y = jaxcnn.data.to_float(ds.x_train[:256]), ds.y_train[:256]
+    layers = (A.RandomTranslation(0.1, 0.1), A.RandomRotation(0.03))
+    for base in (DropoutNet(),):  # dropout, no BatchNorm: the layers share dropout's key stream
+        plain, h_plain = jaxcnn.fit(base, x, y, epochs=1, batch_size=64, verbose=0, seed=1)
+        aug, h_aug = jaxcnn.fit(A.Augmented(base, layers), x, y, epochs=1, batch_size=64, verbose=0, seed=1)
+        # Same initial parameters (shared scope, same seed) but other training images: other losses.
+        assert h_aug.history["loss"][0] != h_plain.history["loss"][0]
+        assert math.isfinite(h_aug.history["loss"][0])
+        # Evaluation and prediction see the images as they are: the augmented state and a bare
+        # one holding the same parameters give identical results.
+        same = plain.replace(params=aug.params, batch_stats=aug.batch_stats)
+        assert jaxcnn.evaluate(aug, x[:64], y[:64]) == jaxcnn.evaluate(same, x[:64], y[:64])
+        np.testing.assert_array_equal(jaxcnn.predict(aug, x[:32]), jaxcnn.predict(same, x[:32]))
