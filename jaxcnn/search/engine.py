@@ -213,6 +213,7 @@ def open_storage(url: str | None, config: SearchConfig) -> Any:
     _quiet_optuna()
     if url is None:
         return optuna.storages.InMemoryStorage()
+    url = _with_driver(url)
     sqlite = url.startswith("sqlite")
     kwargs: dict[str, Any] = {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {"pool_pre_ping": True}
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
@@ -243,6 +244,17 @@ def open_storage(url: str | None, config: SearchConfig) -> Any:
 
         storage.engine.dispose()
     return storage
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` with the driver that is installed: SQLAlchemy 2.1 defaults to psycopg
+    (3); jaxcnn's ``postgres`` extra installs psycopg2."""
+    import importlib.util
+
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme) and importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+            return "postgresql+psycopg2://" + url[len(scheme):]
+    return url
 
 
 def make_sampler(config: SearchConfig, worker: int = 0) -> Any:
