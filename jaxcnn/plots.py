@@ -1,5 +1,10 @@
 """Matplotlib figures: image grids with labels or predictions, training curves, search results.
 
+The figures people look at after a run: :func:`predictions` (test images titled with the
+predicted class and its confidence, wrong ones in red, optionally only the mistakes),
+:func:`confusion_matrix` (counts or row fractions, true class by predicted class) and
+:func:`training_curves` (loss and accuracy, plus the learning rate when it changed).
+
 Every function returns a ``matplotlib.figure.Figure`` built without pyplot's global state, so it
 works with no display; :func:`save` writes it as PNG. Matplotlib is imported on first use.
 """
@@ -86,11 +91,15 @@ def training_curves(
     monitor: str = "val_loss",
     best_epoch: int | None = None,
     title: str | None = None,
+    learning_rate: bool | None = None,
 ) -> Figure:
-    """Loss and accuracy per epoch, training and validation, with the best epoch marked.
+    """Loss and accuracy per epoch, training and validation, with the best epoch marked, and the
+    learning rate in a third panel (log scale) when it changed during the run.
 
     ``history`` is a :class:`jaxcnn.train.History` or a Keras-style ``{"loss": [...], ...}``
     mapping. ``best_epoch`` (0-based) defaults to the best ``monitor`` epoch when present.
+    ``learning_rate``: None (default) shows the panel when the logged ``learning_rate`` takes
+    more than one value (a scheduler, ReduceLROnPlateau, a decay); True or False force it.
     """
     h: Mapping[str, Sequence[float]] = getattr(history, "history", history)
     epochs = list(getattr(history, "epoch", range(len(h["loss"]))))
@@ -98,8 +107,24 @@ def training_curves(
     if best_epoch is None and monitor in h:
         values = h[monitor]
         best_epoch = epochs[int(np.argmax(values) if "acc" in monitor else np.argmin(values))]
-    fig = _figure((10, 4))
-    axes = fig.subplots(1, 2)
+    lrs = [float(v) for v in h.get("learning_rate", [])]
+    if learning_rate is None:
+        learning_rate = len({v for v in lrs if np.isfinite(v)}) > 1
+    learning_rate = bool(learning_rate and lrs)
+    fig = _figure((15 if learning_rate else 10, 4))
+    axes = fig.subplots(1, 3 if learning_rate else 2)
+    if learning_rate:
+        ax = axes[2]
+        ax.plot(xs, lrs, "o-", color="tab:green", label="learning rate")
+        if all(v > 0 for v in lrs):
+            ax.set_yscale("log")
+        if best_epoch is not None:
+            ax.axvline(best_epoch + 1, color="grey", ls="--", lw=1)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("learning rate (at the end of the epoch)")
+        ax.set_xticks(xs)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
     for ax, metric in zip(axes, ("loss", "accuracy")):
         if metric in h:
             ax.plot(xs, h[metric], "o-", label=f"training {metric}")
@@ -114,6 +139,122 @@ def training_curves(
         ax.legend()
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def _class_labels(n: int, class_names: Sequence[str] | None) -> list[str]:
+    return [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(n)]
+
+
+def confusion_matrix(
+    y_true: Any,
+    y_pred: Any,
+    *,
+    class_names: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    normalize: bool = False,
+    title: str | None = None,
+    cmap: str = "Blues",
+) -> Figure:
+    """The confusion matrix as a heat map: row = true class, column = predicted class, each cell
+    annotated with its count (or, with ``normalize``, the fraction of its row: the recall of the
+    true class on the diagonal). The title gives the accuracy.
+
+    ``y_true``, ``y_pred``: class indices (N,) or scores (N, C), argmaxed (see
+    :func:`jaxcnn.metrics.confusion_matrix`, which counts them).
+    """
+    from jaxcnn.metrics import confusion_matrix as counts_of
+
+    n = num_classes if num_classes is not None else (len(class_names) if class_names is not None else None)
+    counts = counts_of(y_true, y_pred, num_classes=n)
+    k = counts.shape[0]
+    total = int(counts.sum())
+    correct = int(np.trace(counts))
+    shown = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) if normalize else counts
+    size = max(4.5, 0.55 * k + 2.5)
+    fig = _figure((size + 1, size))
+    ax = fig.subplots()
+    im = ax.imshow(shown, cmap=cmap, vmin=0, vmax=1 if normalize else max(int(counts.max()), 1))
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class" if normalize else "images")
+    labels = _class_labels(k, class_names)
+    ax.set_xticks(range(k), labels, rotation=45 if class_names is not None else 0, ha="right" if class_names is not None else "center")
+    ax.set_yticks(range(k), labels)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    threshold = (1 if normalize else counts.max()) / 2
+    for t in range(k):
+        for p in range(k):
+            if counts[t, p] == 0 and t != p:
+                continue
+            text = f"{shown[t, p]:.2f}" if normalize else f"{int(counts[t, p]):,}"
+            ax.text(p, t, text, ha="center", va="center", fontsize=8 if k > 10 else 9,
+                    color="white" if shown[t, p] > threshold else "black")
+    accuracy = correct / total if total else float("nan")
+    ax.set_title(title or f"confusion matrix: accuracy {accuracy:.4f} ({correct:,} of {total:,})", fontsize=11)
+    return fig
+
+
+def predictions(
+    images: np.ndarray,
+    labels: Sequence[int],
+    probs: np.ndarray,
+    *,
+    indices: Sequence[int] | None = None,
+    only_mistakes: bool = False,
+    count: int = 9,
+    ncols: int = 3,
+    class_names: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Images titled with the predicted class and its confidence (its probability), the wrong
+    ones with a red title "P (conf%) / true: T" and a red frame; right ones in black.
+
+    images: (N, H, W[, C]) uint8 or float; labels: (N,) true classes; probs: (N, classes)
+    predicted probabilities (e.g. ``jaxcnn.predict(state, x, output="probs")``), aligned with
+    ``images``. ``indices`` picks which to show (default: the first ``count``); with
+    ``only_mistakes`` only the wrong ones among them (the first ``count`` of those). The title
+    says how many of the candidates were wrong.
+    """
+    images = np.asarray(images)
+    labels = np.asarray(labels).reshape(-1)
+    probs = np.asarray(probs, np.float64)
+    if probs.ndim != 2 or len(probs) != len(images) or len(labels) != len(images):
+        from jaxcnn.errors import ShapeError
+
+        raise ShapeError(
+            f"predictions takes images (N, ...), labels (N,) and probs (N, classes) aligned, got {images.shape}, "
+            f"{labels.shape} and {probs.shape}"
+        )
+    predicted = probs.argmax(-1)
+    candidates = np.arange(len(images)) if indices is None else np.asarray(list(indices), int)
+    if only_mistakes:
+        wrong_all = candidates[predicted[candidates] != labels[candidates]]
+        chosen = wrong_all[:count]
+        summary = f"{len(wrong_all):,} mistakes among {len(candidates):,} images"
+        if len(chosen) == 0:
+            fig = _figure((5, 2))
+            fig.text(0.5, 0.5, f"no mistakes among {len(candidates):,} images", ha="center", va="center")
+            return fig
+    else:
+        chosen = candidates[:count] if indices is None else candidates
+        wrong_n = int(np.sum(predicted[chosen] != labels[chosen]))
+        summary = f"{wrong_n} of {len(chosen)} shown are wrong (red)"
+    titles = []
+    for i in chosen:
+        p, t = int(predicted[i]), int(labels[i])
+        conf = 100 * probs[i, p]
+        head = f"{_label(p, class_names)} ({conf:.1f}%)"
+        titles.append(head if p == t else f"{head}\ntrue: {_label(t, class_names)}")
+    fig = image_grid(images[chosen], titles, ncols=ncols, size=2.6, suptitle=title or summary)
+    axes = [ax for ax in fig.axes if ax.images]
+    for ax, i in zip(axes, chosen):
+        if predicted[i] != labels[i]:
+            ax.title.set_color("red")
+            ax.set_axis_on()
+            ax.set_xticks([]), ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor("red")
+                spine.set_linewidth(3)
     return fig
 
 
