@@ -2,29 +2,154 @@
 
 Every check runs in Python on host arrays, before anything is compiled, and raises a
 :mod:`jaxcnn.errors` exception whose one-line message says what was wrong and what to do.
+
+* :func:`check_images`: an array (not a ragged list), four axes NHWC (channels-first input is
+  named as such, with the transpose that fixes it), the model's shape, floating point, every
+  pixel finite (:func:`check_finite`), and a ``UserWarning`` for pixels above 1.5 (0..255 floats
+  that were never scaled).
+* :func:`check_labels`: integer classes or one-hot/soft targets, finite, in range, one per image.
+* :func:`check_positive_int`, :func:`check_seed`, :func:`check_learning_rate`: settings.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import sys
+import warnings
 from typing import Any
 
 import numpy as np
 
 from jaxcnn.errors import ConfigError, ShapeError
 
+#: Images checked per slice by :func:`check_finite`, so the check needs little extra memory.
+_CHUNK = 4096
+#: Float pixels above this draw a warning: 0..255 values that were never divided by 255.
+PIXEL_WARN_ABOVE = 1.5
+#: The largest seed :func:`check_seed` takes (NumPy's and JAX's 32-bit seed range).
+MAX_SEED = 2**32 - 1
+
+
+def as_array(x: Any, what: str = "x") -> np.ndarray:
+    """``np.asarray(x)``, with a ragged sequence (items of different shapes) refused as a
+    ``ShapeError`` instead of NumPy's ``ValueError``."""
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError):
+        raise ShapeError(
+            f"{what} cannot be made into one array: it looks like a ragged list whose items have different "
+            "shapes; give one array, e.g. np.stack(images), with every item of the same shape"
+        ) from None
+    if a.dtype == object:
+        raise ShapeError(
+            f"{what} is an array of Python objects (a ragged list, or items of different shapes or types); "
+            "give one numeric array, e.g. np.stack(images), with every item of the same shape"
+        )
+    return a
+
+
+def _channels_first(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    """Whether a 4-axis ``shape`` looks like (N, C, H, W): it is the model's (H, W, C) with the
+    channel axis moved first, or (with no model shape yet) 1 or 3 channels before two image axes."""
+    if len(shape) != 4:
+        return False
+    if expected:
+        h, w, c = expected
+        return tuple(shape[1:]) == (c, h, w) and tuple(shape[1:]) != tuple(expected)
+    return shape[1] in (1, 3) and shape[2] >= 8 and shape[3] >= 8 and shape[3] not in (1, 3, 4)
+
+
+def check_finite(x: np.ndarray, what: str = "x") -> None:
+    """Raise ``ShapeError`` naming the first NaN or infinite value of ``x`` (by index), if any.
+
+    Runs over slices of ``_CHUNK`` images, so a 60,000-image set costs a few tens of
+    milliseconds and little memory. Integer arrays are finite by construction.
+    """
+    if not np.issubdtype(x.dtype, np.inexact):
+        return
+    n = len(x) if x.ndim else 1
+    flat = x.reshape(n, -1) if x.ndim else x.reshape(1, 1)
+    for start in range(0, n, _CHUNK):
+        part = flat[start : start + _CHUNK]
+        if np.isfinite(part).all():
+            continue
+        bad = ~np.isfinite(flat[start:])
+        rows = np.flatnonzero(bad.any(axis=1))
+        first_row = start + int(rows[0])
+        first = np.unravel_index(int(np.flatnonzero(bad[rows[0]])[0]), x.shape[1:]) if x.ndim > 1 else ()
+        index = (first_row, *(int(i) for i in first)) if x.ndim else ()
+        value = x[index] if x.ndim else x
+        kind = "NaN" if np.isnan(value) else ("-inf" if value < 0 else "inf")
+        where = f"at index {index[0] if len(index) == 1 else index}" if x.ndim else ""
+        count = len(rows)
+        plural = "s hold" if count != 1 else " holds"
+        item = "image" if x.ndim == 4 else "row"
+        raise ShapeError(
+            f"{what} holds {kind} {where} ({count} {item}{plural} NaN or infinite values); the model needs finite "
+            f"inputs: fix or drop those, e.g. keep = np.isfinite({_name(what)}).reshape(len({_name(what)}), -1).all(1)"
+        )
+
+
+def _name(what: str) -> str:
+    """A Python name for ``what`` in a suggested fix ("validation x" -> "x_val")."""
+    return {"validation x": "x_val", "validation y": "y_val"}.get(what, what if what.isidentifier() else "x")
+
+
+def _warn_unscaled(x: np.ndarray, what: str) -> None:
+    """Warn when float pixels go above :data:`PIXEL_WARN_ABOVE` (0..255 values never scaled)."""
+    top = float(max(float(x[i : i + _CHUNK].max()) for i in range(0, len(x), _CHUNK)))
+    if top > PIXEL_WARN_ABOVE:
+        warnings.warn(
+            f"{what} holds pixel values up to {top:g}, but the model expects floats scaled to [0, 1] (the report "
+            f"divides by 255); if these are 0..255 pixels, pass jaxcnn.data.to_float({_name(what)}) instead",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
+        )
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside the jaxcnn package."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
+
 
 def check_images(x: Any, expected: tuple[int, ...], what: str = "x") -> np.ndarray:
     """``x`` as an array of float images (N, H, W, C), checked against ``expected`` (H, W, C)
-    (empty: any shape)."""
-    x = np.asarray(x)
-    if x.size == 0 or len(x) == 0:
+    (empty: any shape), every pixel finite. Warns (``UserWarning``) for pixels above 1.5.
+
+    Raises ``ShapeError`` for a ragged list, a missing channel axis, channels-first input
+    (N, C, H, W) (the message shows ``x.transpose(0, 2, 3, 1)``), another shape than the
+    model's, integer pixels, or a NaN or infinite pixel (the message names the first one's index).
+    """
+    x = check_image_shape(x, expected, what)
+    check_finite(x, what)
+    _warn_unscaled(x, what)
+    return x
+
+
+def check_image_shape(x: Any, expected: tuple[int, ...] = (), what: str = "x") -> np.ndarray:
+    """The shape and dtype part of :func:`check_images` (no pass over the pixels): cheap enough
+    to run on a fresh model's input before the model is traced for that shape."""
+    x = as_array(x, what)
+    if x.size == 0 or x.ndim == 0 or len(x) == 0:
         raise ShapeError(f"{what} is empty: there is nothing to train or evaluate on")
+    expected = tuple(expected or ())
     if x.ndim == 3 and expected and expected[-1] == 1 and x.shape[1:] == expected[:2]:
         raise ShapeError(
             f"{what} has shape {x.shape} but the model takes (N, {', '.join(map(str, expected))}); "
             "add the channel axis with x[..., None]"
         )
-    if x.ndim != 4 or (expected and tuple(x.shape[1:]) != tuple(expected)):
+    if _channels_first(x.shape, expected):
+        n, c, h, w = x.shape
+        raise ShapeError(
+            f"{what} has shape {x.shape}, which looks channels-first (N, C, H, W), but the model takes "
+            f"channels-last images, NHWC (N, H, W, C) = (N, {h}, {w}, {c}); use {_name(what)}.transpose(0, 2, 3, 1)"
+        )
+    if x.ndim != 4 or (expected and tuple(x.shape[1:]) != expected):
         shape = f"(N, {', '.join(map(str, expected))})" if expected else "(N, H, W, C)"
         raise ShapeError(f"{what} has shape {x.shape} but the model takes images of shape {shape}")
     if not np.issubdtype(x.dtype, np.floating):
@@ -38,27 +163,30 @@ def check_images(x: Any, expected: tuple[int, ...], what: str = "x") -> np.ndarr
 def check_labels(y: Any, n: int, num_classes: int, what: str = "y") -> np.ndarray:
     """Labels for ``n`` examples: integer classes (N,) come back as int32; one-hot or soft
     targets (N, classes) come back as float32 distributions, kept as they are (as Keras's
-    categorical cross-entropy takes them)."""
-    y = np.asarray(y)
+    categorical cross-entropy takes them). NaN or infinite labels raise ``ShapeError``."""
+    y = as_array(y, what)
     if y.ndim == 2 and y.shape[1] == num_classes:
         if len(y) != n:
             raise ShapeError(f"{what} has {len(y)} labels for {n} images; they must match one to one")
         if not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.complexfloating):
             raise ShapeError(f"{what} has dtype {y.dtype}; one-hot or soft labels must be numbers")
+        check_finite(y, what)
         return y.astype(np.float32)
     if y.ndim != 1:
         raise ShapeError(f"{what} has shape {y.shape}; expected integer labels (N,) or one-hot (N, {num_classes})")
     if len(y) != n:
         raise ShapeError(f"{what} has {len(y)} labels for {n} images; they must match one to one")
+    if np.issubdtype(y.dtype, np.floating):
+        check_finite(y, what)
     if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)))):
         raise ShapeError(f"{what} has dtype {y.dtype}; labels must be integers 0..{num_classes - 1}")
-    y = y.astype(np.int32)
     bad = np.flatnonzero((y < 0) | (y >= num_classes))
     if bad.size:
         raise ShapeError(
             f"{what} holds label {int(y[bad[0]])} at index {int(bad[0])}, outside 0..{num_classes - 1} "
             f"({bad.size} labels out of range); the model has {num_classes} classes"
         )
+    y = y.astype(np.int32)
     return y
 
 
@@ -67,3 +195,41 @@ def check_positive_int(value: Any, what: str) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{what} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def check_seed(seed: Any, what: str = "seed") -> int:
+    """``seed`` as an ``int`` in 0..2**32-1, the range NumPy's and JAX's seeding share.
+
+    Refuses bools, floats (``1.5``, also ``1.0``: a seed is a whole number), negative numbers and
+    seeds of 2**32 or more with ``ConfigError``, before anything is built.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MAX_SEED:
+        raise ConfigError(f"{what} must be a whole number in 0..{MAX_SEED} (2**32 - 1), got {seed!r}; e.g. {what}=0")
+    return int(seed)
+
+
+def check_learning_rate(learning_rate: Any, what: str = "learning rate") -> Any:
+    """A learning rate as a Python ``float``, or a schedule (a callable) unchanged.
+
+    Takes any real number type: ``0.001``, ``np.float32(0.001)``, a 0-d ``np.array(0.001)`` or
+    JAX array. ``None`` (the optimizer's default) passes through. A bool, a non-number, an array
+    of more than one value, or a value that is not positive and finite raises ``ConfigError``.
+    """
+    if learning_rate is None or callable(learning_rate):
+        return learning_rate
+    value: float | None = None
+    if not isinstance(learning_rate, (bool, np.bool_, str, bytes)):
+        try:
+            arr = np.asarray(learning_rate)
+            if arr.shape == () and np.issubdtype(arr.dtype, np.integer):
+                value = float(arr)
+            elif arr.shape == () and np.issubdtype(arr.dtype, np.floating):
+                # the shortest decimal that round-trips: np.float32(0.001) is 0.001, not 0.0010000000474974513
+                value = float(np.format_float_positional(arr[()], unique=True, trim="-"))
+        except (TypeError, ValueError):
+            value = None
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise ConfigError(
+            f"{what} must be a positive finite number, got {learning_rate!r}; the report uses 0.001 for RMSprop"
+        )
+    return value

@@ -12,7 +12,8 @@ class DataError(JaxcnnError, ValueError):
 
 
 class ShapeError(JaxcnnError, ValueError):
-    """An array has the wrong shape, rank, dtype or size for what was asked."""
+    """An array has the wrong shape, rank, dtype or size for what was asked, or holds values the
+    model cannot take (NaN or infinite pixels or labels, a ragged list)."""
 
 
 class ConfigError(JaxcnnError, ValueError):
@@ -24,4 +25,13 @@ class CheckpointError(JaxcnnError, ValueError):
 
 
 class TrainingError(JaxcnnError, RuntimeError):
-    """Training cannot go on (for example, the loss became NaN or infinite)."""
+    """Training cannot go on (for example, the loss became NaN or infinite).
+
+    ``state`` is the training state of the last good step and ``history`` the epochs completed
+    before it (set by :func:`jaxcnn.fit`; None where there are none).
+    """
+
+    def __init__(self, message: str, *, state: object = None, history: object = None):
+        super().__init__(message)
+        self.state = state
+        self.history = history

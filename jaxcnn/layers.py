@@ -334,7 +334,8 @@ def max_pool(x: Array, pool_size: int | Sequence[int] = 2, strides: int | Sequen
 
     ``strides`` defaults to ``pool_size``. An input size that the pool does not divide drops the
     last rows/columns (floor), as Keras does. Non-overlapping windows use reshape-and-max, which
-    has the same values as ``flax.linen.max_pool`` and a much cheaper gradient.
+    has the same values as ``flax.linen.max_pool`` and a much cheaper gradient. A window holding
+    NaN gives NaN, as in NumPy, on every backend (XLA:CPU's own large max-reductions drop it).
     """
     ph, pw = _pair(pool_size, "pool_size")
     sh, sw = _pair(strides if strides is not None else (ph, pw), "strides")
@@ -346,10 +347,20 @@ def max_pool(x: Array, pool_size: int | Sequence[int] = 2, strides: int | Sequen
             f"pool {ph}x{pw} does not fit its {h}x{w} input; use a smaller pool_size or remove a layer"
         )
     if (ph, pw) != (sh, sw):
-        return nn.max_pool(x, (ph, pw), strides=(sh, sw), padding="VALID")
+        y = nn.max_pool(x, (ph, pw), strides=(sh, sw), padding="VALID")
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            return y
+        nan = nn.max_pool(jnp.isnan(x).astype(x.dtype), (ph, pw), strides=(sh, sw), padding="VALID") > 0
+        return jnp.where(nan, jnp.asarray(jnp.nan, x.dtype), y)
     oh, ow = h // ph, w // pw
-    x = x[:, : oh * ph, : ow * pw, :]
-    return jnp.max(x.reshape(n, oh, ph, ow, pw, c), axis=(2, 4))
+    windows = x[:, : oh * ph, : ow * pw, :].reshape(n, oh, ph, ow, pw, c)
+    # XLA:CPU hands large max-reductions (4,096 elements and up) to YNNPACK, whose max ignores
+    # NaN: a window of NaN gives -inf, a window with one NaN its largest number, and a ReLU fused
+    # in front turns NaN into 0. NumPy, eager Keras and small inputs give NaN, so say it here.
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        return jnp.max(windows, axis=(2, 4))
+    nan = jnp.any(jnp.isnan(windows), axis=(2, 4))
+    return jnp.where(nan, jnp.asarray(jnp.nan, x.dtype), jnp.max(windows, axis=(2, 4)))
 
 
 class MaxPool2D(nn.Module):

@@ -51,14 +51,16 @@ Schedule = Callable[[jax.Array], jax.Array]
 LearningRate = float | Schedule
 
 
-def _check_lr(learning_rate: LearningRate) -> None:
-    if callable(learning_rate):
-        return
-    if not isinstance(learning_rate, (int, float)) or not math.isfinite(learning_rate) or learning_rate <= 0:
+def _check_lr(learning_rate: LearningRate) -> LearningRate:
+    """The rate as a float (np.float32(0.001) and np.array(0.001) too), or the schedule unchanged."""
+    from jaxcnn.checks import check_learning_rate
+
+    if learning_rate is None:
         raise ConfigError(
             f"learning rate must be a positive finite number, got {learning_rate!r}; "
             "the report uses 0.001 for RMSprop"
         )
+    return check_learning_rate(learning_rate)
 
 
 def _zeros(params: Any) -> Any:
@@ -467,8 +469,7 @@ def get_optimizer(name: str, learning_rate: LearningRate | None = None, **kwargs
                 f"optimizer {name!r} does not take {key!r}{did_you_mean(key, accepted)}; it takes {', '.join(accepted)}"
             )
     if learning_rate is not None:
-        _check_lr(learning_rate)
-        kwargs["learning_rate"] = learning_rate
+        kwargs["learning_rate"] = _check_lr(learning_rate)
     return factory(**kwargs)
 
 

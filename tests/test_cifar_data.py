@@ -23,8 +23,15 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
 
 
 @pytest.fixture(autouse=True)
-def _isolated(isolated_data):
-    """Every test: an empty cache, offline, a fresh memo (tests/conftest.py)."""
+def _isolated(isolated_data, monkeypatch):
+    """Every test: an empty cache, offline, a fresh memo (tests/conftest.py), and the official
+    counts and archive hash swapped for those of the tiny :class:`Cifar` set (3 records per
+    training batch, 4 test records, an archive packed here). The tests of the official values
+    put them back."""
+    from jaxcnn.data import cifar10
+
+    monkeypatch.setattr(cifar10, "RECORDS", {**{n: 3 for n in BIN_NAMES[:5]}, "test_batch.bin": 4})
+    monkeypatch.setattr(cifar10, "ARCHIVE_SHA256", None)
 
 
 class Cifar:
@@ -278,3 +285,79 @@ def test_tfds_not_prepared_offline(tmp_path):
     with pytest.raises(DataError, match=r"tensorflow_datasets 'cifar10' .*could not be opened"
                        r"(.|\n)*Downloading was off"):
         data.load("cifar10", tmp_path / "empty-tfds", source="tfds", download=False)
+
+
+# --------------------------------------------------------------------------- official counts and hash
+
+
+OFFICIAL_RECORDS = {name: 10000 for name in BIN_NAMES}
+
+
+def test_official_counts_and_hash_are_the_published_ones():
+    import importlib
+
+    from jaxcnn.data import cifar10, download
+
+    fresh = importlib.reload(cifar10)  # the module's own values, not this file's fixture's
+    try:
+        assert fresh.RECORDS == OFFICIAL_RECORDS and fresh.RECORD_BYTES == 3073
+        assert fresh.ARCHIVE_SHA256 == SHA256 == download.REMOTE_FILES["cifar10"][0].sha256
+    finally:
+        importlib.reload(cifar10)
+
+
+def test_batch_cut_at_a_record_boundary_is_refused(tmp_path, monkeypatch):
+    """Issue 17.4: data_batch_3.bin cut to 4,096 whole records (an interrupted copy) loaded as
+    44,096 training images. Now every batch must hold its official 10,000 records."""
+    from jaxcnn.data import cifar10
+
+    monkeypatch.setattr(cifar10, "RECORDS", OFFICIAL_RECORDS)
+    record = bytes([3]) + bytes(3072)
+    folder = tmp_path / "bins"
+    folder.mkdir()
+    for name in BIN_NAMES:  # sparse files: 30.7 MB each on paper, nothing much on disk
+        with open(folder / name, "wb") as f:
+            f.write(record)
+            f.truncate(10000 * 3073)
+    (folder / "data_batch_3.bin").write_bytes(record * 4096)
+    with pytest.raises(DataError, match=r"^CIFAR-10 batch .*data_batch_3\.bin is truncated \(an interrupted copy\?\): "
+                       r"it holds 4096 records \(12587008 bytes\) but every official batch holds 10000 "
+                       r"\(30730000 bytes\)\. Delete it and copy it again"):
+        data.load("cifar10", folder, download=False)
+    (folder / "data_batch_3.bin").write_bytes(record * 10001)
+    with pytest.raises(DataError, match=r"data_batch_3\.bin is too long \(not an official batch\): it holds 10001 records"):
+        data.load("cifar10", folder, download=False)
+    (folder / "data_batch_3.bin").write_bytes(record * 10000)
+    ds = data.load("cifar10", folder, download=False)  # the full set loads: 50,000 + 10,000
+    assert ds.x_train.shape == (50000, 32, 32, 3) and ds.x_test.shape == (10000, 32, 32, 3)
+
+
+def test_short_batch_inside_an_archive_is_refused(tmp_path, monkeypatch):
+    from jaxcnn.data import cifar10
+
+    c = Cifar()
+    c.blobs["test_batch.bin"] = c.blobs["test_batch.bin"][: 2 * 3073]  # 2 of its 4 records
+    archive = c.write_tar(tmp_path / "cifar-10-binary.tar.gz")
+    with pytest.raises(DataError, match=r"test_batch\.bin in .*cifar-10-binary\.tar\.gz is truncated "
+                       r"\(an interrupted copy\?\): it holds 2 records \(6146 bytes\) but every official batch holds 4"):
+        data.load("cifar10", archive, download=False)
+
+
+def test_archive_is_checked_against_the_official_sha256(tmp_path, monkeypatch):
+    """An archive that is not byte-for-byte the official download is refused with its hash; the
+    extracted folder of the same batches is the way to use a repacked copy."""
+    import hashlib
+
+    from jaxcnn.data import cifar10
+
+    c = Cifar()
+    archive = c.write_tar(tmp_path / "dl" / "cifar-10-binary.tar.gz")
+    got = hashlib.sha256(archive.read_bytes()).hexdigest()
+    monkeypatch.setattr(cifar10, "ARCHIVE_SHA256", SHA256)
+    with pytest.raises(DataError, match=rf"cifar-10-binary\.tar\.gz is corrupt or was modified: its SHA-256 is {got}, "
+                       rf"expected {SHA256}\. It is truncated, corrupt or not the official cifar-10-binary\.tar\.gz"
+                       r"(.|\n)*or pass the folder of its extracted \.bin batches instead"):
+        data.load("cifar10", archive, download=False)
+    monkeypatch.setattr(cifar10, "ARCHIVE_SHA256", got)  # the same bytes, pinned: accepted
+    data.clear_memo()
+    c.check(data.load("cifar10", archive, download=False))

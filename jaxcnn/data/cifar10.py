@@ -6,6 +6,12 @@ records each), ``test_batch.bin`` (10000 records) and ``batches.meta.txt`` (clas
 Each record is 3073 bytes: one label byte (0..9), then a 32x32 image as 1024 red, 1024 green
 and 1024 blue bytes (channel-major, rows top to bottom). We return NHWC uint8.
 
+Every batch must hold its official count of records (:data:`RECORDS`, 10,000, so each file is
+exactly 30,730,000 bytes): a file cut at a record boundary, as an interrupted copy leaves it, is
+refused instead of loading as a smaller data set. The archive, when it is what was given, must
+match the SHA-256 of the official download (:data:`ARCHIVE_SHA256`). Tests that write tiny batches
+set these two module attributes.
+
 The "python version" of CIFAR-10 stores pickles and is never read here.
 """
 
@@ -17,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxcnn.data._common import Arrays, Located, labels_int32
+from jaxcnn.data._common import Arrays, Located, check_sha256, labels_int32
 from jaxcnn.errors import DataError
 
 __all__ = [
@@ -28,6 +34,8 @@ __all__ = [
     "ARCHIVE",
     "FOLDER",
     "RECORD_BYTES",
+    "RECORDS",
+    "ARCHIVE_SHA256",
     "locate",
     "read",
     "parse_batch",
@@ -43,6 +51,11 @@ BIN_FILES: tuple[str, ...] = TRAIN_FILES + (TEST_FILE,)
 ARCHIVE = "cifar-10-binary.tar.gz"
 FOLDER = "cifar-10-batches-bin"
 RECORD_BYTES = 1 + 32 * 32 * 3
+#: Records in each official batch file (5 x 10,000 training images, 10,000 test images).
+RECORDS: dict[str, int] = {name: 10000 for name in BIN_FILES}
+#: SHA-256 of the official ``cifar-10-binary.tar.gz`` (as pinned for the download); ``None``
+#: skips the check (tests that pack tiny archives).
+ARCHIVE_SHA256: str | None = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"
 
 _PICKLED = ("cifar-10-batches-py", "cifar-10-python.tar.gz")
 _FIX_BIN = (
@@ -107,26 +120,50 @@ def locate(path: Path) -> Located | None:
     return None
 
 
-def parse_batch(data: bytes, where: str, fix: str = _FIX_BIN) -> tuple[np.ndarray, np.ndarray]:
+def parse_batch(data: bytes, where: str, fix: str = _FIX_BIN, records: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode one binary batch.
 
     Args:
         data: the file's bytes, a whole number of 3073-byte records.
         where: the file's name, for error messages.
+        records: the number of records the batch must hold (``None``: any whole number).
 
     Returns:
         ``(images, labels)``: ``(n, 32, 32, 3)`` uint8 NHWC and ``(n,)`` int32.
     """
+    full = 10000 if records is None else records
     if len(data) == 0 or len(data) % RECORD_BYTES:
         raise DataError(
             f"CIFAR-10 batch {where} is truncated or corrupt: {len(data)} bytes is not a "
             f"whole number of {RECORD_BYTES}-byte records (1 label byte + 3072 pixel bytes; "
-            f"a full batch is 10000 records, {10000 * RECORD_BYTES} bytes). {fix}"
+            f"a full batch is {full} records, {full * RECORD_BYTES} bytes). {fix}"
         )
-    records = np.frombuffer(data, dtype=np.uint8).reshape(-1, RECORD_BYTES)
-    labels = labels_int32(records[:, 0], 10, f"CIFAR-10 batch {where}", fix)
-    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    if records is not None and len(data) != records * RECORD_BYTES:
+        raise _count_error(where, len(data), records, fix)
+    rows = np.frombuffer(data, dtype=np.uint8).reshape(-1, RECORD_BYTES)
+    labels = labels_int32(rows[:, 0], 10, f"CIFAR-10 batch {where}", fix)
+    images = rows[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
+
+
+def _check_size(p: Path) -> None:
+    """Refuse a batch file whose size is not its official count of records."""
+    records = RECORDS.get(p.name)
+    try:
+        size = p.stat().st_size
+    except OSError:
+        return  # _read_file reports it
+    if records is not None and size and size % RECORD_BYTES == 0 and size != records * RECORD_BYTES:
+        raise _count_error(str(p), size, records, _FIX_BIN)
+
+
+def _count_error(where: str, size: int, records: int, fix: str) -> DataError:
+    n = size // RECORD_BYTES
+    what = "truncated (an interrupted copy?)" if n < records else "too long (not an official batch)"
+    return DataError(
+        f"CIFAR-10 batch {where} is {what}: it holds {n} records ({size} bytes) but every "
+        f"official batch holds {records} ({records * RECORD_BYTES} bytes). {fix}"
+    )
 
 
 def _read_file(p: Path) -> bytes:
@@ -183,10 +220,19 @@ def read(located: Located) -> Arrays:
     """
     if located.kind == "cifar_tar":
         archive = located.paths[0]
+        if ARCHIVE_SHA256 is not None:
+            check_sha256(
+                archive, ARCHIVE_SHA256,
+                f"It is truncated, corrupt or not the official {ARCHIVE}: delete it and download it again "
+                f"(https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz), or pass the folder of its "
+                f"extracted .bin batches instead.",
+            )
         blobs = _read_tar(archive)
-        parts = {n: parse_batch(blobs[n], f"{n} in {archive}") for n in BIN_FILES}
+        parts = {n: parse_batch(blobs[n], f"{n} in {archive}", records=RECORDS.get(n)) for n in BIN_FILES}
     elif located.kind == "cifar_bin":
-        parts = {p.name: parse_batch(_read_file(p), str(p)) for p in located.paths}
+        for p in located.paths:  # sizes first: a cut file is refused before anything is read
+            _check_size(p)
+        parts = {p.name: parse_batch(_read_file(p), str(p), records=RECORDS.get(p.name)) for p in located.paths}
     else:
         raise ValueError(f"not a CIFAR-10 location: {located.kind}")
     x_train = np.concatenate([parts[n][0] for n in TRAIN_FILES])

@@ -104,20 +104,33 @@ class Dataset:
 
 
 def to_float(x: Any) -> np.ndarray:
-    """Scale uint8 pixels to float32 in [0, 1] (``x / 255``), as the Keras code does.
+    """Scale pixels 0..255 to float32 in [0, 1] (``x / 255``), as the Keras code does.
 
     Args:
-        x: integer pixel array of any shape, e.g. ``(N, H, W, C)`` uint8.
+        x: pixel array of any shape, e.g. ``(N, H, W, C)``: integers (uint8), or floats that
+            still hold 0..255 values (the usual slip ``fit`` warns about).
 
     Returns:
         A new float32 array of the same shape.
+
+    Raises:
+        ShapeError: floats already in [0, 1] (dividing by 255 twice), or floats outside 0..255
+            or not finite.
     """
     a = np.asarray(x)
-    if not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
-        raise ShapeError(
-            f"to_float expects integer pixels 0..255 (uint8), got dtype {a.dtype}: "
-            "the array looks already scaled; do not divide by 255 twice."
-        )
+    if np.issubdtype(a.dtype, np.floating):
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > 255:
+            raise ShapeError(
+                f"to_float expects pixels 0..255, got floats from {lo:g} to {hi:g}; scale such data yourself"
+            )
+        if hi <= 1:
+            raise ShapeError(
+                f"to_float expects pixels 0..255, got floats from {lo:g} to {hi:g}: "
+                "the array looks already scaled; do not divide by 255 twice."
+            )
+    elif not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
+        raise ShapeError(f"to_float expects integer pixels 0..255 (uint8), got dtype {a.dtype}")
     return a.astype(np.float32) / np.float32(255.0)
 
 

@@ -1,0 +1,251 @@
+"""Issue 17 (1, 5, 14) and issue 15's hints: bad input to the library gets a one-line error
+before anything compiles, never a silent wrong result or a raw NumPy/JAX traceback.
+
+* NaN or infinite pixels, at every entry point (``fit`` on training and validation data,
+  ``evaluate``, ``predict``): a ``ShapeError`` naming the first bad index.
+* Why jitted ``model.apply`` turned a NaN pixel into finite logits (XLA:CPU's YNNPACK max
+  reduction ignores NaN) and the fix in ``jaxcnn.layers.max_pool``.
+* One-hot labels holding NaN, ragged lists, ``validation_data=(x,)``, ``EarlyStopping(patience=None)``,
+  bad seeds; learning rates given as NumPy scalars.
+* Channels-first input and float pixels above 1 (issue 15).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcnn
+from jaxcnn import checks, data, layers
+from jaxcnn.errors import ConfigError, ShapeError
+
+
+@pytest.fixture(scope="module")
+def mnist64():
+    ds = data.load("mnist").limit(64)
+    return data.to_float(ds.x_train), ds.y_train
+
+
+@pytest.fixture(scope="module")
+def state():
+    return jaxcnn.create_train_state(jaxcnn.get_model("mnist_cnn"), (28, 28, 1))
+
+
+def _with(x, index, value):
+    x = np.array(x, copy=True)
+    x[index] = value
+    return x
+
+
+# --------------------------------------------------------------------------- 1. NaN/Inf pixels
+
+
+def test_nan_or_inf_pixels_are_refused_by_fit_on_train_and_validation_data(mnist64):
+    x, y = mnist64
+    model = jaxcnn.get_model("mnist_cnn")
+    with pytest.raises(ShapeError, match=r"^x holds NaN at index \(5, 3, 7, 0\) \(1 image holds NaN or infinite values\); "
+                       r"the model needs finite inputs: fix or drop those, e\.g\. keep = np\.isfinite\(x\)"):
+        jaxcnn.fit(model, _with(x, (5, 3, 7, 0), np.nan), y, verbose=0)
+    # The validation split's images are checked too (they were evaluated to a finite val_loss).
+    bad = _with(_with(x, (60, 0, 0, 0), np.inf), (61, 1, 1, 0), -np.inf)
+    with pytest.raises(ShapeError, match=r"^x holds inf at index \(60, 0, 0, 0\) \(2 images hold NaN or infinite values\)"):
+        jaxcnn.fit(model, bad, y, validation_split=0.2, verbose=0)
+    with pytest.raises(ShapeError, match=r"^validation x holds NaN at index \(2, 27, 27, 0\) .*np\.isfinite\(x_val\)"):
+        jaxcnn.fit(model, x, y, validation_data=(_with(x[:8], (2, 27, 27, 0), np.nan), y[:8]), verbose=0)
+
+
+def test_nan_or_inf_pixels_are_refused_by_evaluate_and_predict(state, mnist64):
+    x, y = mnist64
+    with pytest.raises(ShapeError, match=r"^x holds NaN at index \(3, 14, 14, 0\)"):
+        jaxcnn.evaluate(state, _with(x, (3, 14, 14, 0), np.nan), y)
+    with pytest.raises(ShapeError, match=r"^x holds inf at index \(0, 0, 0, 0\) \(1 image holds"):
+        jaxcnn.predict(state, np.full((1, 28, 28, 1), np.inf, np.float32), output="probs")
+    with pytest.raises(ShapeError, match=r"^x holds NaN at index \(1, 0, 0, 0\)"):
+        jaxcnn.predict(state, _with(x[:2], (1, 0, 0, 0), np.nan))
+
+
+def test_check_finite_scans_in_slices_and_names_the_first_bad_value():
+    x = np.zeros((2 * checks._CHUNK + 5, 2, 2, 1), np.float32)  # three slices
+    checks.check_finite(x, "x")  # all finite: no error
+    x[2 * checks._CHUNK + 3, 1, 0, 0] = -np.inf
+    x[-1, 0, 0, 0] = np.nan
+    with pytest.raises(ShapeError, match=rf"^x holds -inf at index \({2 * checks._CHUNK + 3}, 1, 0, 0\) \(2 images hold"):
+        checks.check_finite(x, "x")
+    checks.check_finite(np.full((3, 2, 2, 1), 255, np.uint8), "x")  # integers are finite
+
+
+def _mnist_logits(variables, x):
+    return jaxcnn.get_model("mnist_cnn").apply(variables, x)
+
+
+def test_jitted_mnist_cnn_keeps_a_nan_pixel_nan_as_eager_does():
+    """The report of issue 17.1: eager model.apply gave NaN logits for an image with one NaN
+    pixel, jax.jit(model.apply) finite ones. XLA:CPU hands max-reductions of 4,096 elements and
+    more to YNNPACK, whose max ignores NaN (an all-NaN window becomes -inf, a ReLU fused in front
+    turns NaN into 0). max_pool now says NaN itself, on every backend."""
+    x = np.random.default_rng(0).random((4, 28, 28, 1)).astype(np.float32)
+    x[0, 5, 7, 0] = np.nan  # one pixel
+    x[1] = np.inf  # a whole image
+    x[2, 10:14, 10:14, 0] = np.nan  # a patch
+    variables = jaxcnn.get_model("mnist_cnn").init(jax.random.key(0), x[3:])
+    eager = np.asarray(_mnist_logits(variables, x))
+    jitted = np.asarray(jax.jit(_mnist_logits)(variables, x))
+    for out in (eager, jitted):
+        assert np.isnan(out[:3]).all(axis=1).all() and np.isfinite(out[3]).all()
+    np.testing.assert_allclose(jitted[3], eager[3], rtol=1e-5, atol=1e-6)
+
+
+class _DropoutPoolNet(nn.Module):
+    """A user's model: overlapping 3x3/2 pooling (the reduce_window path), dropout, no BatchNorm."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(layers.Conv2D(16, 3)(x))
+        x = layers.MaxPool2D(3, strides=2)(x)
+        x = layers.Dropout(0.5)(x, train=train)
+        return layers.Dense(10)(layers.Flatten()(x))
+
+
+@pytest.mark.parametrize("shape, pool, strides", [((2, 26, 26, 32), 2, None), ((2, 26, 26, 32), 3, 2), ((1, 6, 6, 2), 2, None)])
+def test_max_pool_gives_nan_for_a_window_with_nan_like_numpy(shape, pool, strides):
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    x[0, 1, 1, 0] = np.nan
+    x[-1, 2:4, 2:4, 1] = np.nan  # a whole 2x2 window: XLA:CPU gave -inf
+    out = np.asarray(jax.jit(lambda a: layers.max_pool(jax.nn.relu(a), pool, strides))(x))
+    s = strides or pool
+    windows = np.lib.stride_tricks.sliding_window_view(np.maximum(x, 0), (pool, pool), axis=(1, 2))[:, ::s, ::s]
+    want = windows.max(axis=(-2, -1))  # NumPy's max: NaN wins
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
+    np.testing.assert_array_equal(out[~np.isnan(out)], want[~np.isnan(want)])
+
+
+def test_a_users_model_with_overlapping_pool_and_dropout_keeps_nan_under_jit():
+    model = _DropoutPoolNet()
+    x = np.random.default_rng(2).random((2, 28, 28, 1)).astype(np.float32)
+    variables = model.init(jax.random.key(0), x)
+    x[0, 9, 9, 0] = np.nan
+    out = np.asarray(jax.jit(lambda v, a: model.apply(v, a, train=True, rngs={"dropout": jax.random.key(1)}))(variables, x))
+    assert np.isnan(out[0]).all() and np.isfinite(out[1]).all()
+
+
+def test_max_pool_gradient_is_unchanged_on_finite_input():
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 8, 8, 3)).astype(np.float32))
+    g = jax.grad(lambda a: jnp.sum(layers.max_pool(a) ** 2))(x)
+    ref = jax.grad(lambda a: jnp.sum(nn.max_pool(a, (2, 2), strides=(2, 2)) ** 2))(x)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(ref), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- 5. one-hot labels with NaN
+
+
+def test_one_hot_labels_with_nan_are_refused(state, mnist64):
+    x, y = mnist64
+    onehot = data.one_hot(y, 10)
+    onehot[7, 2] = np.nan
+    with pytest.raises(ShapeError, match=r"^y holds NaN at index \(7, 2\) \(1 row holds NaN or infinite values\)"):
+        jaxcnn.fit(state, x, onehot, verbose=0)
+    with pytest.raises(ShapeError, match=r"^y holds NaN at index \(7, 2\)"):
+        jaxcnn.evaluate(state, x, onehot)
+    with pytest.raises(ShapeError, match=r"^validation y holds inf at index \(0, 0\)"):
+        jaxcnn.fit(state, x, y, validation_data=(x[:4], _with(data.one_hot(y[:4], 10), (0, 0), np.inf)), verbose=0)
+    with pytest.raises(ShapeError, match=r"^y holds NaN at index 3 "):
+        jaxcnn.fit(state, x, _with(y.astype(np.float32), 3, np.nan), verbose=0)  # float class labels
+
+
+# --------------------------------------------------------------------------- 14. library edge cases
+
+
+def test_ragged_lists_are_a_shape_error(mnist64):
+    x, y = mnist64
+    model = jaxcnn.get_model("mnist_cnn")
+    ragged = [x[0], x[1], x[2, :27]]
+    with pytest.raises(ShapeError, match=r"^x cannot be made into one array: it looks like a ragged list .*np\.stack\(images\)"):
+        jaxcnn.fit(model, ragged, y[:3], verbose=0)
+    with pytest.raises(ShapeError, match=r"^y cannot be made into one array"):
+        jaxcnn.fit(model, x[:3], [1, [2, 3], 4], verbose=0)
+    with pytest.raises(ShapeError, match=r"^validation x cannot be made into one array"):
+        jaxcnn.fit(model, x, y, validation_data=(ragged, y[:3]), verbose=0)
+
+
+def test_validation_data_of_one_item_is_a_config_error(mnist64):
+    x, y = mnist64
+    with pytest.raises(ConfigError, match=r"^validation_data must be \(x_val, y_val\)"):
+        jaxcnn.fit(jaxcnn.get_model("mnist_cnn"), x, y, validation_data=(x,), verbose=0)
+
+
+@pytest.mark.parametrize("patience", [None, 1.5, -1, True, "5"])
+def test_early_stopping_patience_must_be_a_whole_number(patience):
+    with pytest.raises(ConfigError, match=rf"^EarlyStopping patience must be a whole number of epochs >= 0, got {patience!r}"[:-1]):
+        jaxcnn.EarlyStopping(patience=patience)
+    assert jaxcnn.EarlyStopping(patience=np.int64(3)).patience == 3
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, 2**70, 2**32, True, "0", None])
+def test_bad_seed_is_a_config_error(seed, mnist64):
+    x, y = mnist64
+    with pytest.raises(ConfigError, match=r"^seed must be a whole number in 0\.\.4294967295 \(2\*\*32 - 1\), got "):
+        jaxcnn.fit(jaxcnn.get_model("mnist_cnn"), x, y, seed=seed, verbose=0)
+
+
+def test_edge_seeds_are_accepted():
+    assert checks.check_seed(0) == 0 and checks.check_seed(2**32 - 1) == 2**32 - 1
+    assert checks.check_seed(np.uint32(7)) == 7 and type(checks.check_seed(np.int64(7))) is int
+
+
+def test_numpy_learning_rates_are_accepted_and_recorded_as_floats(mnist64):
+    x, y = mnist64
+    result = jaxcnn.fit(jaxcnn.get_model("mnist_cnn"), x, y, epochs=1, batch_size=32, learning_rate=np.float32(0.001), verbose=0)
+    assert result.history["learning_rate"][0] == pytest.approx(0.001)
+    assert '"learning_rate": 0.001}' in result.state.optimizer_spec  # rebuilt from JSON as 0.001
+    tx = jaxcnn.optim.get_optimizer("rmsprop", np.array(0.001))  # what fit builds for np.array(0.001)
+    assert float(jaxcnn.optim.get_learning_rate(tx.init({"w": jnp.zeros(3)}))) == pytest.approx(0.001)
+    assert checks.check_learning_rate(np.float32(0.001)) == 0.001  # not 0.0010000000474974513
+    for bad in (np.array([0.001, 0.002]), np.float32(-1), np.nan, True, "0.001"):
+        with pytest.raises(ConfigError, match=r"^learning rate must be a positive finite number"):
+            checks.check_learning_rate(bad)
+    with pytest.raises(ConfigError, match=r"^learning rate must be a positive finite number, got array\(\[0\.1"):
+        jaxcnn.optim.get_optimizer("adam", np.array([0.1]))
+
+
+# --------------------------------------------------------------------------- issue 15: hints
+
+
+@pytest.mark.parametrize("shape", [(4, 1, 28, 28), (4, 3, 32, 32)])
+def test_channels_first_input_names_nhwc_and_the_transpose(shape):
+    model = jaxcnn.get_model("mnist_cnn" if shape[1] == 1 else "cifar_cnn1")
+    n, c, h, w = shape
+    msg = (rf"^x has shape \({n}, {c}, {h}, {w}\), which looks channels-first \(N, C, H, W\), but the model takes "
+           rf"channels-last images, NHWC \(N, H, W, C\) = \(N, {h}, {w}, {c}\); use x\.transpose\(0, 2, 3, 1\)$")
+    with pytest.raises(ShapeError, match=msg):  # a fresh module: before it is traced for that shape
+        jaxcnn.fit(model, np.zeros(shape, np.float32), np.zeros(n, np.int32), verbose=0)
+
+
+def test_channels_first_into_a_built_model(state):
+    with pytest.raises(ShapeError, match=r"^x has shape \(2, 1, 28, 28\), which looks channels-first .*x\.transpose\(0, 2, 3, 1\)"):
+        jaxcnn.evaluate(state, np.zeros((2, 1, 28, 28), np.float32), np.zeros(2, np.int32))
+    with pytest.raises(ShapeError, match=r"^validation x has shape \(2, 1, 28, 28\), .*x_val\.transpose\(0, 2, 3, 1\)"):
+        checks.check_images(np.zeros((2, 1, 28, 28), np.float32), (28, 28, 1), "validation x")
+    # NHWC of another size is still the plain shape message.
+    with pytest.raises(ShapeError, match=r"^x has shape \(2, 32, 32, 1\) but the model takes images of shape \(N, 28, 28, 1\)$"):
+        checks.check_images(np.zeros((2, 32, 32, 1), np.float32), (28, 28, 1))
+
+
+def test_float_pixels_above_one_warn_and_name_to_float(state, mnist64):
+    x, y = mnist64
+    raw = x * 255.0
+    with pytest.warns(UserWarning, match=r"^x holds pixel values up to 255, but the model expects floats scaled to \[0, 1\] "
+                      r"\(the report divides by 255\); if these are 0\.\.255 pixels, pass jaxcnn\.data\.to_float\(x\) instead$") as record:
+        jaxcnn.evaluate(state, raw, y)
+    assert record[0].filename == __file__  # points at the caller's line, not inside jaxcnn
+    np.testing.assert_allclose(data.to_float(raw), x, rtol=1e-6)  # the fix it names works on such floats
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scaled data: no warning
+        checks.check_images(x, (28, 28, 1))
+        checks.check_images(x * 1.5, (28, 28, 1))  # the threshold is 1.5
+    with pytest.raises(ShapeError, match="already scaled"):
+        data.to_float(x)
