@@ -101,7 +101,7 @@ def history_figure(rows: Sequence[Mapping[str, Any]], metric: str, mode: str = "
             ys.append(best)
     if xs:
         ax.step(xs, ys, where="post", color="tab:green", label="best so far")
-    _mark_missing(ax, [(r["trial"], r.get("status")) for r in rows if _value(r, metric) is None])
+    _mark_missing(ax, [(r["trial"], r.get("status"), r["trial"]) for r in rows if _value(r, metric) is None])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel(f"{metric} (last epoch)")
@@ -112,17 +112,18 @@ def history_figure(rows: Sequence[Mapping[str, Any]], metric: str, mode: str = "
     return fig
 
 
-def _mark_missing(ax: Any, points: Sequence[tuple[Any, str | None]]) -> None:
+def _mark_missing(ax: Any, points: Sequence[tuple[Any, str | None, Any]]) -> None:
     """Trials without a metric (invalid, or diverged before an epoch ended): a marker at the
     bottom edge of the axis, labelled by status."""
     if not points:
         return
     trans = ax.get_xaxis_transform()  # x in data, y in axis fraction
     seen = set()
-    for x, status in points:
+    for x, status, trial in points:
         marker, colour, label = _STYLE.get(status or "failed", _STYLE["failed"])
         ax.scatter([x], [0.03], marker=marker, color=colour, transform=trans, clip_on=False, zorder=3,
                    s=60, label=f"{label}, no value" if status not in seen else None)
+        ax.annotate(str(trial), (x, 0.03), xycoords=trans, fontsize=7, xytext=(4, 3), textcoords="offset points", color=colour)
         seen.add(status)
 
 
@@ -153,14 +154,22 @@ def params_figure(
                 for r in rows:
                     if r.get("status") == status and r.get(p) is not None and _value(r, metric) is not None:
                         ax.annotate(str(r["trial"]), (pos(r[p]), _value(r, metric)), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        _mark_missing(ax, [(pos(r[p]), r.get("status")) for r in rows if r.get(p) is not None and _value(r, metric) is None])
+        _mark_missing(ax, [(pos(r[p]), r.get("status"), r["trial"]) for r in rows if r.get(p) is not None and _value(r, metric) is None])
+        xs = [float(pos(v)) for v in values if isinstance(pos(v), (int, float))]
         if kind == "log":
             ax.set_xscale("log")
+            if xs:
+                ax.set_xlim(min(xs) / 1.3, max(xs) * 1.3)
         elif kind == "int":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+            if xs:
+                ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)
         elif kind == "categorical":
             ax.set_xticks(range(len(cats)), [str(c) for c in cats])
             ax.set_xlim(-0.5, len(cats) - 0.5)
+        elif xs:
+            pad = 0.05 * ((max(xs) - min(xs)) or abs(max(xs)) or 1.0)
+            ax.set_xlim(min(xs) - pad, max(xs) + pad)
         ax.set_xlabel(p)
         ax.set_ylabel(f"{metric} (last epoch)")
         ax.set_title(f"{metric} against {p}")
