@@ -332,7 +332,7 @@ def rmsprop(
 ) -> optax.GradientTransformation:
     """Keras's RMSprop (defaults lr 0.001, rho 0.9, epsilon 1e-7 inside the square root,
     momentum 0, centered False); see the module docstring for the update."""
-    _check_lr(learning_rate)
+    learning_rate = _check_lr(learning_rate)
     _check_base("rmsprop", weight_decay, clipnorm, clipvalue, global_clipnorm)
     _check_fraction("rmsprop", "momentum", momentum)
     return _rmsprop_injected(
@@ -352,7 +352,7 @@ def adamax(
     global_clipnorm: float | None = None,
 ) -> optax.GradientTransformation:
     """Keras's Adamax (defaults lr 0.001, beta_1 0.9, beta_2 0.999, epsilon 1e-7)."""
-    _check_lr(learning_rate)
+    learning_rate = _check_lr(learning_rate)
     _check_base("adamax", weight_decay, clipnorm, clipvalue, global_clipnorm)
     return _adamax_injected(
         learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
@@ -373,7 +373,7 @@ def adam(
 ) -> optax.GradientTransformation:
     """Keras's Adam (defaults lr 0.001, beta_1 0.9, beta_2 0.999, epsilon 1e-7 added to the
     uncorrected ``sqrt(v)``, amsgrad False); see the module docstring."""
-    _check_lr(learning_rate)
+    learning_rate = _check_lr(learning_rate)
     _check_base("adam", weight_decay, clipnorm, clipvalue, global_clipnorm)
     return _adam_injected(
         learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, amsgrad=bool(amsgrad),
@@ -408,7 +408,7 @@ def sgd(
     global_clipnorm: float | None = None,
 ) -> optax.GradientTransformation:
     """Keras's SGD (defaults lr 0.01, momentum 0, nesterov False): the velocity stores ``lr * g``."""
-    _check_lr(learning_rate)
+    learning_rate = _check_lr(learning_rate)
     _check_base("sgd", weight_decay, clipnorm, clipvalue, global_clipnorm)
     _check_fraction("sgd", "momentum", momentum)
     return _sgd_injected(
@@ -425,7 +425,7 @@ def exponential_decay(initial_learning_rate: float, decay_steps: int, decay_rate
     ``keras.optimizers.schedules.ExponentialDecay`` inside an optimizer by
     ``tests/test_keras_parity.py::test_optimizer_matches_keras`` (the ``schedule`` cases).
     """
-    _check_lr(initial_learning_rate)
+    initial_learning_rate = _check_lr(initial_learning_rate)
     if decay_steps <= 0:
         raise ConfigError(f"decay_steps must be positive, got {decay_steps}")
     return optax.exponential_decay(initial_learning_rate, decay_steps, decay_rate, staircase=staircase)
@@ -502,7 +502,7 @@ def set_learning_rate(opt_state: Any, learning_rate: float) -> Any:
             "this optimizer's learning rate is a schedule, recomputed at every step, so it cannot be set; "
             "give the optimizer a float learning rate to use LearningRateScheduler, or drop the scheduler"
         )
-    _check_lr(float(learning_rate))
+    learning_rate = _check_lr(learning_rate)
     old = hp["learning_rate"]
     new_hp = dict(hp)
     new = jnp.asarray(learning_rate, dtype=jnp.asarray(old).dtype)
