@@ -2,7 +2,9 @@
 
 Each layer matches its Keras namesake's defaults (glorot-uniform kernels, zero biases, "valid"
 padding, pool strides equal to the pool size, BatchNormalization's epsilon 1e-3 and momentum 0.99)
-and keeps the fast formulation inside it, so a user's own model gets it too:
+and keeps the fast formulation inside it, so a user's own model gets it too. Keras 3 itself checks
+the layers' outputs in ``tests/test_keras_parity.py`` (``test_layer_matches_keras``,
+``test_batchnorm_layer_matches_keras_in_both_modes``, and every registry model):
 
 * :class:`MaxPool2D` uses reshape-and-max for non-overlapping windows. Its gradient is an
   elementwise compare instead of XLA's select-and-scatter, which on CPU took half of the MNIST
