@@ -573,3 +573,50 @@ def test_fit_steps_match_keras_fit(keras, name, kwargs, schedule):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert not np.allclose(theirs[2], variables["params"]["dense"]["kernel"], atol=1e-4)  # it trained
     np.testing.assert_allclose(result.history.history["loss"], k_hist["loss"], rtol=1e-5)
+
+
+# -- LearningRateScheduler ------------------------------------------------------------------------
+
+
+class _LrLoopStub:
+    """What jaxcnn's LearningRateScheduler touches: the loop's learning rate (float32, as it is
+    stored in the optimizer state)."""
+
+    def __init__(self, lr):
+        self._lr = np.float32(lr)
+
+    @property
+    def learning_rate(self):
+        return float(self._lr)
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self._lr = np.float32(value)
+
+    def check_learning_rate_settable(self):  # jaxcnn.train.Loop's check: a float rate here
+        return None
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [callbacks.keep_then_decay(3, 0.1), lambda epoch, lr: lr * 0.5 if epoch % 2 else lr, lambda epoch: 0.1 / (1 + epoch)],
+    ids=["report_keep_then_decay", "halve_on_odd_epochs", "one_argument"],
+)
+def test_learning_rate_scheduler_decisions_match_keras(keras, schedule):
+    """The rate set at each of 8 epochs, against keras.callbacks.LearningRateScheduler (1e-6)."""
+
+    class Model:
+        optimizer = keras.optimizers.SGD(learning_rate=0.01)
+
+    k_cb = keras.callbacks.LearningRateScheduler(schedule)
+    k_cb.set_model(Model())
+    ours, loop = callbacks.LearningRateScheduler(schedule), _LrLoopStub(0.01)
+    k_rates, o_rates = [], []
+    for epoch in range(8):
+        with _allow_rank_promotion():
+            k_cb.on_epoch_begin(epoch)
+        k_rates.append(float(np.asarray(Model.optimizer.learning_rate)))
+        ours.on_epoch_begin(epoch, loop)
+        o_rates.append(loop.learning_rate)
+    np.testing.assert_allclose(o_rates, k_rates, rtol=1e-6)
+    assert len(set(np.round(k_rates, 9))) > 1  # the rate did change
