@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import dataclasses
 import html
 import importlib
 import io
@@ -281,6 +280,8 @@ def call_main(module: str, argv: list[str], log: Path | None, verbose: bool) -> 
         except JaxcnnError as e:
             error = str(e)
         except SystemExit as e:  # argparse rejected a flag, or the experiment exited itself
+            if e.code == 130:  # the experiment's own Ctrl-C handling: stop the whole report
+                raise KeyboardInterrupt from None
             if e.code not in (0, None):
                 error = f"python -m {module} exited with status {e.code} (its output is in {log})"
         except Exception as e:  # noqa: BLE001 - one task's bug must not lose the other sections
@@ -536,6 +537,15 @@ def compare_noisy(what: str, ours: Spread | float | None, original: ref.Referenc
     return [what, shown, _orig(orig), verdict, diff_text, _join(original.source, single, original.note)], cls
 
 
+def compare_epochs(what: str, ours: Spread | None, original: ref.Reference, *, quick: bool) -> tuple[list[str], str]:
+    """An epoch count or index from a run with early stopping: noisy, and neither more nor fewer is
+    better, so the row gives the difference without judging it."""
+    row, cls = compare_noisy(what, ours, original, tol=1, quick=quick)
+    if cls in ("better", "worse"):
+        row[3], cls = f"{DIFFERS} (early stopping is noisy)", "na"
+    return row, cls
+
+
 def info_row(what: str, ours: str, original: str, note: str = "", verdict: str = INFO) -> tuple[list[str], str]:
     return [what, ours, original, verdict, "", note], "na"
 
@@ -754,8 +764,7 @@ def mnist_section(results: list[RunResult], quick: bool) -> Section:
         rows.append(info_row("stopped early", ", ".join("yes" if s else "no" for s in stopped),
                              "yes", _join(ref.MNIST_STOPPED_EARLY.source, "one run in the original",
                                           "quick run: fewer epochs" if quick else "")))
-        rows.append(compare_noisy("best epoch (lowest val_loss)", best, ref.MNIST_BEST_EPOCH, tol=2, quick=quick,
-                                  higher_is_better=False))
+        rows.append(compare_epochs("best epoch (lowest val_loss)", best, ref.MNIST_BEST_EPOCH, quick=quick))
         rows.append(info_row("epochs run", epochs.text(1) if epochs else "n/a", "not given (stopped early)"))
         acc = _spread(runs, lambda r: r.metric("test_accuracy"))
         loss = _spread(runs, lambda r: r.metric("test_loss"))
@@ -969,8 +978,8 @@ def cifar_section(n: int, results: list[RunResult], quick: bool, missing_msg: st
                 rows.append(info_row(label, ours_v.text() if ours_v else "n/a", "not given"))
         if "epochs_run" in results_ref:
             r = results_ref["epochs_run"]
-            if r.noisy:
-                rows.append(compare_noisy("epochs run", epochs, r, tol=2, quick=quick, higher_is_better=True))
+            if r.noisy or quick:
+                rows.append(compare_epochs("epochs run", epochs, r, quick=quick))
             else:
                 rows.append(compare_exact("epochs run", int(epochs.mean) if epochs and epochs.n == 1 else (epochs.text(1) if epochs else None),
                                           r.value, source=r.source, note=_join(r.note, "quick run: fewer epochs" if quick else "")))
@@ -1329,6 +1338,10 @@ def _cli(argv: list[str] | None = None) -> int:
     except JaxcnnError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to continue (finished runs are reused, an "
+              "interrupted training run resumes from its last checkpoint)", file=sys.stderr)
+        return 130
     return 1 if result["failed"] else 0
 
 

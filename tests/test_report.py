@@ -326,6 +326,27 @@ def test_exact_and_noisy_comparisons():
     assert report.compare_noisy("a", 0.60, r, tol=0.02, quick=False)[0][3] == "lower"
     assert report.compare_noisy("a", 0.71, r, tol=0.02, quick=True)[0][3] == "not comparable (quick run)"
     assert report.Spread([0.5, 0.7]).text() == "0.6000 (mean of 2 runs; sd 0.1414, 0.5000 to 0.7000)"
+    # Early stopping's epochs: a difference, never "better" or "worse".
+    best = ref.Reference(4, "1.4", "best epoch", noisy=True)
+    assert report.compare_epochs("e", report.Spread([4.0]), best, quick=False)[0][3] == "close (within 1)"
+    row, cls = report.compare_epochs("e", report.Spread([8.0]), best, quick=False)
+    assert row[3].startswith("differs") and cls == "na" and row[4] == "+4"
+
+
+def test_ctrl_c_in_an_experiment_stops_the_report(monkeypatch):
+    """The experiments turn Ctrl-C into exit status 130; the report must stop, not go on to the
+    next task (and a plain failure must not stop it)."""
+    import sys
+    import types
+
+    def interrupted(argv):
+        raise SystemExit(130)
+
+    monkeypatch.setitem(sys.modules, "experiments.fake_interrupted", types.SimpleNamespace(main=interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        report.call_main("experiments.fake_interrupted", [], None, verbose=False)
+    monkeypatch.setitem(sys.modules, "experiments.fake_bad_flag", types.SimpleNamespace(main=lambda argv: sys.exit(2)))
+    assert "exited with status 2" in report.call_main("experiments.fake_bad_flag", [], None, verbose=False)[1]
 
 
 def test_reference_counts_add_up():
