@@ -100,7 +100,7 @@ def main() -> None:
     steps_per_s = steady / args.batch_size
     result = {
         "device": f"{dev.platform}: {kind}",
-        "devices_used": jax.local_device_count() if devices == "all" else train.placement(devices, args.batch_size).size,
+        "devices_used": jax.local_device_count() if devices == "all" else train.placement(devices).size,
         "batch_size": args.batch_size,
         "precision": args.precision,
         "examples_per_s": steady,

@@ -3,10 +3,11 @@
     python benchmarks/peer_jaxcnn.py --model mnist_cnn --steps 200 --warmup 5 --json j.json
 
 This is the path a user's `jaxcnn.fit` takes: the registry model, Keras's RMSprop from
-`jaxcnn.optim`, `jaxcnn.train.run_epoch` (host batches, one jitted train step, metrics
-accumulated on the device) and `devices="auto"` (on CPU, one XLA device per core, the batch split
-across them without collectives). `--devices=1` times the single-device step, `--devices=2` the
-XLA mesh (SPMD with an all-reduce); `--precision bf16` the mixed-precision
+`jaxcnn.optim`, the strategy `fit` would choose (`jaxcnn.train.choose_strategy`) and
+`jaxcnn.train.run_epoch` (host batches, jitted steps, metrics accumulated on the device). With
+`devices="auto"` on CPU that is the parts strategy: one XLA device per core, each batch cut into
+parts of at most 32 dealt out to them without collectives. `--devices=None` times the
+single-device step, `--devices=2` the XLA mesh (SPMD with an all-reduce); `--precision bf16` the mixed-precision
 model (bfloat16 compute, float32 parameters).
 
 Timing: `first_step_s` is one step from a fresh state, compile included; the timed steps are one
@@ -44,24 +45,25 @@ def main() -> None:
     wall_start = time.perf_counter()
     bs = args.batch_size
     devices = opts.get("devices", "auto")
-    devices = int(devices) if devices.isdigit() else devices
+    devices = int(devices) if devices.isdigit() else (None if devices == "None" else devices)
     dtype = {"fp32": None, "bf16": jnp.bfloat16}[opts.get("precision", "fp32")]
     model = jaxcnn.get_model(args.model, dtype=dtype)
-    place = train.placement(devices, bs)
-    state = place.put_state(train.create_train_state(model, x.shape[1:], "rmsprop", 1e-3, seed=args.seed))
-    split = train.split_devices(bs, state) if devices == "auto" else ()
+    state = train.create_train_state(model, x.shape[1:], "rmsprop", 1e-3, seed=args.seed)
+    strategy = train.choose_strategy(devices, bs, state, data_on_device=False)
+    state = strategy.put_state(state)
+    data = train.Data(x, y)
     n_params = sum(int(p.size) for p in jax.tree.leaves(state.params))
 
     def order(first: int, steps: int):
         return np.concatenate([np.arange(common.batch_start(i, args), common.batch_start(i, args) + bs) for i in range(first, first + steps)])
 
     t = time.perf_counter()
-    state, _ = train.run_epoch(state, x, y, order(0, 1), bs, place, split=split)
+    state, _ = train.run_epoch(state, strategy, data, order(0, 1), bs)
     first_step_s = time.perf_counter() - t
     if args.warmup > 1:
-        state, _ = train.run_epoch(state, x, y, order(1, args.warmup - 1), bs, place, split=split)
+        state, _ = train.run_epoch(state, strategy, data, order(1, args.warmup - 1), bs)
     t = time.perf_counter()
-    state, logs = train.run_epoch(state, x, y, order(args.warmup, args.steps), bs, place, split=split)
+    state, logs = train.run_epoch(state, strategy, data, order(args.warmup, args.steps), bs)
     timed_s = time.perf_counter() - t
     wall_s = time.perf_counter() - wall_start
 
@@ -70,8 +72,8 @@ def main() -> None:
         "framework": "jaxcnn",
         "version": jaxcnn.__version__,
         "versions": versions,
-        "implementation": f"jaxcnn.train.run_epoch, {'batch split over ' + str(len(split)) + ' CPU devices' if split else str(place.size) + ' device(s)'}, precision={opts.get('precision', 'fp32')}",
-        "devices": [str(d) for d in (split or place.devices)],
+        "implementation": f"jaxcnn.train.run_epoch, {strategy.name} strategy, precision={opts.get('precision', 'fp32')}",
+        "devices": [str(d) for d in getattr(strategy, "devices", strategy.place.devices)],
         "params": n_params,
         "steps_timed": args.steps,
         "timed_s": timed_s,

@@ -48,7 +48,7 @@ def main() -> None:
     x = rng.random((b, 28, 28, 1), np.float32)
     y = rng.integers(0, 10, b).astype(np.int32)
     model = jaxcnn.get_model("mnist_cnn")
-    place = train.placement(args.devices, b)
+    place = train.placement(args.devices)
     state = place.put_state(train.create_train_state(model, (28, 28, 1)))
     batch = place.put_batch({"x": x, "y": y})
 

@@ -1,8 +1,9 @@
 """Saving and reloading trained models.
 
 :func:`export` writes a trained model as two files in a directory: ``params.msgpack`` (the
-parameters and batch statistics, Flax's msgpack serialisation) and ``model.json`` (the registry
-name and overrides that rebuild the module, the input shape, and the SHA-256 of the parameter
+parameters and batch statistics, Flax's msgpack serialisation) and ``model.json`` (what rebuilds
+the module: a registry name and its overrides, or any linen or NNX module's importable class and
+attributes; the optimizer, the loss, the input shape, and the SHA-256 of the parameter
 file). :func:`load` reads them back and checks everything it can before use, so a truncated file
 or a mismatched model gets a clear :class:`~jaxcnn.errors.CheckpointError`.
 
@@ -27,7 +28,7 @@ import numpy as np
 from flax import serialization
 
 from jaxcnn import models
-from jaxcnn.errors import CheckpointError
+from jaxcnn.errors import CheckpointError, ConfigError
 
 PARAMS_FILE = "params.msgpack"
 MODEL_FILE = "model.json"
@@ -47,18 +48,85 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
     os.replace(tmp, path)
 
 
-def export(directory: str | os.PathLike[str], state: Any, model_name: str, model_kwargs: dict[str, Any] | None = None) -> Path:
-    """Write ``state``'s parameters and batch statistics, and how to rebuild the model, to ``directory``."""
+def model_spec(state: Any, model_name: str | None = None, model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """How to rebuild ``state``'s module, as JSON: a registry name and its overrides
+    (``{"model": name, "model_kwargs": {...}}``), or an importable class and its attributes
+    (``{"module": "package.module:Class", "module_kwargs": {...}, "kind": "linen" | "nnx"}``)."""
+    if model_name is not None:
+        if model_name not in models.MODELS:
+            raise ConfigError(
+                f"model_name {model_name!r} is not a registered model, so the export could not be reloaded; "
+                "register it first with jaxcnn.models.register_model, or leave model_name out to record the module's class"
+            )
+        return {"model": model_name, "model_kwargs": dict(model_kwargs or {})}
+    adapter = getattr(state, "model", None)
+    if adapter is None:
+        raise ConfigError("this state does not know its module; pass model_name= (a registered model) to export")
+    module = getattr(adapter, "module", None)
+    if adapter.kind == "linen":
+        found = models.find_registered(module)
+        if found is not None:
+            return {"model": found[0], "model_kwargs": _json_kwargs(found[1])}
+        attrs = models._attributes(module)  # noqa: SLF001 - same package
+        return {"module": _class_path(type(module)), "module_kwargs": _json_kwargs(attrs), "kind": "linen"}
+    return {"module": _class_path(adapter.module_type), "module_kwargs": {}, "kind": "nnx"}
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _json_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in kwargs.items():
+        if v is None or isinstance(v, (bool, int, float, str)):
+            out[k] = v
+        elif isinstance(v, (list, tuple)) and all(isinstance(e, (bool, int, float, str)) for e in v):
+            out[k] = list(v)
+        else:
+            try:  # dtypes, e.g. jnp.bfloat16
+                out[k] = {"dtype": np.dtype(v).name}
+            except TypeError:
+                out[k] = {"unserializable": repr(v)[:200]}
+    return out
+
+
+def _from_json_kwargs(kwargs: dict[str, Any], where: Path) -> dict[str, Any]:
+    import jax.numpy as jnp
+
+    out = {}
+    for k, v in kwargs.items():
+        if isinstance(v, dict) and "dtype" in v:
+            out[k] = jnp.dtype(v["dtype"])
+        elif isinstance(v, dict) and "unserializable" in v:
+            raise CheckpointError(
+                f"{where} cannot rebuild the module: its attribute {k} = {v['unserializable']} was not saved; "
+                "pass the module yourself: jaxcnn.checkpoint.load(directory, model=MyModel(...))"
+            )
+        else:
+            out[k] = v
+    return out
+
+
+def export(directory: str | os.PathLike[str], state: Any, model_name: str | None = None,
+           model_kwargs: dict[str, Any] | None = None) -> Path:
+    """Write ``state``'s parameters and batch statistics, how to rebuild its module (a registry
+    name, or the module's importable class and attributes, see :func:`model_spec`), its
+    optimizer and its loss to ``directory``. Works for any linen or NNX module."""
+    spec = model_spec(state, model_name, model_kwargs)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     variables = {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}
     blob = serialization.to_bytes(variables)
     atomic_write(directory / PARAMS_FILE, blob)
+    loss = getattr(state, "loss", None)
     meta = {
-        "model": model_name,
-        "model_kwargs": model_kwargs or {},
+        **spec,
         "input_shape": list(state.input_shape),
         "num_classes": state.num_classes,
+        "optimizer": json.loads(state.optimizer_spec) if getattr(state, "optimizer_spec", None) else None,
+        "loss": {"name": getattr(loss, "name", None), "from_logits": getattr(loss, "from_logits", None),
+                 "label_smoothing": getattr(loss, "label_smoothing", 0.0)} if loss is not None else None,
         "sha256": hashlib.sha256(blob).hexdigest(),
         "format": "flax.serialization msgpack: {params, batch_stats}",
     }
@@ -66,29 +134,76 @@ def export(directory: str | os.PathLike[str], state: Any, model_name: str, model
     return directory
 
 
-def load(directory: str | os.PathLike[str]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """Read an :func:`export` directory: ``(module, variables, meta)``, ready for ``module.apply``."""
+def _read_meta(meta_path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict):
+            raise TypeError(f"it holds {json.dumps(meta)[:20]}, not a JSON object")
+        if "model" in meta:
+            if not isinstance(meta["model"], str) or not isinstance(meta.get("model_kwargs", {}), dict):
+                raise TypeError(f"model must be a name and model_kwargs a JSON object, got {meta['model']!r} and {meta.get('model_kwargs')!r}")
+        elif not isinstance(meta.get("module"), str) or ":" not in meta["module"]:
+            raise TypeError("it names neither a registered model nor an importable module:Class")
+        input_shape = meta["input_shape"]
+        if not (isinstance(input_shape, list) and len(input_shape) == 3
+                and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape)):
+            raise TypeError(f"input_shape must be [height, width, channels], got {input_shape!r}")
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{meta_path} is not a valid model description ({e}); re-export the model") from None
+    return meta
+
+
+def _rebuild(meta: dict[str, Any], where: Path) -> Any:
+    """The module ``meta`` describes: from the registry, or by importing its class."""
+    if "model" in meta:
+        return models.get_model(meta["model"], **_from_json_kwargs(meta.get("model_kwargs", {}), where))
+    import importlib
+
+    module_name, _, qualname = meta["module"].partition(":")
+    fix = (f"import or define it, or pass the module yourself: jaxcnn.checkpoint.load(directory, model=...), "
+           "or register a factory with jaxcnn.models.register_model and export with model_name=")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        raise CheckpointError(f"{where} was exported from {meta['module']}, which cannot be imported here; {fix}") from None
+    kwargs = _from_json_kwargs(meta.get("module_kwargs", {}), where)
+    try:
+        if meta.get("kind") == "nnx":
+            from flax import nnx
+
+            return obj(rngs=nnx.Rngs(0))
+        return obj(**kwargs)
+    except TypeError as e:
+        raise CheckpointError(f"{where}: {meta['module']} cannot be rebuilt from its saved attributes ({e}); {fix}") from None
+
+
+def load(directory: str | os.PathLike[str], model: Any = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Read an :func:`export` directory: ``(module, variables, meta)``, ready for
+    ``module.apply`` (linen). ``model`` rebuilds the module yourself (any module that
+    :func:`export` could not describe, e.g. one defined in ``__main__``)."""
     directory = Path(directory)
     meta_path, params_path = directory / MODEL_FILE, directory / PARAMS_FILE
     for p in (meta_path, params_path):
         if not p.is_file():
-            raise CheckpointError(f"{p} is missing; point to a run directory written by an experiment (it holds {MODEL_FILE} and {PARAMS_FILE})")
-    try:
-        meta = json.loads(meta_path.read_text())
-        name, kwargs, input_shape = meta["model"], meta["model_kwargs"], tuple(meta["input_shape"])
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"{meta_path} is not a valid model description ({e}); re-export the model") from None
+            raise CheckpointError(f"{p} is missing; point to a run directory written by an experiment, or a directory written by jaxcnn.checkpoint.export (it holds {MODEL_FILE} and {PARAMS_FILE})")
+    meta = _read_meta(meta_path)
+    input_shape = tuple(meta["input_shape"])
     blob = params_path.read_bytes()
     if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
         raise CheckpointError(
             f"{params_path} does not match the checksum in {meta_path} (truncated or changed); "
             "re-export it from the run or retrain"
         )
-    module = models.get_model(name, **kwargs)
-    template = jax.eval_shape(
-        lambda: module.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, np.zeros((1, *input_shape), np.float32))
-    )
-    template = {"params": template["params"], "batch_stats": template.get("batch_stats", {})}
+    module = _rebuild(meta, directory) if model is None else model
+    name = meta.get("model") or meta.get("module")
+    from jaxcnn.train.model import adapt
+
+    adapter = adapt(module)
+    x = jax.ShapeDtypeStruct((1, *input_shape), np.float32)
+    template = jax.eval_shape(lambda x: adapter.init(jax.random.key(0), jax.random.key(0), x), x)
+    template = {"params": template["params"], "batch_stats": template.get("batch_stats") or {}}
     try:
         variables = serialization.from_bytes(template, blob)
     except Exception as e:  # msgpack raises many kinds
@@ -110,13 +225,27 @@ def _check_shapes(template: Any, variables: Any, path: Path, name: str) -> None:
             )
 
 
-def load_state(directory: str | os.PathLike[str]):
-    """Rebuild a :class:`~jaxcnn.train.TrainState` (RMSprop, fresh optimizer) from an export, for
-    :func:`jaxcnn.train.predict` and :func:`jaxcnn.train.evaluate`."""
+def load_state(directory: str | os.PathLike[str], model: Any = None, optimizer: Any = None):
+    """Rebuild a :class:`~jaxcnn.train.TrainState` from an export, for :func:`jaxcnn.predict`,
+    :func:`jaxcnn.evaluate`, or to train on: the module (or ``model``), its weights, the loss,
+    and the optimizer it was trained with when it was given by name (a fresh optimizer state;
+    otherwise ``optimizer``, default RMSprop)."""
+    from jaxcnn import losses
     from jaxcnn.train import create_train_state
 
-    module, variables, meta = load(directory)
-    state = create_train_state(module, tuple(meta["input_shape"]))
+    module, variables, meta = load(directory, model)
+    opt = meta.get("optimizer") or {}
+    if optimizer is None:
+        optimizer = opt.get("name", "rmsprop") if isinstance(opt, dict) else "rmsprop"
+        learning_rate = opt.get("learning_rate") if isinstance(opt, dict) else None
+    else:
+        learning_rate = None
+    loss_meta = meta.get("loss") or {}
+    loss = None
+    if isinstance(loss_meta, dict) and loss_meta.get("name") in ("sparse_categorical_crossentropy", "categorical_crossentropy"):
+        loss = losses.get_loss(loss_meta["name"], from_logits=loss_meta.get("from_logits"),
+                               label_smoothing=float(loss_meta.get("label_smoothing") or 0.0))
+    state = create_train_state(module, tuple(meta["input_shape"]), optimizer, learning_rate, loss=loss)
     return state.replace(params=variables["params"], batch_stats=variables["batch_stats"] or state.batch_stats)
 
 
@@ -192,12 +321,20 @@ def _json_safe(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return plain, arrays
 
 
+def _meta_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's JSON meta without its own ``meta_sha256``, over canonical JSON
+    (sorted keys, no spaces), so the history and the callbacks' state cannot be edited unseen."""
+    body = json.loads(json.dumps({k: v for k, v in meta.items() if k != "meta_sha256"}))
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 class TrainCheckpoints:
     """One orbax checkpoint per epoch in ``directory``, keeping the latest and the best.
 
     Each checkpoint (a folder named by the number of completed epochs) holds ``state``: the full
     TrainState pytree (params, batch_stats, opt_state with the current learning rate, step, dropout
-    key); ``meta``: JSON with the history so far, the callbacks' state and a SHA-256 of the arrays;
+    key); ``meta``: JSON with the history so far, the callbacks' state, a SHA-256 of the arrays and
+    one of the meta itself (an edited history or EarlyStopping state is refused on restore);
     and, when a callback keeps arrays (EarlyStopping's best weights), ``callback_arrays``. Saving is
     synchronous and atomic (orbax writes a temporary folder and renames it), so a process killed at
     any moment leaves the previous checkpoints intact.
@@ -308,6 +445,9 @@ class TrainCheckpoints:
             "sha256": _digest(tree),
             **(extra or {}),
         }
+        if arrays:
+            meta["callback_arrays_sha256"] = _digest(arrays)
+        meta["meta_sha256"] = _meta_digest(meta)
         ranked = None
         if metrics is not None and self.monitor in metrics and np.isfinite(metrics[self.monitor]):
             ranked = {self.monitor: float(metrics[self.monitor])}
@@ -364,6 +504,12 @@ class TrainCheckpoints:
             raise CheckpointError(f"checkpoint {where} was not written by this version of jaxcnn (format {meta.get('format') if isinstance(meta, dict) else None}); {fix}")
         if _digest(tree) != meta.get("sha256"):
             raise CheckpointError(f"checkpoint {where} does not match its SHA-256 (truncated or changed on disk); {fix}")
+        if meta.get("meta_sha256") != _meta_digest(meta):
+            raise CheckpointError(f"checkpoint {where}: its meta (history, callbacks' state) does not match its SHA-256 "
+                                  f"(edited or corrupt on disk, or written by an older jaxcnn); {fix}")
+        if arrays and _digest(arrays) != meta.get("callback_arrays_sha256"):
+            raise CheckpointError(f"checkpoint {where}: the callbacks' arrays (e.g. EarlyStopping's best weights) do not "
+                                  f"match their SHA-256 (truncated or changed on disk); {fix}")
         state = _state_from_tree(template, tree)
         callbacks = [dict(c) for c in meta.get("callbacks", [])]
         for i, arr in (arrays or {}).items():

@@ -8,7 +8,8 @@ Every model maps NHWC float images to float32 logits and takes ``train`` (dropou
 statistics used and updated). Layers are named as Keras names them (``conv2d``, ``conv2d_1``...),
 so checkpoints stay stable and summaries read like the report's. ``dtype`` sets the computation
 dtype of convolutions and dense layers (``jnp.bfloat16`` for mixed precision); parameters and
-logits stay float32.
+logits stay float32. Each registry model gives Keras's logits when Keras's weights are copied in
+(``tests/test_keras_parity.py::test_registry_model_forward_matches_keras``).
 """
 
 from __future__ import annotations
@@ -226,3 +227,29 @@ def input_shape(name: str) -> tuple[int, int, int]:
 def describe() -> dict[str, str]:
     """Registered model names and one-line descriptions."""
     return {name: entry[2] for name, entry in _REGISTRY.items()}
+
+
+def _attributes(module: nn.Module) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(module, f.name) for f in dataclasses.fields(module) if f.init and f.name not in ("parent", "name")}
+
+
+def find_registered(module: nn.Module) -> tuple[str, dict[str, Any]] | None:
+    """The registry name and attribute overrides that rebuild ``module`` with :func:`get_model`,
+    or None when no registered model does (a user's own module)."""
+    for name, (factory, _, _) in _REGISTRY.items():
+        try:
+            default = factory()
+        except Exception:  # noqa: BLE001 - a factory that needs arguments cannot be matched
+            continue
+        if type(default) is not type(module):
+            continue
+        base, mine = _attributes(default), _attributes(module)
+        overrides = {k: v for k, v in mine.items() if base.get(k) != v}
+        try:
+            if factory(**overrides) == module:
+                return name, overrides
+        except Exception:  # noqa: BLE001
+            continue
+    return None

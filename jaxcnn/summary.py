@@ -89,8 +89,7 @@ def _explain(module: nn.Module, params: dict, stats: dict, n: int) -> str:
     if isinstance(module, L.BatchNorm):
         c = _size(params) // 2
         return f"4 x {c} = {n:,} (gamma, beta trainable; moving mean, variance not)"
-    parts = [" x ".join(map(str, leaf.shape)) for leaf in jax.tree.leaves((params, stats))]
-    return " + ".join(parts) + f" = {n:,}"
+    return _explain_shapes(params, stats, n)
 
 
 def model_summary(
@@ -101,6 +100,11 @@ def model_summary(
     Nothing is compiled or run: shapes come from ``jax.eval_shape``. Raises the model's own error
     (for example ``ShapeError`` for a kernel too big for its input) if it cannot be built.
     """
+    from jaxcnn.train.model import adapt
+
+    adapter = adapt(model)
+    if adapter.kind == "nnx":
+        return _nnx_summary(model, input_shape, name, dtype)
     calls: list[tuple[nn.Module, Any]] = []
 
     def record(next_fun, args, kwargs, context):
@@ -113,7 +117,7 @@ def model_summary(
     x = jax.ShapeDtypeStruct((1, *tuple(input_shape)), dtype)
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
     with nn.intercept_methods(record):
-        variables = jax.eval_shape(lambda x: model.init(rngs, x, train=False), x)
+        variables = jax.eval_shape(lambda x: model.init(rngs, x, **adapter.call_kwargs(False)), x)
     all_params = variables.get("params", {})
     all_stats = variables.get("batch_stats", {})
     rows = []
@@ -138,6 +142,76 @@ def model_summary(
             )
         )
     return Summary(name or getattr(model, "name", None) or type(model).__name__, tuple(rows))
+
+
+def _nnx_summary(model: Any, input_shape: Sequence[int], name: str | None, dtype: Any) -> Summary:
+    """One row per direct sub-module of an NNX module (in attribute order), output shapes from
+    tracing each call with ``jax.eval_shape``."""
+    from flax import nnx
+
+    outputs: dict[str, Any] = {}
+    children = [(k, v) for k, v in vars(model).items() if isinstance(v, nnx.Module)]
+    originals = {k: type(v).__call__ for k, v in children}
+
+    def run(x):
+        graphdef, state = nnx.split(model)
+        m = nnx.merge(graphdef, state)
+        m.eval()
+        for k, child in [(k, getattr(m, k)) for k, _ in children]:
+            call = originals[k]
+
+            def wrapped(*a, _k=k, _call=call, _child=child, **kw):
+                out = _call(_child, *a, **kw)
+                outputs[_k] = jax.ShapeDtypeStruct(out.shape, out.dtype) if hasattr(out, "shape") else None
+                return out
+
+            setattr(m, k, _Recorder(child, wrapped))
+        return m(x)
+
+    try:
+        jax.eval_shape(run, jax.ShapeDtypeStruct((1, *tuple(input_shape)), dtype))
+    except Exception:  # noqa: BLE001 - shapes are a nicety; counts come from the state
+        outputs.clear()
+    rows = []
+    for k, child in children:
+        params = nnx.to_pure_dict(nnx.state(child, nnx.Param))
+        stats = nnx.to_pure_dict(nnx.state(child, nnx.BatchStat))
+        flat = _flatten_one_level(params)
+        trainable, non_trainable = _size(params), _size(stats)
+        out = outputs.get(k)
+        out_shape = ("None", *tuple(out.shape[1:])) if out is not None else ("?",)
+        rows.append(LayerRow(k, type(child).__name__, out_shape, trainable, non_trainable,
+                             _explain_shapes(flat, stats, trainable + non_trainable)))
+    return Summary(name or type(model).__name__, tuple(rows))
+
+
+class _Recorder:
+    """Stands in for a child module during the summary's trace, recording its output."""
+
+    def __init__(self, child: Any, call: Any):
+        self._child, self._call = child, call
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._child, name)
+
+
+def _explain_shapes(params: dict, stats: dict, n: int) -> str:
+    """How a count arises from the parameter shapes alone (NNX layers)."""
+    if n == 0:
+        return "no parameters"
+    kernel = params.get("kernel")
+    bias = " + 1" if "bias" in params else ""
+    if kernel is not None and kernel.ndim == 4:
+        kh, kw, cin, cout = kernel.shape
+        return f"({kh}x{kw}x{cin}{bias}) x {cout} = {n:,}"
+    if kernel is not None and kernel.ndim == 2:
+        din, dout = kernel.shape
+        return f"({din}{bias}) x {dout} = {n:,}" if bias else f"{din} x {dout} = {n:,}"
+    parts = [" x ".join(map(str, leaf.shape)) for leaf in jax.tree.leaves((params, stats))]
+    return " + ".join(parts) + f" = {n:,}"
 
 
 def _flatten_one_level(params: dict) -> dict:

@@ -1,0 +1,140 @@
+"""Classification losses with Keras 3's exact formulas, as per-example functions.
+
+A loss here is a frozen, hashable dataclass (it is a static part of the jitted step) called as
+``loss(outputs, labels) -> (B,)``: ``outputs`` (B, C) are the model's outputs, logits or
+probabilities; ``labels`` are integer classes (B,) or distributions (B, C) (one-hot, smoothed or
+soft targets, kept as they are). :func:`jaxcnn.fit` reduces the per-example values as Keras's
+default ``"sum_over_batch_size"`` does: ``sum(loss * sample_weight) / batch_size``.
+
+* :class:`CategoricalCrossentropy` (``from_logits``, ``label_smoothing``): Keras's
+  ``keras.losses.CategoricalCrossentropy``. With ``from_logits=False`` the outputs are divided by
+  their sum and clipped to ``[1e-7, 1 - 1e-7]`` before the log, as in Keras's JAX backend.
+* :class:`SparseCategoricalCrossentropy`: the same with integer labels. Keras's sparse loss has
+  no label smoothing; here ``label_smoothing`` works as for one-hot labels.
+
+``from_logits=None`` (the default in :func:`get_loss`) lets ``fit`` decide from the model's
+outputs on the first batch: a model whose outputs are already probabilities (a softmax output,
+the usual Keras habit) gets ``from_logits=False``, as a Keras user's default loss would; any
+other model ``from_logits=True``. An explicit ``from_logits`` that contradicts the outputs is
+refused with a message (Keras would train on silently). Tested against Keras itself in
+``tests/test_losses.py``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxcnn.errors import ConfigError
+
+Array = jax.Array
+EPSILON = 1e-7  # keras.config.epsilon()
+
+
+def _log_probs(outputs: Array, from_logits: bool) -> Array:
+    if from_logits:
+        return jax.nn.log_softmax(outputs, axis=-1)
+    probs = outputs / jnp.sum(outputs, axis=-1, keepdims=True)
+    return jnp.log(jnp.clip(probs, EPSILON, 1.0 - EPSILON))
+
+
+def _as_distribution(labels: Array, num_classes: int, dtype: Any) -> Array:
+    if labels.ndim == 1:
+        return jax.nn.one_hot(labels, num_classes, dtype=dtype)
+    return labels.astype(dtype)
+
+
+@dataclass(frozen=True)
+class CategoricalCrossentropy:
+    """``-sum(target * log p)`` per example, with Keras's label smoothing
+    ``target * (1 - s) + s / classes``."""
+
+    from_logits: bool | None = None  # None: decided by fit from the model's outputs (logits until then)
+    label_smoothing: float = 0.0
+    name: str = "categorical_crossentropy"
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.label_smoothing) <= 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1], got {self.label_smoothing!r}")
+
+    def __call__(self, outputs: Array, labels: Array) -> Array:
+        target = _as_distribution(labels, outputs.shape[-1], outputs.dtype)
+        if self.label_smoothing:
+            target = target * (1.0 - self.label_smoothing) + self.label_smoothing / outputs.shape[-1]
+        return -jnp.sum(target * _log_probs(outputs, self.from_logits is not False), axis=-1)
+
+    def with_from_logits(self, from_logits: bool) -> CategoricalCrossentropy:
+        return type(self)(from_logits, self.label_smoothing, self.name)
+
+
+@dataclass(frozen=True)
+class SparseCategoricalCrossentropy(CategoricalCrossentropy):
+    """Integer labels (B,); distributions are accepted too (as the categorical loss)."""
+
+    name: str = "sparse_categorical_crossentropy"
+
+    def __call__(self, outputs: Array, labels: Array) -> Array:
+        if labels.ndim == 1 and not self.label_smoothing:
+            logp = _log_probs(outputs, self.from_logits is not False)
+            return -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+        return super().__call__(outputs, labels)
+
+
+@dataclass(frozen=True)
+class CustomLoss:
+    """A user's ``fn(outputs, labels) -> (B,)`` per-example loss (labels as ``fit`` got them:
+    integers (B,) or distributions (B, C)). ``from_logits`` only tells ``predict`` whether to
+    softmax the outputs for ``output="probs"``."""
+
+    fn: Callable[[Array, Array], Array]
+    from_logits: bool | None = True
+    name: str = "custom"
+
+    def __call__(self, outputs: Array, labels: Array) -> Array:
+        return self.fn(outputs, labels)
+
+    def with_from_logits(self, from_logits: bool) -> CustomLoss:
+        return self
+
+
+Loss = CategoricalCrossentropy | CustomLoss
+
+_NAMES = {
+    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+    "categorical_crossentropy": CategoricalCrossentropy,
+}
+
+
+def get_loss(loss: str | Loss | Callable[[Array, Array], Array] | None = None, *, from_logits: bool | None = None,
+             label_smoothing: float = 0.0) -> Loss:
+    """Resolve ``fit``'s ``loss`` argument: None (sparse categorical cross-entropy, outputs
+    detected), a name as in Keras, a loss object, or a callable ``(outputs, labels) -> (B,)``."""
+    if loss is None:
+        loss = "sparse_categorical_crossentropy"
+    if isinstance(loss, str):
+        cls = _NAMES.get(loss)
+        if cls is None:
+            close = difflib.get_close_matches(loss, list(_NAMES), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"unknown loss {loss!r}; {hint}use one of {', '.join(_NAMES)}, or a function (outputs, labels) -> per-example loss")
+        return cls(from_logits=from_logits, label_smoothing=label_smoothing)
+    if isinstance(loss, (CategoricalCrossentropy, CustomLoss)):
+        return loss
+    if callable(loss):
+        return CustomLoss(loss, True if from_logits is None else from_logits, getattr(loss, "__name__", "custom"))
+    raise ConfigError(f"loss must be a name, a jaxcnn.losses loss or a function, got {type(loss).__name__}")
+
+
+def looks_like_probabilities(outputs: Any) -> bool:
+    """Whether every row of ``outputs`` (B, C) is a probability distribution (a softmax output)."""
+    import numpy as np
+
+    out = np.asarray(outputs, np.float64)
+    if out.ndim != 2 or out.shape[1] < 2 or not np.all(np.isfinite(out)):
+        return False
+    return bool(np.all(out >= 0) and np.all(np.abs(out.sum(-1) - 1.0) < 1e-3))

@@ -1,0 +1,593 @@
+"""``fit``, ``evaluate`` and ``predict``: Keras's loop on top of the strategies.
+
+``fit`` reads top to bottom like the Flax examples' loop: check the inputs (before anything
+compiles), build or take the state, choose a strategy, restore a checkpoint when resuming, then
+epochs of shuffled batches with validation, callbacks, a progress bar and a :class:`History`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxcnn import checks, losses, optim
+from jaxcnn.callbacks import Callback
+from jaxcnn.errors import ConfigError, ShapeError, TrainingError
+from jaxcnn.train import step as steps
+from jaxcnn.train.model import adapt
+from jaxcnn.train.state import TrainState, create_train_state, output_classes
+from jaxcnn.train.strategies import Data, Strategy, choose_strategy, padded_batches
+
+
+@dataclass
+class History:
+    """Per-epoch logs, like Keras's ``History``: ``history["val_loss"][i]`` is epoch ``epoch[i]``."""
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+    epoch: list[int] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def append(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epoch.append(epoch)
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(float(v))
+
+    def __len__(self) -> int:
+        return len(self.epoch)
+
+    def __getitem__(self, key: str) -> list[float]:
+        return self.history[key]
+
+    def best_epoch(self, monitor: str = "val_loss", mode: str = "auto") -> int:
+        """The epoch (0-based) with the best ``monitor`` value."""
+        values = self.history.get(monitor)
+        if not values:
+            raise ConfigError(f"history has no {monitor!r}; it has {', '.join(self.history)}")
+        if mode == "auto":
+            mode = "max" if "acc" in monitor else "min"
+        i = int(np.argmax(values) if mode == "max" else np.argmin(values))
+        return self.epoch[i]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": list(self.epoch), "history": {k: list(v) for k, v in self.history.items()}, "params": dict(self.params)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> History:
+        return cls(history={k: list(v) for k, v in d["history"].items()}, epoch=list(d["epoch"]), params=dict(d.get("params", {})))
+
+    def to_csv(self) -> str:
+        keys = list(self.history)
+        rows = [",".join(["epoch", *keys])]
+        for i, e in enumerate(self.epoch):
+            rows.append(",".join([str(e + 1)] + [repr(self.history[k][i]) for k in keys]))
+        return "\n".join(rows) + "\n"
+
+
+class FitResult(NamedTuple):
+    state: TrainState
+    history: History
+
+
+class Loop:
+    """What callbacks see: the running ``state``, the ``history`` so far, ``stop_training``, and
+    ``learning_rate`` (settable when the optimizer's rate is a number)."""
+
+    def __init__(self, state: TrainState, history: History):
+        self.state = state
+        self.history = history
+        self.stop_training = False
+
+    @property
+    def learning_rate(self) -> float:
+        lr = optim.get_learning_rate(self.state.opt_state)
+        return float("nan") if lr is None else float(lr)
+
+    @learning_rate.setter
+    def learning_rate(self, value: float) -> None:
+        self.check_learning_rate_settable()
+        self.state = self.state.replace(opt_state=optim.set_learning_rate(self.state.opt_state, value))
+
+    def check_learning_rate_settable(self) -> None:
+        """Raise a clear :class:`ConfigError` when a callback cannot set the learning rate."""
+        opt_state = self.state.opt_state
+        if getattr(opt_state, "hyperparams", None) is None or "learning_rate" not in opt_state.hyperparams:
+            raise ConfigError(
+                "the optimizer's learning rate cannot be set: it is not an optax.inject_hyperparams optimizer. "
+                "Pass optimizer by name (e.g. 'rmsprop'), or wrap yours: optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)"
+            )
+        if "learning_rate" in getattr(opt_state, "hyperparams_states", {}):
+            raise ConfigError(
+                "the optimizer's learning rate follows a schedule, which would override a rate set by a callback "
+                "(Keras raises here too); use a constant learning rate with this callback, or drop the callback"
+            )
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """The order of the ``n`` training examples in ``epoch``: a function of (seed, epoch) only,
+    so a resumed run sees the same batches as one never interrupted."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+# ----------------------------------------------------------------------------------------------
+# Compile counting: a listener registered on first use, not at import.
+
+_COMPILES = [0, False]
+
+
+def _count_compiles(event: str, duration: float, **kwargs: Any) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILES[0] += 1
+
+
+def compile_count() -> int:
+    """How many XLA programs this process has compiled since the first call of this function:
+    a second epoch of the same shapes must not add any (tests use it to prove there is no
+    recompilation)."""
+    if not _COMPILES[1]:
+        jax.monitoring.register_event_duration_secs_listener(_count_compiles)
+        _COMPILES[1] = True
+    return int(_COMPILES[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Logs
+
+
+def metric_logs(state: TrainState, acc: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """``loss``, ``accuracy`` and the state's metrics from a (host) accumulator."""
+    count = max(float(acc["count"]), 1.0)
+    weight = float(acc["weight"])
+    logs = {f"{prefix}loss": float(acc["loss_sum"]) / count,
+            f"{prefix}accuracy": float(acc["correct"]) / weight if weight > 0 else 0.0}
+    for m, s in zip(state.metrics, acc["extra"]):
+        logs.update({f"{prefix}{k}": float(v) for k, v in m.result(jax.device_get(s)).items()})
+    return logs
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def _progress(total: int, desc: str, verbose: int):
+    if verbose != 1:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=True, dynamic_ncols=True)
+
+
+def _batch_callbacks(callbacks: Sequence[Callback]) -> list[Callback]:
+    base = getattr(Callback, "on_train_batch_end", None)
+    return [cb for cb in callbacks if getattr(type(cb), "on_train_batch_end", base) is not base]
+
+
+def _non_finite(epoch: int, step: int) -> str:
+    return (f"the loss became NaN or infinite at epoch {epoch + 1}, step {step + 1} (global step); "
+            "training stopped with the weights of the last good step. Lower the learning rate, "
+            "check the inputs for NaN, or add weight decay")
+
+
+def run_epoch(state: TrainState, strategy: Strategy, data: Data, order: np.ndarray, batch_size: int, *,
+              epoch: int = 0, verbose: int = 0, desc: str = "", loop: Loop | None = None,
+              callbacks: Sequence[Callback] = (), stop_on_nan: bool = True) -> tuple[TrainState, dict[str, float]]:
+    """Train one epoch over ``data`` in ``order``, in batches (the last one partial), with
+    ``strategy``. Returns the new state and the epoch's logs (loss, accuracy, metrics,
+    examples_per_s, train_time_s). A non-finite loss raises :class:`TrainingError` holding the
+    state of the last good step (with ``stop_on_nan``), or gives a NaN loss in the logs."""
+    units = strategy.units(order, batch_size)
+    total_steps = math.ceil(len(order) / batch_size)
+    bar = _progress(total_steps, desc, verbose)
+    per_batch = _batch_callbacks(callbacks)
+    acc = strategy.place.put_state(steps.zero_metrics(state))
+    t0, done = time.perf_counter(), 0
+    log_every = 1 if per_batch else max(1, min(25, len(units) // 20))
+    for i, unit in enumerate(units):
+        state, acc, n = strategy.train(state, acc, unit, data)
+        done += n
+        if (i + 1) % log_every and i + 1 < len(units):
+            continue
+        m = jax.device_get(acc)
+        seen = max(float(m["count"]), 1.0)
+        if bar is not None and i + 1 < len(units):
+            bar.set_postfix({"loss": f"{m['loss_sum'] / seen:.4f}", "accuracy": f"{m['correct'] / max(float(m['weight']), 1e-12):.4f}",
+                             "examples/s": f"{seen / (time.perf_counter() - t0):,.0f}"}, refresh=False)
+            bar.update(done - bar.n)
+        if per_batch and loop is not None:
+            loop.state = state
+            for cb in per_batch:
+                cb.on_train_batch_end(int(state.step) - 1, metric_logs(state, m), loop)
+        if m["bad_step"] >= 0:
+            break
+    m = jax.device_get(acc)
+    elapsed = time.perf_counter() - t0
+    if bar is not None:
+        bar.update(total_steps - bar.n)
+        bar.close()
+    if m["bad_step"] >= 0 and stop_on_nan:
+        raise TrainingError(_non_finite(epoch, int(m["bad_step"])), state=state)
+    logs = metric_logs(state, m)
+    if m["bad_step"] >= 0:
+        logs["loss"] = float("nan")
+    return state, {**logs, "examples_per_s": float(m["count"]) / elapsed, "train_time_s": elapsed}
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass
+class _Inputs:
+    train: Data
+    val: Data | None
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+def _sample_weights(y: np.ndarray, num_classes: int, class_weight: dict[int, float] | None,
+                    sample_weight: Any, what: str) -> np.ndarray | None:
+    """Keras's weights: ``sample_weight`` (N,) times ``class_weight[class]``, or None."""
+    w = None
+    if sample_weight is not None:
+        w = np.asarray(sample_weight, np.float32)
+        if w.shape != (len(y),):
+            raise ShapeError(f"{what} sample_weight has shape {w.shape}; it needs one weight per example, ({len(y)},)")
+        if not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise ShapeError(f"{what} sample_weight holds a negative or non-finite weight; weights must be finite and >= 0")
+    if class_weight is not None:
+        if not isinstance(class_weight, dict):
+            raise ConfigError(f"class_weight must be a dict {{class: weight}}, got {type(class_weight).__name__}")
+        table = np.ones(num_classes, np.float32)
+        for c, v in class_weight.items():
+            if not isinstance(c, (int, np.integer)) or not 0 <= int(c) < num_classes:
+                raise ConfigError(f"class_weight has class {c!r}; classes are 0..{num_classes - 1}")
+            table[int(c)] = float(v)
+        labels = y if y.ndim == 1 else y.argmax(-1)
+        cw = table[labels]
+        w = cw if w is None else w * cw
+    return w
+
+
+def _split_validation(x, y, w, validation_split, validation_data, input_shape, num_classes):
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ConfigError("validation_data must be (x_val, y_val) or (x_val, y_val, sample_weight_val)")
+        xv = checks.check_images(validation_data[0], input_shape, "validation x")
+        yv = checks.check_labels(validation_data[1], len(xv), num_classes, "validation y")
+        wv = _sample_weights(yv, num_classes, None, validation_data[2] if len(validation_data) == 3 else None, "validation")
+        return Data(x, y, w), Data(np.ascontiguousarray(xv, np.float32), yv, wv)
+    if validation_split:
+        from jaxcnn.data import validation_split as split
+
+        (x, y), (xv, yv) = split(x, y, validation_split)
+        wv = None if w is None else w[len(x):]
+        w = None if w is None else w[: len(x)]
+        return Data(x, y, w), Data(xv, yv, wv)
+    return Data(x, y, w), None
+
+
+def _check_inputs(model_or_state: Any, x: Any, y: Any, *, validation_split: float, validation_data: Any,
+                  class_weight: Any, sample_weight: Any) -> _Inputs:
+    """Every input check, before anything compiles (the model's own shapes by tracing only)."""
+    x_arr = checks.as_array(x, "x")  # a ragged list: ShapeError, not NumPy's ValueError
+    if isinstance(model_or_state, TrainState):
+        input_shape, num_classes = model_or_state.input_shape, model_or_state.num_classes
+    else:
+        if x_arr.ndim != 4:
+            hint = "; add the channel axis with x[..., None]" if x_arr.ndim == 3 else ""
+            raise ShapeError(f"x has shape {x_arr.shape}; the model takes a batch of images (N, H, W, C){hint}")
+        input_shape = tuple(checks.check_image_shape(x_arr, (), "x").shape[1:])  # channels-first, dtype: before tracing
+        num_classes = output_classes(adapt(model_or_state), input_shape)
+    x_arr = np.ascontiguousarray(checks.check_images(x_arr, input_shape, "x"), dtype=np.float32)
+    y_arr = checks.check_labels(y, len(x_arr), num_classes, "y")
+    w = _sample_weights(y_arr, num_classes, class_weight, sample_weight, "")
+    train, val = _split_validation(x_arr, y_arr, w, validation_split, validation_data, input_shape, num_classes)
+    return _Inputs(train, val, input_shape, num_classes)
+
+
+def _resolve_loss(state: TrainState, loss: Any, from_logits: bool | None, label_smoothing: float, x: np.ndarray) -> TrainState:
+    """Fix ``from_logits`` from the model's outputs on a few training images (one small forward
+    pass): a softmax output is taken as probabilities, as Keras's default loss does."""
+    if loss is None and from_logits is None and label_smoothing == 0.0 and state.loss.from_logits is not None:
+        return state  # a state that was resolved before
+    resolved = losses.get_loss(loss if loss is not None else state.loss, from_logits=from_logits, label_smoothing=label_smoothing)
+    probs = losses.looks_like_probabilities(_jit_outputs(state, jnp.asarray(x[:8])))
+    if resolved.from_logits is None:
+        resolved = resolved.with_from_logits(not probs)
+    elif isinstance(resolved, losses.CategoricalCrossentropy) and bool(resolved.from_logits) == probs:
+        what = "probabilities (a softmax output)" if probs else "logits (not probabilities)"
+        fix = "from_logits=False, or drop the softmax" if probs else "from_logits=True, or end the model with a softmax"
+        raise ConfigError(f"the model's outputs are {what} but the loss has from_logits={resolved.from_logits}; use {fix}")
+    return state.replace(loss=resolved)
+
+
+_jit_outputs = jax.jit(steps.predict_outputs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints and resume
+
+
+def _fingerprint(inputs: _Inputs, state: TrainState, batch_size: int, seed: int, shuffle: bool) -> dict[str, Any]:
+    """What must not change when a run is resumed: the data (a hash of it) and the settings."""
+    h = hashlib.blake2b(digest_size=16)
+    for d in (inputs.train, inputs.val):
+        for a in (d or ()):
+            if a is not None:
+                h.update(str(a.shape).encode())
+                h.update(np.ascontiguousarray(a).tobytes())
+    return {"data": h.hexdigest(), "batch_size": batch_size, "seed": seed, "shuffle": shuffle,
+            "loss": type(state.loss).__name__, "optimizer": state.optimizer_spec}
+
+
+def _open_checkpoints(checkpoint_dir: Any, resume: bool, monitor: str) -> Any:
+    from jaxcnn.checkpoint import TrainCheckpoints
+
+    ckpts = TrainCheckpoints(checkpoint_dir, monitor=monitor, mode="max" if "acc" in monitor else "min")
+    if ckpts.latest_epoch is not None and not resume:
+        raise ConfigError(
+            f"{checkpoint_dir} already holds checkpoints; pass resume=True to continue that run, "
+            "or choose another checkpoint_dir so that nothing is overwritten"
+        )
+    return ckpts
+
+
+def _restore(ckpts: Any, state: TrainState, fingerprint: dict[str, Any], n_callbacks: int) -> Any:
+    if ckpts is None or ckpts.latest_epoch is None:
+        return None
+    restored = ckpts.restore(state)
+    saved = restored.meta.get("fit")
+    if saved is not None:
+        for key, value in fingerprint.items():
+            if saved.get(key) != value:
+                what = "the training data differ from" if key == "data" else f"{key}={value!r} differs from {saved.get(key)!r} in"
+                raise ConfigError(f"cannot resume from {ckpts.directory}: {what} the run that wrote it; "
+                                  "resume with the same data and settings, or start again with another checkpoint_dir")
+    if len(restored.callbacks) not in (0, n_callbacks):
+        raise ConfigError(f"the checkpoint holds the state of {len(restored.callbacks)} callbacks but {n_callbacks} were given; "
+                          "resume with the same callbacks")
+    return restored
+
+
+# ----------------------------------------------------------------------------------------------
+# fit, evaluate, predict
+
+
+def _check_settings(epochs: int, batch_size: int, verbose: int, seed: Any) -> None:
+    checks.check_positive_int(epochs, "epochs")
+    checks.check_positive_int(batch_size, "batch_size")
+    if verbose not in (0, 1, 2):
+        raise ConfigError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    check_seed = getattr(checks, "check_seed", None)
+    if check_seed is not None:
+        check_seed(seed)
+    elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**32:
+        raise ConfigError(f"seed must be a whole number in 0..2**32-1, got {seed!r}")
+
+
+def _announce(inputs: _Inputs, batch_size: int, epochs: int, initial_epoch: int, strategy: Strategy) -> None:
+    n = len(inputs.train.x)
+    val = f", validating on {_plural(len(inputs.val.x), 'example')}" if inputs.val is not None else ""
+    print(f"Training on {_plural(n, 'example')}{val}: {_plural(epochs - initial_epoch, 'epoch')} of "
+          f"{_plural(math.ceil(n / batch_size), 'step')} (batch {batch_size}, {strategy.name} strategy)", flush=True)
+
+
+def _epoch_line(epoch: int, epochs: int, logs: dict[str, float], eta: float) -> str:
+    shown = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k not in ("learning_rate", "time_s", "examples_per_s", "train_time_s"))
+    left = f" - about {eta:,.0f}s left" if eta > 0 else ""
+    return f"Epoch {epoch + 1}/{epochs} - {logs['time_s']:.1f}s - {shown} - lr: {logs['learning_rate']:.4g}{left}"
+
+
+def fit(
+    model_or_state: Any,
+    x: Any,
+    y: Any,
+    *,
+    epochs: int = 1,
+    batch_size: int = 32,
+    optimizer: str | optax.GradientTransformation = "rmsprop",
+    learning_rate: optim.LearningRate | None = None,
+    loss: str | Callable[..., Any] | None = None,
+    from_logits: bool | None = None,
+    label_smoothing: float = 0.0,
+    metrics: Sequence[Any] = (),
+    class_weight: dict[int, float] | None = None,
+    sample_weight: Any = None,
+    validation_split: float = 0.0,
+    validation_data: tuple[Any, ...] | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+    callbacks: Iterable[Callback] = (),
+    verbose: int = 1,
+    initial_epoch: int = 0,
+    devices: int | str | Sequence[Any] | None = "auto",
+    data_on_device: bool | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    stop_on_nan: bool = True,
+) -> FitResult:
+    """Train like ``keras.Model.fit``; return ``FitResult(state, history)``.
+
+    Args:
+      model_or_state: a Flax linen or NNX module (see "Bring your own model" in the README;
+        initialised here from ``seed``, with ``optimizer`` and ``learning_rate``), or a
+        :class:`TrainState` to continue training.
+      x: float images (N, H, W, C), e.g. ``jaxcnn.data.to_float(images)``.
+      y: integer labels (N,), or one-hot or soft targets (N, classes), kept as distributions.
+      epochs: train until this epoch (counting from ``initial_epoch``).
+      batch_size: examples per step; the last, partial batch of an epoch is trained on too. A
+        batch larger than the data trains on all of it in one step, as in Keras.
+      loss: None or "sparse_categorical_crossentropy" / "categorical_crossentropy" (both take
+        integer or distribution labels), a :mod:`jaxcnn.losses` object, or a function
+        ``(outputs, labels) -> (B,)``. ``from_logits=None`` decides from the model's outputs:
+        a softmax output is used as probabilities, as Keras does, never softmaxed twice.
+      label_smoothing: Keras's label smoothing for the cross-entropies.
+      metrics: extra metrics beside loss and accuracy (:mod:`jaxcnn.metrics` names or objects).
+      class_weight: ``{class: weight}``, and ``sample_weight`` (N,): weigh each example's loss
+        and metrics as Keras does (``sum(loss * w) / batch_size``).
+      validation_split: hold out the last fraction of ``x``/``y`` (before shuffling), as Keras.
+      validation_data: ``(x_val, y_val)`` or ``(x_val, y_val, w_val)``; takes precedence.
+      shuffle: reshuffle the training data each epoch; the order depends on (seed, epoch) only.
+      seed: parameter initialisation (linen), dropout and shuffling all derive from it.
+      callbacks: e.g. ``EarlyStopping``, ``LearningRateScheduler``.
+      verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
+      devices: "auto" (on CPU, each batch cut into parts of at most 32 examples dealt out to the
+        CPU devices, except for models with batch statistics; one device on an accelerator),
+        None (one device, the whole batch in one program), or "all", a count or a list (a
+        data-parallel mesh). See :mod:`jaxcnn.train.strategies`. The history is the same on
+        any number of CPU devices.
+      data_on_device: keep the training set on the device and run chunks of steps in one
+        ``lax.scan`` (default: on GPU/TPU, off on CPU).
+      checkpoint_dir: save the whole training state, the history and every callback's state
+        there after each epoch (orbax). With ``resume=True``, continue from the latest
+        checkpoint there: the resumed run ends exactly as one never interrupted, whatever the
+        callbacks' order. Without ``resume``, a directory holding checkpoints is refused.
+      stop_on_nan: raise ``TrainingError`` when the loss becomes NaN or infinite (the default);
+        False records a NaN loss for the epoch and leaves stopping to callbacks
+        (``TerminateOnNaN``), the weights those of the last good step.
+
+    The history has per epoch: loss, accuracy, the metrics, val_loss, val_accuracy and the
+    validation metrics (with validation), learning_rate, time_s, examples_per_s, train_time_s.
+    Raises ``ShapeError``/``ConfigError`` on bad input before compiling, and ``TrainingError``
+    (its ``state`` and ``history`` those of the last good step) if the loss becomes NaN.
+    """
+    _check_settings(epochs, batch_size, verbose, seed)
+    inputs = _check_inputs(model_or_state, x, y, validation_split=validation_split, validation_data=validation_data,
+                           class_weight=class_weight, sample_weight=sample_weight)
+    batch_size = min(batch_size, len(inputs.train.x))  # Keras: one batch of all the data
+    probe = model_or_state if isinstance(model_or_state, TrainState) else None
+    strategy = choose_strategy(devices, batch_size, probe, data_on_device)  # a bad `devices` fails before compiling
+    if isinstance(model_or_state, TrainState):
+        state = model_or_state
+        if metrics:
+            state = state.replace(metrics=tuple(_get_metrics(metrics)))
+    else:
+        state = create_train_state(model_or_state, inputs.input_shape, optimizer, learning_rate, seed, metrics=_get_metrics(metrics))
+        strategy = choose_strategy(devices, batch_size, state, data_on_device)
+    state = _resolve_loss(state, loss, from_logits, label_smoothing, inputs.train.x)
+    history = History(params={"epochs": epochs, "batch_size": batch_size, "samples": len(inputs.train.x), "seed": seed})
+    callbacks = list(callbacks)
+    ckpts = None
+    if checkpoint_dir is not None:
+        ckpts = _open_checkpoints(checkpoint_dir, resume, "val_loss" if inputs.val is not None else "loss")
+    fingerprint = _fingerprint(inputs, state, batch_size, seed, shuffle) if ckpts is not None else {}
+    restored = _restore(ckpts, state, fingerprint, len(callbacks))
+    if restored is not None:
+        state, initial_epoch, history = restored.state, restored.epoch, restored.history
+    # The train step donates its state buffers; copy once so the caller's state stays usable.
+    loop = Loop(strategy.put_state(jax.tree.map(jnp.copy, state)), history)
+    for cb in callbacks:
+        cb.on_train_begin(loop)
+    if restored is not None:
+        for cb, cb_state in zip(callbacks, restored.callbacks):
+            cb.set_state(cb_state)
+        loop.stop_training = restored.stop_training
+    if verbose and not loop.stop_training and initial_epoch < epochs:
+        _announce(inputs, batch_size, epochs, initial_epoch, strategy)
+    try:
+        _epochs(loop, strategy, inputs, callbacks, ckpts, fingerprint, epochs=epochs, batch_size=batch_size,
+                initial_epoch=initial_epoch, shuffle=shuffle, seed=seed, verbose=verbose, stop_on_nan=stop_on_nan)
+    finally:
+        if ckpts is not None:
+            ckpts.close()
+    for cb in callbacks:
+        cb.on_train_end(loop)
+    return FitResult(loop.state, history)
+
+
+def _get_metrics(metrics: Sequence[Any]) -> tuple[Any, ...]:
+    if not metrics:
+        return ()
+    from jaxcnn import metrics as metrics_module
+
+    return tuple(m for m in metrics_module.get_metrics(metrics) if getattr(m, "name", None) not in ("accuracy", "acc"))
+
+
+def _epochs(loop: Loop, strategy: Strategy, inputs: _Inputs, callbacks: list[Callback], ckpts: Any,
+            fingerprint: dict[str, Any], *, epochs: int, batch_size: int, initial_epoch: int, shuffle: bool,
+            seed: int, verbose: int, stop_on_nan: bool) -> None:
+    """The epoch loop of :func:`fit`."""
+    strategy.prepare(inputs.train)
+    t_start, first = time.perf_counter(), initial_epoch
+    for epoch in range(initial_epoch, epochs):
+        if loop.stop_training:
+            break
+        t0 = time.perf_counter()
+        for cb in callbacks:
+            cb.on_epoch_begin(epoch, loop)
+        order = epoch_order(len(inputs.train.x), seed, epoch, shuffle)
+        try:
+            loop.state, logs = run_epoch(loop.state, strategy, inputs.train, order, batch_size, epoch=epoch,
+                                         verbose=verbose, desc=f"Epoch {epoch + 1}/{epochs}", loop=loop,
+                                         callbacks=callbacks, stop_on_nan=stop_on_nan)
+        except TrainingError as e:
+            loop.state = e.state
+            e.history = loop.history
+            raise
+        if inputs.val is not None:
+            logs.update(metric_logs(loop.state, strategy.evaluate(loop.state, inputs.val, batch_size), "val_"))
+        logs["learning_rate"] = loop.learning_rate
+        logs["time_s"] = time.perf_counter() - t0
+        ordered = {k: logs[k] for k in _log_order(logs)}
+        loop.history.append(epoch, ordered)
+        if verbose:
+            eta = (time.perf_counter() - t_start) / (epoch + 1 - first) * (epochs - epoch - 1)
+            print(_epoch_line(epoch, epochs, ordered, eta), flush=True)
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, ordered, loop)
+        if ckpts is not None:
+            ckpts.save(epoch + 1, loop.state, history=loop.history, callbacks=[cb.get_state() for cb in callbacks],
+                       stop_training=loop.stop_training, metrics=ordered, extra={"fit": fingerprint})
+
+
+def _log_order(logs: dict[str, float]) -> list[str]:
+    tail = ("learning_rate", "time_s", "examples_per_s", "train_time_s")
+    train = [k for k in logs if not k.startswith("val_") and k not in tail]
+    return [*train, *[k for k in logs if k.startswith("val_")], *[k for k in tail if k in logs]]
+
+
+def evaluate(state: TrainState, x: Any, y: Any, batch_size: int = 128, devices: Any = "auto", *,
+             sample_weight: Any = None, metrics: Sequence[Any] = ()) -> dict[str, float]:
+    """Loss (with L2 terms), accuracy and the state's (or ``metrics``') metrics of ``state`` on
+    images ``x`` (N, H, W, C) and labels ``y``."""
+    batch_size = checks.check_positive_int(batch_size, "batch_size")
+    xs = np.ascontiguousarray(checks.check_images(x, state.input_shape, "x"), np.float32)
+    ys = checks.check_labels(y, len(xs), state.num_classes, "y")
+    if metrics:
+        state = state.replace(metrics=_get_metrics(metrics))
+    w = _sample_weights(ys, state.num_classes, None, sample_weight, "")
+    strategy = choose_strategy(devices, 1, state, data_on_device=False)
+    acc = strategy.evaluate(strategy.put_state(state), Data(xs, ys, w), min(batch_size, len(xs)))
+    return metric_logs(state, acc)
+
+
+def predict(state: TrainState, x: Any, batch_size: int = 512, output: str = "logits") -> np.ndarray:
+    """Model outputs for ``x`` (N, H, W, C): ``"logits"`` (the raw outputs (N, classes): logits,
+    or the probabilities of a model that ends in a softmax), ``"probs"`` (softmax of logits; a
+    softmax output as it is) or ``"classes"`` (N,)."""
+    if output not in ("logits", "probs", "classes"):
+        raise ConfigError(f"output must be 'logits', 'probs' or 'classes', got {output!r}")
+    xs = np.ascontiguousarray(checks.check_images(x, state.input_shape, "x"), np.float32)
+    batch_size = checks.check_positive_int(batch_size, "batch_size")
+    outs = []
+    for b in padded_batches(Data(xs, np.zeros(len(xs), np.int32)), batch_size):
+        out = np.asarray(_jit_outputs(state, b["x"]))
+        outs.append(out[b["mask"] > 0])
+    raw = np.concatenate(outs)
+    if output == "classes":
+        return raw.argmax(-1)
+    if output == "probs" and not state.outputs_are_probs:
+        return np.asarray(jax.nn.softmax(raw, axis=-1))
+    return raw

@@ -1,0 +1,194 @@
+"""Any Flax model as one pure function, so that one jitted step serves every kind.
+
+The model contract: a module maps a batch of images ``x`` (B, H, W, C) to outputs (B, classes),
+logits or probabilities. What jaxcnn accepts:
+
+* **Flax linen** modules. If ``__call__`` has a ``train`` argument (or ``training``, or
+  ``deterministic``, the inverse), jaxcnn passes it: True in training steps, False for
+  evaluation and prediction. A module without one is called as ``module(x)`` everywhere; its
+  dropout, if any, then draws from the ``"dropout"`` key in evaluation too.
+  Keras-style L2 terms sown into the ``"losses"`` collection (``jaxcnn.layers``) join the loss;
+  ``batch_stats`` (BatchNorm) are updated in training.
+* **Flax NNX** modules (``nnx.Module``), called as ``module(x)``. Following Flax's functional
+  API, the module is split once into a graph definition and its state (``nnx.split``); each step
+  merges them back (``nnx.merge``), puts the module in training or evaluation mode
+  (``module.train()`` / ``module.eval()``), reseeds its random streams from the step's dropout
+  key, and splits the updated ``nnx.BatchStat`` values out again. ``nnx.Param`` are the
+  parameters. An NNX module comes initialised by its constructor's ``nnx.Rngs``: ``fit``'s seed
+  then drives dropout and the data order, not the initial weights.
+
+:func:`adapt` turns a module into a :class:`LinenModel` or :class:`NNXModel`, whose ``apply``
+has linen's signature ``apply(variables, x, *, train, rngs=None, mutable=False)``; the
+adapters compare equal when their modules do, so jitted steps are reused across ``fit`` calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn.errors import ConfigError
+
+TRAIN_ARGS = ("train", "training", "deterministic")
+
+
+def _train_arg(module: nn.Module) -> str | None:
+    try:
+        params = inspect.signature(module.__call__).parameters
+    except (TypeError, ValueError):
+        return None
+    for name in TRAIN_ARGS:
+        if name in params:
+            return name
+    return None
+
+
+@dataclass(frozen=True)
+class LinenModel:
+    """A linen module with its train argument (None: the module has none)."""
+
+    module: nn.Module
+    train_arg: str | None
+
+    kind = "linen"
+
+    def call_kwargs(self, train: bool) -> dict[str, bool]:
+        """The keyword arguments that put the module in training or evaluation mode."""
+        if self.train_arg is None:
+            return {}
+        return {self.train_arg: (not train) if self.train_arg == "deterministic" else train}
+
+    def init(self, key: jax.Array, dropout_key: jax.Array, x: jax.Array) -> dict[str, Any]:
+        variables = self.module.init({"params": key, "dropout": dropout_key}, x, **self.call_kwargs(False))
+        return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+
+    def apply(self, variables: Any, x: jax.Array, *, train: bool, rngs: Any = None, mutable: Any = False) -> Any:
+        if rngs is None and self.train_arg is None:
+            rngs = {"dropout": jax.random.key(0)}  # a module without `train` may drop out always
+        return self.module.apply(variables, x, rngs=rngs, mutable=mutable, **self.call_kwargs(train))
+
+
+def _digest(tree: Any) -> str:
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if jax.dtypes.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        a = np.asarray(leaf)
+        h.update(f"{jax.tree_util.keystr(path)}:{a.dtype}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class NNXModel:
+    """An NNX module as its graph definition plus the templates to rebuild its state."""
+
+    graphdef: Any
+    rest_digest: str  # identifies the non-parameter, non-statistics state (random streams)
+    templates: tuple[Any, Any, Any] = field(compare=False, hash=False)  # (Param, BatchStat, rest) states
+    rest: Any = field(compare=False, hash=False)  # the rest as a pure dict of arrays
+    module_type: type = field(compare=False, hash=False, default=object)
+
+    kind = "nnx"
+
+    @classmethod
+    def from_module(cls, module: Any) -> NNXModel:
+        from flax import nnx
+
+        graphdef, params, stats, rest = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
+        rest_pure = nnx.to_pure_dict(rest)
+        return cls(graphdef, _digest(rest_pure), (params, stats, rest), rest_pure, type(module))
+
+    def initial_variables(self) -> dict[str, Any]:
+        from flax import nnx
+
+        params, stats, _ = self.templates
+        return {"params": nnx.to_pure_dict(params), "batch_stats": nnx.to_pure_dict(stats)}
+
+    def init(self, key: jax.Array, dropout_key: jax.Array, x: jax.Array) -> dict[str, Any]:
+        return jax.tree.map(jnp.asarray, self.initial_variables())
+
+    def _merge(self, variables: Any) -> Any:
+        from flax import nnx
+
+        states = []
+        for template, values in zip(self.templates, (variables["params"], variables.get("batch_stats", {}), self.rest)):
+            state = jax.tree.map(lambda a: a, template)  # fresh Variables in this trace
+            nnx.replace_by_pure_dict(state, values)
+            states.append(state)
+        return nnx.merge(self.graphdef, *states)
+
+    def apply(self, variables: Any, x: jax.Array, *, train: bool, rngs: Any = None, mutable: Any = False) -> Any:
+        from flax import nnx
+
+        module = self._merge(variables)
+        if train:
+            module.train()
+        else:
+            module.eval()
+        key = (rngs or {}).get("dropout", jax.random.key(0))
+        tags = {node.tag for _, node in nnx.iter_graph(module) if isinstance(node, nnx.RngStream)}
+        if tags:
+            nnx.reseed(module, **{t: key for t in tags})
+        out = module(x)
+        if not mutable:
+            return out
+        updates = {}
+        if "batch_stats" in mutable and variables.get("batch_stats"):
+            updates["batch_stats"] = nnx.to_pure_dict(nnx.state(module, nnx.BatchStat))
+        return out, updates
+
+
+Model = LinenModel | NNXModel
+
+
+def is_nnx(module: Any) -> bool:
+    try:
+        from flax import nnx
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(module, nnx.Module)
+
+
+def adapt(module: Any) -> Model:
+    """The adapter for ``module`` (a linen or NNX module); a clear error for anything else."""
+    if isinstance(module, (LinenModel, NNXModel)):
+        return module
+    if isinstance(module, nn.Module):
+        return LinenModel(module, _train_arg(module))
+    if is_nnx(module):
+        return NNXModel.from_module(module)
+    if isinstance(module, type) and (issubclass(module, nn.Module) or is_nnx_class(module)):
+        raise ConfigError(
+            f"got the class {module.__name__}, not a module; create one first, e.g. {module.__name__}()"
+            " (an NNX module needs its rngs: MyModel(..., rngs=nnx.Rngs(0)))"
+        )
+    raise ConfigError(
+        f"expected a Flax module (flax.linen.Module or flax.nnx.Module) mapping images (B, H, W, C) to "
+        f"outputs (B, classes), got {type(module).__name__}"
+    )
+
+
+def is_nnx_class(cls: type) -> bool:
+    try:
+        from flax import nnx
+    except ImportError:  # pragma: no cover
+        return False
+    return issubclass(cls, nnx.Module)
+
+
+def call_error(module: Any, error: TypeError) -> ConfigError:
+    """A clear message for a module whose ``__call__`` does not fit the contract."""
+    name = type(module).__name__
+    return ConfigError(
+        f"{name} cannot be called as {name}(x){' with train=...' if isinstance(module, nn.Module) and _train_arg(module) else ''}: "
+        f"{error}. jaxcnn calls a model with one batch of images x (B, H, W, C), plus a `train` (or `training`, "
+        "`deterministic`) flag where __call__ has one; see 'Bring your own model' in the README"
+    )

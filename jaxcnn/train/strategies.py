@@ -1,0 +1,408 @@
+"""Execution strategies: the ways of running training steps, behind one small interface.
+
+Each strategy places the state, trains on one unit of an epoch (a batch, or a chunk of batches)
+and evaluates; all of them call the same step functions (:mod:`jaxcnn.train.step`), so they
+share the loss, the random-number rule and the NaN guard. :func:`choose_strategy` is the one
+place that picks one:
+
+* :class:`SingleDevice`: the whole batch in one jitted program on one device
+  (``fit(devices=None)``, and models with batch statistics on CPU).
+* :class:`Parts` (CPU, ``devices="auto"``): each batch cut into equal parts of at most
+  :data:`PART_SIZE` examples (:func:`split_parts`: a function of the batch size and the model
+  alone, never of the device count), dealt out in turn to the CPU devices (one per core, see
+  :func:`jaxcnn.use_cpu_devices`). Each device computes its parts' gradients in its own program;
+  the first sums them and takes the optimizer step; the new parameters are copied back. There is
+  no collective: XLA's in-process all-reduce aborted long CPU runs here. Small parts keep a
+  part's activations in the core's cache, which made them much faster per example than whole
+  batches (figures in BENCHMARKS.md). Evaluation batches are dealt out the same way.
+* :class:`Mesh` (``devices="all"``, a count or a list): a data-parallel ``jax.sharding`` mesh,
+  the batch split across devices and hosts, the state replicated.
+* :class:`Resident` (accelerators by default): the training set stays on the device and chunks
+  of steps run in one ``lax.scan``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn.errors import ConfigError
+from jaxcnn.train import step as steps
+from jaxcnn.train.state import TrainState
+
+Array = jax.Array
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise ConfigError(f"{name} must be a positive whole number, got {value!r}; unset it or set e.g. {name}={default}")
+    return number
+
+
+#: Most examples in one part of a CPU batch (``JAXCNN_PART_SIZE`` overrides it, read at import).
+PART_SIZE = _env_int("JAXCNN_PART_SIZE", 32)
+#: Each part's gradients reach the first device before they are summed: at most this many bytes
+#: of them at once, so a large model gets fewer, larger parts rather than many copies of itself.
+PART_GRADS_BYTES = 512 * 2**20
+
+
+class Data(NamedTuple):
+    """Host arrays of a data set: images (N, H, W, C), labels (N,) or (N, C), weights (N,) or None."""
+
+    x: np.ndarray
+    y: np.ndarray
+    w: np.ndarray | None = None
+
+    def batch(self, idx: Any) -> dict[str, np.ndarray]:
+        out = {"x": self.x[idx], "y": self.y[idx]}
+        if self.w is not None:
+            out["w"] = self.w[idx]
+        return out
+
+
+def put(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+    """Place ``tree`` with ``sharding``. Across several processes (hosts), every process holds the
+    same host values (data and order derive from seed and epoch), so each builds the global array
+    from the slices its own devices need."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def one(leaf: Any) -> Any:
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = np.asarray(jax.random.key_data(leaf))
+            # Keys are state, always replicated, so the sharding covers their extra data axis too.
+            arr = jax.make_array_from_callback(data.shape, sharding, lambda i: data[i])
+            return jax.random.wrap_key_data(arr, impl=jax.random.key_impl(leaf))
+        value = np.asarray(leaf)
+        return jax.make_array_from_callback(value.shape, sharding, lambda i: value[i])
+
+    return jax.tree.map(one, tree)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where batches and state live: one device, or a data-parallel mesh over several."""
+
+    devices: tuple[Any, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.devices)
+
+    def __post_init__(self):
+        if self.size > 1:
+            mesh = jax.sharding.Mesh(np.array(self.devices), ("data",))
+            object.__setattr__(self, "batch", jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+            object.__setattr__(self, "replicated", jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+        else:
+            object.__setattr__(self, "batch", jax.sharding.SingleDeviceSharding(self.devices[0]))
+            object.__setattr__(self, "replicated", self.batch)
+
+    def put_batch(self, arrays: dict[str, np.ndarray]) -> dict[str, Array]:
+        n = len(next(iter(arrays.values())))
+        return put(arrays, self.batch if n % self.size == 0 else self.replicated)
+
+    def put_state(self, tree: Any) -> Any:
+        return put(tree, self.replicated)
+
+
+def placement(devices: int | str | Sequence[Any] | None = None) -> Placement:
+    """Resolve ``devices``: None, 1 or "auto" (one device), "all", a count, or a list of jax devices."""
+    # Across hosts (jax.distributed.initialize), "all" means every device of every process.
+    local = jax.local_devices() if jax.process_count() == 1 else jax.devices()
+    if devices is None or devices == "auto":
+        chosen = local[:1]
+    elif devices == "all":
+        chosen = local
+    elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+        if not 1 <= devices <= len(local):
+            raise ConfigError(
+                f"devices={devices} but this process sees {len(local)} device(s); on CPU, set "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={devices} (or call "
+                "jaxcnn.use_cpu_devices) before JAX starts"
+            )
+        chosen = local[:devices]
+    elif isinstance(devices, Sequence) and not isinstance(devices, str):
+        chosen = list(devices)
+        if not chosen:
+            raise ConfigError("devices is an empty list; pass None, 'auto', 'all', a count or some devices")
+    else:
+        raise ConfigError(f"devices must be None, 'auto', 'all', a count or a list of devices, got {devices!r}")
+    return Placement(tuple(chosen))
+
+
+def padded_batches(data: Data, batch_size: int, multiple: int = 1):
+    """Batches of ``data`` in order, the last one padded with masked rows to the full size (so
+    evaluation compiles once); yields dicts with "x", "y", "mask" (and "w")."""
+    n = len(data.x)
+    size = math.ceil(min(batch_size, n) / multiple) * multiple
+    for start in range(0, n, size):
+        b = data.batch(slice(start, start + size))
+        m = len(b["x"])
+        b["mask"] = np.ones(m, np.float32)
+        if m < size:
+            b = {k: np.concatenate([v, np.zeros((size - m, *v.shape[1:]), v.dtype)]) for k, v in b.items()}
+        yield b
+
+
+_jit_eval = jax.jit(steps.eval_and_accumulate, donate_argnums=(1,))
+
+
+class Strategy:
+    """How training steps run. ``put_state`` places a state; ``units`` cuts an epoch's order into
+    what ``train`` takes at a time; ``train`` runs one unit and returns the new state and
+    accumulator; ``evaluate`` returns the summed evaluation metrics (host values)."""
+
+    name = "strategy"
+    place: Placement
+
+    def put_state(self, state: TrainState) -> TrainState:
+        return self.place.put_state(state)
+
+    def units(self, order: np.ndarray, batch_size: int) -> list[Any]:
+        steps_ = math.ceil(len(order) / batch_size)
+        return [order[i * batch_size : (i + 1) * batch_size] for i in range(steps_)]
+
+    def prepare(self, data: Data) -> None:
+        """Called once per ``fit`` with the training data (the resident strategy copies it)."""
+
+    def train(self, state: TrainState, acc: dict[str, Any], unit: Any, data: Data) -> tuple[TrainState, dict[str, Any], int]:
+        raise NotImplementedError
+
+    def evaluate(self, state: TrainState, data: Data, batch_size: int) -> dict[str, Any]:
+        acc = self.place.put_state(steps.zero_metrics(state))
+        fn = _mesh_eval(self.place) if self.place.size > 1 else _jit_eval
+        for b in padded_batches(data, batch_size, self.place.size):
+            acc = fn(state, acc, self.place.put_batch(b))
+        return jax.device_get(acc)
+
+
+_jit_train = jax.jit(steps.train_and_accumulate, donate_argnums=(0, 1))
+
+
+class SingleDevice(Strategy):
+    """The whole batch in one jitted program on one device."""
+
+    name = "single"
+
+    def __init__(self, device: Any):
+        self.place = Placement((device,))
+
+    def train(self, state, acc, unit, data):
+        state, acc = _jit_train(state, acc, self.place.put_batch(data.batch(unit)))
+        return state, acc, 1
+
+
+_MESH_CACHE: dict[tuple[Any, ...], Any] = {}
+
+
+def _mesh_train(place: Placement, sharded: bool) -> Any:
+    key = ("train", place.devices, sharded)
+    if key not in _MESH_CACHE:
+        repl = place.replicated
+        # Explicit shardings keep the state's layout fixed from step to step: one compile.
+        _MESH_CACHE[key] = jax.jit(steps.train_and_accumulate, in_shardings=(repl, repl, place.batch if sharded else repl),
+                                   out_shardings=(repl, repl), donate_argnums=(0, 1))
+    return _MESH_CACHE[key]
+
+
+def _mesh_eval(place: Placement) -> Any:
+    key = ("eval", place.devices)
+    if key not in _MESH_CACHE:
+        repl = place.replicated
+        _MESH_CACHE[key] = jax.jit(steps.eval_and_accumulate, in_shardings=(repl, repl, place.batch),
+                                   out_shardings=repl, donate_argnums=(1,))
+    return _MESH_CACHE[key]
+
+
+class Mesh(Strategy):
+    """A data-parallel ``jax.sharding`` mesh: the batch split over the devices, the state
+    replicated. A batch that does not divide over them (the last, partial one) runs replicated."""
+
+    name = "mesh"
+
+    def __init__(self, place: Placement):
+        self.place = place
+
+    def train(self, state, acc, unit, data):
+        sharded = len(unit) % self.place.size == 0
+        state, acc = _mesh_train(self.place, sharded)(state, acc, self.place.put_batch(data.batch(unit)))
+        return state, acc, 1
+
+
+def max_parts(state: TrainState | None) -> int | None:
+    """The most parts a batch may have for ``state``'s model: as many copies of its gradients as
+    fit :data:`PART_GRADS_BYTES`, at least 1 (``None``: no state, no cap)."""
+    if state is None:
+        return None
+    grad_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state.params))
+    return max(1, PART_GRADS_BYTES // max(grad_bytes, 1))
+
+
+def split_parts(n: int, part_size: int | None = None, max_parts: int | None = None) -> int:
+    """How many equal parts a batch of ``n`` is cut into: the fewest that gives parts of at most
+    ``part_size`` (default :data:`PART_SIZE`) and at least 8 examples; where no count up to
+    ``max_parts`` gives parts that small, the count that gives the smallest. It depends on the
+    batch and the model only, so a run cuts its batches alike on any number of devices."""
+    part_size = PART_SIZE if part_size is None else part_size
+    best = 1
+    for p in range(1, n // 8 + 1):
+        if max_parts is not None and p > max_parts:
+            break
+        if n % p == 0:
+            best = p
+            if n // p <= part_size:
+                break
+    return best
+
+
+def _part(state: TrainState, batch: dict[str, Array], part: Array, total: Array):
+    return steps.part_grads(state, state.params, batch, part, total)
+
+
+_jit_part = jax.jit(_part)
+_jit_combine = jax.jit(steps.combine_and_update, donate_argnums=(0, 1))
+
+
+class Parts(Strategy):
+    """Each batch cut into cache-sized parts, dealt out in turn to the CPU devices; the first
+    device sums the gradients and steps (see the module docstring)."""
+
+    name = "parts"
+
+    def __init__(self, devices: Sequence[Any], part_size: int | None = None):
+        self.devices = tuple(devices)
+        self.place = Placement(self.devices[:1])
+        self.part_size = part_size
+
+    def _replicas(self, state: TrainState) -> list[TrainState]:
+        # What a part needs (no optimizer state), on each device; device 0 shares the state's buffers.
+        light = state.replace(opt_state=None)
+        return [light] + [jax.device_put(light, d) for d in self.devices[1:]]
+
+    def train(self, state, acc, unit, data):
+        n = len(unit)
+        parts = split_parts(n, self.part_size, max_parts(state))
+        size = n // parts
+        replicas = self._replicas(state)
+        k = len(self.devices)
+        grads, metrics = [], []
+        batch = data.batch(unit)
+        for j in range(parts):
+            i = j % k
+            piece = {name: v[j * size : (j + 1) * size] for name, v in batch.items()}
+            piece, pj, total = jax.device_put((piece, np.int32(j), np.float32(n)), self.devices[i])
+            g, m, _ = _jit_part(replicas[i], piece, pj, total)
+            grads.append(g)
+            metrics.append(m)
+        grads, metrics = jax.device_put((grads, metrics), self.devices[0])
+        state, acc = _jit_combine(state, acc, grads, metrics)
+        return state, acc, 1
+
+    def evaluate(self, state, data, batch_size):
+        replicas = self._replicas(state)
+        accs = [jax.device_put(steps.zero_metrics(state), d) for d in self.devices]
+        for i, b in enumerate(padded_batches(data, batch_size)):
+            d = i % len(self.devices)
+            accs[d] = _jit_eval(replicas[d], accs[d], jax.device_put(b, self.devices[d]))
+        host = jax.device_get(accs)
+        return {**steps.sum_metrics(state, host), "bad_step": -1}
+
+
+def _scan_chunk(state, acc, x_all, y_all, w_all, idx, valid):
+    """A chunk of steps in one program, the data set resident on the device: ``idx`` (K, B) holds
+    the example indices of K steps, ``valid`` (K,) marks padding steps to skip."""
+
+    def body(carry, inputs):
+        st, ac = carry
+        ids, ok = inputs
+        batch = {"x": jnp.take(x_all, ids, axis=0), "y": jnp.take(y_all, ids, axis=0)}
+        if w_all is not None:
+            batch["w"] = jnp.take(w_all, ids, axis=0)
+        new_st, new_ac = steps.train_and_accumulate(st, ac, batch)
+        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+        return (jax.tree.map(keep, new_st, st), jax.tree.map(keep, new_ac, ac)), None
+
+    (state, acc), _ = jax.lax.scan(body, (state, acc), (idx, valid))
+    return state, acc
+
+
+class Resident(Strategy):
+    """The training set on the device; ``chunk`` steps at a time inside one ``lax.scan``."""
+
+    name = "resident"
+
+    def __init__(self, place: Placement, chunk: int = 64):
+        self.place, self.chunk = place, chunk
+        repl = place.replicated
+        self._fn = jax.jit(_scan_chunk, in_shardings=(repl,) * 7, out_shardings=(repl, repl), donate_argnums=(0, 1))
+        self._data: tuple[Array, Array, Array | None] | None = None
+
+    def prepare(self, data: Data) -> None:
+        self._data = tuple(self.place.put_state(a) if a is not None else None for a in data)  # type: ignore[assignment]
+
+    def units(self, order, batch_size):
+        return scan_units(order, batch_size, self.chunk)
+
+    def train(self, state, acc, unit, data):
+        idx, valid = unit
+        state, acc = self._fn(state, acc, *self._data, idx, valid)
+        return state, acc, int(valid.sum())
+
+
+def scan_units(order: np.ndarray, batch_size: int, chunk: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Split an epoch's order into scan chunks of ``chunk`` full batches (the last chunk padded
+    with skipped steps, so all chunks share one program) and a final partial batch."""
+    full = len(order) // batch_size
+    units = []
+    if full:
+        k = min(chunk, full)
+        n_chunks = math.ceil(full / k)
+        idx = np.zeros((n_chunks * k, batch_size), np.int32)
+        idx[:full] = order[: full * batch_size].reshape(full, batch_size)
+        valid = np.arange(n_chunks * k) < full
+        units += [(idx[c * k : (c + 1) * k], valid[c * k : (c + 1) * k]) for c in range(n_chunks)]
+    rest = order[full * batch_size :]
+    if len(rest):
+        units.append((rest[None, :].astype(np.int32), np.ones(1, bool)))
+    return units
+
+
+def choose_strategy(devices: int | str | Sequence[Any] | None, batch_size: int, state: TrainState | None = None,
+                    data_on_device: bool | None = None) -> Strategy:
+    """The one place a strategy is chosen (see the module docstring).
+
+    ``devices="auto"``: on CPU, :class:`Parts` over the local CPU devices, unless the model has
+    batch statistics (each part would normalise by its own: :class:`SingleDevice` keeps Keras's
+    whole-batch statistics); on an accelerator one device, the data resident. ``None``: one
+    device. "all", a count or a list: :class:`Mesh` (one device: :class:`SingleDevice`).
+    ``data_on_device`` forces the resident strategy on or off.
+    """
+    place = placement(devices)
+    if batch_size % place.size:
+        raise ConfigError(f"batch_size {batch_size} does not divide over {place.size} devices; use a multiple of {place.size}")
+    on_cpu = place.devices[0].platform == "cpu"
+    if data_on_device is None:
+        data_on_device = not on_cpu
+    if data_on_device:
+        return Resident(place)
+    if place.size > 1:
+        return Mesh(place)
+    has_stats = state is not None and bool(jax.tree.leaves(state.batch_stats))
+    if devices == "auto" and on_cpu and jax.process_count() == 1 and not has_stats:
+        return Parts(jax.local_devices())
+    return SingleDevice(place.devices[0])

@@ -1,0 +1,302 @@
+"""One engine, any model: every execution strategy trains, evaluates, predicts and exports the
+report's models and models the report never had (dropout without BatchNorm, BatchNorm with
+dropout, no ``train`` argument, a softmax output, Flax NNX), and gives the same history on any
+number of CPU devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import jaxcnn
+from jaxcnn import checkpoint, layers, train
+from jaxcnn.errors import CheckpointError, ConfigError
+
+
+class DropNoBN(nn.Module):
+    """flax's own Dropout, no BatchNorm."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(nn.Conv(4, (3, 3), strides=2)(x))
+        x = nn.Dropout(0.3, deterministic=not train)(x.reshape(x.shape[0], -1))
+        return nn.Dense(10)(x)
+
+
+class JaxcnnDrop(nn.Module):
+    """jaxcnn's Keras-style layers with dropout and L2."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = layers.Conv2D(4, 3, activation="relu", kernel_l2=0.01)(x)
+        x = layers.MaxPool2D(2)(x)
+        x = layers.Dropout(0.25)(layers.Flatten()(x), train=train)
+        return layers.Dense(10)(x)
+
+
+class BNDrop(nn.Module):
+    """BatchNorm with dropout."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(4, (3, 3), strides=2)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3)(x)
+        x = nn.Dropout(0.2, deterministic=not train)(nn.relu(x).reshape(x.shape[0], -1))
+        return nn.Dense(10)(x)
+
+
+class BNOnly(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.BatchNorm(use_running_average=not train)(nn.Conv(4, (3, 3), strides=2)(x))
+        return nn.Dense(10)(nn.relu(x).reshape(x.shape[0], -1))
+
+
+class NoTrain(nn.Module):
+    """No `train` argument at all."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (3, 3), strides=2)(x))
+        return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+class Softmax(nn.Module):
+    """Ends in a softmax, the Keras habit."""
+
+    @nn.compact
+    def __call__(self, x, training: bool = False):
+        x = nn.relu(nn.Conv(4, (3, 3), strides=2)(x))
+        return nn.softmax(nn.Dense(10)(x.reshape(x.shape[0], -1)))
+
+
+class NNXNet(nnx.Module):
+    """A Flax NNX module with dropout and BatchNorm."""
+
+    def __init__(self, channels: int = 1, *, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(channels, 4, (3, 3), strides=2, rngs=rngs)
+        self.bn = nnx.BatchNorm(4, rngs=rngs)
+        self.drop = nnx.Dropout(0.2, rngs=rngs)
+        self.out = nnx.Linear(4 * 14 * 14, 10, rngs=rngs)
+
+    def __call__(self, x):
+        x = self.drop(nnx.relu(self.bn(self.conv(x))))
+        return self.out(x.reshape(x.shape[0], -1))
+
+
+class NNXDrop(nnx.Module):
+    """NNX with dropout and no BatchNorm (so it trains on the parts strategy)."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(1, 4, (3, 3), strides=2, rngs=rngs)
+        self.drop = nnx.Dropout(0.3, rngs=rngs)
+        self.out = nnx.Linear(4 * 14 * 14, 10, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(self.drop(nnx.relu(self.conv(x))).reshape(x.shape[0], -1))
+
+
+CUSTOM = {
+    "dropout": DropNoBN, "jaxcnn_dropout": JaxcnnDrop, "bn_dropout": BNDrop, "bn": BNOnly,
+    "no_train_arg": NoTrain, "softmax": Softmax,
+    "nnx_bn_dropout": lambda: NNXNet(rngs=nnx.Rngs(0)), "nnx_dropout": lambda: NNXDrop(rngs=nnx.Rngs(0)),
+}
+STRATEGIES = {
+    "single": dict(devices=None),
+    "parts": dict(devices="auto"),
+    "mesh": dict(devices="all"),
+    "resident": dict(devices=None, data_on_device=True),
+}
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    ds = jaxcnn.data.load("mnist")
+    return jaxcnn.data.to_float(ds.x_train[:96]), ds.y_train[:96]
+
+
+def _fit(model, x, y, **kw):
+    args = dict(epochs=2, batch_size=16, validation_split=0.25, verbose=0, seed=4, optimizer="sgd", learning_rate=0.05)
+    return jaxcnn.fit(model, x, y, **{**args, **kw})
+
+
+@pytest.mark.parametrize("name", list(CUSTOM))
+def test_every_strategy_equals_the_single_device_step(mnist, name):
+    """Batches of 16 are one part each, so even dropout draws the same masks on every strategy."""
+    x, y = mnist
+    base = _fit(CUSTOM[name](), x, y, **STRATEGIES["single"])
+    assert np.isfinite(base.history["loss"]).all() and base.history["loss"][-1] < base.history["loss"][0] * 1.2
+    for strategy in ("parts", "mesh", "resident"):
+        other = _fit(CUSTOM[name](), x, y, **STRATEGIES[strategy])
+        for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            np.testing.assert_allclose(other.history[k], base.history[k], rtol=2e-4, atol=1e-5, err_msg=f"{strategy} {k}")
+    ev = jaxcnn.evaluate(base.state, x, y)
+    assert set(ev) == {"loss", "accuracy"} and np.isfinite(ev["loss"])
+    probs = jaxcnn.predict(base.state, x[:5], output="probs")
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    assert (jaxcnn.predict(base.state, x[:5], output="classes") == probs.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("name", jaxcnn.models.MODELS)
+def test_every_strategy_trains_the_registry_models(name):
+    shape = jaxcnn.models.input_shape(name)
+    rng = np.random.default_rng(0)
+    x = rng.random((16, *shape), np.float32)
+    y = rng.integers(0, 10, 16)
+    kw = {"kernel_size": 3} if name == "search_cnn" else {}
+    results = {s: jaxcnn.fit(jaxcnn.get_model(name, **kw), x, y, epochs=1, batch_size=8, verbose=0, optimizer="sgd", **a)
+               for s, a in STRATEGIES.items()}
+    for s, r in results.items():
+        np.testing.assert_allclose(r.history["loss"], results["single"].history["loss"], rtol=2e-4, err_msg=s)
+        assert np.isfinite(jaxcnn.evaluate(r.state, x, y)["loss"])
+
+
+def test_softmax_outputs_are_never_softmaxed_twice(mnist):
+    x, y = mnist
+    state, history = _fit(Softmax(), x, y)
+    assert state.loss.from_logits is False and state.outputs_are_probs
+    out = jaxcnn.predict(state, x[:8], output="logits")  # the raw outputs: already probabilities
+    np.testing.assert_allclose(jaxcnn.predict(state, x[:8], output="probs"), out, rtol=1e-6)
+    # The loss is -log p of the softmax output (Keras's from_logits=False), not of softmax(p).
+    p = np.clip(out / out.sum(-1, keepdims=True), 1e-7, 1 - 1e-7)
+    want = float(np.mean(-np.log(p[np.arange(8), y[:8]])))
+    assert abs(jaxcnn.evaluate(state, x[:8], y[:8])["loss"] - want) < 1e-5
+    with pytest.raises(ConfigError, match=r"outputs are probabilities \(a softmax output\) but the loss has from_logits=True"):
+        _fit(Softmax(), x, y, loss="sparse_categorical_crossentropy", from_logits=True)
+    with pytest.raises(ConfigError, match="outputs are logits .* from_logits=False"):
+        _fit(DropNoBN(), x, y, from_logits=False)
+
+
+def test_a_module_that_breaks_the_contract_gets_a_clear_error(mnist):
+    x, y = mnist
+
+    class TwoInputs(nn.Module):
+        @nn.compact
+        def __call__(self, x, mask):
+            return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+    with pytest.raises(ConfigError, match=r"TwoInputs cannot be called as TwoInputs\(x\).*Bring your own model"):
+        jaxcnn.fit(TwoInputs(), x, y, verbose=0)
+    with pytest.raises(ConfigError, match=r"got the class DropNoBN, not a module; create one first, e.g. DropNoBN\(\)"):
+        jaxcnn.fit(DropNoBN, x, y, verbose=0)
+    with pytest.raises(ConfigError, match="expected a Flax module"):
+        jaxcnn.fit(lambda x: x, x, y, verbose=0)
+
+
+@pytest.mark.parametrize("name", ["dropout", "bn_dropout", "no_train_arg", "softmax", "nnx_bn_dropout"])
+def test_export_and_reload_any_module(mnist, tmp_path, name):
+    x, y = mnist
+    model = CUSTOM[name]()
+    state, _ = _fit(model, x, y, optimizer="adam", learning_rate=0.002)
+    checkpoint.export(tmp_path, state)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["module"].startswith("test_engine:") and meta["optimizer"] == {"name": "adam", "learning_rate": 0.002}
+    reloaded = checkpoint.load_state(tmp_path)
+    np.testing.assert_allclose(jaxcnn.predict(reloaded, x[:8]), jaxcnn.predict(state, x[:8]), rtol=1e-5, atol=1e-6)
+    assert reloaded.optimizer_spec == state.optimizer_spec and reloaded.loss == state.loss
+
+
+def test_export_of_registry_models_records_the_name(tmp_path, mnist):
+    x, y = mnist
+    state, _ = _fit(jaxcnn.get_model("search_cnn", kernel_size=5, weight_decay=0.01), x, y, epochs=1)
+    checkpoint.export(tmp_path / "a", state)
+    meta = json.loads((tmp_path / "a" / "model.json").read_text())
+    assert meta["model"] == "search_cnn" and meta["model_kwargs"] == {"kernel_size": 5, "weight_decay": 0.01}
+    with pytest.raises(ConfigError, match="'my_cnn' is not a registered model"):
+        checkpoint.export(tmp_path / "b", state, model_name="my_cnn")
+    assert not (tmp_path / "b").exists()
+
+
+def test_reload_of_a_module_that_cannot_be_imported_names_the_fix(tmp_path, mnist):
+    x, y = mnist
+    state, _ = _fit(DropNoBN(), x, y, epochs=1)
+    checkpoint.export(tmp_path, state)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    meta["module"] = "no_such_package.models:MyCNN"
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"exported from no_such_package.models:MyCNN, which cannot be imported here; .*model=\.\.\."):
+        checkpoint.load_state(tmp_path)
+    reloaded = checkpoint.load_state(tmp_path, model=DropNoBN())
+    np.testing.assert_allclose(jaxcnn.predict(reloaded, x[:4]), jaxcnn.predict(state, x[:4]), rtol=1e-5)
+
+
+def test_resume_belongs_to_fit_whatever_the_callback_order(mnist, tmp_path):
+    """A run stopped after epoch 2 and resumed with fit(checkpoint_dir, resume=True) ends as one
+    never interrupted: state, history and the callbacks' state (EarlyStopping first here)."""
+    x, y = mnist
+    cbs = lambda: [jaxcnn.EarlyStopping(patience=10), jaxcnn.LearningRateScheduler(lambda e, lr: lr * 0.9)]  # noqa: E731
+    full = _fit(DropNoBN(), x, y, epochs=4, callbacks=cbs(), devices="auto")
+    _fit(DropNoBN(), x, y, epochs=2, callbacks=cbs(), checkpoint_dir=tmp_path / "ck")
+    with pytest.raises(ConfigError, match="already holds checkpoints; pass resume=True"):
+        _fit(DropNoBN(), x, y, epochs=4, callbacks=cbs(), checkpoint_dir=tmp_path / "ck")
+    resumed = _fit(DropNoBN(), x, y, epochs=4, callbacks=cbs(), checkpoint_dir=tmp_path / "ck", resume=True)
+    assert resumed.history.epoch == [0, 1, 2, 3]
+    for k in ("loss", "val_loss", "learning_rate"):
+        np.testing.assert_array_equal(resumed.history[k], full.history[k])
+    for a, b in zip(jax.tree.leaves(resumed.state.params), jax.tree.leaves(full.state.params)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ConfigError, match="the training data differ from the run that wrote it"):
+        _fit(DropNoBN(), x[::-1], y[::-1], epochs=5, callbacks=cbs(), checkpoint_dir=tmp_path / "ck", resume=True)
+    with pytest.raises(ConfigError, match="batch_size=8 differs from 16"):
+        _fit(DropNoBN(), x, y, epochs=5, batch_size=8, callbacks=cbs(), checkpoint_dir=tmp_path / "ck", resume=True)
+
+
+def test_training_error_declares_its_state_and_history(mnist):
+    x, y = mnist
+    with pytest.raises(jaxcnn.errors.TrainingError) as info:
+        _fit(DropNoBN(), x, y, learning_rate=1e30, epochs=3)
+    assert isinstance(info.value.state, train.TrainState)
+    assert isinstance(info.value.history, train.History)
+    assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(info.value.state.params))
+
+
+def test_importing_jaxcnn_registers_no_compile_listener():
+    code = "import jax.monitoring as m, jaxcnn; print(len(m.get_event_duration_listeners()))"
+    env = {**os.environ, "JAXCNN_CPU_DEVICES": "1"}
+    base = "import jax.monitoring as m; print(len(m.get_event_duration_listeners()))"
+    run = lambda c: subprocess.run([sys.executable, "-c", c], capture_output=True, text=True, env=env, check=True).stdout  # noqa: E731
+    assert run(code) == run(base)
+
+
+_SAME_ON_ANY_MACHINE = r"""
+import json, sys
+import flax.linen as nn
+import jaxcnn
+from jaxcnn import layers
+sys.path.insert(0, sys.argv[1])
+from test_engine import DropNoBN, JaxcnnDrop, BNDrop, BNOnly, NoTrain
+import jax
+ds = jaxcnn.data.load("mnist")
+x, y = jaxcnn.data.to_float(ds.x_train[:480]), ds.y_train[:480]
+out = {"devices": jax.local_device_count()}
+for name, cls in [("dropout", DropNoBN), ("jaxcnn_dropout", JaxcnnDrop), ("bn_dropout", BNDrop), ("bn", BNOnly), ("neither", NoTrain)]:
+    h = jaxcnn.fit(cls(), x, y, epochs=2, batch_size=128, validation_split=0.2, verbose=0, seed=7).history
+    out[name] = {k: h[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+print(json.dumps(out))
+"""
+
+
+def test_same_seed_same_history_on_1_2_and_4_cpu_devices(tmp_path):
+    """Batches are cut by their size alone, so 1, 2 or 4 CPU devices give one history (the
+    devices take turns at the parts; device 0 sums the gradients in the same order)."""
+    here = os.path.dirname(__file__)
+    runs = {}
+    for n in (1, 2, 4):
+        env = {**os.environ, "JAXCNN_CPU_DEVICES": str(n)}
+        env.pop("XLA_FLAGS", None)
+        proc = subprocess.run([sys.executable, "-c", _SAME_ON_ANY_MACHINE, here], capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert runs[n]["devices"] == n
+    for n in (2, 4):
+        for model in ("dropout", "jaxcnn_dropout", "bn_dropout", "bn", "neither"):
+            for k, v in runs[1][model].items():
+                np.testing.assert_allclose(runs[n][model][k], v, rtol=1e-5, atol=1e-6, err_msg=f"{n} devices, {model}, {k}")
