@@ -127,7 +127,7 @@ def test_resume_after_an_edited_history_is_a_one_line_error(tmp_path):
     """A real --resume: the run's checkpoint history is edited by hand, the resume refuses it and
     leaves every file as it was."""
     out = tmp_path / "run"
-    args = ["--limit", "256", "--batch-size", "64", "--verbose", "0", "--out", str(out)]
+    args = ["--limit", "160", "--batch-size", "32", "--verbose", "0", "--out", str(out)]
     mnist.main([*args, "--epochs", "1"])  # in-process: shares this session's compiled steps
     _edit_meta(out / "checkpoints", 1, lambda m: m["history"]["history"]["val_accuracy"].__setitem__(0, 0.99))
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -147,7 +147,7 @@ BAD_MODEL_JSON = {
     'input_shape "abc"': (lambda meta: {**meta, "input_shape": "abc"}, r"input_shape must be \[height, width, channels\], got 'abc'"),
     "input_shape of two": (lambda meta: {**meta, "input_shape": [28, 28]}, r"input_shape must be \[height, width, channels\], got \[28, 28\]"),
     "model a number": (lambda meta: {**meta, "model": 5}, r"model must be a name and model_kwargs a JSON object, got 5 and \{\}"),
-    "no model": (lambda meta: {k: v for k, v in meta.items() if k != "model"}, r"'model'"),
+    "no model": (lambda meta: {k: v for k, v in meta.items() if k != "model"}, r"it names neither a registered model nor an importable module:Class"),
 }
 
 
