@@ -348,17 +348,14 @@ def max_pool(x: Array, pool_size: int | Sequence[int] = 2, strides: int | Sequen
         raise ShapeError(
             f"pool {ph}x{pw} does not fit its {h}x{w} input; use a smaller pool_size or remove a layer"
         )
-    if (ph, pw) != (sh, sw):
-        y = nn.max_pool(x, (ph, pw), strides=(sh, sw), padding="VALID")
-        if not jnp.issubdtype(x.dtype, jnp.inexact):
-            return y
-        nan = nn.max_pool(jnp.isnan(x).astype(x.dtype), (ph, pw), strides=(sh, sw), padding="VALID") > 0
-        return jnp.where(nan, jnp.asarray(jnp.nan, x.dtype), y)
+    if (ph, pw) != (sh, sw):  # overlapping windows: XLA keeps NaN here (not handed to YNNPACK)
+        return nn.max_pool(x, (ph, pw), strides=(sh, sw), padding="VALID")
     oh, ow = h // ph, w // pw
     windows = x[:, : oh * ph, : ow * pw, :].reshape(n, oh, ph, ow, pw, c)
-    # XLA:CPU hands large max-reductions (4,096 elements and up) to YNNPACK, whose max ignores
-    # NaN: a window of NaN gives -inf, a window with one NaN its largest number, and a ReLU fused
-    # in front turns NaN into 0. NumPy, eager Keras and small inputs give NaN, so say it here.
+    # XLA:CPU hands large max-reductions (4,096 elements and up, and reduce_window with
+    # non-overlapping windows) to YNNPACK, whose max ignores NaN: a window of NaN gives -inf, a
+    # window with one NaN its largest number, and a ReLU fused in front turns NaN into 0. NumPy
+    # and small inputs give NaN, so say it here (docs/errors.md, "Finite inputs").
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         return jnp.max(windows, axis=(2, 4))
     nan = jnp.any(jnp.isnan(windows), axis=(2, 4))

@@ -101,16 +101,18 @@ def test_jitted_mnist_cnn_keeps_a_nan_pixel_nan_as_eager_does():
 
 
 class _DropoutPoolNet(nn.Module):
-    """A user's model: overlapping 3x3/2 pooling (the reduce_window path), dropout, no BatchNorm."""
+    """A user's model: a plain ReLU, 2x2 pooling, dropout, no BatchNorm."""
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = nn.relu(layers.Conv2D(8, 3)(x))
-        x = layers.MaxPool2D(3, strides=2)(x)
+        x = layers.MaxPool2D(2)(x)
         x = layers.Dropout(0.5)(x, train=train)
         return layers.Dense(10)(layers.Flatten()(x))
 
 
+# The first case failed before the fix; overlapping windows (lax.reduce_window, which XLA keeps
+# for itself) and small inputs kept NaN all along and pin that they still do.
 @pytest.mark.parametrize("shape, pool, strides", [((2, 26, 26, 32), 2, None), ((2, 26, 26, 32), 3, 2), ((1, 6, 6, 2), 2, None)])
 def test_max_pool_gives_nan_for_a_window_with_nan_like_numpy(shape, pool, strides):
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
@@ -124,7 +126,7 @@ def test_max_pool_gives_nan_for_a_window_with_nan_like_numpy(shape, pool, stride
     np.testing.assert_array_equal(out[~np.isnan(out)], want[~np.isnan(want)])
 
 
-def test_a_users_model_with_overlapping_pool_and_dropout_keeps_nan_under_jit():
+def test_a_users_model_with_pool_and_dropout_keeps_nan_under_jit():
     model = _DropoutPoolNet()
     x = np.random.default_rng(2).random((2, 20, 20, 1)).astype(np.float32)  # 2x18x18x8 = 5,184 pooled values
     variables = model.init(jax.random.key(0), x)
