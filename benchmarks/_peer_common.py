@@ -39,12 +39,12 @@ PROCESS_START = time.perf_counter()
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a peer needs to know about one of the SPEC's models."""
+    """What a peer needs to know about one of the assignment's models."""
 
     input_shape: tuple[int, int, int]  # (H, W, C), channels last as in Keras
     n_train: int  # examples per epoch in the real run (MNIST 48,000 after validation_split 0.2)
-    params: int  # exact trainable parameter count from SPEC.md
-    batch_size: int  # the batch size the SPEC trains it with
+    params: int  # exact trainable parameter count from docs/assignment.md
+    batch_size: int  # the batch size the assignment trains it with
     default_steps: int  # timed steps when --steps is not given
 
 
@@ -63,7 +63,7 @@ def parse_args(framework: str, argv: list[str] | None = None) -> argparse.Namesp
     )
     p.add_argument("--model", choices=sorted(MODELS), default="mnist_cnn")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="default: the SPEC's batch size for the model (mnist_cnn 128, cifar_cnn3 512)")
+                   help="default: the assignment's batch size for the model (mnist_cnn 128, cifar_cnn3 512)")
     p.add_argument("--steps", type=int, default=None,
                    help="timed steps after warm-up (default: mnist_cnn 200, cifar_cnn3 20)")
     p.add_argument("--warmup", type=int, default=5,
@@ -119,7 +119,7 @@ def finish(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
     if result["params"] != info.params:
         raise SystemExit(
             f"{result['framework']} {args.model}: {result['params']:,} parameters, "
-            f"SPEC.md says {info.params:,}"
+            f"docs/assignment.md says {info.params:,}"
         )
     out = {
         "model": args.model,

@@ -3,7 +3,7 @@
     python benchmarks/keras_mnist_experiment.py --json keras_mnist.json
     python benchmarks/keras_mnist_experiment.py --epochs 1 --limit 2000   # quick check
 
-As in the report (SPEC.md, 1.1 to 1.4): the bundled MNIST (jaxcnn/_data/mnist.npz), pixels / 255,
+As in the report (docs/assignment.md, tasks 1.1 to 1.4): the bundled MNIST (jaxcnn/_data/mnist.npz), pixels / 255,
 mnist_cnn, RMSprop(learning_rate=0.001) with Keras defaults otherwise, sparse categorical
 cross-entropy from logits with accuracy, 10 epochs, batch 128, validation_split 0.2 (Keras takes
 the last 20% of the training arrays, before shuffling), EarlyStopping(monitor="val_loss",
@@ -81,7 +81,7 @@ def main() -> None:
     model = build_model("mnist_cnn", keras, (28, 28, 1))
     params = model.count_params()
     if params != MNIST_PARAMS:
-        raise SystemExit(f"mnist_cnn has {params:,} parameters, SPEC.md says {MNIST_PARAMS:,}")
+        raise SystemExit(f"mnist_cnn has {params:,} parameters, docs/assignment.md says {MNIST_PARAMS:,}")
     model.compile(
         optimizer=keras.optimizers.RMSprop(learning_rate=1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -1,4 +1,4 @@
-"""jaxcnn peer: the SPEC's mnist_cnn / cifar_cnn3 trained on random data, timed.
+"""jaxcnn peer: the assignment's mnist_cnn / cifar_cnn3 trained on random data, timed.
 
     python benchmarks/peer_jaxcnn.py --model mnist_cnn --steps 200 --warmup 5 --json j.json
 

@@ -1,4 +1,4 @@
-"""Keras 3 on its JAX backend: the SPEC's mnist_cnn / cifar_cnn3 trained on random data, timed.
+"""Keras 3 on its JAX backend: the assignment's mnist_cnn / cifar_cnn3 trained on random data, timed.
 
     python benchmarks/peer_keras.py --model mnist_cnn --steps 200 --warmup 5 --json k.json
 

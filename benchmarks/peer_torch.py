@@ -1,4 +1,4 @@
-"""PyTorch (CPU) peer: the SPEC's mnist_cnn / cifar_cnn3 trained on random data, timed.
+"""PyTorch (CPU) peer: the assignment's mnist_cnn / cifar_cnn3 trained on random data, timed.
 
     python benchmarks/peer_torch.py --model mnist_cnn --steps 200 --warmup 5 --threads 2 --json t.json
 

@@ -51,7 +51,7 @@ def parse_args() -> argparse.Namespace:
                    help="timed steps (default: each peer's, mnist_cnn 200, cifar_cnn3 20)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 5)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="override the SPEC's batch size (mnist_cnn 128, cifar_cnn3 512)")
+                   help="override the assignment's batch size (mnist_cnn 128, cifar_cnn3 512)")
     p.add_argument("--threads", type=int, default=None,
                    help="passed to every peer; only torch uses it (torch.set_num_threads)")
     p.add_argument("--repeat", type=int, default=1,

@@ -45,11 +45,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Any
 
-from experiments.common import MODEL_HELP, RunConfig, build_parser, config_from_args, main_guard, parse_args, run, save_figure
+from experiments.common import cli, MODEL_HELP, RunConfig, build_parser, config_from_args, main_guard, parse_args, run, save_figure
 
 # The report's Figure 4 shows training images x_train[13] and x_train[37] (R, 1-based).
 FIGURE4_INDICES: tuple[int, ...] = (12, 36)
@@ -89,6 +88,10 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
         "--model", default="1",
         help=f"1, 2, 3 or 4: the report's CIFAR-10 CNNs (default %(default)s); or {MODEL_HELP}, trained with CNN 1's settings",
     )
+    parser.add_argument(
+        "--augment", action="store_true", default=defaults.augment,
+        help="augment the training images: random left-right flips and shifts of up to 10%% (jaxcnn.augment; evaluation sees them unchanged)",
+    )
     args, explicit = parse_args(parser, argv)
     return config_from_args(args, defaults, explicit, convert={"model": _model_name})
 
@@ -115,4 +118,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(main_guard(main, None))
+    cli(main)

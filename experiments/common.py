@@ -4,8 +4,10 @@ An experiment module (``experiments/mnist.py``, ``experiments/cifar10.py``) is a
 :class:`RunConfig` plus a call to :func:`main`. A run writes, into its run directory:
 
 config.json, summary.txt, digits.png (first training images with labels), history.json,
-history.csv, history.png (loss and accuracy per epoch, best epoch marked), predictions.png
-("Actual: 7, Predicted: 7" on test images), metrics.json (test loss and accuracy, epochs run, best
+history.csv, history.png (loss and accuracy per epoch, best epoch marked, the learning rate when
+it changed), predictions.png ("Actual: 7, Predicted: 7" on test images, wrong ones in red),
+mistakes.png (wrong test predictions with their confidence), confusion.png (the test set's
+confusion matrix), metrics.json (test loss and accuracy, epochs run, best
 epoch, wall time), and model/ (params.msgpack + model.json, reloaded by
 ``python -m experiments.predict``), and checkpoints/ (orbax, once an epoch, the latest and the best
 by val_loss: the whole training state, the history so far and the callbacks' state).
@@ -96,6 +98,8 @@ class RunConfig:
     coordinator: str | None = None  # multi-process: "host:port" of process 0, or "auto" (SLURM, MPI...)
     num_processes: int | None = None  # multi-process: how many processes in all
     process_id: int | None = None  # multi-process: this process's rank, 0..num_processes-1
+    tensorboard: str | None = None  # --tensorboard DIR: TensorBoard event files (DIR/train, DIR/validation)
+    augment: bool = False  # cifar10 --augment: random flips and shifts of the training images (jaxcnn.augment)
 
 
 def _compute_dtype(config: RunConfig) -> dict[str, Any]:
@@ -138,6 +142,7 @@ def build_parser(description: str, defaults: RunConfig, *, model_and_dataset: bo
     p.add_argument("--coordinator", default=None, help="multi-process: host:port of process 0, or 'auto' (default $JAXCNN_COORDINATOR)")
     p.add_argument("--num-processes", type=int, default=None, help="multi-process: number of processes (default $JAXCNN_NUM_PROCESSES)")
     p.add_argument("--process-id", type=int, default=None, help="multi-process: this process's rank (default $JAXCNN_PROCESS_ID)")
+    p.add_argument("--tensorboard", metavar="DIR", default=defaults.tensorboard, help="write TensorBoard logs to DIR (view with: tensorboard --logdir DIR)")
     return p
 
 
@@ -395,7 +400,10 @@ def export_model(directory: Path, state: Any, config: RunConfig, **kwargs: Any) 
     from jaxcnn import checkpoint
 
     try:
-        checkpoint.export(directory, state, config.model, config.model_kwargs)
+        if ":" in config.model:  # the module's own class and attributes are recorded
+            checkpoint.export(directory, state)
+        else:
+            checkpoint.export(directory, state, config.model, config.model_kwargs)
     except OSError as e:
         for tmp in directory.glob("*.tmp"):
             tmp.unlink(missing_ok=True)
@@ -410,6 +418,10 @@ def _callbacks(config: RunConfig) -> list[Any]:
         cbs.append(EarlyStopping(monitor="val_loss", patience=config.patience, verbose=1 if config.verbose else 0))
     if config.lr_schedule_after is not None:
         cbs.append(LearningRateScheduler(keep_then_decay(config.lr_schedule_after, 0.1)))
+    if config.tensorboard:
+        from jaxcnn.callbacks import TensorBoard
+
+        cbs.append(TensorBoard(config.tensorboard))
     return cbs
 
 
@@ -418,7 +430,7 @@ def _callbacks(config: RunConfig) -> list[Any]:
 #: (the data themselves must not: config.json holds their SHA-256).
 RESUME_MUST_MATCH = (
     "dataset", "model", "model_kwargs", "optimizer", "learning_rate", "lr_decay", "lr_schedule_after",
-    "batch_size", "validation_split", "patience", "seed", "limit", "precision",
+    "batch_size", "validation_split", "patience", "seed", "limit", "precision", "augment",
 )
 
 MAX_SEED = 2**32 - 1
@@ -676,6 +688,10 @@ def run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) 
     say = print if config.verbose and primary else (lambda *a, **k: None)
     # Everything that can fail on bad input does so before the run directory is made.
     model = resolve_model(config.model, **config.model_kwargs, **_compute_dtype(config))
+    if config.augment:  # the layers share the model's scope: its parameters, export and reload are unchanged
+        from jaxcnn.augment import Augmented, cifar_augmentation
+
+        model = Augmented(model, cifar_augmentation())
     ds = data.load(config.dataset, config.data_dir)
     if config.limit is not None:
         ds = ds.limit(config.limit)
@@ -792,7 +808,11 @@ def run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) 
             raise
 
     # Every process computes (with several, each computation spans them all); process 0 writes.
-    hint = f"free some space or make {out} writable, then continue with --resume --out {out} (the checkpoints are kept)"
+    hint = (
+        f"free some space or make {out} writable, then continue with --resume --out {out} (the checkpoints are kept)"
+        if config.checkpoint
+        else f"free some space or make {out} writable, and run again (--no-checkpoint kept no checkpoint to resume from)"
+    )
     best = history.best_epoch("val_loss") if "val_loss" in history.history else history.epoch[-1]
     if primary:
         _write_history(out, history, hint=hint)
@@ -801,13 +821,16 @@ def run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) 
 
     test = jaxcnn.evaluate(state, x_test, y_test, batch_size=max(config.batch_size, 256))
     shown = np.arange(min(9, len(x_test)))
-    predicted = jaxcnn.predict(state, x_test[shown], output="classes")
+    probs = jaxcnn.predict(state, x_test, output="probs")
+    predicted = probs[shown].argmax(-1)
     if primary:
         save_figure(
             plots.labelled_images(ds.x_test, y_test, shown, predicted=predicted, class_names=names),
             out / "predictions.png",
             hint=hint,
         )
+        save_figure(plots.predictions(ds.x_test, y_test, probs, only_mistakes=True, class_names=names), out / "mistakes.png", hint=hint)
+        save_figure(plots.confusion_matrix(y_test, probs, class_names=names, num_classes=probs.shape[-1]), out / "confusion.png", hint=hint)
         if after is not None:
             after(ds, out)
     per_epoch = history.history["time_s"]
@@ -855,3 +878,16 @@ def main_guard(fn: Callable[[list[str] | None], Any], argv: list[str] | None) ->
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     return 0
+
+
+def cli(fn: Callable[[list[str] | None], Any]) -> None:
+    """The ``__main__`` entry of an experiment: :func:`main_guard` on the command line, then exit.
+    After an error or Ctrl-C the process ends at once (``os._exit``, streams flushed): tensorstore
+    threads of a failed orbax read would otherwise print "Event loop is closed" tracebacks during
+    interpreter shutdown, after the one-line message."""
+    code = main_guard(fn, None)
+    if code:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

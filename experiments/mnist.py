@@ -21,9 +21,8 @@ experiments/common.py).
 from __future__ import annotations
 
 import dataclasses
-import sys
 
-from experiments.common import RunConfig, build_parser, config_from_args, main_guard, parse_args, run
+from experiments.common import cli, RunConfig, build_parser, config_from_args, main_guard, parse_args, run
 
 DEFAULTS = RunConfig(name="mnist", dataset="mnist", model="mnist_cnn")
 
@@ -41,4 +40,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main_guard(main, None))
+    cli(main)

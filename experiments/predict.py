@@ -17,10 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
-from experiments.common import config_from_json, main_guard, save_figure, validate_output_path
+from experiments.common import cli, config_from_json, main_guard, save_figure, validate_output_path
 from jaxcnn.errors import CheckpointError, ConfigError
 
 
@@ -90,4 +89,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main_guard(main, None))
+    cli(main)

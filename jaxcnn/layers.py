@@ -8,7 +8,7 @@ the layers' outputs in ``tests/test_keras_parity.py`` (``test_layer_matches_kera
 
 * :class:`MaxPool2D` uses reshape-and-max for non-overlapping windows. Its gradient is an
   elementwise compare instead of XLA's select-and-scatter, which on CPU took half of the MNIST
-  CNN's train step (see PERF-NOTES.md). Values are identical; gradients are identical wherever the
+  CNN's train step (see docs/cpu.md). Values are identical; gradients are identical wherever the
   window maximum is unique.
 * :class:`Conv2D` computes, on CPU, the input gradient of a convolution whose output is no larger
   than its kernel as a matmul and a sum of shifted slices (:func:`conv2d`). XLA's CPU convolution

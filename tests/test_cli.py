@@ -1,0 +1,113 @@
+"""The experiments as a user runs them, in real subprocesses: Ctrl-C and ``--resume --out RUN``
+alone (issue 15), orbax's noise after a correct error and bad environment variables (issue 17:
+12, 13). A full or read-only disk: tests/test_mnist_experiment.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["--limit", "2000", "--epochs", "3", "--verbose", "0"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "JAXCNN_OFFLINE": "1", "MPLBACKEND": "Agg", **extra}
+
+
+def _start(args: list[str], **env: str) -> subprocess.Popen:
+    # SIG_DFL: a test runner started in the background may ignore SIGINT, and Python keeps that.
+    return subprocess.Popen(
+        [sys.executable, "-m", "experiments.mnist", *args], cwd=ROOT, env=_env(**env), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def _run(args: list[str], module: str = "experiments.mnist", **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=_env(**env), text=True,
+                          capture_output=True, timeout=600)
+
+
+def _history(run: Path) -> dict[str, list[float]]:
+    h = json.loads((run / "history.json").read_text())["history"]
+    return {k: h[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")}
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """A run stopped by SIGINT once its first checkpoint exists, then resumed with
+    ``--resume --out RUN`` alone; and the same run never interrupted."""
+    tmp = tmp_path_factory.mktemp("ctrl-c")
+    run, reference = tmp / "run", tmp / "reference"
+    ref = _start([*QUICK, "--out", str(reference)])  # alongside, to save wall time
+    proc = _start([*QUICK, "--out", str(run)])
+    deadline = time.monotonic() + 500
+    while not (run / "checkpoints" / "1").is_dir() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    stopped = (proc.returncode, err, sorted(p.name for p in (run / "checkpoints").iterdir()))
+    resumed = _run(["--resume", "--out", str(run)])
+    _, ref_err = ref.communicate(timeout=600)
+    assert ref.returncode == 0, ref_err
+    return run, reference, stopped, resumed
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_with_one_line_and_status_130(interrupted):
+    run, _, (rc, err, checkpoints), _ = interrupted
+    assert rc == 130, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    done = int(checkpoints[-1])
+    assert done in (1, 2), checkpoints  # the signal came once the first checkpoint was on disk
+    assert err.strip() == (
+        f"interrupted: the checkpoint after epoch {done} is in {run / 'checkpoints'}; "
+        f"continue with: python -m experiments.mnist --resume --out {run}"
+    )
+
+
+@pytest.mark.slow
+def test_resume_alone_ends_as_the_uninterrupted_run(interrupted):
+    """Bit-identical, not merely close: the resumed process restores the state bit for bit, and
+    the data order and dropout keys derive from (seed, epoch), so it runs the same compiled
+    programs on the same inputs on the same devices as the uninterrupted one."""
+    run, reference, _, resumed = interrupted
+    assert resumed.returncode == 0, resumed.stderr
+    assert _history(run) == _history(reference)
+    assert (run / "model" / "params.msgpack").read_bytes() == (reference / "model" / "params.msgpack").read_bytes()
+    config, ref_config = (json.loads((d / "config.json").read_text()) for d in (run, reference))
+    assert config["resume"] is True and {**config, "resume": False, "out": None} == {**ref_config, "out": None}
+
+
+@pytest.mark.slow
+def test_a_corrupt_checkpoint_gives_one_line_and_no_orbax_noise(interrupted, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(interrupted[1], run)
+    latest = max((run / "checkpoints").iterdir(), key=lambda p: int(p.name))
+    shutil.rmtree(latest / "state" / "ocdbt.process_0")  # orbax then fails inside tensorstore
+    proc = _run(["--resume", "--out", str(run), "--epochs", "4"])
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if not line.startswith("ERROR:absl")]
+    assert len(lines) == 1 and lines[0].startswith(f"error: checkpoint {latest} "), proc.stderr
+    assert "Event loop is closed" not in proc.stderr
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"JAXCNN_CPU_DEVICES": "abc"}, "error: JAXCNN_CPU_DEVICES must be a whole number of CPU devices, got 'abc'"),
+    ({"JAXCNN_PART_SIZE": "abc"}, "error: JAXCNN_PART_SIZE must be a positive whole number, got 'abc'"),
+    ({"MPLBACKEND": "nosuchbackend"}, "error: MPLBACKEND='nosuchbackend' is not a matplotlib backend"),
+])
+def test_bad_environment_variables_are_one_line(tmp_path, env, message):
+    out = tmp_path / "never-made"
+    proc = _run(["--limit", "100", "--out", str(out)], **env)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(message) and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not out.exists()
