@@ -38,7 +38,6 @@ import inspect
 import math
 import re
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax

@@ -76,13 +76,30 @@ def labelled_images(
     ncols: int = 3,
 ) -> Figure:
     """Images at ``indices`` titled with their label (report Figure 1), or with
-    "Actual: 7, Predicted: 7" when ``predicted`` (aligned with ``images``) is given."""
+    "Actual: 7, Predicted: 7" when ``predicted`` (aligned with ``images``) is given, the wrong
+    ones in red with a red frame (see :func:`predictions` for confidences and mistakes only)."""
     indices = list(indices)
     if predicted is None:
         titles = [_label(labels[i], class_names) for i in indices]
     else:
         titles = [f"Actual: {_label(labels[i], class_names)}, Predicted: {_label(predicted[i], class_names)}" for i in indices]
-    return image_grid(np.asarray(images)[indices], titles, ncols=ncols, size=2.6 if predicted is None else 3.0)
+    fig = image_grid(np.asarray(images)[indices], titles, ncols=ncols, size=2.6 if predicted is None else 3.0)
+    if predicted is not None:
+        _mark_wrong([ax for ax in fig.axes if ax.images], [int(predicted[i]) != int(labels[i]) for i in indices])
+    return fig
+
+
+def _mark_wrong(axes: Sequence[Any], wrong: Sequence[bool]) -> None:
+    """Red title and a red frame on the axes of wrong predictions."""
+    for ax, bad in zip(axes, wrong):
+        if not bad:
+            continue
+        ax.title.set_color("red")
+        ax.set_axis_on()
+        ax.set_xticks([]), ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_edgecolor("red")
+            spine.set_linewidth(3)
 
 
 def training_curves(
@@ -246,15 +263,7 @@ def predictions(
         head = f"{_label(p, class_names)} ({conf:.1f}%)"
         titles.append(head if p == t else f"{head}\ntrue: {_label(t, class_names)}")
     fig = image_grid(images[chosen], titles, ncols=ncols, size=2.6, suptitle=title or summary)
-    axes = [ax for ax in fig.axes if ax.images]
-    for ax, i in zip(axes, chosen):
-        if predicted[i] != labels[i]:
-            ax.title.set_color("red")
-            ax.set_axis_on()
-            ax.set_xticks([]), ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_edgecolor("red")
-                spine.set_linewidth(3)
+    _mark_wrong([ax for ax in fig.axes if ax.images], [bool(predicted[i] != labels[i]) for i in chosen])
     return fig
 
 

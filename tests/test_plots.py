@@ -86,3 +86,12 @@ def test_training_curves_show_the_learning_rate_when_it_changes():
     assert lr_ax.get_yscale() == "log"
     assert len(plots.training_curves({**base, "learning_rate": [0.001] * 3}, learning_rate=True).axes) == 3
     assert len(plots.training_curves(base).axes) == 2  # no rate logged: no panel
+
+
+def test_report_style_predictions_mark_the_wrong_ones(scripted):
+    images, labels, predicted, _, wrong = scripted
+    fig = plots.labelled_images(images, labels, range(9), predicted=predicted)
+    axes = [ax for ax in fig.axes if ax.images]
+    for i, ax in enumerate(axes):
+        assert ax.get_title() == f"Actual: {labels[i]}, Predicted: {predicted[i]}"
+        assert (ax.title.get_color() == "red") == (i in wrong)
