@@ -1,7 +1,10 @@
 """``python -m experiments.report``: the --quick report built once from a fresh directory and parsed
 (every section, table row and embedded image), reuse of finished runs, the CIFAR-10 sections with
 the data present (tiny files in the official binary format, runs reused), a failing task, the
-comparison rules, the reference values' own arithmetic, and a headless Chromium render."""
+comparison rules, the reference values' own arithmetic, and a headless Chromium render.
+
+Cost: the --quick report, built once for the module (about 75 s of CPU time on 2 cores, mostly
+compiling: the MNIST run and two search trials); everything else reuses it or takes a second."""
 
 from __future__ import annotations
 
@@ -120,6 +123,7 @@ def quick():
         yield result
 
 
+@pytest.mark.slow
 def test_quick_report_sections_tables_and_images(quick):
     index = json.loads((quick["html"].parent / "report-runs.json").read_text())
     assert quick["failed"] == 0, index
@@ -189,6 +193,7 @@ def test_quick_report_sections_tables_and_images(quick):
     assert manual["lax functions agree with plain-loop references"][1] == "yes"
 
 
+@pytest.mark.slow
 def test_markdown_twin_links_every_figure(quick):
     md = quick["markdown"].read_text()
     page = parse(quick["html"])
@@ -201,6 +206,7 @@ def test_markdown_twin_links_every_figure(quick):
     assert "| total parameters | 258,090 | 258,090 | match |" in md
 
 
+@pytest.mark.slow
 def test_finished_runs_are_found_again_and_other_settings_are_not(quick):
     out = quick["html"].parent
     for spec, result in zip(report.plan(quick=True), quick["results"]):
@@ -247,6 +253,7 @@ def fake_cifar_run(path: Path, spec: report.RunSpec, figures_from: Path, val_acc
             shutil.copy(figures_from / ("digits.png" if name == "figure4.png" else name), path / name)
 
 
+@pytest.mark.slow
 def test_cifar_sections_with_the_data_present(quick, tmp_path, monkeypatch, isolated_data):
     """With CIFAR-10 found and finished runs of every task to reuse, nothing trains and the
     CIFAR-10 sections fill in; a run missing a figure says so; two seeds show their spread."""
@@ -369,6 +376,7 @@ def test_reference_counts_add_up():
 # A real browser
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium (Debian's chromium) is not installed")
 def test_chromium_renders_the_report(quick, tmp_path):
     from matplotlib.image import imread
