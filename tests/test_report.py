@@ -395,3 +395,36 @@ def test_chromium_renders_the_report(quick, tmp_path):
     assert img.std() > 0.1
     # The figures are drawn too: the MNIST digits are large black squares.
     assert (img.mean(axis=2) < 0.1).mean() > 0.01
+
+
+def test_full_settings_rows_say_close_higher_or_lower(tmp_path):
+    """Runs at the report's settings (written here) are judged: within the tolerance 'close',
+    else 'higher'/'lower' with the difference; early stopping's epochs only differ."""
+    [mnist] = [s for s in report.plan(quick=False) if s.task == "mnist"]
+    [cnn3] = [s for s in report.plan(quick=False) if s.task == "cifar3"]
+    for spec, last, epochs_run, best_epoch in (
+        (mnist, {"val_accuracy": 0.988}, 10, 8),
+        (cnn3, {"loss": 0.70, "accuracy": 0.70, "val_loss": 0.9, "val_accuracy": 0.73}, 14, 9),
+    ):
+        path = tmp_path / spec.dirname
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps({"validation_split": 0.2 if spec is mnist else 0.0, **spec.expect}))
+        (path / "metrics.json").write_text(json.dumps({
+            "test_accuracy": 0.988, "test_loss": 0.04, "epochs_run": epochs_run, "best_epoch": best_epoch,
+            "wall_time_s": 60.0, "steady_epoch_time_s": 122.0, "last_epoch": last}))
+    rows = compare_rows({"tables": [
+        {"kind": b.kind, "rows": b.rows} for b in report.mnist_section(
+            [report.RunResult(mnist, tmp_path / mnist.dirname, "reused")], quick=False).blocks
+        if isinstance(b, report.Table)]})
+    assert rows["best epoch (lowest val_loss)"][3] == "differs (early stopping is noisy)"
+    assert rows["best epoch (lowest val_loss)"][4] == "+4"
+    assert rows["stopped early"][1] == "no"
+    sec = report.cifar_section(3, [report.RunResult(cnn3, tmp_path / cnn3.dirname, "reused")], False, "", "")
+    rows = compare_rows({"tables": [{"kind": b.kind, "rows": b.rows} for b in sec.blocks if isinstance(b, report.Table)]})
+    assert rows["last epoch's accuracy on the test split"][3:5] == ["close (within 0.02)", "+0.0070"]
+    assert rows["last epoch's training accuracy"][3:5] == ["lower", "-0.0688"]
+    assert rows["last epoch's training loss"][3] == "close (within 0.05)"
+    assert rows["last epoch's loss on the test split"][3:5] == ["higher", "+0.0818"]
+    assert rows["stopped early"][1].startswith("yes") and rows["stopped early"][2] == "yes"
+    assert "x2.00 of the original's" in rows["seconds per epoch"][5]
+    assert sec.headline == ("test-split accuracy 0.7300", "0.723")
