@@ -76,13 +76,12 @@ def test_empty_dataset(state, xy):
         jaxcnn.fit(state, x[:0], y[:0], verbose=0)
 
 
-def test_batch_larger_than_the_data(state, xy):
+def test_batch_larger_than_the_data_trains_on_all_of_it_as_keras(state, xy):
     x, y = xy
-    with pytest.raises(ConfigError, match=r"batch_size 65 is larger than the 64 training examples; use batch_size <= 64 or more data"):
-        jaxcnn.fit(state, x, y, batch_size=65, verbose=0)
-    # The check counts what is left after the validation split.
-    with pytest.raises(ConfigError, match=r"batch_size 64 is larger than the 32 training examples"):
-        jaxcnn.fit(state, x, y, batch_size=64, validation_split=0.5, verbose=0)
+    # Keras takes one batch of all the data (counted after the validation split); so does fit.
+    result = jaxcnn.fit(state, x[:16], y[:16], batch_size=65, validation_split=0.5, verbose=0)
+    assert result.history.params["batch_size"] == 8 and result.history.params["samples"] == 8
+    assert int(result.state.step) == int(state.step) + 1 and np.isfinite(result.history["loss"][0])
 
 
 def test_more_devices_than_there_are(state, xy):
