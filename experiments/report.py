@@ -453,7 +453,8 @@ def _orig(v: Any) -> str:
 
 def _matrix(m: Any) -> str:
     try:
-        return "[" + ", ".join("[" + ", ".join(_num(float(x) if not float(x).is_integer() else int(float(x))) for x in row) + "]" for row in m) + "]"
+        cell = lambda x: str(int(float(x))) if float(x).is_integer() else f"{float(x):g}"  # noqa: E731
+        return "[" + ", ".join("[" + ", ".join(cell(x) for x in row) + "]" for row in m) + "]"
     except (TypeError, ValueError):
         return str(m)
 
@@ -939,8 +940,8 @@ def cifar_section(n: int, results: list[RunResult], quick: bool, missing_msg: st
             "To get it: download the official binary archive "
             "(https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz, 163 MB) into a folder and pass "
             "that folder with --data-dir, or let jaxcnn fetch it into its cache (SHA-256 checked) with "
-            "--download. Then this command fills in the four CIFAR-10 sections and reuses every other "
-            f"run: {fill_command}", "note"))
+            "--download. Either of these commands then fills in the four CIFAR-10 sections, reusing every "
+            f"other run: {fill_command}", "note"))
     else:
         _failed(sec, results)
     sec.blocks.append(settings_table(_training_settings(runs[0].config if runs else None), ref.CIFAR_SETTINGS[n]))
@@ -959,7 +960,8 @@ def cifar_section(n: int, results: list[RunResult], quick: bool, missing_msg: st
     missing: list[str] = []
     if first:
         if n == 1:
-            _figure(sec.blocks, first.path / "figure4.png", "Training images 13 and 37 in R's numbering with their classes (1.7, Figure 4: a horse and a cat)", missing)
+            _figure(sec.blocks, first.path / "figure4.png",
+                    "Training images 13 and 37 in R's numbering with their classes (1.7, Figure 4: a horse and a cat)", missing)
         _figure(sec.blocks, first.path / "digits.png", "The first three training images with their classes", missing)
         _figure(sec.blocks, first.path / "history.png", f"CNN {n}: loss and accuracy per epoch, training and test split", missing)
         _figure(sec.blocks, first.path / "predictions.png", "Test images, actual and predicted class", missing)
@@ -987,7 +989,8 @@ def cifar_section(n: int, results: list[RunResult], quick: bool, missing_msg: st
             r = results_ref["stopped_early"]
             stopped = [x.metric("epochs_run") is not None and x.config is not None and x.metric("epochs_run") < x.config.get("epochs", 0)
                        for x in runs]
-            rows.append(info_row("stopped early", ", ".join("yes" if s else "no" for s in stopped) + (f" ({epochs.text(1)} epochs)" if epochs else ""),
+            said = ", ".join("yes" if s else "no" for s in stopped) + (f" ({epochs.text(1)} epochs)" if epochs else "")
+            rows.append(info_row("stopped early", said,
                                  "yes" if r.value else "no", _join(r.source, r.note)))
         if "epoch_time_s" in results_ref:
             r = results_ref["epoch_time_s"]
@@ -1108,7 +1111,8 @@ p.note{background:#eef6ff;border-left:4px solid #2b6cb0;padding:.5em .8em}p.warn
 
 
 def _data_uri(path: Path) -> str:
-    kind = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}.get(path.suffix.lower(), "application/octet-stream")
+    kinds = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
+    kind = kinds.get(path.suffix.lower(), "application/octet-stream")
     return f"data:{kind};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
@@ -1276,8 +1280,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     by_task: dict[str, list[RunResult]] = {}
     for r in results:
         by_task.setdefault(r.spec.task, []).append(r)
-    fill = "python -m experiments.report" + (" --quick" if args.quick else "") + f" --out {out} --data-dir DIR"
-    fill += f"   (or: ... --out {out} --download)"
+    base = "python -m experiments.report" + (" --quick" if args.quick else "") + f" --out {out}"
+    fill = f"{base} --data-dir DIR (the folder holding the archive), or {base} --download"
     sections = [mnist_section(by_task["mnist"], args.quick), search_section(by_task["search"][0], args.quick, predict)]
     sections += [cifar_section(n, by_task[f"cifar{n}"], args.quick, cifar_msg, fill, first_missing=n == 1) for n in (1, 2, 3, 4)]
     sections.append(manual_section(by_task["manual"][0]))

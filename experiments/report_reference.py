@@ -302,7 +302,8 @@ CIFAR_SETTINGS: dict[int, dict[str, str]] = {
         "epochs": "20 at most",
         "validation": "the test split",
         "early stopping": "EarlyStopping(patience = 5) on val_loss",
-        "regularisation": "L2(0.01) on every convolution and hidden dense kernel; Dropout 0.25, 0.25, 0.25, 0.5; BatchNorm after the first dense layer",
+        "regularisation": ("L2(0.01) on every convolution and hidden dense kernel; Dropout 0.25, 0.25, 0.25, 0.5; "
+                           "BatchNorm after the first dense layer"),
     },
 }
 
