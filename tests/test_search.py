@@ -129,7 +129,7 @@ def test_trial_t_gets_the_same_hyperparameters_in_any_order():
 
 def test_custom_model_class_with_dropout_and_training_hyperparameters(small, tmp_path):
     # A linen class gets features and dropout from the space; learning rate, optimizer and batch
-    # size go to training. Trial 3 is rerun by a second call on the same directory: nothing trains.
+    # size go to training. A second call on the same directory continues the study: nothing trains.
     space = {
         "features": Choice((2, 4)),
         "dropout": Uniform(0.1, 0.5),
@@ -137,8 +137,8 @@ def test_custom_model_class_with_dropout_and_training_hyperparameters(small, tmp
         "optimizer": Choice(("rmsprop", "adam")),
         "batch_size": Choice((32, 40)),
     }
-    result = search.random_search(*small, space, model=TinyCNN, trials=3, seed=2, out=tmp_path, **OPTS)
-    assert [t.status for t in result.trials] == ["ok"] * 3 and [t.state for t in result.trials] == ["COMPLETE"] * 3
+    result = search.random_search(*small, space, model=TinyCNN, trials=2, seed=2, out=tmp_path, **OPTS)
+    assert [t.status for t in result.trials] == ["ok"] * 2 and [t.state for t in result.trials] == ["COMPLETE"] * 2
     for t in result.trials:
         assert set(t.hyperparameters) == set(space)
         assert t.hyperparameters == search.sample(space, 2, t.trial)
@@ -148,16 +148,19 @@ def test_custom_model_class_with_dropout_and_training_hyperparameters(small, tmp
         assert t.history.params["batch_size"] == t.hyperparameters["batch_size"]
         np.testing.assert_allclose(t.history["learning_rate"][0], t.hyperparameters["learning_rate"], rtol=1e-6)
     assert result.best is max(result.trials, key=lambda t: t.results["val_accuracy"])
+    module, variables, _ = jaxcnn.checkpoint.load(tmp_path / "trials/002/model")  # the class, rebuilt
+    assert type(module).__name__ == "TinyCNN" and module.features == result.trials[1].hyperparameters["features"]
+    jax.tree.map(np.testing.assert_array_equal, variables["params"], result.trials[1].params)
     rows = json.loads((tmp_path / "trials.json").read_text())
-    assert [r["state"] for r in rows] == ["COMPLETE"] * 3 and rows[0]["optimizer"] in ("rmsprop", "adam")
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 2 and rows[0]["optimizer"] in ("rmsprop", "adam")
     header = (tmp_path / "trials.csv").read_text().splitlines()[0]
     assert header.startswith("trial,features,dropout,learning_rate,optimizer,batch_size,seed,status,state,loss")
     for name in ("history.png", "params.png", "importances.png", "best.json", "best/history.png", "trials/001/model/params.msgpack"):
         assert (tmp_path / name).is_file(), name
-    again = search.random_search(*small, space, model=TinyCNN, trials=3, seed=2, out=tmp_path, **OPTS)
+    again = search.random_search(*small, space, model=TinyCNN, trials=2, seed=2, out=tmp_path, **OPTS)
     assert again.trained_here == 0
     assert [t.results for t in again.trials] == [t.results for t in result.trials]
-    assert len(again.study.trials) == 3
+    assert len(again.study.trials) == 2
 
 
 def test_define_by_run_search_and_pruning(small):
@@ -224,33 +227,37 @@ def test_experiment_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     # Seed 0 draws k = 6, 10, 6: trial 2 is invalid. 200 images: 160 to train on, batch 64 and
     # a partial last batch.
-    argv = ["--limit", "200", "--trials", "3", "--epochs", "1", "--batch-size", "64", "--out", str(out), "--verbose", "2"]
-    best = exp.main(argv)
+    argv = ["--limit", "200", "--epochs", "1", "--batch-size", "64", "--out", str(out)]
+    best = exp.main([*argv, "--trials", "2", "--verbose", "2"])
     printed = capsys.readouterr().out
-    assert "Trial 1/3: kernel_size=6" in printed and "[invalid: conv2d_1: kernel 10x10" in printed
+    assert "Trial 1/2: kernel_size=6" in printed and "[invalid: conv2d_1: kernel 10x10" in printed
     assert "Current filters" not in printed and "*****" not in printed
     assert "  status  val_accuracy" in printed  # the final table
     for name in (
         "study.db", "search.json", "config.json", "trials.csv", "trials.json", "best.json", "params.png", "history.png",
         "best/summary.txt", "best/history.png", "best/history.json", "best/history.csv",
         "best/model/params.msgpack", "best/model/model.json", "trials/001/result.json", "trials/001/model/params.msgpack",
-        "trials/003/model/model.json",
     ):
         assert (out / name).is_file(), name
     assert not (out / "trials/002").exists()
+    assert best["best"]["trial"] == 1 and best["invalid"] == [2]
+    assert "Total params" in (out / "best/summary.txt").read_text()
+    module, variables, meta = jaxcnn.checkpoint.load(out / "best/model")
+    assert meta["model_kwargs"]["kernel_size"] == 6
+    # --resume (or a rerun): nothing left to train, the same best.
+    again = exp.main([*argv, "--trials", "2", "--verbose", "0", "--resume"])
+    assert again["best"] == best["best"]
+    assert capsys.readouterr().out == ""
+    # A larger --trials extends the study with trial 3 (the same first trials).
+    exp.main([*argv, "--trials", "3", "--verbose", "2"])
+    printed = capsys.readouterr().out
+    assert "Trial 3/3: kernel_size=6" in printed and "Trial 1/" not in printed
     rows = json.loads((out / "trials.json").read_text())
     assert [r["status"] for r in rows] == ["ok", "invalid", "ok"]
     assert [r["state"] for r in rows] == ["COMPLETE", "FAIL", "COMPLETE"]
     assert [r["kernel_size"] for r in rows] == [6, 10, 6]
-    assert best["best"]["trial"] in (1, 3) and best["invalid"] == [2]
-    assert "Total params" in (out / "best/summary.txt").read_text()
-    module, variables, meta = jaxcnn.checkpoint.load(out / "best/model")
-    assert meta["model_kwargs"]["kernel_size"] == 6
-    # --resume (or a rerun): nothing left to train, the same best; a larger --trials extends it.
-    again = exp.main([*argv[:-1], "0", "--resume"])
-    assert again["best"] == best["best"]
-    assert capsys.readouterr().out == ""
+    assert (out / "trials.csv").read_text().splitlines()[0].startswith("trial,kernel_size,weight_decay,learning_rate,seed,status,state,loss")
     with pytest.raises(ConfigError, match="holds no search to continue"):
         exp.main(["--out", str(tmp_path / "empty"), "--resume", "--verbose", "0"])
     with pytest.raises(ConfigError, match=r"differs in epochs"):
-        exp.main([*argv[:4], "--epochs", "2", *argv[6:-1], "0"])
+        exp.main(["--limit", "200", "--epochs", "2", "--batch-size", "64", "--out", str(out), "--trials", "3", "--verbose", "0"])

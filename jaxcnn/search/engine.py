@@ -686,15 +686,11 @@ def _save_trial(out: Path, record: dict[str, Any], state: Any, model: Any, kwarg
 
 
 def export_model(directory: Path, state: Any, model: Any, kwargs: dict[str, Any]) -> Path:
-    """Export the trained ``state`` with :func:`jaxcnn.checkpoint.export`: with the registry
-    name for a registry model; otherwise under the model's description (``checkpoint.load``
-    rebuilds registry models only, so such a model's ``params.msgpack`` is read back with
-    ``flax.serialization.from_bytes`` on the module's variables)."""
+    """Export the trained ``state`` with :func:`jaxcnn.checkpoint.export`: under the registry
+    name and the trial's attributes for a registry model, else with the module's importable
+    class and attributes (``jaxcnn.checkpoint.load`` rebuilds either)."""
     from jaxcnn import checkpoint
 
-    name = model if isinstance(model, str) else describe_model(model)
-    return checkpoint.export(directory, state, name, kwargs if isinstance(model, str) else _json_safe(kwargs))
-
-
-def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if isinstance(v, (bool, int, float, str)) or v is None}
+    if isinstance(model, str):
+        return checkpoint.export(directory, state, model, kwargs)
+    return checkpoint.export(directory, state)
