@@ -120,7 +120,9 @@ def plot_feature_maps(
     if title is not None:
         fig.suptitle(title)
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    from experiments.common import save_figure  # atomic: a full disk leaves no empty file
+
+    save_figure(fig, path, hint="free some space or choose a writable --out")
     return path
 
 
@@ -220,7 +222,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     panels = {"digit": upright(digit)} | {k: upright(np.asarray(r)) for k, (r, _) in maps.items()}
 
     out = args.out or Path("runs") / f"manual_conv-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        from jaxcnn.errors import ConfigError
+
+        raise ConfigError(f"cannot write to --out {out}: {e.strerror or e}; choose a writable directory") from None
     written = {k: plot_feature_maps([(titles[k], m)], out / FILES[k]) for k, m in panels.items()}
     written["all"] = plot_feature_maps(
         [(titles[k], m) for k, m in panels.items()], out / FILES["all"],
@@ -233,4 +240,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments.common import cli
+
+    cli(main)

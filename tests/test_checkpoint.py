@@ -248,7 +248,9 @@ def test_nan_loss_keeps_last_good_checkpoint_and_history(tmp_path, monkeypatch, 
 def test_resume_refuses_other_settings_and_needs_out(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    common.write_json(out / "config.json", {**json.loads(json.dumps(common.dataclasses.asdict(mnist.DEFAULTS))), "limit": 400})
+    config = common.dataclasses.replace(mnist.DEFAULTS, limit=400)  # a run's config.json, as run() writes it
+    common.write_json(out / "config.json", {**json.loads(json.dumps(common.dataclasses.asdict(config))),
+                                            "jaxcnn_run": common.RUN_FORMAT, "settings_sha256": common.settings_fingerprint(config)})
     with pytest.raises(ConfigError, match=r"--resume: the run in .* was started with learning_rate=0\.001, not 0\.01; resume with the same settings"):
         mnist.main(["--limit", "400", "--learning-rate", "0.01", "--out", str(out), "--resume", "--verbose", "0"])
     with pytest.raises(ConfigError, match=r"--resume needs --out"):
