@@ -30,7 +30,7 @@ def use_cpu_devices(count: int | None = None) -> int:
 
     XLA's own threading uses a second core badly on small convolutions (docs/cpu.md: 2 cores
     gave 1.36x one core); one XLA device per core, with each batch split across them by
-    :func:`jaxcnn.fit` (no collective: see :func:`jaxcnn.train.split_devices`), gave 2.2x here,
+    :func:`jaxcnn.fit` (no collective: see :mod:`jaxcnn.train.strategies`), gave 2.2x here,
     and 2.7x with the batch cut into parts of 32.
     jaxcnn calls this on import; it only works before JAX has run
     anything, and does nothing when ``XLA_FLAGS`` already forces a device count or
@@ -53,6 +53,24 @@ def use_cpu_devices(count: int | None = None) -> int:
     except RuntimeError:  # JAX already started: keep what it has
         return 1
     return count
+
+
+def compilation_cache(directory: str | os.PathLike[str] | None = None) -> str:
+    """Turn on JAX's persistent compilation cache, so that a second run of the same model and
+    shapes loads its programs from disk instead of compiling them again.
+
+    ``directory`` defaults to ``$JAXCNN_COMPILE_CACHE``, else ``~/.cache/jaxcnn/xla``. Every
+    program is cached, however quick its compile. The experiments call this unless given
+    ``--no-compile-cache``; a library user calls it when they want it. Returns the directory.
+    """
+    from pathlib import Path
+
+    path = Path(directory or os.environ.get("JAXCNN_COMPILE_CACHE") or Path.home() / ".cache" / "jaxcnn" / "xla")
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return str(path)
 
 
 use_cpu_devices()
@@ -81,7 +99,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "EarlyStopping", "LearningRateScheduler", "use_cpu_devices", "TrainState", "callbacks", "create_train_state", "errors",
+    "EarlyStopping", "LearningRateScheduler", "compilation_cache", "use_cpu_devices", "TrainState", "callbacks", "create_train_state", "errors",
     "eval_step", "evaluate", "fit", "get_model", "layers", "models", "optim", "predict", "summary", "train",
     "train_step", *sorted(_LAZY),
 ]

@@ -22,6 +22,7 @@ refused with a message (Keras would train on silently). Tested against Keras its
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,7 +124,11 @@ def get_loss(loss: str | Loss | Callable[[Array, Array], Array] | None = None, *
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(f"unknown loss {loss!r}; {hint}use one of {', '.join(_NAMES)}, or a function (outputs, labels) -> per-example loss")
         return cls(from_logits=from_logits, label_smoothing=label_smoothing)
-    if isinstance(loss, (CategoricalCrossentropy, CustomLoss)):
+    if isinstance(loss, CategoricalCrossentropy):
+        if from_logits is not None:
+            loss = dataclasses.replace(loss, from_logits=from_logits)
+        return dataclasses.replace(loss, label_smoothing=label_smoothing) if label_smoothing else loss
+    if isinstance(loss, CustomLoss):
         return loss
     if callable(loss):
         return CustomLoss(loss, True if from_logits is None else from_logits, getattr(loss, "__name__", "custom"))

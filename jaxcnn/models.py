@@ -237,7 +237,9 @@ def _attributes(module: nn.Module) -> dict[str, Any]:
 
 def find_registered(module: nn.Module) -> tuple[str, dict[str, Any]] | None:
     """The registry name and attribute overrides that rebuild ``module`` with :func:`get_model`,
-    or None when no registered model does (a user's own module)."""
+    or None when no registered model does (a user's own module). The registered model needing
+    the fewest overrides wins (``search_cnn`` over ``mnist_cnn`` with ``dense_units=32``)."""
+    best: tuple[str, dict[str, Any]] | None = None
     for name, (factory, _, _) in _REGISTRY.items():
         try:
             default = factory()
@@ -248,8 +250,8 @@ def find_registered(module: nn.Module) -> tuple[str, dict[str, Any]] | None:
         base, mine = _attributes(default), _attributes(module)
         overrides = {k: v for k, v in mine.items() if base.get(k) != v}
         try:
-            if factory(**overrides) == module:
-                return name, overrides
+            if factory(**overrides) == module and (best is None or len(overrides) < len(best[1])):
+                best = (name, overrides)
         except Exception:  # noqa: BLE001
             continue
-    return None
+    return best
