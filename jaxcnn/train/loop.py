@@ -146,14 +146,19 @@ def compile_count() -> int:
 # Logs
 
 
-def metric_logs(state: TrainState, acc: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """``loss``, ``accuracy`` and the state's metrics from a (host) accumulator."""
+def metric_logs(state: TrainState, acc: dict[str, Any], prefix: str = "", arrays: bool = False) -> dict[str, Any]:
+    """``loss``, ``accuracy`` and the state's metrics from a (host) accumulator; a metric whose
+    result is an array (the confusion matrix) only with ``arrays``."""
     count = max(float(acc["count"]), 1.0)
     weight = float(acc["weight"])
-    logs = {f"{prefix}loss": float(acc["loss_sum"]) / count,
-            f"{prefix}accuracy": float(acc["correct"]) / weight if weight > 0 else 0.0}
+    logs: dict[str, Any] = {f"{prefix}loss": float(acc["loss_sum"]) / count,
+                            f"{prefix}accuracy": float(acc["correct"]) / weight if weight > 0 else 0.0}
     for m, s in zip(state.metrics, acc["extra"]):
-        logs.update({f"{prefix}{k}": float(v) for k, v in m.result(jax.device_get(s)).items()})
+        for k, v in m.result(jax.device_get(s)).items():
+            if np.ndim(v) == 0:
+                logs[f"{prefix}{k}"] = float(v)
+            elif arrays:
+                logs[f"{prefix}{k}"] = np.asarray(v)
     return logs
 
 
@@ -370,11 +375,7 @@ def _check_settings(epochs: int, batch_size: int, verbose: int, seed: Any) -> No
     checks.check_positive_int(batch_size, "batch_size")
     if verbose not in (0, 1, 2):
         raise ConfigError(f"verbose must be 0, 1 or 2, got {verbose!r}")
-    check_seed = getattr(checks, "check_seed", None)
-    if check_seed is not None:
-        check_seed(seed)
-    elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**32:
-        raise ConfigError(f"seed must be a whole number in 0..2**32-1, got {seed!r}")
+    checks.check_seed(seed)
 
 
 def _announce(inputs: _Inputs, batch_size: int, epochs: int, initial_epoch: int, strategy: Strategy) -> None:
@@ -561,7 +562,8 @@ def _log_order(logs: dict[str, float]) -> list[str]:
 def evaluate(state: TrainState, x: Any, y: Any, batch_size: int = 128, devices: Any = "auto", *,
              sample_weight: Any = None, metrics: Sequence[Any] = ()) -> dict[str, float]:
     """Loss (with L2 terms), accuracy and the state's (or ``metrics``') metrics of ``state`` on
-    images ``x`` (N, H, W, C) and labels ``y``."""
+    images ``x`` (N, H, W, C) and labels ``y``; ``metrics=["confusion_matrix"]`` adds the
+    (classes, classes) matrix, rows the true class."""
     batch_size = checks.check_positive_int(batch_size, "batch_size")
     xs = np.ascontiguousarray(checks.check_images(x, state.input_shape, "x"), np.float32)
     ys = checks.check_labels(y, len(xs), state.num_classes, "y")
@@ -570,7 +572,7 @@ def evaluate(state: TrainState, x: Any, y: Any, batch_size: int = 128, devices: 
     w = _sample_weights(ys, state.num_classes, None, sample_weight, "")
     strategy = choose_strategy(devices, 1, state, data_on_device=False)
     acc = strategy.evaluate(strategy.put_state(state), Data(xs, ys, w), min(batch_size, len(xs)))
-    return metric_logs(state, acc)
+    return metric_logs(state, acc, arrays=True)
 
 
 def predict(state: TrainState, x: Any, batch_size: int = 512, output: str = "logits") -> np.ndarray:

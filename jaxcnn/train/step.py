@@ -67,7 +67,8 @@ def zero_metrics(state: TrainState) -> dict[str, Any]:
     zero = lambda: jnp.zeros((), jnp.float32)  # noqa: E731 - four buffers: each is donated
     return {
         "loss_sum": zero(), "correct": zero(), "weight": zero(), "count": zero(),
-        "extra": tuple(m.init(state.num_classes) for m in state.metrics),
+        # Copies: a metric may share one zero array between fields, and each leaf is donated.
+        "extra": jax.tree.map(lambda a: jnp.array(a, copy=True), tuple(m.init(state.num_classes) for m in state.metrics)),
         "bad_step": jnp.full((), -1, jnp.int32),
     }
 
