@@ -60,7 +60,9 @@ class Callback:
 
 
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` stops improving, with the semantics of ``keras.callbacks.EarlyStopping``.
+    """Stop when ``monitor`` stops improving, with the semantics of ``keras.callbacks.EarlyStopping``
+    (the same stop, best and restored epochs as Keras on scripted values:
+    ``tests/test_keras_parity.py::test_early_stopping_decisions_match_keras``).
 
     At each epoch end: ``wait += 1``; an improvement (``current - min_delta < best`` in "min" mode,
     ``current - min_delta > best`` in "max" mode; min_delta counts against the direction of
@@ -177,11 +179,15 @@ class LearningRateScheduler(Callback):
     state, so changing it does not recompile.
     """
 
-    def __init__(self, schedule: Callable[[int, float], float], verbose: int = 0):
+    def __init__(self, schedule: Callable[[int, float], float] | Callable[[int], float], verbose: int = 0):
         self.schedule, self.verbose = schedule, verbose
 
     def on_epoch_begin(self, epoch: int, loop: Loop) -> None:
-        lr = float(self.schedule(epoch, loop.learning_rate))
+        loop.check_learning_rate_settable()  # a clear error for a schedule or a plain optax optimizer
+        try:  # Keras: schedule(epoch, lr), or the older schedule(epoch)
+            lr = float(self.schedule(epoch, loop.learning_rate))
+        except TypeError:
+            lr = float(self.schedule(epoch))
         if not math.isfinite(lr) or lr <= 0:
             raise ConfigError(f"the learning-rate schedule returned {lr} at epoch {epoch}; it must be positive")
         loop.learning_rate = lr
