@@ -111,3 +111,12 @@ def test_bad_environment_variables_are_one_line(tmp_path, env, message):
     assert proc.returncode == 2
     assert proc.stderr.startswith(message) and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not out.exists()
+
+
+def test_dir_shows_the_lazily_loaded_submodules():
+    import jaxcnn
+
+    listed = dir(jaxcnn)
+    for name in ("data", "plots", "search", "checkpoint", "manual", "fit", "get_model"):
+        assert name in listed, name
+    assert listed == sorted(listed)
