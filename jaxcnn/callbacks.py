@@ -338,9 +338,10 @@ class ModelCheckpoint(_MonitorMixin, Callback):
     (``params.msgpack`` + ``model.json``; reload with :func:`jaxcnn.checkpoint.load_state`), or,
     with ``save_weights_only``, one file holding ``{"params", "batch_stats"}`` in Flax's msgpack
     serialisation (read it back with ``flax.serialization.from_bytes(template, data)``). An
-    export names the model so that it can be rebuilt: pass ``model_name`` (a
-    :func:`jaxcnn.get_model` name, with ``model_kwargs``); without it the state's own model is
-    used where :func:`jaxcnn.checkpoint.export` accepts one.
+    export records how to rebuild the model: ``model_name`` (a :func:`jaxcnn.get_model` name,
+    with ``model_kwargs``) when given, else the state's own module (its registry name, or its
+    class and attributes); a model behind :class:`jaxcnn.augment.Augmented` layers is exported
+    as the bare model, which has the same parameters.
 
     Args:
       filepath: path pattern, formatted with ``epoch`` (1-based) and the epoch's logs.
@@ -462,7 +463,7 @@ class ModelCheckpoint(_MonitorMixin, Callback):
         elif self.model_name is not None:
             checkpoint.export(path, state, self.model_name, self.model_kwargs)
         else:  # an export that rebuilds the model from the state itself
-            checkpoint.export(path, state)  # type: ignore[call-arg]
+            checkpoint.export(path, _bare_state(state))  # type: ignore[call-arg]
 
     def get_state(self) -> dict[str, Any]:
         return {"best": None if self.best is None else float(self.best), "saved": list(self.saved)}
@@ -471,6 +472,19 @@ class ModelCheckpoint(_MonitorMixin, Callback):
         best = state.get("best")
         self.best = None if best is None else float(best)
         self.saved = list(state.get("saved", []))
+
+
+def _bare_state(state: Any) -> Any:
+    """``state`` as the model behind an :class:`jaxcnn.augment.Augmented` wrapper (the same
+    parameters: augmentation is for training only), so that its export reloads as that model."""
+    module = getattr(getattr(state, "model", None), "module", None)
+    from jaxcnn.augment import Augmented
+
+    if isinstance(module, Augmented):
+        from jaxcnn.train import adapt
+
+        return state.replace(model=adapt(module.model))
+    return state
 
 
 class _ModelCheckpointPerStep(ModelCheckpoint):

@@ -269,14 +269,21 @@ def test_cifar10_experiment_with_augment_and_tensorboard(tmp_path, isolated_data
     assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= set(acc.Tags()["scalars"])
 
 
-def test_same_history_on_one_device_and_a_mesh_of_all():
+def test_same_history_on_one_device_and_a_mesh_of_all(tmp_path):
     # The layers draw from the dropout key of the step (the engine's rule), so a batch split
     # over a data-parallel mesh is augmented as on one device.
     if len(jax.devices()) < 2:
         pytest.skip("needs two devices (jaxcnn splits the CPU into one device per core)")
+    from jaxcnn.callbacks import ModelCheckpoint
+
     ds = jaxcnn.data.load("mnist")
     x, y = jaxcnn.data.to_float(ds.x_train[:128]), ds.y_train[:128]
     model = A.Augmented(jaxcnn.get_model("mnist_cnn", filters=4, dense_units=8), (A.RandomFlip("horizontal"), A.RandomRotation(0.05)))
-    _, one = jaxcnn.fit(model, x, y, epochs=1, batch_size=64, verbose=0, devices=None)
+    state, one = jaxcnn.fit(model, x, y, epochs=1, batch_size=64, verbose=0, devices=None,
+                            callbacks=[ModelCheckpoint(tmp_path / "model")])  # no model_name: taken from the state
     _, mesh = jaxcnn.fit(model, x, y, epochs=1, batch_size=64, verbose=0, devices="all")
     np.testing.assert_allclose(mesh.history["loss"], one.history["loss"], rtol=1e-5)
+    # The checkpoint is the bare model (same parameters), and predicts as the trained state.
+    reloaded = jaxcnn.checkpoint.load_state(tmp_path / "model")
+    assert not isinstance(reloaded.model.module, A.Augmented)
+    np.testing.assert_allclose(jaxcnn.predict(reloaded, x[:16]), jaxcnn.predict(state, x[:16]), atol=1e-5)
