@@ -83,7 +83,7 @@ from jaxcnn.train import TrainState, create_train_state, evaluate, fit, predict,
 
 __version__ = "0.1.0"
 
-_LAZY = {"data", "plots", "manual", "search", "checkpoint"}
+_LAZY = {"data", "plots", "manual", "search", "checkpoint", "augment"}
 
 
 def __getattr__(name: str) -> Any:
