@@ -115,7 +115,7 @@ def _compute_dtype(config: RunConfig) -> dict[str, Any]:
 MODEL_HELP = (
     "a registered model (python -c 'import jaxcnn; print(jaxcnn.models.describe())'), or "
     "package.module:Class for your own Flax module, importable from where you run the command and "
-    "built with no arguments"
+    "built with no arguments (an NNX class: with rngs=nnx.Rngs(0) alone)"
 )
 
 
@@ -445,7 +445,8 @@ def _close(word: str, known: Any) -> str:
 
 def resolve_model(name: str, **kwargs: Any) -> Any:
     """The Flax module ``name`` names: a registry name (:func:`jaxcnn.models.get_model`) or
-    ``package.module:Class``, imported and built with ``kwargs`` only (no other arguments)."""
+    ``package.module:Class``, imported and built with ``kwargs`` only (no other arguments; an NNX
+    class gets ``rngs=nnx.Rngs(0)``, as :func:`jaxcnn.checkpoint.load` rebuilds it)."""
     if ":" not in name:
         from jaxcnn import models
 
@@ -464,12 +465,18 @@ def resolve_model(name: str, **kwargs: Any) -> Any:
     cls = getattr(module, class_name, None)
     if cls is None:
         raise ConfigError(f"--model {name}: {module_name} has no {class_name!r}; {_close(class_name, dir(module))}".rstrip("; "))
-    try:
-        model = cls(**kwargs)
+    from flax import nnx
+
+    if not callable(cls):
+        raise ConfigError(f"--model {name}: {class_name} is a {type(cls).__name__}, not a Flax module class")
+    is_nnx = isinstance(cls, type) and issubclass(cls, nnx.Module)
+    try:  # an NNX module is built as checkpoint.load rebuilds it: Class(rngs=nnx.Rngs(0))
+        model = cls(**kwargs, rngs=nnx.Rngs(0)) if is_nnx else cls(**kwargs)
     except TypeError as e:
-        raise ConfigError(f"--model {name}: {class_name}() must build with no arguments ({e}); give its fields defaults") from None
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"--model {name}: {class_name}() is a {type(model).__name__}, not a Flax linen Module")
+        how = "(rngs=...) alone" if is_nnx else "with no arguments"
+        raise ConfigError(f"--model {name}: {class_name}() must build {how} ({e}); give its fields defaults") from None
+    if not isinstance(model, (nn.Module, nnx.Module)):
+        raise ConfigError(f"--model {name}: {class_name}() is a {type(model).__name__}, not a Flax linen or NNX Module")
     return model
 
 

@@ -120,3 +120,29 @@ def test_dir_shows_the_lazily_loaded_submodules():
     for name in ("data", "plots", "search", "checkpoint", "manual", "fit", "get_model"):
         assert name in listed, name
     assert listed == sorted(listed)
+
+
+def test_model_by_module_and_class_builds_linen_and_nnx(tmp_path, monkeypatch):
+    from flax import nnx
+    import flax.linen as nn
+
+    from experiments.common import resolve_model
+    from jaxcnn.errors import ConfigError
+
+    (tmp_path / "user_nets.py").write_text(
+        "import flax.linen as nn\nfrom flax import nnx\n\n"
+        "class Lin(nn.Module):\n    units: int = 10\n    @nn.compact\n    def __call__(self, x):\n"
+        "        return nn.Dense(self.units)(x.reshape((x.shape[0], -1)))\n\n"
+        "class Nnx(nnx.Module):\n    def __init__(self, *, rngs):\n        self.out = nnx.Linear(784, 10, rngs=rngs)\n"
+        "    def __call__(self, x):\n        return self.out(x.reshape(x.shape[0], -1))\n\n"
+        "class NeedsArgs(nn.Module):\n    units: int\n\nnot_a_model = 3\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert isinstance(resolve_model("user_nets:Lin"), nn.Module)
+    assert isinstance(resolve_model("user_nets:Nnx"), nnx.Module)
+    for name, message in (("user_nets:NeedsArgs", "NeedsArgs\\(\\) must build with no arguments"),
+                          ("user_nets:not_a_model", "not_a_model is a int, not a Flax module class"),
+                          ("user_nets:Lni", "user_nets has no 'Lni'; did you mean 'Lin'\\?"),
+                          ("user_nets:", "write a module's class as package.module:Class")):
+        with pytest.raises(ConfigError, match=message):
+            resolve_model(name)
