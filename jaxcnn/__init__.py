@@ -76,14 +76,22 @@ def compilation_cache(directory: str | os.PathLike[str] | None = None) -> str:
 use_cpu_devices()
 
 from jaxcnn import callbacks, errors, layers, models, optim, train
-from jaxcnn.callbacks import EarlyStopping, LearningRateScheduler
+from jaxcnn.callbacks import (
+    CSVLogger,
+    EarlyStopping,
+    LearningRateScheduler,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+    TensorBoard,
+    TerminateOnNaN,
+)
 from jaxcnn.models import get_model
 from jaxcnn.summary import summary
 from jaxcnn.train import TrainState, create_train_state, evaluate, fit, predict, train_step, eval_step
 
 __version__ = "0.1.0"
 
-_LAZY = {"data", "plots", "manual", "search", "checkpoint", "augment"}
+_LAZY = {"data", "plots", "manual", "search", "checkpoint", "augment", "metrics", "losses"}
 
 
 def __getattr__(name: str) -> Any:
@@ -99,7 +107,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "EarlyStopping", "LearningRateScheduler", "compilation_cache", "use_cpu_devices", "TrainState", "callbacks", "create_train_state", "errors",
+    "CSVLogger", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint", "ReduceLROnPlateau", "TensorBoard",
+    "TerminateOnNaN", "compilation_cache", "use_cpu_devices", "TrainState", "callbacks", "create_train_state", "errors",
     "eval_step", "evaluate", "fit", "get_model", "layers", "models", "optim", "predict", "summary", "train",
     "train_step", *sorted(_LAZY),
 ]

@@ -86,7 +86,7 @@ def _json_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
         else:
             try:  # dtypes, e.g. jnp.bfloat16
                 out[k] = {"dtype": np.dtype(v).name}
-            except TypeError:
+            except (TypeError, ValueError):
                 out[k] = {"unserializable": repr(v)[:200]}
     return out
 

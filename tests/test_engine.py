@@ -302,3 +302,26 @@ def test_same_seed_same_history_on_1_2_and_4_cpu_devices(tmp_path):
         for model in ("dropout", "jaxcnn_dropout", "bn_dropout", "bn", "neither"):
             for k, v in runs[1][model].items():
                 np.testing.assert_allclose(runs[n][model][k], v, rtol=1e-5, atol=1e-6, err_msg=f"{n} devices, {model}, {k}")
+
+
+def test_loss_weight_and_scheduler_errors_say_what_to_do(mnist):
+    import optax
+
+    from jaxcnn import optim
+
+    x, y = mnist
+    with pytest.raises(ConfigError, match="unknown loss 'sparse_crossentropy'; did you mean 'sparse_categorical_crossentropy'"):
+        _fit(DropNoBN(), x, y, loss="sparse_crossentropy")
+    with pytest.raises(ConfigError, match="class_weight has class 12; classes are 0..9"):
+        _fit(DropNoBN(), x, y, class_weight={12: 1.0})
+    with pytest.raises(jaxcnn.errors.ShapeError, match=r"sample_weight has shape \(10,\); it needs one weight per example, \(96,\)"):
+        _fit(DropNoBN(), x, y, sample_weight=np.ones(10))
+    scheduler = [jaxcnn.LearningRateScheduler(lambda epoch: 0.01)]
+    with pytest.raises(ConfigError, match="follows a schedule, which would override a rate set by a callback"):
+        jaxcnn.fit(DropNoBN(), x, y, verbose=0, callbacks=scheduler, optimizer="adam",
+                   learning_rate=optim.exponential_decay(0.01, 10, 0.9))
+    with pytest.raises(ConfigError, match=r"wrap yours: optax.inject_hyperparams\(optax.adam\)"):
+        jaxcnn.fit(DropNoBN(), x, y, verbose=0, callbacks=scheduler, optimizer=optax.adam(1e-3))
+    # A one-argument schedule works, as in Keras.
+    _, history = jaxcnn.fit(DropNoBN(), x, y, epochs=2, verbose=0, callbacks=[jaxcnn.LearningRateScheduler(lambda e: 0.01 / (e + 1))])
+    np.testing.assert_allclose(history["learning_rate"], [0.01, 0.005], rtol=1e-6)
