@@ -100,6 +100,7 @@ class RunConfig:
     process_id: int | None = None  # multi-process: this process's rank, 0..num_processes-1
     tensorboard: str | None = None  # --tensorboard DIR: TensorBoard event files (DIR/train, DIR/validation)
     augment: bool = False  # cifar10 --augment: random flips and shifts of the training images (jaxcnn.augment)
+    compile_cache: bool = True  # JAX's persistent compilation cache (jaxcnn.compilation_cache): a rerun compiles nothing again
 
 
 def _compute_dtype(config: RunConfig) -> dict[str, Any]:
@@ -142,6 +143,8 @@ def build_parser(description: str, defaults: RunConfig, *, model_and_dataset: bo
     p.add_argument("--coordinator", default=None, help="multi-process: host:port of process 0, or 'auto' (default $JAXCNN_COORDINATOR)")
     p.add_argument("--num-processes", type=int, default=None, help="multi-process: number of processes (default $JAXCNN_NUM_PROCESSES)")
     p.add_argument("--process-id", type=int, default=None, help="multi-process: this process's rank (default $JAXCNN_PROCESS_ID)")
+    p.add_argument("--no-compile-cache", dest="compile_cache", action="store_false", default=defaults.compile_cache,
+                   help="do not keep compiled programs in $JAXCNN_COMPILE_CACHE (default ~/.cache/jaxcnn/xla) for the next run")
     p.add_argument("--tensorboard", metavar="DIR", default=defaults.tensorboard, help="write TensorBoard logs to DIR (view with: tensorboard --logdir DIR)")
     return p
 
@@ -689,6 +692,8 @@ def run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) 
     from jaxcnn.errors import TrainingError
     from jaxcnn.train import create_train_state
 
+    if config.compile_cache:
+        jaxcnn.compilation_cache()
     primary = _is_primary()
     if not config.out and jax_process_count() > 1:
         raise ConfigError("several processes need --out: a run directory on a file system every process reaches")

@@ -7,6 +7,10 @@ import os
 os.environ.setdefault("MPLBACKEND", "Agg")
 # Tests never download: a missing file must produce our own error, not a network attempt.
 os.environ.setdefault("JAXCNN_OFFLINE", "1")
+# The experiments keep compiled programs between runs; tests keep theirs in one fresh folder.
+import tempfile  # noqa: E402
+
+os.environ.setdefault("JAXCNN_COMPILE_CACHE", tempfile.mkdtemp(prefix="jaxcnn-test-xla-"))
 
 import jax  # noqa: E402
 

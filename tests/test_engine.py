@@ -298,6 +298,7 @@ def test_same_seed_same_history_on_1_2_and_4_cpu_devices(tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         runs[n] = json.loads(proc.stdout.strip().splitlines()[-1])
         assert runs[n]["devices"] == n
+    assert any((tmp_path / "xla").iterdir())  # jaxcnn.compilation_cache kept the programs
     for n in (2, 4):
         for model in ("dropout", "jaxcnn_dropout", "bn_dropout", "bn", "neither"):
             for k, v in runs[1][model].items():
@@ -325,3 +326,19 @@ def test_loss_weight_and_scheduler_errors_say_what_to_do(mnist):
     # A one-argument schedule works, as in Keras.
     _, history = jaxcnn.fit(DropNoBN(), x, y, epochs=2, verbose=0, callbacks=[jaxcnn.LearningRateScheduler(lambda e: 0.01 / (e + 1))])
     np.testing.assert_allclose(history["learning_rate"], [0.01, 0.005], rtol=1e-6)
+
+
+def test_progress_output_reads_well(mnist, capsys):
+    x, y = mnist
+    jaxcnn.fit(NoTrain(), x[:40], y[:40], epochs=1, batch_size=16, validation_split=0.2, verbose=1)
+    out, err = capsys.readouterr()
+    # The real counts after the split, singular and plural right, and the strategy.
+    assert "Training on 32 examples, validating on 8 examples: 1 epoch of 2 steps (batch 16, parts strategy)" in out
+    assert "Epoch 1/1 - " in out and "val_accuracy" in out and "left" not in out  # no ETA after the last epoch
+    jaxcnn.fit(NoTrain(), x[:40], y[:40], epochs=3, batch_size=40, verbose=2)
+    out, _ = capsys.readouterr()
+    assert "Training on 40 examples: 3 epochs of 1 step (batch 40" in out
+    assert "Epoch 1/3" in out and "s left" in out  # a run-level ETA
+    jaxcnn.fit(NoTrain(), x[:96], y[:96], epochs=1, batch_size=4, verbose=1)
+    _, err = capsys.readouterr()
+    assert "examples/s" in err and "ex_s" not in err

@@ -337,6 +337,9 @@ def _fingerprint(inputs: _Inputs, state: TrainState, batch_size: int, seed: int,
             "loss": type(state.loss).__name__, "optimizer": state.optimizer_spec}
 
 
+_UNCLOSED: list[Any] = []
+
+
 def _open_checkpoints(checkpoint_dir: Any, resume: bool, monitor: str) -> Any:
     from jaxcnn.checkpoint import TrainCheckpoints
 
@@ -484,7 +487,13 @@ def fit(
     if checkpoint_dir is not None:
         ckpts = _open_checkpoints(checkpoint_dir, resume, "val_loss" if inputs.val is not None else "loss")
     fingerprint = _fingerprint(inputs, state, batch_size, seed, shuffle) if ckpts is not None else {}
-    restored = _restore(ckpts, state, fingerprint, len(callbacks))
+    try:
+        restored = _restore(ckpts, state, fingerprint, len(callbacks))
+    except Exception:
+        # Keep the manager alive: closing or collecting it while tensorstore threads still read
+        # the broken checkpoint prints "Event loop is closed" tracebacks after our one-line error.
+        _UNCLOSED.append(ckpts)
+        raise
     if restored is not None:
         state, initial_epoch, history = restored.state, restored.epoch, restored.history
     # The train step donates its state buffers; copy once so the caller's state stays usable.

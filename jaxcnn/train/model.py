@@ -69,7 +69,7 @@ class LinenModel:
         variables = self.module.init({"params": key, "dropout": dropout_key}, x, **self.call_kwargs(False))
         return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
 
-    def apply(self, variables: Any, x: jax.Array, *, train: bool, rngs: Any = None, mutable: Any = False) -> Any:
+    def apply(self, variables: Any, x: jax.Array, *, train: bool = False, rngs: Any = None, mutable: Any = False) -> Any:
         if rngs is None and self.train_arg is None:
             rngs = {"dropout": jax.random.key(0)}  # a module without `train` may drop out always
         return self.module.apply(variables, x, rngs=rngs, mutable=mutable, **self.call_kwargs(train))
@@ -125,7 +125,7 @@ class NNXModel:
             states.append(state)
         return nnx.merge(self.graphdef, *states)
 
-    def apply(self, variables: Any, x: jax.Array, *, train: bool, rngs: Any = None, mutable: Any = False) -> Any:
+    def apply(self, variables: Any, x: jax.Array, *, train: bool = False, rngs: Any = None, mutable: Any = False) -> Any:
         from flax import nnx
 
         module = self._merge(variables)
