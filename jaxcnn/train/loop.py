@@ -8,7 +8,6 @@ epochs of shuffled batches with validation, callbacks, a progress bar and a :cla
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence

@@ -112,11 +112,6 @@ def create_train_state(
                                 loss=losses.get_loss(loss), metrics=tuple(metrics), optimizer_spec=spec)
 
 
-@jax.jit
-def _copy(tree: Any) -> Any:
-    return jax.tree.map(jnp.copy, tree)
-
-
 def _init_variables(adapter: Model, input_shape: tuple[int, ...], init_key: Array, dropout_key: Array) -> Any:
     if adapter.kind == "nnx":
         return jax.tree.map(jnp.asarray, adapter.initial_variables())
