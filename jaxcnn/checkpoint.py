@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -328,6 +329,29 @@ def _meta_digest(meta: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def _drop_closed_loop_reports() -> None:
+    """Keep a failed restore to its one-line error.
+
+    orbax restores with ``asyncio.gather`` over tensorstore reads in a loop it closes as soon as one
+    read fails. The reads still in flight then finish on tensorstore's threads and call
+    ``loop.call_soon_threadsafe`` on that closed loop; tensorstore reports each resulting
+    ``RuntimeError: Event loop is closed`` as unraisable (``PyErr_WriteUnraisable``), at racy
+    moments before or after our error. Those reports, and only those, are dropped; every other
+    one still reaches the previous ``sys.unraisablehook``.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_jaxcnn_drops_closed_loop", False):
+        return
+
+    def hook(report: Any) -> None:
+        if report.exc_type is RuntimeError and str(report.exc_value) == "Event loop is closed":
+            return
+        previous(report)
+
+    hook._jaxcnn_drops_closed_loop = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 class TrainCheckpoints:
     """One orbax checkpoint per epoch in ``directory``, keeping the latest and the best.
 
@@ -477,6 +501,7 @@ class TrainCheckpoints:
         if epoch not in epochs:
             raise CheckpointError(f"no checkpoint after epoch {epoch} in {self.directory}; there are: {epochs}")
         where = self.directory / str(epoch)
+        _drop_closed_loop_reports()
         fix = "delete that folder to resume from an earlier checkpoint, or start the run again in a new directory"
         target = _state_tree(template)
         try:

@@ -336,9 +336,6 @@ def _fingerprint(inputs: _Inputs, state: TrainState, batch_size: int, seed: int,
             "loss": type(state.loss).__name__, "optimizer": state.optimizer_spec}
 
 
-_UNCLOSED: list[Any] = []
-
-
 def _open_checkpoints(checkpoint_dir: Any, resume: bool, monitor: str) -> Any:
     from jaxcnn.checkpoint import TrainCheckpoints
 
@@ -489,9 +486,8 @@ def fit(
     try:
         restored = _restore(ckpts, state, fingerprint, len(callbacks))
     except Exception:
-        # Keep the manager alive: closing or collecting it while tensorstore threads still read
-        # the broken checkpoint prints "Event loop is closed" tracebacks after our one-line error.
-        _UNCLOSED.append(ckpts)
+        if ckpts is not None:
+            ckpts.close()
         raise
     if restored is not None:
         state, initial_epoch, history = restored.state, restored.epoch, restored.history
