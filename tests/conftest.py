@@ -12,6 +12,12 @@ import tempfile  # noqa: E402
 
 os.environ.setdefault("JAXCNN_COMPILE_CACHE", tempfile.mkdtemp(prefix="jaxcnn-test-xla-"))
 
+# Tests run small models for a step or two, so compiling dominates: LLVM's lowest optimisation
+# level compiles 1.5 to 2x faster here and gives the same results (only the machine code is less
+# tuned). Subprocesses inherit it; a test that needs XLA_FLAGS of its own sets them whole.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")

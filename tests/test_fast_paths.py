@@ -26,12 +26,9 @@ def _assert_same_history(a, b, rtol=1e-5, keys=("loss", "accuracy", "val_loss", 
         np.testing.assert_allclose(a.history[k], b.history[k], rtol=rtol, atol=1e-6, err_msg=k)
 
 
-@pytest.mark.parametrize("model_name", ["mnist_cnn", "cifar_cnn4"])
+@pytest.mark.parametrize("model_name", ["mnist_cnn"])  # BN and dropout: tests/test_engine.py's matrix
 def test_device_resident_scan_equals_host_loop(mnist_small, model_name):
-    x, y = mnist_small
-    if model_name == "cifar_cnn4":  # dropout and batch norm in the scanned step too
-        x = np.repeat(np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))), 3, axis=-1)[:200]
-        y = y[:200]
+    x, y = mnist_small[0][:240], mnist_small[1][:240]
     # SGD: RMSprop turns float noise in near-zero gradients into +-lr steps, which would hide a
     # real difference behind rounding.
     kw = dict(epochs=2, batch_size=48, validation_split=0.2, verbose=0, devices=1, seed=1, optimizer="sgd")
@@ -54,7 +51,8 @@ def test_scan_chunks_pad_and_skip_steps():
 @pytest.mark.skipif(jax.local_device_count() < 2, reason="needs 2 local devices (jaxcnn.use_cpu_devices gives one per core)")
 def test_data_parallel_equals_one_device(mnist_small):
     x, y = mnist_small
-    kw = dict(epochs=2, batch_size=64, validation_split=0.2, verbose=0, seed=2)
+    # SGD: RMSprop turns float noise in near-zero gradients into +-lr steps (see above).
+    kw = dict(epochs=2, batch_size=64, validation_split=0.2, verbose=0, seed=2, optimizer="sgd")
     one = jaxcnn.fit(jaxcnn.get_model("mnist_cnn"), x, y, devices=1, **kw)
     two = jaxcnn.fit(jaxcnn.get_model("mnist_cnn"), x, y, devices=2, **kw)
     _assert_same_history(one.history, two.history)
