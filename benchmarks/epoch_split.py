@@ -103,7 +103,7 @@ def programs_time(state, strategy, xt, yt, xv, yv, batch_size: int) -> float:
     if strategy.name == "parts":
         parts = train.split_parts(batch_size, strategy.part_size, train.max_parts(state))
         size = batch_size // parts
-        part = jax.jit(train.part_grads)
+        part = jax.jit(lambda s, b, j, n: train.part_grads(s, s.params, b, j, n))  # as the strategy calls it
         combine = jax.jit(train.step.combine_and_update, donate_argnums=(0, 1))
         placed = [[jax.device_put(({k: v[j * size:(j + 1) * size] for k, v in b.items()}, np.int32(j),
                                    np.float32(batch_size)), devices[j % len(devices)]) for j in range(parts)]
