@@ -111,7 +111,6 @@ def programs_runner(strategy, xt, yt, xv, yv, batch_size: int):
     n = len(xt) // batch_size * batch_size
     batches = [{"x": xt[i:i + batch_size], "y": yt[i:i + batch_size]} for i in range(0, n, batch_size)]
     devices = list(getattr(strategy, "devices", [jax.devices()[0]]))
-    parts = 1
     if strategy.name == "parts":
         part = jax.jit(lambda s, b, j, n: train.part_grads(s, s.params, b, j, n))  # as the strategy calls it
         combine = jax.jit(train.step.combine_and_update, donate_argnums=(0, 1))
@@ -122,7 +121,7 @@ def programs_runner(strategy, xt, yt, xv, yv, batch_size: int):
     m = len(xv) // batch_size * batch_size
     val = [jax.device_put({"x": xv[i:i + batch_size], "y": yv[i:i + batch_size]}, devices[k % len(devices)])
            for k, i in enumerate(range(0, m, batch_size))]
-    placed: list = []
+    placed: list = []  # filled on the first call, when the state (and so the part count) is known
 
     def one_epoch(state):
         acc = train.zero_metrics(state)
@@ -146,7 +145,6 @@ def programs_runner(strategy, xt, yt, xv, yv, batch_size: int):
         return accs
 
     def run(state) -> float:
-        nonlocal parts
         state = jax.tree.map(jnp.copy, state)
         if not placed:  # first call: place the inputs and compile
             if step is None:
