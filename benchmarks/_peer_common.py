@@ -48,10 +48,20 @@ class ModelInfo:
     default_steps: int  # timed steps when --steps is not given
 
 
+#: The report's models. search_cnn is the search's model at the report's best trial (k = 7, L2
+#: weight decay 0.009 on every kernel). cifar_cnn4 has dropout, a BatchNorm and L2 0.01: its
+#: 1,095,370 weights include the BatchNorm's 512 moving statistics, which are not trained.
+#: Every peer trains every model with RMSprop (lr 0.001), whatever optimizer the report used.
 MODELS: dict[str, ModelInfo] = {
     "mnist_cnn": ModelInfo((28, 28, 1), 48_000, 258_090, 128, 200),
+    "search_cnn": ModelInfo((28, 28, 1), 48_000, 77_770, 256, 100),
+    "cifar_cnn1": ModelInfo((32, 32, 3), 50_000, 122_570, 128, 100),
+    "cifar_cnn2": ModelInfo((32, 32, 3), 50_000, 193_226, 128, 100),
     "cifar_cnn3": ModelInfo((32, 32, 3), 50_000, 1_094_346, 512, 20),
+    "cifar_cnn4": ModelInfo((32, 32, 3), 50_000, 1_094_858, 512, 20),
 }
+SEARCH_KERNEL, SEARCH_L2 = 7, 0.009  # search_cnn's trial
+CIFAR4_L2 = 0.01
 NUM_CLASSES = 10
 DEFAULT_DISTINCT = 8192  # distinct random examples, cycled; rounded up to whole batches
 
@@ -63,9 +73,11 @@ def parse_args(framework: str, argv: list[str] | None = None) -> argparse.Namesp
     )
     p.add_argument("--model", choices=sorted(MODELS), default="mnist_cnn")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="default: the assignment's batch size for the model (mnist_cnn 128, cifar_cnn3 512)")
+                   help="default: the assignment's batch size for the model (mnist_cnn 128, search_cnn 256, "
+                        "cifar_cnn1/2 128, cifar_cnn3/4 512)")
     p.add_argument("--steps", type=int, default=None,
-                   help="timed steps after warm-up (default: mnist_cnn 200, cifar_cnn3 20)")
+                   help="timed steps after warm-up (default: mnist_cnn 200, search_cnn and cifar_cnn1/2 100, "
+                        "cifar_cnn3/4 20)")
     p.add_argument("--warmup", type=int, default=5,
                    help="warm-up steps, the first (compiling) step included; at least 1")
     p.add_argument("--threads", type=int, default=None,

@@ -1,4 +1,4 @@
-"""Keras 3 on its JAX backend: the assignment's mnist_cnn / cifar_cnn3 trained on random data, timed.
+"""Keras 3 on its JAX backend: one of the assignment's models (_peer_common.MODELS) trained on random data, timed.
 
     python benchmarks/peer_keras.py --model mnist_cnn --steps 200 --warmup 5 --json k.json
 
@@ -47,17 +47,53 @@ def build_model(name: str, keras, input_shape: tuple[int, int, int]):
             L.Dense(64, activation="relu"),  # 247,872
             L.Dense(10),  # 650, logits
         ]
-    elif name == "cifar_cnn3":
+    elif name == "search_cnn":
+        k, reg = common.SEARCH_KERNEL, dict(kernel_regularizer=keras.regularizers.L2(common.SEARCH_L2))
         body = [
-            L.Conv2D(32, 3),  # 30x30x32, 896; no activation, as in the report
-            L.MaxPooling2D(2),  # 15x15x32
-            L.Conv2D(64, 5, padding="same"), L.LeakyReLU(negative_slope=0.1),  # 51,264
-            L.MaxPooling2D(2),  # 7x7x64
-            L.Conv2D(64, 5, padding="same"), L.LeakyReLU(negative_slope=0.1),  # 102,464
-            L.Conv2D(64, 5, padding="same"), L.LeakyReLU(negative_slope=0.1),  # 102,464
-            L.Flatten(),  # 3136
-            L.Dense(256, activation="relu"),  # 803,072
+            L.Conv2D(32, k, activation="relu", **reg),  # 22x22x32, 1,600
+            L.MaxPooling2D(2),  # 11x11x32
+            L.Conv2D(32, k, activation="relu", **reg),  # 5x5x32, 50,208
+            L.Flatten(),  # 800
+            L.Dense(32, activation="relu", **reg),  # 25,632
+            L.Dense(10, **reg),  # 330, logits
+        ]
+    elif name == "cifar_cnn1":  # no activations, as in the report
+        body = [
+            L.Conv2D(32, 3), L.MaxPooling2D(2),  # 896
+            L.Conv2D(64, 3), L.MaxPooling2D(2),  # 18,496
+            L.Conv2D(64, 3),  # 4x4x64, 36,928
+            L.Flatten(), L.Dense(64),  # 65,600
+            L.Dense(10),  # 650, logits
+        ]
+    elif name == "cifar_cnn2":
+        body = [
+            L.Conv2D(32, 3), L.MaxPooling2D(2),  # 896
+            L.Conv2D(64, 3), L.MaxPooling2D(2),  # 18,496
+            L.Conv2D(64, 3),  # 36,928
+            L.Conv2D(64, 3),  # 2x2x64, 36,928
+            L.Flatten(),  # 256
+            L.Dense(256, activation="relu"),  # 65,792
             L.Dense(128, activation="relu"),  # 32,896
+            L.Dense(10),  # 1,290, logits
+        ]
+    elif name in ("cifar_cnn3", "cifar_cnn4"):
+        regularized = name == "cifar_cnn4"
+        reg = dict(kernel_regularizer=keras.regularizers.L2(common.CIFAR4_L2)) if regularized else {}
+        drop = (lambda p: [L.Dropout(p)]) if regularized else (lambda p: [])  # noqa: E731
+        body = [
+            L.Conv2D(32, 3, **reg),  # 30x30x32, 896; no activation, as in the report
+            L.MaxPooling2D(2),  # 15x15x32
+            *drop(0.25),
+            L.Conv2D(64, 5, padding="same", **reg), L.LeakyReLU(negative_slope=0.1),  # 51,264
+            L.MaxPooling2D(2),  # 7x7x64
+            *drop(0.25),
+            L.Conv2D(64, 5, padding="same", **reg), L.LeakyReLU(negative_slope=0.1),  # 102,464
+            L.Conv2D(64, 5, padding="same", **reg), L.LeakyReLU(negative_slope=0.1),  # 102,464
+            L.Flatten(),  # 3136
+            L.Dense(256, activation="relu", **reg),  # 803,072
+            *([L.Dropout(0.25), L.BatchNormalization()] if regularized else []),  # 512 (+512 statistics)
+            L.Dense(128, activation="relu", **reg),  # 32,896
+            *drop(0.5),
             L.Dense(10),  # 1,290, logits
         ]
     else:

@@ -1,4 +1,4 @@
-"""PyTorch (CPU) peer: the assignment's mnist_cnn / cifar_cnn3 trained on random data, timed.
+"""PyTorch (CPU) peer: one of the assignment's models (_peer_common.MODELS) trained on random data, timed.
 
     python benchmarks/peer_torch.py --model mnist_cnn --steps 200 --warmup 5 --threads 2 --json t.json
 
@@ -27,8 +27,9 @@ import _peer_common as common  # noqa: E402
 
 
 def build_model(name: str, nn):  # nn: torch.nn, passed in so this module imports torch once
+    """The model, and the weights that carry Keras's L2 factor (kernels, not biases)."""
     if name == "mnist_cnn":
-        return nn.Sequential(
+        model = nn.Sequential(
             nn.Conv2d(1, 32, 3), nn.ReLU(),  # 26x26x32, 320
             nn.MaxPool2d(2),  # 13x13x32
             nn.Conv2d(32, 32, 3), nn.ReLU(),  # 11x11x32, 9,248
@@ -36,19 +37,61 @@ def build_model(name: str, nn):  # nn: torch.nn, passed in so this module import
             nn.Linear(3872, 64), nn.ReLU(),  # 247,872
             nn.Linear(64, 10),  # 650
         )
-    if name == "cifar_cnn3":
-        return nn.Sequential(
+        return model, {}
+    if name == "search_cnn":
+        k = common.SEARCH_KERNEL
+        model = nn.Sequential(
+            nn.Conv2d(1, 32, k), nn.ReLU(),  # 22x22x32, 1,600
+            nn.MaxPool2d(2),  # 11x11x32
+            nn.Conv2d(32, 32, k), nn.ReLU(),  # 5x5x32, 50,208
+            nn.Flatten(),  # 800
+            nn.Linear(800, 32), nn.ReLU(),  # 25,632
+            nn.Linear(32, 10),  # 330
+        )
+        return model, {m.weight: common.SEARCH_L2 for m in model if isinstance(m, (nn.Conv2d, nn.Linear))}
+    if name == "cifar_cnn1":  # no activations, as in the report
+        model = nn.Sequential(
+            nn.Conv2d(3, 32, 3), nn.MaxPool2d(2),  # 30 -> 15, 896
+            nn.Conv2d(32, 64, 3), nn.MaxPool2d(2),  # 13 -> 6, 18,496
+            nn.Conv2d(64, 64, 3),  # 4x4x64, 36,928
+            nn.Flatten(), nn.Linear(1024, 64),  # 65,600
+            nn.Linear(64, 10),  # 650
+        )
+        return model, {}
+    if name == "cifar_cnn2":
+        model = nn.Sequential(
+            nn.Conv2d(3, 32, 3), nn.MaxPool2d(2),  # 896
+            nn.Conv2d(32, 64, 3), nn.MaxPool2d(2),  # 18,496
+            nn.Conv2d(64, 64, 3),  # 4x4x64, 36,928
+            nn.Conv2d(64, 64, 3),  # 2x2x64, 36,928
+            nn.Flatten(),  # 256
+            nn.Linear(256, 256), nn.ReLU(),  # 65,792
+            nn.Linear(256, 128), nn.ReLU(),  # 32,896
+            nn.Linear(128, 10),  # 1,290
+        )
+        return model, {}
+    if name in ("cifar_cnn3", "cifar_cnn4"):
+        reg = name == "cifar_cnn4"
+        drop = (lambda p: [nn.Dropout(p)]) if reg else (lambda p: [])  # noqa: E731
+        model = nn.Sequential(
             nn.Conv2d(3, 32, 3),  # 30x30x32, 896; no activation, as in the report
             nn.MaxPool2d(2),  # 15x15x32
+            *drop(0.25),
             nn.Conv2d(32, 64, 5, padding=2), nn.LeakyReLU(0.1),  # "same": 15x15x64, 51,264
             nn.MaxPool2d(2),  # 7x7x64
+            *drop(0.25),
             nn.Conv2d(64, 64, 5, padding=2), nn.LeakyReLU(0.1),  # 102,464
             nn.Conv2d(64, 64, 5, padding=2), nn.LeakyReLU(0.1),  # 102,464
             nn.Flatten(),  # 3136
             nn.Linear(3136, 256), nn.ReLU(),  # 803,072
+            # Keras's BatchNormalization: momentum 0.99 (torch counts 1 - that), epsilon 0.001.
+            *([nn.Dropout(0.25), nn.BatchNorm1d(256, eps=1e-3, momentum=0.01)] if reg else []),  # 512 (+512 statistics)
             nn.Linear(256, 128), nn.ReLU(),  # 32,896
+            *drop(0.5),
             nn.Linear(128, 10),  # 1,290
         )
+        linear = [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+        return model, ({m.weight: common.CIFAR4_L2 for m in linear[:-1]} if reg else {})
     raise ValueError(f"unknown model {name!r}")
 
 
@@ -70,13 +113,18 @@ def main() -> None:
     # NCHW is PyTorch's native layout; the transpose is a one-off copy of the pool.
     x_all = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy())
     y_all = torch.from_numpy(y_np.astype("int64"))  # cross_entropy wants int64 class indices
-    model = build_model(args.model, nn)
+    model, l2 = build_model(args.model, nn)
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.xavier_uniform_(m.weight)  # Keras glorot_uniform (fan computed the same way)
             nn.init.zeros_(m.bias)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
+    # Keras's L2 adds factor * sum(w ** 2) to the loss, so 2 * factor * w to the gradient: what
+    # torch's weight_decay = 2 * factor adds, and no more work for either.
+    decayed = {id(w) for w in l2}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in decayed]}]
+    groups += [{"params": [w], "weight_decay": 2 * f} for w, f in l2.items()]
+    opt = torch.optim.RMSprop(groups, lr=1e-3, alpha=0.9, eps=1e-7)
     model.train()
     bs = args.batch_size
 

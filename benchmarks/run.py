@@ -33,7 +33,8 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 FRAMEWORKS = ("jaxcnn", "torch", "keras")
-MODELS = ("mnist_cnn", "cifar_cnn3")
+MODELS = ("mnist_cnn", "search_cnn", "cifar_cnn1", "cifar_cnn2", "cifar_cnn3", "cifar_cnn4")
+DEFAULT_MODELS = ("mnist_cnn", "cifar_cnn3")
 # Medians of these are reported; every other field comes from the first successful run.
 NUMERIC = ("examples_per_s", "step_ms", "first_step_s", "wall_s", "import_s", "peak_rss_mb",
            "process_s", "harness_s")
@@ -44,14 +45,15 @@ LIBRARIES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "keras", "jaxcn
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {MODELS}")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                   help=f"comma-separated, of {', '.join(MODELS)}, or 'all' (default: {','.join(DEFAULT_MODELS)})")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
                    help=f"comma-separated, of {FRAMEWORKS}")
     p.add_argument("--steps", type=int, default=None,
-                   help="timed steps (default: each peer's, mnist_cnn 200, cifar_cnn3 20)")
+                   help="timed steps (default: each model's, mnist_cnn 200, search_cnn and cifar_cnn1/2 100, cifar_cnn3/4 20)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 5)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="override the assignment's batch size (mnist_cnn 128, cifar_cnn3 512)")
+                   help="override the assignment's batch size (mnist_cnn 128, search_cnn 256, cifar_cnn1/2 128, cifar_cnn3/4 512)")
     p.add_argument("--threads", type=int, default=None,
                    help="passed to every peer; only torch uses it (torch.set_num_threads)")
     p.add_argument("--repeat", type=int, default=1,
@@ -69,7 +71,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", default=os.path.join(HERE, "results", "latest.md"),
                    help="Markdown report; the JSON goes beside it with a .json suffix")
     args = p.parse_args()
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.models = list(MODELS) if args.models.strip() == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
     args.frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     for m in args.models:
         if m not in MODELS:
@@ -260,14 +262,23 @@ def experiment_table(results: dict[str, dict[str, Any]], args) -> list[str]:
 
 def machine_info() -> dict[str, Any]:
     cpu = platform.processor() or "unknown"
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                if not line.strip():
+                    break  # the first CPU is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    cpu = fields.get("model name", cpu)
+    # A "virtual" CPU name hides the generation, and XLA's code depends on the vector units:
+    # figures from a machine with AVX-512 and one without are not comparable.
+    flags = set(fields.get("flags", "").split())
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+    if "cpu family" in fields:
+        cpu += f" (family {fields['cpu family']}, model {fields.get('model', '?')}; {' '.join(simd) or 'no AVX2'})"
     mem_gb = None
     try:
         with open("/proc/meminfo") as f:

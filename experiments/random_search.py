@@ -41,13 +41,12 @@ none of seed 0's ten draws has a weight decay below 0.02, and the smaller ones d
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.common import main_guard, write_json
+from experiments.common import cli, write_json
 from jaxcnn.errors import ConfigError
 from jaxcnn.search import DEFAULT_STUDY, PRUNERS, REPORT_SPACE, SAMPLERS, SearchConfig
 
@@ -148,4 +147,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(main_guard(main, None))
+    cli(main)

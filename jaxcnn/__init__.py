@@ -13,7 +13,8 @@ Build, train, tune, explain and plot the convolutional networks of a Keras assig
 
 Modules: ``data`` (MNIST, Fashion-MNIST, CIFAR-10), ``layers``, ``models`` (the registry),
 ``optim`` (Keras-parity optimizers), ``train`` (steps, fit), ``callbacks``, ``plots``,
-``manual`` (the hand-written convolution in pure lax), ``search`` (random search).
+``manual`` (the hand-written convolution in pure lax), ``search`` (hyperparameter search on
+Optuna), ``checkpoint`` (export, reload, training checkpoints), ``augment``, ``metrics``.
 """
 
 from __future__ import annotations

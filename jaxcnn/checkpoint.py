@@ -360,17 +360,25 @@ class TrainCheckpoints:
     key); ``meta``: JSON with the history so far, the callbacks' state, a SHA-256 of the arrays and
     one of the meta itself (an edited history or EarlyStopping state is refused on restore);
     and, when a callback keeps arrays (EarlyStopping's best weights), ``callback_arrays``. Saving is
-    synchronous and atomic (orbax writes a temporary folder and renames it), so a process killed at
-    any moment leaves the previous checkpoints intact.
+    atomic (orbax writes a temporary folder and renames it, and removes an older checkpoint only
+    after that), so a process killed at any moment leaves the previous checkpoints intact.
+
+    With ``asynchronous=True`` (what :func:`jaxcnn.fit` uses), :meth:`save` copies the arrays to
+    host memory and returns while orbax writes them in a background thread; the next
+    :meth:`save`, :meth:`wait` and :meth:`close` wait for that write, and raise
+    :class:`CheckpointError` if it failed.
 
     Args:
       directory: where the checkpoints live, e.g. ``<run>/checkpoints``; created if missing.
       monitor: the ``metrics`` key that ranks checkpoints for "best" (default "val_loss").
       mode: "min" or "max" for ``monitor``.
       keep: "last_and_best" (default) or "last".
+      asynchronous: write in the background (default False: :meth:`save` returns once the
+        checkpoint is on disk).
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, monitor: str = "val_loss", mode: str = "min", keep: str = "last_and_best"):
+    def __init__(self, directory: str | os.PathLike[str], *, monitor: str = "val_loss", mode: str = "min", keep: str = "last_and_best",
+                 asynchronous: bool = False):
         import orbax.checkpoint as ocp  # heavy: imported only when checkpoints are used
 
         if mode not in ("min", "max"):
@@ -378,7 +386,7 @@ class TrainCheckpoints:
         if keep not in ("last_and_best", "last"):
             raise CheckpointError(f"keep must be 'last_and_best' or 'last', got {keep!r}")
         self.directory = Path(directory).absolute()
-        self.monitor, self.mode = monitor, mode
+        self.monitor, self.mode, self.asynchronous = monitor, mode, bool(asynchronous)
         if self.directory.exists() and not self.directory.is_dir():
             raise CheckpointError(f"{self.directory} is not a directory; it cannot hold checkpoints")
         policies = [ocp.checkpoint_managers.LatestN(1)]
@@ -394,7 +402,7 @@ class TrainCheckpoints:
             best_fn=best_fn,
             best_mode=mode,
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-            enable_async_checkpointing=False,
+            enable_async_checkpointing=self.asynchronous,
             cleanup_tmp_directories=True,  # leftovers of a save that was killed
         )
         self._ocp = ocp
@@ -441,13 +449,15 @@ class TrainCheckpoints:
         extra: dict[str, Any] | None = None,
     ) -> None:
         """Save after ``epoch`` completed epochs (1 after the first). ``metrics[monitor]`` ranks it."""
-        tree = _state_tree(state)
+        # Host copies: the training step donates the state's device buffers, which on CPU a
+        # numpy view would share, and an asynchronous write reads the arrays after this returns.
+        tree = _host_copy(_state_tree(state))
         plain_cbs, arrays = [], {}
         for i, cb_state in enumerate(callbacks):
             plain, arr = _json_safe(dict(cb_state))
             plain_cbs.append(plain)
             if arr:
-                arrays[str(i)] = arr
+                arrays[str(i)] = _host_copy(arr)
         lr = None
         try:
             from jaxcnn import optim
@@ -472,6 +482,7 @@ class TrainCheckpoints:
         if arrays:
             meta["callback_arrays_sha256"] = _digest(arrays)
         meta["meta_sha256"] = _meta_digest(meta)
+        meta = json.loads(json.dumps(meta))  # the history keeps growing while a background write reads this
         ranked = None
         if metrics is not None and self.monitor in metrics and np.isfinite(metrics[self.monitor]):
             ranked = {self.monitor: float(metrics[self.monitor])}
@@ -480,6 +491,14 @@ class TrainCheckpoints:
             items["callback_arrays"] = self._ocp.args.StandardSave(arrays)
         try:
             self._manager.save(int(epoch), args=self._ocp.args.Composite(**items), metrics=ranked, force=True)
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"cannot save a checkpoint in {self.directory}: {e}") from None
+        if not self.asynchronous:
+            self.wait()
+
+    def wait(self) -> None:
+        """Block until the last :meth:`save` is on disk (at once when saving synchronously)."""
+        try:
             self._manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"cannot save a checkpoint in {self.directory}: {e}") from None
@@ -543,6 +562,15 @@ class TrainCheckpoints:
         return Restored(state, int(meta["epoch"]), history, callbacks, bool(meta.get("stop_training")), meta)
 
     def close(self) -> None:
+        """Wait for a background write (see :meth:`wait`), then release orbax's resources."""
+        try:
+            self.wait()
+        except BaseException:
+            try:
+                self._manager.close()  # waits again, and would raise the same failure again
+            except Exception:  # noqa: BLE001 - the first report is the one raised
+                pass
+            raise
         self._manager.close()
 
     def __enter__(self) -> TrainCheckpoints:
@@ -550,6 +578,10 @@ class TrainCheckpoints:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _host_copy(tree: Any) -> Any:
+    return jax.tree.map(lambda a: np.array(a, copy=True), tree)
 
 
 def _check_against(want: dict[str, Any], got: dict[str, Any], where: Path) -> None:

@@ -82,10 +82,11 @@ def test_export_load_roundtrip_and_clear_errors(tmp_path):
 # orbax training checkpoints
 
 
-def test_train_checkpoints_keep_last_and_best_and_restore_exactly(tmp_path):
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_train_checkpoints_keep_last_and_best_and_restore_exactly(tmp_path, asynchronous):
     state = _template()
     history = History()
-    ckpts = checkpoint.TrainCheckpoints(tmp_path / "ck")
+    ckpts = checkpoint.TrainCheckpoints(tmp_path / "ck", asynchronous=asynchronous)
     saved = {}
     for epoch, val_loss in enumerate([1.0, 0.5, 0.7, 0.8]):
         state = state.replace(step=state.step + 10, params=jax.tree.map(lambda p: p + 1.0, state.params))
@@ -93,6 +94,7 @@ def test_train_checkpoints_keep_last_and_best_and_restore_exactly(tmp_path):
         es = {"wait": epoch, "stopped_epoch": 0, "best": 0.5, "best_epoch": 1}
         ckpts.save(epoch + 1, state, history=history, callbacks=[es, {}], metrics={"val_loss": val_loss})
         saved[epoch + 1] = state
+    ckpts.wait()  # an asynchronous save may still be writing; old ones go only once it is done
     assert ckpts.epochs == [2, 4]  # the best (val_loss 0.5 after epoch 2) and the latest
     assert (ckpts.latest_epoch, ckpts.best_epoch) == (4, 2)
     ckpts.close()
@@ -109,6 +111,24 @@ def test_train_checkpoints_keep_last_and_best_and_restore_exactly(tmp_path):
     assert r.history.to_dict() == history.to_dict()
     assert r.callbacks == [{"wait": 3, "stopped_epoch": 0, "best": 0.5, "best_epoch": 1}, {}]
     assert r.meta["learning_rate"] == pytest.approx(0.001)
+
+
+def test_a_failed_background_write_is_a_checkpoint_error_on_close(tmp_path, monkeypatch):
+    ckpts = checkpoint.TrainCheckpoints(tmp_path / "ck", asynchronous=True)
+    ckpts.save(1, _template(), metrics={"val_loss": 1.0})
+    ckpts.wait()
+    assert ckpts.epochs == [1]
+    ckpts.save(2, _template(), metrics={"val_loss": 0.5})
+    real_wait = ckpts._manager.wait_until_finished
+
+    def failed_write():
+        real_wait()
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ckpts._manager, "wait_until_finished", failed_write)
+    with pytest.raises(CheckpointError, match=r"cannot save a checkpoint in .*No space left on device") as info:
+        ckpts.close()
+    assert "\n" not in str(info.value)
 
 
 def test_orbax_checkpoint_of_another_model_or_truncated_gets_checkpoint_error(tmp_path):

@@ -339,7 +339,7 @@ def _fingerprint(inputs: _Inputs, state: TrainState, batch_size: int, seed: int,
 def _open_checkpoints(checkpoint_dir: Any, resume: bool, monitor: str) -> Any:
     from jaxcnn.checkpoint import TrainCheckpoints
 
-    ckpts = TrainCheckpoints(checkpoint_dir, monitor=monitor, mode="max" if "acc" in monitor else "min")
+    ckpts = TrainCheckpoints(checkpoint_dir, monitor=monitor, mode="max" if "acc" in monitor else "min", asynchronous=True)
     if ckpts.latest_epoch is not None and not resume:
         raise ConfigError(
             f"{checkpoint_dir} already holds checkpoints; pass resume=True to continue that run, "
