@@ -179,7 +179,7 @@ def torch_side(args: argparse.Namespace) -> dict:
     (xt, yt), (xv, yv) = load(args.limit)
     xt, xv = (torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))) for a in (xt, xv))
     yt, yv = torch.from_numpy(yt.astype(np.int64)), torch.from_numpy(yv.astype(np.int64))
-    model = build_model("mnist_cnn", nn)
+    model, _ = build_model("mnist_cnn", nn)  # no L2 on the MNIST CNN
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
     loss_fn = nn.CrossEntropyLoss()
     walls, train_s, val_s, ckpt_s = [], [], [], []
