@@ -482,7 +482,9 @@ class TrainCheckpoints:
         if arrays:
             meta["callback_arrays_sha256"] = _digest(arrays)
         meta["meta_sha256"] = _meta_digest(meta)
-        meta = json.loads(json.dumps(meta))  # the history keeps growing while a background write reads this
+        # A deep copy: a background write reads it after save() returns, while callbacks may change
+        # the lists and dicts their state shares.
+        meta = json.loads(json.dumps(meta))
         ranked = None
         if metrics is not None and self.monitor in metrics and np.isfinite(metrics[self.monitor]):
             ranked = {self.monitor: float(metrics[self.monitor])}

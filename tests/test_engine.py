@@ -249,6 +249,22 @@ def test_resume_belongs_to_fit_whatever_the_callback_order(mnist, tmp_path):
         _fit(DropNoBN(), x, y, epochs=5, batch_size=8, callbacks=cbs(), checkpoint_dir=tmp_path / "ck", resume=True)
 
 
+@pytest.mark.parametrize("name", ["nnx_dropout", "softmax"])
+def test_resume_through_background_checkpoints_for_nnx_and_softmax_models(mnist, tmp_path, name):
+    """fit's checkpoints are written in the background; resuming from them still ends as the run
+    never interrupted, for an NNX module with dropout and a model with a softmax output."""
+    x, y = mnist
+    full = _fit(CUSTOM[name](), x, y, epochs=3)
+    _fit(CUSTOM[name](), x, y, epochs=1, checkpoint_dir=tmp_path / "ck")
+    assert checkpoint.TrainCheckpoints(tmp_path / "ck").epochs == [1]  # on disk once fit returned
+    resumed = _fit(CUSTOM[name](), x, y, epochs=3, checkpoint_dir=tmp_path / "ck", resume=True)
+    assert resumed.history.epoch == [0, 1, 2]
+    for k in ("loss", "val_loss"):
+        np.testing.assert_array_equal(resumed.history[k], full.history[k])
+    for a, b in zip(jax.tree.leaves(resumed.state.params), jax.tree.leaves(full.state.params)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_training_error_declares_its_state_and_history(mnist):
     x, y = mnist
     with pytest.raises(jaxcnn.errors.TrainingError) as info:
