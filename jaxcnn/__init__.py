@@ -27,12 +27,17 @@ import jax
 
 
 def use_cpu_devices(count: int | None = None) -> int:
-    """Split the host CPU into ``count`` XLA devices (default: its cores, at most 8).
+    """Split the host CPU into ``count`` XLA devices (default: its cores, at most 8;
+    ``JAXCNN_CPU_DEVICES`` overrides).
 
-    XLA's own threading uses a second core badly on small convolutions (docs/cpu.md: 2 cores
-    gave 1.36x one core); one XLA device per core, with each batch split across them by
-    :func:`jaxcnn.fit` (no collective: see :mod:`jaxcnn.train.strategies`), gave 2.2x here,
-    and 2.7x with the batch cut into parts of 32.
+    XLA's own threading uses a second core badly on small convolutions (docs/cpu.md). On CPU,
+    :func:`jaxcnn.fit` therefore cuts each batch into parts of at most 32 examples: without
+    batch statistics it deals them to one device per core, each running its parts' gradients in
+    its own program; with BatchNorm it runs one part on each device of a mesh in one SPMD
+    program, whose all-reduce keeps the batch statistics the whole batch's (see
+    :mod:`jaxcnn.train.strategies`). BatchNorm models train faster with more devices than
+    cores (``JAXCNN_CPU_DEVICES=16`` gives a batch of 512 parts of 32); models without it train
+    slower, as every device adds runtime threads (figures in BENCHMARKS.md).
     jaxcnn calls this on import; it only works before JAX has run
     anything, and does nothing when ``XLA_FLAGS`` already forces a device count or
     ``JAXCNN_CPU_DEVICES=1``. Returns the count in force (1 when it could not be set).
@@ -74,7 +79,8 @@ def compilation_cache(directory: str | os.PathLike[str] | None = None) -> str:
     return str(path)
 
 
-use_cpu_devices()
+#: The CPU device count jaxcnn set on import (1: it set none, e.g. because XLA_FLAGS did).
+_CPU_SPLIT = use_cpu_devices()
 
 from jaxcnn import callbacks, errors, layers, models, optim, train
 from jaxcnn.callbacks import (

@@ -145,6 +145,49 @@ def test_every_strategy_equals_the_single_device_step(mnist, name):
     assert (jaxcnn.predict(base.state, x[:5], output="classes") == probs.argmax(-1)).all()
 
 
+@pytest.mark.skipif(jax.local_device_count() < 2, reason="needs 2 CPU devices (jaxcnn makes one per core)")
+@pytest.mark.parametrize("name", ["bn_dropout", "bn", "nnx_bn_dropout"])
+def test_batch_statistics_on_the_cpu_mesh_are_the_whole_batch(name):
+    """fit's CPU path for BatchNorm models cuts a batch into parts (of 32 given 4 devices), one
+    per device of an SPMD mesh: the moving statistics after a step are those of the one-device
+    step (the whole batch's), and cutting the same batch into independent parts would not give
+    them."""
+    ds = jaxcnn.data.load("mnist")
+    x, y = jaxcnn.data.to_float(ds.x_train[:128]), ds.y_train[:128]
+    fresh = lambda: train.create_train_state(CUSTOM[name](), x.shape[1:], "sgd", 0.05)  # noqa: E731 - steps donate their state
+    strategy = train.choose_strategy("auto", 128, fresh())
+    assert strategy.name == "stats-mesh" and strategy.place.size == min(4, jax.local_device_count())
+    results = {}
+    for label, s in {"mesh": strategy, "one": train.choose_strategy(None, 128, fresh())}.items():
+        out, logs = train.run_epoch(s.put_state(fresh()), s, train.Data(x, y), np.arange(128), 128)
+        results[label] = (jax.device_get(out.batch_stats), jax.device_get(out.params), logs["loss"])
+    (stats, params, loss), (one_stats, one_params, one_loss) = results["mesh"], results["one"]
+    start = jax.device_get(fresh().batch_stats)
+    assert jax.tree.leaves(stats) and not np.allclose(jax.tree.leaves(stats)[0], jax.tree.leaves(start)[0])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), stats, one_stats)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, one_params)
+    assert abs(loss - one_loss) < 1e-5
+    # Four independent parts of 32, each normalised by its own statistics, move them elsewhere.
+    single = train.choose_strategy(None, 32, fresh())
+    parts = [jax.device_get(train.run_epoch(fresh(), single, train.Data(x[i:i + 32], y[i:i + 32]), np.arange(32), 32)[0].batch_stats)
+             for i in range(0, 128, 32)]
+    assert not all(np.allclose(a, b, rtol=1e-3) for a, b in zip(jax.tree.leaves(parts[0]), jax.tree.leaves(one_stats)))
+
+
+@pytest.mark.skipif(jax.local_device_count() < 2, reason="needs 2 CPU devices (jaxcnn makes one per core)")
+@pytest.mark.parametrize("name", ["bn_dropout", "nnx_bn_dropout"])
+def test_batchnorm_fit_on_the_cpu_mesh_equals_one_device(mnist, name):
+    """Whole fits: batches of 64 run as 2 parts on the mesh, the last batch of 8 on one device;
+    the dropout masks are the whole batch's, so the history is the one-device history."""
+    x, y = mnist
+    kw = dict(batch_size=64, epochs=3, validation_split=0.25)
+    auto, one = _fit(CUSTOM[name](), x, y, devices="auto", **kw), _fit(CUSTOM[name](), x, y, devices=None, **kw)
+    for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(auto.history[k], one.history[k], rtol=2e-4, atol=1e-5, err_msg=k)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 jax.device_get(auto.state.batch_stats), jax.device_get(one.state.batch_stats))
+
+
 @pytest.mark.parametrize("name", jaxcnn.models.MODELS)
 def test_every_strategy_trains_the_registry_models(name):
     shape = jaxcnn.models.input_shape(name)

@@ -63,8 +63,10 @@ def test_one_place_chooses_the_strategy():
     mnist = train.create_train_state(jaxcnn.get_model("mnist_cnn"), (28, 28, 1))
     bn = train.create_train_state(jaxcnn.get_model("cifar_cnn4"), (32, 32, 3))
     auto = train.choose_strategy("auto", 128, mnist)
-    assert isinstance(auto, train.Parts) and auto.devices == tuple(jax.local_devices())
-    assert isinstance(train.choose_strategy("auto", 128, bn), train.SingleDevice)  # whole-batch statistics
+    assert isinstance(auto, train.Parts) and auto.devices == tuple(jax.local_devices()[: train.cpu_workers()])
+    # Whole-batch statistics: the batch cut over a mesh (one device: the batch in one piece).
+    bn_auto = train.choose_strategy("auto", 128, bn)
+    assert isinstance(bn_auto, train.StatsMesh if jax.local_device_count() >= 2 else train.SingleDevice)
     assert isinstance(train.choose_strategy(None, 128, mnist), train.SingleDevice)
     assert isinstance(train.choose_strategy(None, 128, mnist, data_on_device=True), train.Resident)
     if jax.local_device_count() >= 2:

@@ -53,8 +53,10 @@ from jaxcnn.train.strategies import (
     Placement,
     Resident,
     SingleDevice,
+    StatsMesh,
     Strategy,
     choose_strategy,
+    cpu_workers,
     max_parts,
     placement,
     scan_units,
@@ -63,8 +65,8 @@ from jaxcnn.train.strategies import (
 
 __all__ = [
     "PART_GRADS_BYTES", "PART_SIZE", "Data", "FitResult", "History", "LinenModel", "Loop", "Mesh", "NNXModel",
-    "Parts", "Placement", "Resident", "SingleDevice", "Strategy", "TrainState", "accumulate", "adapt",
-    "choose_strategy", "compile_count", "create_train_state", "epoch_order", "eval_and_accumulate", "eval_step",
+    "Parts", "Placement", "Resident", "SingleDevice", "StatsMesh", "Strategy", "TrainState", "accumulate", "adapt",
+    "choose_strategy", "compile_count", "cpu_workers", "create_train_state", "epoch_order", "eval_and_accumulate", "eval_step",
     "evaluate", "fit", "max_parts", "metric_logs", "output_classes", "part_grads", "placement", "predict",
     "regularization_loss", "rng_rule", "run_epoch", "scan_units", "split_parts", "state_from_variables",
     "train_and_accumulate", "train_step", "zero_metrics",

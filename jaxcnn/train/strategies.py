@@ -9,12 +9,19 @@ place that picks one:
   (``fit(devices=None)``, and models with batch statistics on CPU).
 * :class:`Parts` (CPU, ``devices="auto"``): each batch cut into equal parts of at most
   :data:`PART_SIZE` examples (:func:`split_parts`: a function of the batch size and the model
-  alone, never of the device count), dealt out in turn to the CPU devices (one per core, see
-  :func:`jaxcnn.use_cpu_devices`). Each device computes its parts' gradients in its own program;
+  alone, never of the device count), dealt out in turn to one CPU device per core (at most 8,
+  see :func:`jaxcnn.use_cpu_devices`). Each device computes its parts' gradients in its own program;
   the first sums them and takes the optimizer step; the new parameters are copied back. There is
-  no collective: XLA's in-process all-reduce aborted long CPU runs here. Small parts keep a
+  no collective (none is needed without batch statistics). Small parts keep a
   part's activations in the core's cache, which made them much faster per example than whole
   batches (figures in BENCHMARKS.md). Evaluation batches are dealt out the same way.
+* :class:`StatsMesh` (CPU, ``devices="auto"``, models with batch statistics): each batch cut
+  into parts of at most :data:`PART_SIZE` examples as for :class:`Parts` (fewer, larger parts
+  where there are fewer CPU devices), one part per device, all in one SPMD program over a
+  mesh of as many devices. XLA all-reduces BatchNorm's batch mean and variance, so they are
+  the whole batch's (as in Keras and on one device). With one device per core a part is large
+  (256 of a batch of 512 on 2 cores); ``JAXCNN_CPU_DEVICES=16`` makes enough devices for parts
+  of 32, whose threads share the cores, at some cost to :class:`Parts` (BENCHMARKS.md).
 * :class:`Mesh` (``devices="all"``, a count or a list): a data-parallel ``jax.sharding`` mesh,
   the batch split across devices and hosts, the state replicated.
 * :class:`Resident` (accelerators by default): the training set stays on the device and chunks
@@ -121,13 +128,17 @@ class Placement:
 
 
 def placement(devices: int | str | Sequence[Any] | None = None) -> Placement:
-    """Resolve ``devices``: None, 1 or "auto" (one device), "all", a count, or a list of jax devices."""
+    """Resolve ``devices``: None, 1 or "auto" (one device), "all", a count, or a list of jax devices.
+
+    "all" is every local device, except on a CPU that jaxcnn split into devices itself
+    (:func:`jaxcnn.use_cpu_devices`): there it is one device per core (:func:`cpu_workers`)."""
     # Across hosts (jax.distributed.initialize), "all" means every device of every process.
     local = jax.local_devices() if jax.process_count() == 1 else jax.devices()
     if devices is None or devices == "auto":
         chosen = local[:1]
     elif devices == "all":
-        chosen = local
+        # On a CPU that jaxcnn split into more devices than cores, "all" means one per core.
+        chosen = local[: cpu_workers()] if _jaxcnn_split_cpu(local) else local
     elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
         if not 1 <= devices <= len(local):
             raise ConfigError(
@@ -242,6 +253,47 @@ class Mesh(Strategy):
         sharded = len(unit) % self.place.size == 0
         state, acc = _mesh_train(self.place, sharded)(state, acc, self.place.put_batch(data.batch(unit)))
         return state, acc, 1
+
+
+class StatsMesh(Strategy):
+    """Models with batch statistics on CPU: each batch cut into parts as for :class:`Parts`, one
+    part per device of a mesh, in one SPMD program whose all-reduces make BatchNorm's statistics
+    the whole batch's (see the module docstring). The dropout masks are those of the whole batch
+    in one piece, as on one device: only the order of floating-point sums differs from it."""
+
+    name = "stats-mesh"
+
+    def __init__(self, devices: Sequence[Any], batch_size: int, state: TrainState | None = None,
+                 part_size: int | None = None):
+        self.devices = tuple(devices)
+        self.part_size = part_size
+        self.cap = min(len(self.devices), max_parts(state) or len(self.devices))
+        self._places: dict[int, Placement] = {}
+        self.place = self._placement(batch_size)
+
+    def _placement(self, n: int) -> Placement:
+        k = split_parts(n, self.part_size, self.cap)
+        if k not in self._places:
+            self._places[k] = Placement(self.devices[:k])
+        return self._places[k]
+
+    def train(self, state, acc, unit, data):
+        place = self._placement(len(unit))
+        if not _placed(state, place):
+            # A batch of another size (the last of an epoch) may use fewer devices than the state is on.
+            state, acc = place.put_state(state), place.put_state(acc)
+        fn = _mesh_train(place, True) if place.size > 1 else _jit_train
+        state, acc = fn(state, acc, place.put_batch(data.batch(unit)))
+        return state, acc, 1
+
+    def evaluate(self, state, data, batch_size):
+        if not _placed(state, self.place):
+            state = self.place.put_state(state)
+        return super().evaluate(state, data, batch_size)
+
+
+def _placed(state: TrainState, place: Placement) -> bool:
+    return jax.tree.leaves(state.params)[0].sharding == place.replicated
 
 
 def max_parts(state: TrainState | None) -> int | None:
@@ -386,9 +438,10 @@ def choose_strategy(devices: int | str | Sequence[Any] | None, batch_size: int, 
                     data_on_device: bool | None = None) -> Strategy:
     """The one place a strategy is chosen (see the module docstring).
 
-    ``devices="auto"``: on CPU, :class:`Parts` over the local CPU devices, unless the model has
-    batch statistics (each part would normalise by its own: :class:`SingleDevice` keeps Keras's
-    whole-batch statistics); on an accelerator one device, the data resident. ``None``: one
+    ``devices="auto"``: on CPU, :class:`Parts` over one local CPU device per core, or for a model
+    with batch statistics :class:`StatsMesh` over all of them (a part on its own would normalise
+    by its own statistics; the mesh keeps Keras's whole-batch ones); on an accelerator one
+    device, the data resident. ``None``: one
     device. "all", a count or a list: :class:`Mesh` (one device: :class:`SingleDevice`).
     ``data_on_device`` forces the resident strategy on or off.
     """
@@ -403,6 +456,22 @@ def choose_strategy(devices: int | str | Sequence[Any] | None, batch_size: int, 
     if place.size > 1:
         return Mesh(place)
     has_stats = state is not None and bool(jax.tree.leaves(state.batch_stats))
-    if devices == "auto" and on_cpu and jax.process_count() == 1 and not has_stats:
-        return Parts(jax.local_devices())
+    if devices == "auto" and on_cpu and jax.process_count() == 1:
+        local = jax.local_devices()
+        if has_stats:
+            return StatsMesh(local, batch_size, state) if len(local) > 1 else SingleDevice(place.devices[0])
+        return Parts(local[: cpu_workers()])
     return SingleDevice(place.devices[0])
+
+
+def _jaxcnn_split_cpu(local: Sequence[Any]) -> bool:
+    import sys
+
+    return jax.process_count() == 1 and local[0].platform == "cpu" and getattr(sys.modules.get("jaxcnn"), "_CPU_SPLIT", 1) > 1
+
+
+def cpu_workers() -> int:
+    """How many CPU devices :class:`Parts` deals parts to: one per core, at most 8 (more
+    programs at once than cores only made the parts slower)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 8, jax.local_device_count()))
