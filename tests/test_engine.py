@@ -292,15 +292,16 @@ def test_resume_belongs_to_fit_whatever_the_callback_order(mnist, tmp_path):
         _fit(DropNoBN(), x, y, epochs=5, batch_size=8, callbacks=cbs(), checkpoint_dir=tmp_path / "ck", resume=True)
 
 
-@pytest.mark.parametrize("name", ["nnx_dropout", "softmax"])
-def test_resume_through_background_checkpoints_for_nnx_and_softmax_models(mnist, tmp_path, name):
+@pytest.mark.parametrize("name, batch_size", [("nnx_dropout", 16), ("softmax", 16), ("nnx_bn_dropout", 64)])
+def test_resume_through_background_checkpoints_for_nnx_and_softmax_models(mnist, tmp_path, name, batch_size):
     """fit's checkpoints are written in the background; resuming from them still ends as the run
-    never interrupted, for an NNX module with dropout and a model with a softmax output."""
+    never interrupted, for an NNX module with dropout, a model with a softmax output, and an NNX
+    module with BatchNorm and dropout whose batches of 64 run on the CPU mesh of parts."""
     x, y = mnist
-    full = _fit(CUSTOM[name](), x, y, epochs=3)
-    _fit(CUSTOM[name](), x, y, epochs=1, checkpoint_dir=tmp_path / "ck")
+    full = _fit(CUSTOM[name](), x, y, epochs=3, batch_size=batch_size)
+    _fit(CUSTOM[name](), x, y, epochs=1, batch_size=batch_size, checkpoint_dir=tmp_path / "ck")
     assert checkpoint.TrainCheckpoints(tmp_path / "ck").epochs == [1]  # on disk once fit returned
-    resumed = _fit(CUSTOM[name](), x, y, epochs=3, checkpoint_dir=tmp_path / "ck", resume=True)
+    resumed = _fit(CUSTOM[name](), x, y, epochs=3, batch_size=batch_size, checkpoint_dir=tmp_path / "ck", resume=True)
     assert resumed.history.epoch == [0, 1, 2]
     for k in ("loss", "val_loss"):
         np.testing.assert_array_equal(resumed.history[k], full.history[k])

@@ -444,10 +444,11 @@ def fit(
       callbacks: e.g. ``EarlyStopping``, ``LearningRateScheduler``.
       verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
       devices: "auto" (on CPU, each batch cut into parts of at most 32 examples dealt out to the
-        CPU devices, except for models with batch statistics; one device on an accelerator),
-        None (one device, the whole batch in one program), or "all", a count or a list (a
-        data-parallel mesh). See :mod:`jaxcnn.train.strategies`. The history is the same on
-        any number of CPU devices.
+        CPU devices, or for models with batch statistics one part per device of an SPMD mesh
+        that keeps the statistics the whole batch's; one device on an accelerator), None (one
+        device, the whole batch in one program), or "all", a count or a list (a data-parallel
+        mesh). See :mod:`jaxcnn.train.strategies`. The history is the same on any number of
+        CPU devices (for BatchNorm models, to float tolerance).
       data_on_device: keep the training set on the device and run chunks of steps in one
         ``lax.scan`` (default: on GPU/TPU, off on CPU).
       checkpoint_dir: save the whole training state, the history and every callback's state
