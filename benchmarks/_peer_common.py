@@ -66,6 +66,11 @@ NUM_CLASSES = 10
 DEFAULT_DISTINCT = 8192  # distinct random examples, cycled; rounded up to whole batches
 
 
+def jaxcnn_kwargs(name: str) -> dict[str, Any]:
+    """What ``jaxcnn.get_model(name, ...)`` needs beyond the registry's defaults for ``name``."""
+    return dict(kernel_size=SEARCH_KERNEL, weight_decay=SEARCH_L2) if name == "search_cnn" else {}
+
+
 def parse_args(framework: str, argv: list[str] | None = None) -> argparse.Namespace:
     """The CLI shared by all peers; `framework` only changes the help text."""
     p = argparse.ArgumentParser(

@@ -60,8 +60,7 @@ def jaxcnn_side(args, x, y, xv, yv) -> dict:
     import jaxcnn
     import_s = time.perf_counter() - t
     jaxcnn.compilation_cache(args.cache)
-    kwargs = dict(kernel_size=common.SEARCH_KERNEL, weight_decay=common.SEARCH_L2) if args.model == "search_cnn" else {}
-    model = jaxcnn.get_model(args.model, **kwargs)
+    model = jaxcnn.get_model(args.model, **common.jaxcnn_kwargs(args.model))
     result = jaxcnn.fit(model, x, y, validation_data=(xv, yv), epochs=args.epochs, batch_size=args.batch_size,
                         optimizer="rmsprop", learning_rate=1e-3, verbose=0, seed=args.seed)
     strategy = jaxcnn.train.choose_strategy("auto", args.batch_size, result.state)
@@ -80,11 +79,7 @@ def torch_side(args, x, y, xv, yv) -> dict:
     import_s = time.perf_counter() - t
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model, l2 = peer_torch.build_model(args.model, nn)
-    decayed = {id(w) for w in l2}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in decayed]}]
-    groups += [{"params": [w], "weight_decay": 2 * f} for w, f in l2.items()]
-    opt = torch.optim.RMSprop(groups, lr=1e-3, alpha=0.9, eps=1e-7)
+    model, opt = peer_torch.build_training(args.model, torch, nn)
     xt, yt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(y.astype("int64"))
     xvt, yvt = torch.from_numpy(xv.transpose(0, 3, 1, 2).copy()), torch.from_numpy(yv.astype("int64"))
     bs, walls = args.batch_size, []
@@ -116,8 +111,7 @@ def keras_side(args, x, y, xv, yv) -> dict:
     import_s = time.perf_counter() - t
     keras.utils.set_random_seed(args.seed)
     model = peer_keras.build_model(args.model, keras, common.MODELS[args.model].input_shape)
-    model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=1e-3, rho=0.9, epsilon=1e-7),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    peer_keras.compile_model(model, keras, metrics=["accuracy"])
     walls: list[float] = []
 
     class Timer(keras.callbacks.Callback):

@@ -47,8 +47,7 @@ def main() -> None:
     devices = opts.get("devices", "auto")
     devices = int(devices) if devices.isdigit() else (None if devices == "None" else devices)
     dtype = {"fp32": None, "bf16": jnp.bfloat16}[opts.get("precision", "fp32")]
-    kwargs = dict(kernel_size=common.SEARCH_KERNEL, weight_decay=common.SEARCH_L2) if args.model == "search_cnn" else {}
-    model = jaxcnn.get_model(args.model, dtype=dtype, **kwargs)  # cifar_cnn4's L2 0.01 is the registry's
+    model = jaxcnn.get_model(args.model, dtype=dtype, **common.jaxcnn_kwargs(args.model))  # cifar_cnn4's L2 0.01 is the registry's
     state = train.create_train_state(model, x.shape[1:], "rmsprop", 1e-3, seed=args.seed)
     strategy = train.choose_strategy(devices, bs, state, data_on_device=False)
     state = strategy.put_state(state)

@@ -108,6 +108,12 @@ def split_steps(steps: int, n_batches: int) -> tuple[int, int]:
     return epochs, -(-steps // epochs)
 
 
+def compile_model(model, keras, **kwargs) -> None:
+    """Keras's RMSprop (its defaults, spelled out) and sparse cross-entropy from logits."""
+    model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=1e-3, rho=0.9, epsilon=1e-7),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), **kwargs)
+
+
 def main() -> None:
     args = common.parse_args("Keras 3, JAX backend")
     x, y = common.make_data(args)
@@ -121,10 +127,7 @@ def main() -> None:
     wall_start = time.perf_counter()
     keras.utils.set_random_seed(args.seed)
     model = build_model(args.model, keras, common.MODELS[args.model].input_shape)
-    model.compile(
-        optimizer=keras.optimizers.RMSprop(learning_rate=1e-3, rho=0.9, epsilon=1e-7),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
+    compile_model(model, keras)
     params = int(sum(int(v.numpy().size) for v in model.trainable_weights))
     bs = args.batch_size
     fit_kw = dict(batch_size=bs, shuffle=False, verbose=0)

@@ -95,6 +95,21 @@ def build_model(name: str, nn):  # nn: torch.nn, passed in so this module import
     raise ValueError(f"unknown model {name!r}")
 
 
+def build_training(name: str, torch, nn):
+    """The model, initialised as Keras would, and its RMSprop with the model's L2 as weight decay."""
+    model, l2 = build_model(name, nn)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)  # Keras glorot_uniform (fan computed the same way)
+            nn.init.zeros_(m.bias)
+    # Keras's L2 adds factor * sum(w ** 2) to the loss, so 2 * factor * w to the gradient: what
+    # torch's weight_decay = 2 * factor adds, and no more work for either.
+    decayed = {id(w) for w in l2}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in decayed]}]
+    groups += [{"params": [w], "weight_decay": 2 * f} for w, f in l2.items()]
+    return model, torch.optim.RMSprop(groups, lr=1e-3, alpha=0.9, eps=1e-7)
+
+
 def main() -> None:
     args = common.parse_args("PyTorch (CPU)")
     x_np, y_np = common.make_data(args)
@@ -113,18 +128,8 @@ def main() -> None:
     # NCHW is PyTorch's native layout; the transpose is a one-off copy of the pool.
     x_all = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy())
     y_all = torch.from_numpy(y_np.astype("int64"))  # cross_entropy wants int64 class indices
-    model, l2 = build_model(args.model, nn)
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(m.weight)  # Keras glorot_uniform (fan computed the same way)
-            nn.init.zeros_(m.bias)
+    model, opt = build_training(args.model, torch, nn)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    # Keras's L2 adds factor * sum(w ** 2) to the loss, so 2 * factor * w to the gradient: what
-    # torch's weight_decay = 2 * factor adds, and no more work for either.
-    decayed = {id(w) for w in l2}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in decayed]}]
-    groups += [{"params": [w], "weight_decay": 2 * f} for w, f in l2.items()]
-    opt = torch.optim.RMSprop(groups, lr=1e-3, alpha=0.9, eps=1e-7)
     model.train()
     bs = args.batch_size
 

@@ -26,6 +26,16 @@ from typing import Any
 import jax
 
 
+def _cpu_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _default_cpu_devices() -> int:
+    """jaxcnn's CPU device count unless told otherwise: one per core, at most 8."""
+    return min(_cpu_cores(), 8)
+
+
 def use_cpu_devices(count: int | None = None) -> int:
     """Split the host CPU into ``count`` XLA devices (default: its cores, at most 8;
     ``JAXCNN_CPU_DEVICES`` overrides).
@@ -44,14 +54,13 @@ def use_cpu_devices(count: int | None = None) -> int:
     """
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if count is None:
         env = os.environ.get("JAXCNN_CPU_DEVICES", "").strip()
         if env and not env.isdigit():
             from jaxcnn.errors import ConfigError
 
             raise ConfigError(f"JAXCNN_CPU_DEVICES must be a whole number of CPU devices, got {env!r}; unset it or set e.g. JAXCNN_CPU_DEVICES=1")
-        count = int(env) if env else min(cores, 8)
+        count = int(env) if env else _default_cpu_devices()
     if count <= 1:
         return 1
     try:

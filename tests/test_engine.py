@@ -337,7 +337,7 @@ import jax
 jaxcnn.compilation_cache(sys.argv[2])  # the later runs load the first's programs
 ds = jaxcnn.data.load("mnist")
 x, y = jaxcnn.data.to_float(ds.x_train[:320]), ds.y_train[:320]
-out = {"devices": jax.local_device_count()}
+out = {"devices": jax.local_device_count(), "all": jaxcnn.train.placement("all").size}
 for name, cls in [("dropout", DropNoBN), ("jaxcnn_dropout", JaxcnnDrop), ("bn_dropout", BNDrop), ("bn", BNOnly), ("neither", NoTrain)]:
     h = jaxcnn.fit(cls(), x, y, epochs=2, batch_size=128, validation_split=0.2, verbose=0, seed=7).history  # 2 batches: 4 parts, 2 parts
     out[name] = {k: h[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
@@ -358,6 +358,8 @@ def test_same_seed_same_history_on_1_2_and_4_cpu_devices(tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         runs[n] = json.loads(proc.stdout.strip().splitlines()[-1])
         assert runs[n]["devices"] == n
+        # "all" on a CPU that jaxcnn split (JAXCNN_CPU_DEVICES) is one device per core, at most 8.
+        assert runs[n]["all"] == min(n, len(os.sched_getaffinity(0)), 8)
     assert any((tmp_path / "xla").iterdir())  # jaxcnn.compilation_cache kept the programs
     for n in (2, 4):
         for model in ("dropout", "jaxcnn_dropout", "bn_dropout", "bn", "neither"):

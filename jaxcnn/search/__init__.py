@@ -316,7 +316,9 @@ def _run_workers(n: int, data: Data, config: SearchConfig, space: dict[str, Any]
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from jaxcnn import _cpu_cores
+
+    cores = _cpu_cores()
     tmp = tempfile.mkdtemp(prefix="jaxcnn-search-")
     try:
         paths = {}

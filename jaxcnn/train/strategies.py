@@ -465,13 +465,14 @@ def choose_strategy(devices: int | str | Sequence[Any] | None, batch_size: int, 
 
 
 def _jaxcnn_split_cpu(local: Sequence[Any]) -> bool:
-    import sys
+    import jaxcnn  # set up before this module is imported
 
-    return jax.process_count() == 1 and local[0].platform == "cpu" and getattr(sys.modules.get("jaxcnn"), "_CPU_SPLIT", 1) > 1
+    return jax.process_count() == 1 and local[0].platform == "cpu" and jaxcnn._CPU_SPLIT > 1
 
 
 def cpu_workers() -> int:
     """How many CPU devices :class:`Parts` deals parts to: one per core, at most 8 (more
     programs at once than cores only made the parts slower)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, 8, jax.local_device_count()))
+    from jaxcnn import _default_cpu_devices
+
+    return max(1, min(_default_cpu_devices(), jax.local_device_count()))
