@@ -59,11 +59,38 @@ MODELS: dict[str, ModelInfo] = {
     "cifar_cnn2": ModelInfo((32, 32, 3), 50_000, 193_226, 128, 100),
     "cifar_cnn3": ModelInfo((32, 32, 3), 50_000, 1_094_346, 512, 20),
     "cifar_cnn4": ModelInfo((32, 32, 3), 50_000, 1_094_858, 512, 20),
+    # Not the report's: a user's own BatchNorm model on the MNIST shape (jaxcnn_model).
+    "bn_mnist": ModelInfo((28, 28, 1), 48_000, 258_218, 128, 200),
 }
 SEARCH_KERNEL, SEARCH_L2 = 7, 0.009  # search_cnn's trial
 CIFAR4_L2 = 0.01
 NUM_CLASSES = 10
 DEFAULT_DISTINCT = 8192  # distinct random examples, cycled; rounded up to whole batches
+
+
+def jaxcnn_model(name: str, **kwargs: Any) -> Any:
+    """The jaxcnn side's model: the registry's, or for ``bn_mnist`` a Flax module as a user would
+    write it (``flax.linen`` layers, not jaxcnn's): mnist_cnn with a BatchNorm (Keras's momentum
+    0.99 and epsilon 0.001) after each convolution and dropout 0.25 before the first dense layer.
+    ``kwargs`` (e.g. ``dtype``) go to the registry's models only."""
+    if name != "bn_mnist":
+        import jaxcnn
+
+        return jaxcnn.get_model(name, **jaxcnn_kwargs(name), **kwargs)
+    if kwargs:
+        raise ValueError(f"bn_mnist takes no options, got {sorted(kwargs)}")
+    import flax.linen as nn
+
+    class BNMnist(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3)  # noqa: E731
+            x = nn.max_pool(nn.relu(bn()(nn.Conv(32, (3, 3), padding="VALID")(x))), (2, 2), (2, 2))  # 13x13x32
+            x = nn.relu(bn()(nn.Conv(32, (3, 3), padding="VALID")(x)))  # 11x11x32
+            x = nn.Dropout(0.25, deterministic=not train)(x.reshape(x.shape[0], -1))
+            return nn.Dense(10)(nn.relu(nn.Dense(64)(x)))
+
+    return BNMnist()
 
 
 def jaxcnn_kwargs(name: str) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def jaxcnn_side(args, x, y, xv, yv) -> dict:
     import jaxcnn
     import_s = time.perf_counter() - t
     jaxcnn.compilation_cache(args.cache)
-    model = jaxcnn.get_model(args.model, **common.jaxcnn_kwargs(args.model))
+    model = common.jaxcnn_model(args.model)
     result = jaxcnn.fit(model, x, y, validation_data=(xv, yv), epochs=args.epochs, batch_size=args.batch_size,
                         optimizer="rmsprop", learning_rate=1e-3, verbose=0, seed=args.seed)
     strategy = jaxcnn.train.choose_strategy("auto", args.batch_size, result.state)
@@ -148,7 +148,7 @@ def run_side(args, framework: str, model: str, cache: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="all", help="comma-separated registry names, or all (default)")
+    p.add_argument("--models", default="all", help="comma-separated names of _peer_common.MODELS (the report's models and bn_mnist, a user's BatchNorm model), or all (default)")
     p.add_argument("--frameworks", default="jaxcnn,torch,keras", help="comma-separated: jaxcnn, torch, keras")
     p.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is the start-up (default 3)")
     p.add_argument("--batches", type=int, default=20, help="training batches per epoch (default 20)")

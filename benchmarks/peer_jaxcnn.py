@@ -47,7 +47,7 @@ def main() -> None:
     devices = opts.get("devices", "auto")
     devices = int(devices) if devices.isdigit() else (None if devices == "None" else devices)
     dtype = {"fp32": None, "bf16": jnp.bfloat16}[opts.get("precision", "fp32")]
-    model = jaxcnn.get_model(args.model, dtype=dtype, **common.jaxcnn_kwargs(args.model))  # cifar_cnn4's L2 0.01 is the registry's
+    model = common.jaxcnn_model(args.model, **({"dtype": dtype} if dtype is not None else {}))  # cifar_cnn4's L2 0.01 is the registry's
     state = train.create_train_state(model, x.shape[1:], "rmsprop", 1e-3, seed=args.seed)
     strategy = train.choose_strategy(devices, bs, state, data_on_device=False)
     state = strategy.put_state(state)

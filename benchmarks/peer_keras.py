@@ -47,6 +47,14 @@ def build_model(name: str, keras, input_shape: tuple[int, int, int]):
             L.Dense(64, activation="relu"),  # 247,872
             L.Dense(10),  # 650, logits
         ]
+    elif name == "bn_mnist":  # _peer_common.jaxcnn_model
+        body = [
+            L.Conv2D(32, 3), L.BatchNormalization(), L.Activation("relu"), L.MaxPooling2D(2),
+            L.Conv2D(32, 3), L.BatchNormalization(), L.Activation("relu"),
+            L.Flatten(), L.Dropout(0.25),
+            L.Dense(64, activation="relu"),
+            L.Dense(10),  # logits
+        ]
     elif name == "search_cnn":
         k, reg = common.SEARCH_KERNEL, dict(kernel_regularizer=keras.regularizers.L2(common.SEARCH_L2))
         body = [

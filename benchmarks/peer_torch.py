@@ -38,6 +38,15 @@ def build_model(name: str, nn):  # nn: torch.nn, passed in so this module import
             nn.Linear(64, 10),  # 650
         )
         return model, {}
+    if name == "bn_mnist":  # _peer_common.jaxcnn_model; Keras's BatchNormalization (momentum 0.99 = torch's 0.01)
+        model = nn.Sequential(
+            nn.Conv2d(1, 32, 3), nn.BatchNorm2d(32, eps=1e-3, momentum=0.01), nn.ReLU(), nn.MaxPool2d(2),  # 13x13x32
+            nn.Conv2d(32, 32, 3), nn.BatchNorm2d(32, eps=1e-3, momentum=0.01), nn.ReLU(),  # 11x11x32
+            nn.Flatten(), nn.Dropout(0.25),
+            nn.Linear(3872, 64), nn.ReLU(),
+            nn.Linear(64, 10),
+        )
+        return model, {}
     if name == "search_cnn":
         k = common.SEARCH_KERNEL
         model = nn.Sequential(

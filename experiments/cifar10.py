@@ -19,15 +19,21 @@ logits (plus the L2 terms of CNN 4); every model validates on the test split (th
 | 1 ``cifar_cnn1``, 122,570 params | Adamax, ExponentialDecay(0.005, 1500, 0.96, staircase) | 128 | 10 | none | epoch 10: loss 0.9227, acc 0.6837, val_loss 1.0588, val_acc 0.6481 (23 s/epoch in the report) | 45-50 |
 | 2 ``cifar_cnn2``, 193,226 | same Adamax schedule | 128 | 15 | EarlyStopping(val_loss, patience 5) | stopped at epoch 13, val_acc about 0.71 | 50-60 |
 | 3 ``cifar_cnn3``, 1,094,346 | RMSprop 0.001 | 512 | 20 | EarlyStopping(patience 5), LearningRateScheduler: lr kept for epochs 0..9, then x exp(-0.1) per epoch | stopped early: loss 0.6635, acc 0.7688, val_loss 0.8182, val_acc 0.7230 (61 s/epoch in the report) | 135-140 |
-| 4 ``cifar_cnn4``, 1,095,370 (512 non-trainable) | as 3 | 512 | 20 | as 3 | did not stop early, val_acc 0.7628 | 135-160 |
+| 4 ``cifar_cnn4``, 1,095,370 (512 non-trainable) | as 3 | 512 | 20 | as 3 | did not stop early, val_acc 0.7628 | about 105 (**) |
 
 (*) Not a measured full epoch: ``jaxcnn.fit`` for two epochs on 3,072 random 32x32x3 images with
 1,024 validation images (the default devices: one XLA device per CPU core), the second epoch's
 time scaled to 50,000 training and 10,000 test images; two runs gave the ranges shown. The 2-core
 machine was shared (load average 4 to 7), so they are rough. On one XLA device (``--devices 1``)
-CNNs 1 to 3 took 1.2 to 1.4x as long. CNN 4 was measured before ``fit`` kept models with batch
-normalisation on one CPU device (its batch statistics must see the whole batch), so expect it to
-take about that much longer than shown.
+CNNs 1 to 3 took 1.2 to 1.4x as long. CNN 4: see (**).
+
+(**) CNN 4 has BatchNorm. Run as a command it makes 16 XLA CPU devices (unless
+``JAXCNN_CPU_DEVICES`` or ``XLA_FLAGS`` sets a count, or a GPU plugin is installed), so that each
+batch of 512 trains as 16 parts of 32 on a mesh whose all-reduce keeps the batch statistics the
+whole batch's. Measured 2026-12-02 on 2 cores with this command on random CIFAR-shaped files
+(``--limit 4096 --epochs 3``, validation on 10,000 test images): steady epochs trained at about
+500 examples/s against 280 with one device per core (``JAXCNN_CPU_DEVICES=2``), 1.5x faster
+for the whole epoch; scaled to 50,000 training images, about 105 s an epoch against 185 s.
 
 Each flag overrides the chosen model's default; for models 1 and 2 ``--learning-rate`` is the
 schedule's initial rate.
@@ -45,10 +51,51 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from experiments.common import cli, MODEL_HELP, RunConfig, build_parser, config_from_args, main_guard, parse_args, run, save_figure
+#: CNN 4 has BatchNorm: on CPU its batches of 512 train fastest as 16 parts of 32, one part per
+#: XLA CPU device of a mesh (the stats-mesh strategy; BENCHMARKS.md: about 1.5x one device per
+#: core on 2 cores). A command can choose the device count before JAX starts; a library user sets
+#: JAXCNN_CPU_DEVICES=16 themselves.
+BATCHNORM_CPU_DEVICES = 16
+_BATCHNORM_MODELS = ("4", "cifar_cnn4")
+
+
+def cpu_devices_for(argv: list[str], environ: Mapping[str, str]) -> int | None:
+    """The CPU device count ``python -m experiments.cifar10 ARGV`` sets before jaxcnn starts:
+    :data:`BATCHNORM_CPU_DEVICES` for CNN 4 (also when resuming a CNN 4 run), None (jaxcnn's
+    default, one per core) for the others, or when the user chose a count
+    (``JAXCNN_CPU_DEVICES``, ``XLA_FLAGS``) or JAX may run on an accelerator."""
+    if environ.get("JAXCNN_CPU_DEVICES") or "xla_force_host_platform_device_count" in environ.get("XLA_FLAGS", ""):
+        return None
+    if environ.get("JAX_PLATFORMS", "cpu").split(",")[0].strip() not in ("", "cpu") or importlib.util.find_spec("jax_plugins"):
+        return None  # a GPU or TPU plugin is installed: training will not run on the CPU devices
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model", default="1")
+    pre.add_argument("--out")
+    pre.add_argument("--resume", action="store_true")
+    args = pre.parse_known_args(argv)[0]
+    model = str(args.model).strip()
+    if args.resume and args.out and not any(a == "--model" or a.startswith("--model=") for a in argv):
+        try:
+            model = str(json.loads((Path(args.out) / "config.json").read_text())["model"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # the run's own checks will say what is wrong
+    return BATCHNORM_CPU_DEVICES if model in _BATCHNORM_MODELS else None
+
+
+if __name__ == "__main__":  # before jaxcnn is imported (experiments.common imports it)
+    _devices = cpu_devices_for(sys.argv[1:], os.environ)
+    if _devices:
+        os.environ["JAXCNN_CPU_DEVICES"] = str(_devices)
+
+from experiments.common import cli, MODEL_HELP, RunConfig, build_parser, config_from_args, main_guard, parse_args, run, save_figure  # noqa: E402
 
 # The report's Figure 4 shows training images x_train[13] and x_train[37] (R, 1-based).
 FIGURE4_INDICES: tuple[int, ...] = (12, 36)

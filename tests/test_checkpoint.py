@@ -207,7 +207,7 @@ def _env(cache: Path) -> dict[str, str]:
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_run(tmp_path):
     env = _env(tmp_path / "jax-cache")
-    args = [sys.executable, "-m", "experiments.mnist", "--limit", "2000", "--epochs", "4", "--batch-size", "8",
+    args = [sys.executable, "-m", "experiments.mnist", "--limit", "1000", "--epochs", "4", "--batch-size", "8",
             "--verbose", "0", "--seed", "1"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run([*args, "--out", str(whole)], env=env, cwd=ROOT, check=True, timeout=120)

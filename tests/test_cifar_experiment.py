@@ -255,3 +255,30 @@ def test_missing_data_dir_is_a_one_line_error(tmp_path, capsys):
     assert err.startswith("error: data_dir ") and "does not exist" in err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_cnn4_gets_16_cpu_devices_unless_the_user_chose(tmp_path, monkeypatch):
+    monkeypatch.setattr(cifar10.importlib.util, "find_spec", lambda name: None)  # as on a CPU-only install
+    pick = cifar10.cpu_devices_for
+    assert pick(["--model", "4"], {}) == pick(["--model=cifar_cnn4", "--epochs", "1"], {}) == 16
+    assert pick([], {}) is None and pick(["--model", "3"], {}) is None and pick(["--model", "pkg.mod:BN"], {}) is None
+    assert pick(["--model", "4"], {"JAXCNN_CPU_DEVICES": "2"}) is None
+    assert pick(["--model", "4"], {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}) is None
+    assert pick(["--model", "4"], {"JAX_PLATFORMS": "cuda"}) is None
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": "cifar_cnn4"}))
+    assert pick(["--resume", "--out", str(run)], {}) == 16  # the run's own model
+    assert pick(["--resume", "--out", str(tmp_path / "none")], {}) is None
+    monkeypatch.setattr(cifar10.importlib.util, "find_spec", lambda name: object())  # a GPU plugin
+    assert pick(["--model", "4"], {}) is None
+
+
+def test_the_command_sets_the_device_count_before_jax_starts():
+    # As `python -m experiments.cifar10 --model 4 ...` runs it: the module as __main__.
+    code = ("import runpy, sys, jax\nsys.argv = ['cifar10', '--model', '4', '--help']\n"
+            "try:\n    runpy.run_module('experiments.cifar10', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print(len(jax.devices('cpu')))")
+    env = {k: v for k, v in os.environ.items() if k not in ("JAXCNN_CPU_DEVICES", "XLA_FLAGS", "JAX_PLATFORMS")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "16"

@@ -159,6 +159,24 @@ def test_no_recompilation_after_first_epoch_and_lr_changes_in_place(mnist_small)
     np.testing.assert_allclose(hist["learning_rate"], [0.001, 0.001 * math.exp(-0.1), 0.001 * math.exp(-0.2), 0.001 * math.exp(-0.3)], rtol=1e-6)
 
 
+def test_a_start_of_training_runs_few_programs_and_the_same_keys(mnist_small):
+    # Each program a start runs is compiled, or loaded from the persistent cache: the state is
+    # built in a few whole programs, not one per leaf shape (there were 32 for mnist_cnn).
+    from jaxcnn.train import state as state_mod
+
+    x, y = mnist_small
+    model = jaxcnn.get_model("mnist_cnn", filters=5, dense_units=7)  # shapes no other test compiles
+    before = train.compile_count()
+    jaxcnn.fit(model, x[:64], y[:64], epochs=1, batch_size=32, validation_data=(x[64:96], y[64:96]), verbose=0, devices=None)
+    # init, optimizer state, copy, output probe, train step, evaluation, metric zeros, seed keys
+    assert train.compile_count() - before <= 12
+    for seed in (0, 1, 2**31 - 1, 2**31, 2**32 - 1):  # one program gives the keys of the eager split
+        eager = jax.random.split(jax.random.key(seed))
+        got = state_mod._seed_keys(seed)
+        for k in range(2):
+            np.testing.assert_array_equal(jax.random.key_data(got[k]), jax.random.key_data(eager[k]))
+
+
 def test_one_batch_overfit(mnist_small):
     x, y = mnist_small
     state, hist = jaxcnn.fit(

@@ -26,7 +26,7 @@ from jaxcnn.errors import ConfigError, ShapeError, TrainingError
 from jaxcnn.train import step as steps
 from jaxcnn.train.model import adapt
 from jaxcnn.train.state import TrainState, create_train_state, output_classes
-from jaxcnn.train.strategies import Data, Strategy, choose_strategy, padded_batches
+from jaxcnn.train.strategies import Data, Strategy, choose_strategy, cpu_workers, padded_batches
 
 
 @dataclass
@@ -318,6 +318,8 @@ def _resolve_loss(state: TrainState, loss: Any, from_logits: bool | None, label_
 
 
 _jit_outputs = jax.jit(steps.predict_outputs)
+#: A copy of a state in one program (eagerly, each leaf's shape would compile one of its own).
+_copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,8 +382,9 @@ def _check_settings(epochs: int, batch_size: int, verbose: int, seed: Any) -> No
 def _announce(inputs: _Inputs, batch_size: int, epochs: int, initial_epoch: int, strategy: Strategy) -> None:
     n = len(inputs.train.x)
     val = f", validating on {_plural(len(inputs.val.x), 'example')}" if inputs.val is not None else ""
+    on = f" on {strategy.device_count} devices" if strategy.device_count > 1 else ""
     print(f"Training on {_plural(n, 'example')}{val}: {_plural(epochs - initial_epoch, 'epoch')} of "
-          f"{_plural(math.ceil(n / batch_size), 'step')} (batch {batch_size}, {strategy.name} strategy)", flush=True)
+          f"{_plural(math.ceil(n / batch_size), 'step')} (batch {batch_size}, {strategy.name} strategy{on})", flush=True)
 
 
 def _epoch_line(epoch: int, epochs: int, logs: dict[str, float], eta: float) -> str:
@@ -493,7 +496,7 @@ def fit(
     if restored is not None:
         state, initial_epoch, history = restored.state, restored.epoch, restored.history
     # The train step donates its state buffers; copy once so the caller's state stays usable.
-    loop = Loop(strategy.put_state(jax.tree.map(jnp.copy, state)), history)
+    loop = Loop(strategy.put_state(_copy_tree(state)), history)
     for cb in callbacks:
         cb.on_train_begin(loop)
     if restored is not None:
@@ -510,7 +513,30 @@ def fit(
             ckpts.close()
     for cb in callbacks:
         cb.on_train_end(loop)
-    return FitResult(loop.state, history)
+    return FitResult(on_one_device(loop.state), history)
+
+
+def _predict_devices(state: TrainState) -> list[Any]:
+    """Where ``predict`` runs its batches: on CPU (one process), batches are dealt out in turn to
+    one device per core (:func:`~jaxcnn.train.strategies.cpu_workers`), the state's device first,
+    as :class:`~jaxcnn.train.strategies.Parts` evaluates; elsewhere on the state's device."""
+    leaves = jax.tree.leaves(state.params)
+    home = min(leaves[0].sharding.device_set, key=lambda d: d.id) if leaves and isinstance(leaves[0], jax.Array) else jax.local_devices()[0]
+    if home.platform != "cpu" or jax.process_count() > 1:
+        return [home]
+    workers = jax.local_devices()[: cpu_workers()]
+    return [home] + [d for d in workers if d != home][: len(workers) - 1]
+
+
+def on_one_device(state: TrainState) -> TrainState:
+    """``state`` on one device when it is replicated over several of this process's (the CPU
+    mesh of parts): a program on a replicated state runs once per device, so a later
+    ``predict``, or a user's own jitted function, would repeat its work on each of them."""
+    leaves = jax.tree.leaves(state.params)
+    devices = leaves[0].sharding.device_set if leaves and isinstance(leaves[0], jax.Array) else set()
+    if len(devices) > 1 and jax.process_count() == 1 and jax.local_devices()[0].platform == "cpu":
+        return jax.device_put(state, min(devices, key=lambda d: d.id))
+    return state
 
 
 def _get_metrics(metrics: Sequence[Any]) -> tuple[Any, ...]:
@@ -575,8 +601,10 @@ def evaluate(state: TrainState, x: Any, y: Any, batch_size: int = 128, devices: 
     if metrics:
         state = state.replace(metrics=_get_metrics(metrics))
     w = _sample_weights(ys, state.num_classes, None, sample_weight, "")
-    strategy = choose_strategy(devices, 1, state, data_on_device=False)
-    acc = strategy.evaluate(strategy.put_state(state), Data(xs, ys, w), min(batch_size, len(xs)))
+    batch_size = min(batch_size, len(xs))
+    # "auto" evaluates a BatchNorm model on the CPU mesh of parts, as fit's validation does.
+    strategy = choose_strategy(devices, batch_size if devices == "auto" else 1, state, data_on_device=False)
+    acc = strategy.evaluate(strategy.put_state(state), Data(xs, ys, w), batch_size)
     return metric_logs(state, acc, arrays=True)
 
 
@@ -588,11 +616,14 @@ def predict(state: TrainState, x: Any, batch_size: int = 512, output: str = "log
         raise ConfigError(f"output must be 'logits', 'probs' or 'classes', got {output!r}")
     xs = np.ascontiguousarray(checks.check_images(x, state.input_shape, "x"), np.float32)
     batch_size = checks.check_positive_int(batch_size, "batch_size")
-    outs = []
-    for b in padded_batches(Data(xs, np.zeros(len(xs), np.int32)), batch_size):
-        out = np.asarray(_jit_outputs(state, b["x"]))
-        outs.append(out[b["mask"] > 0])
-    raw = np.concatenate(outs)
+    state = on_one_device(state)
+    devices = _predict_devices(state)
+    replicas = [state] + [jax.device_put(state, d) for d in devices[1:]]
+    pending = []  # dispatched at once: the devices compute their batches side by side
+    for i, b in enumerate(padded_batches(Data(xs, np.zeros(len(xs), np.int32)), batch_size)):
+        k = i % len(devices)
+        pending.append((_jit_outputs(replicas[k], jax.device_put(b["x"], devices[k])), b["mask"] > 0))
+    raw = np.concatenate([np.asarray(out)[keep] for out, keep in pending])
     if output == "classes":
         return raw.argmax(-1)
     if output == "probs" and not state.outputs_are_probs:

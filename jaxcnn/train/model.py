@@ -184,9 +184,18 @@ def is_nnx_class(cls: type) -> bool:
     return issubclass(cls, nnx.Module)
 
 
+def model_name(model: Any) -> str:
+    """The class name of the user's module, also behind an adapter."""
+    if isinstance(model, LinenModel):
+        return type(model.module).__name__
+    if isinstance(model, NNXModel):
+        return model.module_type.__name__
+    return type(model).__name__
+
+
 def call_error(module: Any, error: TypeError) -> ConfigError:
     """A clear message for a module whose ``__call__`` does not fit the contract."""
-    name = type(module).__name__
+    name = model_name(module)
     return ConfigError(
         f"{name} cannot be called as {name}(x){' with train=...' if isinstance(module, nn.Module) and _train_arg(module) else ''}: "
         f"{error}. jaxcnn calls a model with one batch of images x (B, H, W, C), plus a `train` (or `training`, "

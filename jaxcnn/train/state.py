@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from flax.training import train_state
 
 from jaxcnn import checks, losses, optim
 from jaxcnn.errors import ConfigError, ShapeError
-from jaxcnn.train.model import Model, adapt, call_error
+from jaxcnn.train.model import Model, adapt, call_error, model_name
 
 Array = jax.Array
 
@@ -47,7 +49,21 @@ class TrainState(train_state.TrainState):
 def output_classes(model: Any, input_shape: Sequence[int]) -> int:
     """Number of outputs of ``model`` for one input of ``input_shape``, found by tracing alone
     (nothing compiles); raises the model's own error, e.g. a kernel too big for its input."""
-    adapter = adapt(model)
+    adapter, shape = adapt(model), tuple(int(d) for d in input_shape)
+    try:
+        return _output_classes_memo(adapter, shape)  # fit asks twice: checking inputs, then building the state
+    except TypeError as e:
+        if "unhashable" not in str(e):
+            raise
+        return _output_classes(adapter, shape)
+
+
+@functools.lru_cache(maxsize=32)
+def _output_classes_memo(adapter: Model, input_shape: tuple[int, ...]) -> int:
+    return _output_classes(adapter, input_shape)
+
+
+def _output_classes(adapter: Model, input_shape: tuple[int, ...]) -> int:
     x = jax.ShapeDtypeStruct((1, *tuple(input_shape)), jnp.float32)
 
     def run(x):
@@ -58,11 +74,11 @@ def output_classes(model: Any, input_shape: Sequence[int]) -> int:
         out = jax.eval_shape(run, x)
     except TypeError as e:
         if "positional argument" in str(e) or "keyword argument" in str(e):
-            raise call_error(getattr(adapter, "module", model), e) from None
+            raise call_error(getattr(adapter, "module", adapter), e) from None
         raise
     if getattr(out, "ndim", 0) != 2:
         raise ShapeError(
-            f"{type(model).__name__} returns outputs of shape {getattr(out, 'shape', None)} for images of shape "
+            f"{model_name(adapter)} returns outputs of shape {getattr(out, 'shape', None)} for images of shape "
             f"{(1, *tuple(input_shape))}; a classifier must return (B, classes)"
         )
     return int(out.shape[-1])
@@ -106,10 +122,24 @@ def create_train_state(
     tx, spec = optimizer_from(optimizer, learning_rate)
     adapter = adapt(model)
     num_classes = output_classes(adapter, input_shape)  # traced only: a bad shape fails here, uncompiled
-    init_key, dropout_key = jax.random.split(jax.random.key(seed))
+    init_key, dropout_key = _seed_keys(seed)
     variables = _init_variables(adapter, input_shape, init_key, dropout_key)
     return state_from_variables(adapter, variables, tx, dropout_key, input_shape, num_classes,
                                 loss=losses.get_loss(loss), metrics=tuple(metrics), optimizer_spec=spec)
+
+
+@jax.jit
+def _split_seed(seed: Array) -> tuple[Array, Array]:
+    init_key, dropout_key = jax.random.split(jax.random.key(seed))
+    return init_key, dropout_key
+
+
+def _seed_keys(seed: int) -> tuple[Array, Array]:
+    """(parameter key, dropout key) of ``seed``: ``split(key(seed))``, in one small program
+    rather than four (a start of training compiles or loads each program it runs)."""
+    if 0 <= int(seed) < 2**32:
+        return _split_seed(np.uint32(seed))  # the same keys as the eager split (tested)
+    return tuple(jax.random.split(jax.random.key(seed)))
 
 
 def _init_variables(adapter: Model, input_shape: tuple[int, ...], init_key: Array, dropout_key: Array) -> Any:
@@ -132,10 +162,14 @@ def state_from_variables(model: Any, variables: Any, tx: optax.GradientTransform
     """A fresh :class:`TrainState` around initialised ``variables`` (``params``, and
     ``batch_stats`` where the model has them), with dropout key ``key``."""
     adapter = adapt(model)
-    state = TrainState.create(
+    params = variables["params"]
+    opt_state, step = _opt_init(tx, params)
+    state = TrainState(
+        step=step,
         apply_fn=adapter.apply,
-        params=variables["params"],
+        params=params,
         tx=tx,
+        opt_state=opt_state,
         batch_stats=variables.get("batch_stats") or {},
         key=key,
         input_shape=tuple(input_shape),
@@ -145,6 +179,15 @@ def state_from_variables(model: Any, variables: Any, tx: optax.GradientTransform
         metrics=tuple(metrics),
         optimizer_spec=optimizer_spec,
     )
-    # A strongly typed step: a weakly typed Python 0 would change the step's signature after the
-    # first update and cost a second compilation.
-    return state.replace(step=jnp.zeros((), jnp.int32))
+    return state
+
+
+def _opt_init(tx: optax.GradientTransformation, params: Any) -> tuple[Any, Array]:
+    """The optimizer state of ``params`` and the step counter, in one program (eagerly, each
+    zero-filled moment and counter would compile or load a program of its own). The step is
+    strongly typed: a weakly typed Python 0 would change the step's signature after the first
+    update and cost a second compilation."""
+    try:
+        return jax.jit(lambda p: (tx.init(p), jnp.zeros((), jnp.int32)))(params)
+    except TypeError:  # an optimizer whose state holds non-array leaves: initialise it eagerly
+        return tx.init(params), jnp.zeros((), jnp.int32)

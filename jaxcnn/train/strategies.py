@@ -181,6 +181,11 @@ class Strategy:
     name = "strategy"
     place: Placement
 
+    @property
+    def device_count(self) -> int:
+        """How many devices a full batch trains on."""
+        return self.place.size
+
     def put_state(self, state: TrainState) -> TrainState:
         return self.place.put_state(state)
 
@@ -340,6 +345,10 @@ class Parts(Strategy):
         self.devices = tuple(devices)
         self.place = Placement(self.devices[:1])
         self.part_size = part_size
+
+    @property
+    def device_count(self) -> int:
+        return len(self.devices)
 
     def _replicas(self, state: TrainState) -> list[TrainState]:
         # What a part needs (no optimizer state), on each device; device 0 shares the state's buffers.
