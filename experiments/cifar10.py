@@ -27,10 +27,10 @@ time scaled to 50,000 training and 10,000 test images; two runs gave the ranges 
 machine was shared (load average 4 to 7), so they are rough. On one XLA device (``--devices 1``)
 CNNs 1 to 3 took 1.2 to 1.4x as long. CNN 4: see (**).
 
-(**) CNN 4 has BatchNorm. Run as a command it makes 16 XLA CPU devices (unless
-``JAXCNN_CPU_DEVICES`` or ``XLA_FLAGS`` sets a count, or a GPU plugin is installed), so that each
-batch of 512 trains as 16 parts of 32 on a mesh whose all-reduce keeps the batch statistics the
-whole batch's. Measured 2026-12-02 on 2 cores with this command on random CIFAR-shaped files
+(**) CNN 4 has BatchNorm. A run makes 16 XLA CPU devices for it before JAX starts
+(``experiments.common.batchnorm_cpu_devices``: not when ``JAXCNN_CPU_DEVICES``, ``XLA_FLAGS`` or
+``--devices`` chose, or a GPU plugin is installed), so that each batch of 512 trains as 16
+parts of 32 on a mesh whose all-reduce keeps the batch statistics the whole batch's. Measured 2026-12-02 on 2 cores with this command on random CIFAR-shaped files
 (``--limit 4096 --epochs 3``, validation on 10,000 test images): steady epochs trained at about
 500 examples/s against 280 with one device per core (``JAXCNN_CPU_DEVICES=2``), 1.5x faster
 for the whole epoch; scaled to 50,000 training images, about 105 s an epoch against 185 s.
@@ -51,51 +51,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
-import json
-import os
-import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-#: CNN 4 has BatchNorm: on CPU its batches of 512 train fastest as 16 parts of 32, one part per
-#: XLA CPU device of a mesh (the stats-mesh strategy; BENCHMARKS.md: about 1.5x one device per
-#: core on 2 cores). A command can choose the device count before JAX starts; a library user sets
-#: JAXCNN_CPU_DEVICES=16 themselves.
-BATCHNORM_CPU_DEVICES = 16
-_BATCHNORM_MODELS = ("4", "cifar_cnn4")
-
-
-def cpu_devices_for(argv: list[str], environ: Mapping[str, str]) -> int | None:
-    """The CPU device count ``python -m experiments.cifar10 ARGV`` sets before jaxcnn starts:
-    :data:`BATCHNORM_CPU_DEVICES` for CNN 4 (also when resuming a CNN 4 run), None (jaxcnn's
-    default, one per core) for the others, or when the user chose a count
-    (``JAXCNN_CPU_DEVICES``, ``XLA_FLAGS``) or JAX may run on an accelerator."""
-    if environ.get("JAXCNN_CPU_DEVICES") or "xla_force_host_platform_device_count" in environ.get("XLA_FLAGS", ""):
-        return None
-    if environ.get("JAX_PLATFORMS", "cpu").split(",")[0].strip() not in ("", "cpu") or importlib.util.find_spec("jax_plugins"):
-        return None  # a GPU or TPU plugin is installed: training will not run on the CPU devices
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--model", default="1")
-    pre.add_argument("--out")
-    pre.add_argument("--resume", action="store_true")
-    args = pre.parse_known_args(argv)[0]
-    model = str(args.model).strip()
-    if args.resume and args.out and not any(a == "--model" or a.startswith("--model=") for a in argv):
-        try:
-            model = str(json.loads((Path(args.out) / "config.json").read_text())["model"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None  # the run's own checks will say what is wrong
-    return BATCHNORM_CPU_DEVICES if model in _BATCHNORM_MODELS else None
-
-
-if __name__ == "__main__":  # before jaxcnn is imported (experiments.common imports it)
-    _devices = cpu_devices_for(sys.argv[1:], os.environ)
-    if _devices:
-        os.environ["JAXCNN_CPU_DEVICES"] = str(_devices)
-
-from experiments.common import cli, MODEL_HELP, RunConfig, build_parser, config_from_args, main_guard, parse_args, run, save_figure  # noqa: E402
+from experiments.common import cli, MODEL_HELP, RunConfig, build_parser, config_from_args, main_guard, parse_args, run, save_figure
 
 # The report's Figure 4 shows training images x_train[13] and x_train[37] (R, 1-based).
 FIGURE4_INDICES: tuple[int, ...] = (12, 36)

@@ -47,7 +47,9 @@ def use_cpu_devices(count: int | None = None) -> int:
     program, whose all-reduce keeps the batch statistics the whole batch's (see
     :mod:`jaxcnn.train.strategies`). BatchNorm models train faster with more devices than
     cores (``JAXCNN_CPU_DEVICES=16`` gives a batch of 512 parts of 32); models without it train
-    slower, as every device adds runtime threads (figures in BENCHMARKS.md).
+    slower, as every device adds runtime threads (figures in BENCHMARKS.md): call
+    ``jaxcnn.use_cpu_devices(16)`` right after ``import jaxcnn`` for a BatchNorm model (the
+    experiments do so themselves).
     jaxcnn calls this on import; it only works before JAX has run
     anything, and does nothing when ``XLA_FLAGS`` already forces a device count or
     ``JAXCNN_CPU_DEVICES=1``. Returns the count in force (1 when it could not be set).
@@ -67,6 +69,7 @@ def use_cpu_devices(count: int | None = None) -> int:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:  # JAX already started: keep what it has
         return 1
+    globals()["_CPU_SPLIT"] = count
     return count
 
 

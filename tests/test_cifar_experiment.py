@@ -257,28 +257,53 @@ def test_missing_data_dir_is_a_one_line_error(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_cnn4_gets_16_cpu_devices_unless_the_user_chose(tmp_path, monkeypatch):
-    monkeypatch.setattr(cifar10.importlib.util, "find_spec", lambda name: None)  # as on a CPU-only install
-    pick = cifar10.cpu_devices_for
-    assert pick(["--model", "4"], {}) == pick(["--model=cifar_cnn4", "--epochs", "1"], {}) == 16
-    assert pick([], {}) is None and pick(["--model", "3"], {}) is None and pick(["--model", "pkg.mod:BN"], {}) is None
-    assert pick(["--model", "4"], {"JAXCNN_CPU_DEVICES": "2"}) is None
-    assert pick(["--model", "4"], {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}) is None
-    assert pick(["--model", "4"], {"JAX_PLATFORMS": "cuda"}) is None
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps({"model": "cifar_cnn4"}))
-    assert pick(["--resume", "--out", str(run)], {}) == 16  # the run's own model
-    assert pick(["--resume", "--out", str(tmp_path / "none")], {}) is None
-    monkeypatch.setattr(cifar10.importlib.util, "find_spec", lambda name: object())  # a GPU plugin
-    assert pick(["--model", "4"], {}) is None
+def test_a_batchnorm_run_asks_for_a_device_per_part_unless_the_user_chose(monkeypatch):
+    import dataclasses
+
+    import jaxcnn
+    from experiments import common
+
+    asked = []
+    monkeypatch.setattr(jaxcnn, "use_cpu_devices", lambda n: asked.append(n) or n)
+    monkeypatch.setattr(jaxcnn, "_CPU_SPLIT", 2)
+    monkeypatch.setattr(common.importlib.util, "find_spec", lambda name: None)  # as on a CPU-only install
+    cnn4, cnn3 = jaxcnn.get_model("cifar_cnn4"), jaxcnn.get_model("cifar_cnn3")
+    config = cifar10.parse_config(["--model", "4"])
+    pick = lambda model, environ=None, **kw: common.batchnorm_cpu_devices(model, (32, 32, 3), dataclasses.replace(config, **kw), environ or {})  # noqa: E731
+    assert pick(cnn4) == 16 and asked == [16]  # a batch of 512: 16 parts of 32
+    assert pick(cnn4, batch_size=128) == 4 and pick(cnn4, batch_size=64) == 0  # two devices are there already
+    assert pick(cnn3) == 0  # no batch statistics
+    assert pick(cnn4, {"JAXCNN_CPU_DEVICES": "2"}) == pick(cnn4, {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}) == 0
+    assert pick(cnn4, devices="1") == pick(cnn4, {"JAX_PLATFORMS": "cuda"}) == pick(cnn4, num_processes=2) == 0
+    monkeypatch.setattr(common.importlib.util, "find_spec", lambda name: object())  # a GPU plugin
+    assert pick(cnn4) == 0 and asked == [16, 4]
 
 
-def test_the_command_sets_the_device_count_before_jax_starts():
-    # As `python -m experiments.cifar10 --model 4 ...` runs it: the module as __main__.
-    code = ("import runpy, sys, jax\nsys.argv = ['cifar10', '--model', '4', '--help']\n"
-            "try:\n    runpy.run_module('experiments.cifar10', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "print(len(jax.devices('cpu')))")
-    env = {k: v for k, v in os.environ.items() if k not in ("JAXCNN_CPU_DEVICES", "XLA_FLAGS", "JAX_PLATFORMS")}
+BN_MODULE = """
+import flax.linen as nn
+
+class TinyBN(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.BatchNorm(use_running_average=not train)(nn.Conv(4, (3, 3), strides=2)(x))
+        return nn.Dense(10)(nn.relu(x).reshape(x.shape[0], -1))
+"""
+
+
+def test_a_users_batchnorm_module_gets_its_devices_before_jax_starts(tmp_path):
+    (tmp_path / "bnmod.py").write_text(BN_MODULE)
+    env = {k: v for k, v in os.environ.items() if k not in ("JAXCNN_CPU_DEVICES", "JAX_PLATFORMS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
+    proc = subprocess.run([sys.executable, "-m", "experiments.mnist", "--model", "bnmod:TinyBN", "--limit", "200", "--batch-size", "128",
+                           "--epochs", "1", "--verbose", "2", "--no-checkpoint", "--out", str(tmp_path / "run")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "(batch 128, stats-mesh strategy on 4 devices)" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_use_cpu_devices_right_after_import_sets_the_count():
+    # What README "Speed" tells a script with a BatchNorm model to do.
+    code = "import jaxcnn, jax\nprint(jaxcnn.use_cpu_devices(5), len(jax.devices()), jaxcnn._CPU_SPLIT)"
+    env = {k: v for k, v in os.environ.items() if k not in ("JAXCNN_CPU_DEVICES", "JAX_PLATFORMS")}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "16"
+    assert out.stdout.split() == ["5", "5", "5"]

@@ -32,7 +32,7 @@ from jaxcnn.train.loop import (
     run_epoch,
 )
 from jaxcnn.train.model import LinenModel, NNXModel, adapt
-from jaxcnn.train.state import TrainState, create_train_state, output_classes, state_from_variables
+from jaxcnn.train.state import TrainState, create_train_state, has_batch_stats, output_classes, state_from_variables
 from jaxcnn.train.step import (
     accumulate,
     eval_and_accumulate,
@@ -67,7 +67,7 @@ __all__ = [
     "PART_GRADS_BYTES", "PART_SIZE", "Data", "FitResult", "History", "LinenModel", "Loop", "Mesh", "NNXModel",
     "Parts", "Placement", "Resident", "SingleDevice", "StatsMesh", "Strategy", "TrainState", "accumulate", "adapt",
     "choose_strategy", "compile_count", "cpu_workers", "create_train_state", "epoch_order", "eval_and_accumulate", "eval_step",
-    "evaluate", "fit", "max_parts", "metric_logs", "output_classes", "part_grads", "placement", "predict",
+    "evaluate", "fit", "has_batch_stats", "max_parts", "metric_logs", "output_classes", "part_grads", "placement", "predict",
     "regularization_loss", "rng_rule", "run_epoch", "scan_units", "split_parts", "state_from_variables",
     "train_and_accumulate", "train_step", "zero_metrics",
 ]

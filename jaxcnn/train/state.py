@@ -84,6 +84,18 @@ def _output_classes(adapter: Model, input_shape: tuple[int, ...]) -> int:
     return int(out.shape[-1])
 
 
+def has_batch_stats(model: Any, input_shape: Sequence[int]) -> bool:
+    """Whether ``model`` keeps batch statistics (BatchNorm), found by tracing alone: nothing
+    compiles and, for a linen module, JAX's backend is not started (so the CPU device count
+    can still be chosen, :func:`jaxcnn.use_cpu_devices`)."""
+    adapter = adapt(model)
+    if adapter.kind == "nnx":
+        return bool(jax.tree.leaves(adapter.initial_variables()["batch_stats"]))
+    x = jax.ShapeDtypeStruct((1, *tuple(int(d) for d in input_shape)), jnp.float32)
+    shapes = jax.eval_shape(lambda x: adapter.init(jax.random.key(0), jax.random.key(1), x), x)
+    return bool(jax.tree.leaves(shapes.get("batch_stats", {})))
+
+
 def optimizer_from(optimizer: str | optax.GradientTransformation, learning_rate: optim.LearningRate | None,
                    ) -> tuple[optax.GradientTransformation, str | None]:
     """The optax transformation for ``optimizer`` and, when it was given by name with a number
