@@ -26,7 +26,7 @@ from jaxcnn.errors import ConfigError, ShapeError, TrainingError
 from jaxcnn.train import step as steps
 from jaxcnn.train.model import adapt
 from jaxcnn.train.state import TrainState, create_train_state, output_classes
-from jaxcnn.train.strategies import Data, Strategy, choose_strategy, cpu_workers, padded_batches
+from jaxcnn.train.strategies import Data, StatsMesh, Strategy, choose_strategy, cpu_workers, padded_batches
 
 
 @dataclass
@@ -513,7 +513,9 @@ def fit(
             ckpts.close()
     for cb in callbacks:
         cb.on_train_end(loop)
-    return FitResult(on_one_device(loop.state), history)
+    # The CPU mesh of parts is fit's own choice ("auto"): hand back the state on one device, as the
+    # other "auto" strategies do. A mesh the user asked for (devices="all", a count) stays.
+    return FitResult(on_one_device(loop.state) if isinstance(strategy, StatsMesh) else loop.state, history)
 
 
 def _predict_devices(state: TrainState) -> list[Any]:

@@ -140,9 +140,9 @@ def create_train_state(
                                 loss=losses.get_loss(loss), metrics=tuple(metrics), optimizer_spec=spec)
 
 
-@jax.jit
-def _split_seed(seed: Array) -> tuple[Array, Array]:
-    init_key, dropout_key = jax.random.split(jax.random.key(seed))
+@functools.partial(jax.jit, static_argnums=1)
+def _split_seed(seed: Array, impl: str) -> tuple[Array, Array]:
+    init_key, dropout_key = jax.random.split(jax.random.key(seed, impl=impl))
     return init_key, dropout_key
 
 
@@ -150,7 +150,8 @@ def _seed_keys(seed: int) -> tuple[Array, Array]:
     """(parameter key, dropout key) of ``seed``: ``split(key(seed))``, in one small program
     rather than four (a start of training compiles or loads each program it runs)."""
     if 0 <= int(seed) < 2**32:
-        return _split_seed(np.uint32(seed))  # the same keys as the eager split (tested)
+        # The same keys as the eager split (tested), also after jax_default_prng_impl changes.
+        return _split_seed(np.uint32(seed), jax.config.jax_default_prng_impl)
     return tuple(jax.random.split(jax.random.key(seed)))
 
 
