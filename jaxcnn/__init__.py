@@ -48,8 +48,8 @@ def use_cpu_devices(count: int | None = None) -> int:
     :mod:`jaxcnn.train.strategies`). BatchNorm models train faster with more devices than
     cores (``JAXCNN_CPU_DEVICES=16`` gives a batch of 512 parts of 32); models without it train
     slower, as every device adds runtime threads (figures in BENCHMARKS.md): call
-    ``jaxcnn.use_cpu_devices(16)`` right after ``import jaxcnn`` for a BatchNorm model (the
-    experiments do so themselves).
+    ``jaxcnn.use_cpu_devices(batch_size // 32)`` right after ``import jaxcnn`` for a BatchNorm
+    model (the experiments do so themselves).
     jaxcnn calls this on import; it only works before JAX has run
     anything, and does nothing when ``XLA_FLAGS`` already forces a device count or
     ``JAXCNN_CPU_DEVICES=1``. Returns the count in force (1 when it could not be set).
