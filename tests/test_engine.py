@@ -194,6 +194,9 @@ def test_batchnorm_fit_on_the_cpu_mesh_equals_one_device(mnist, name):
         np.testing.assert_allclose(on_mesh[k], alone[k], rtol=1e-5, err_msg=k)
     replicated = jaxcnn.train.placement(2).put_state(auto.state)
     np.testing.assert_allclose(jaxcnn.predict(replicated, x[:16]), jaxcnn.predict(auto.state, x[:16]), rtol=1e-5, atol=1e-6)
+    # predict runs batches of 64 on the mesh (2 parts): the outputs of the one-device program
+    want = np.asarray(jax.jit(jaxcnn.train.step.predict_outputs)(auto.state, x[:72]))
+    np.testing.assert_allclose(jaxcnn.predict(replicated, x[:72], batch_size=64), want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", jaxcnn.models.MODELS)
