@@ -197,7 +197,9 @@ x, y = data.to_float(ds.x_train), ds.y_train
 r = jaxcnn.fit(jaxcnn.get_model("mnist_cnn", filters=8, dense_units=16), x, y, epochs=2, batch_size=64,
                validation_split=0.25, seed=0, verbose=0, devices="all")
 leaf = jax.tree.leaves(r.state.params)[0]
-print(json.dumps({"devices": len(leaf.sharding.device_set), "history": {k: r.history[k] for k in ("loss", "val_loss", "val_accuracy")}}))
+outputs = jaxcnn.predict(r.state, x[:40], batch_size=16)  # every process, on the state spread over both
+print(json.dumps({"devices": len(leaf.sharding.device_set), "history": {k: r.history[k] for k in ("loss", "val_loss", "val_accuracy")},
+                  "outputs": outputs.tolist()}))
 """
 
 
@@ -211,3 +213,4 @@ def test_fit_over_two_processes_matches_one_process():
         assert got["devices"] == ref["devices"] == 4
         for k, v in ref["history"].items():
             np.testing.assert_allclose(got["history"][k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(got["outputs"], ref["outputs"], rtol=1e-5, atol=1e-6)

@@ -26,7 +26,7 @@ from jaxcnn.errors import ConfigError, ShapeError, TrainingError
 from jaxcnn.train import step as steps
 from jaxcnn.train.model import adapt
 from jaxcnn.train.state import TrainState, create_train_state, output_classes
-from jaxcnn.train.strategies import Data, Placement, StatsMesh, Strategy, choose_strategy, cpu_workers, padded_batches
+from jaxcnn.train.strategies import Data, StatsMesh, Strategy, choose_strategy, jit_predict, predict_batches
 
 
 @dataclass
@@ -307,7 +307,7 @@ def _resolve_loss(state: TrainState, loss: Any, from_logits: bool | None, label_
     if loss is None and from_logits is None and label_smoothing == 0.0 and state.loss.from_logits is not None:
         return state  # a state that was resolved before
     resolved = losses.get_loss(loss if loss is not None else state.loss, from_logits=from_logits, label_smoothing=label_smoothing)
-    probs = losses.looks_like_probabilities(_jit_outputs(state, jnp.asarray(x[:8])))
+    probs = losses.looks_like_probabilities(jit_predict(state, jnp.asarray(x[:8])))
     if resolved.from_logits is None:
         resolved = resolved.with_from_logits(not probs)
     elif isinstance(resolved, losses.CategoricalCrossentropy) and bool(resolved.from_logits) == probs:
@@ -317,7 +317,6 @@ def _resolve_loss(state: TrainState, loss: Any, from_logits: bool | None, label_
     return state.replace(loss=resolved)
 
 
-_jit_outputs = jax.jit(steps.predict_outputs)
 #: A copy of a state in one program (eagerly, each leaf's shape would compile one of its own).
 _copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
@@ -513,55 +512,13 @@ def fit(
             ckpts.close()
     for cb in callbacks:
         cb.on_train_end(loop)
-    # The CPU mesh of parts is fit's own choice ("auto"): hand back the state on one device, as the
-    # other "auto" strategies do. A mesh the user asked for (devices="all", a count) stays.
-    return FitResult(on_one_device(loop.state) if isinstance(strategy, StatsMesh) else loop.state, history)
-
-
-def _predict_mesh(state: TrainState, batch_size: int) -> Placement | None:
-    """The mesh ``predict`` uses for a model with batch statistics on CPU, where ``fit`` would
-    train it on the mesh of parts (no collective runs: evaluation uses the moving statistics).
-    Its parts of 32 evaluated ``cifar_cnn4`` at 2,119 examples/s on 16 devices, against 1,404
-    with whole batches dealt to 2 (BENCHMARKS.md)."""
-    leaves = jax.tree.leaves(state.params)
-    home = min(leaves[0].sharding.device_set, key=lambda d: d.id) if leaves and isinstance(leaves[0], jax.Array) else jax.local_devices()[0]
-    if home.platform != "cpu" or jax.process_count() > 1 or not jax.tree.leaves(state.batch_stats):
-        return None
-    strategy = choose_strategy("auto", batch_size, state, data_on_device=False)
-    return strategy.place if isinstance(strategy, StatsMesh) and strategy.place.size > 1 else None
-
-
-_MESH_OUTPUTS: dict[Any, Any] = {}
-
-
-def _mesh_outputs(place: Placement) -> Any:
-    if place.devices not in _MESH_OUTPUTS:
-        _MESH_OUTPUTS[place.devices] = jax.jit(steps.predict_outputs, in_shardings=(place.replicated, place.batch),
-                                               out_shardings=place.batch)
-    return _MESH_OUTPUTS[place.devices]
-
-
-def _predict_devices(state: TrainState) -> list[Any]:
-    """Where ``predict`` runs its batches: on CPU (one process), batches are dealt out in turn to
-    one device per core (:func:`~jaxcnn.train.strategies.cpu_workers`), the state's device first,
-    as :class:`~jaxcnn.train.strategies.Parts` evaluates; elsewhere on the state's device."""
-    leaves = jax.tree.leaves(state.params)
-    home = min(leaves[0].sharding.device_set, key=lambda d: d.id) if leaves and isinstance(leaves[0], jax.Array) else jax.local_devices()[0]
-    if home.platform != "cpu" or jax.process_count() > 1:
-        return [home]
-    workers = jax.local_devices()[: cpu_workers()]
-    return [home] + [d for d in workers if d != home][: len(workers) - 1]
-
-
-def on_one_device(state: TrainState) -> TrainState:
-    """``state`` on one device when it is replicated over several of this process's (the CPU
-    mesh of parts): a program on a replicated state runs once per device, so a later
-    ``predict``, or a user's own jitted function, would repeat its work on each of them."""
-    leaves = jax.tree.leaves(state.params)
-    devices = leaves[0].sharding.device_set if leaves and isinstance(leaves[0], jax.Array) else set()
-    if len(devices) > 1 and jax.process_count() == 1 and jax.local_devices()[0].platform == "cpu":
-        return jax.device_put(state, min(devices, key=lambda d: d.id))
-    return state
+    state = loop.state
+    if isinstance(strategy, StatsMesh):
+        # The CPU mesh of parts is fit's own choice ("auto"): hand the state back on one device, as
+        # the other "auto" strategies do (a program on a replicated state runs once per device).
+        # A mesh the user asked for (devices="all", a count) stays.
+        state = jax.device_put(state, strategy.devices[0])
+    return FitResult(state, history)
 
 
 def _get_metrics(metrics: Sequence[Any]) -> tuple[Any, ...]:
@@ -641,21 +598,11 @@ def predict(state: TrainState, x: Any, batch_size: int = 512, output: str = "log
         raise ConfigError(f"output must be 'logits', 'probs' or 'classes', got {output!r}")
     xs = np.ascontiguousarray(checks.check_images(x, state.input_shape, "x"), np.float32)
     batch_size = checks.check_positive_int(batch_size, "batch_size")
-    state = on_one_device(state)
-    data = Data(xs, np.zeros(len(xs), np.int32))
-    pending = []  # dispatched at once: the devices compute their batches side by side
-    mesh = _predict_mesh(state, min(batch_size, len(xs)))
-    if mesh is not None:  # a BatchNorm model on the CPU mesh of parts, as its validation runs
-        on_mesh, fn = mesh.put_state(state), _mesh_outputs(mesh)
-        for b in padded_batches(data, batch_size, mesh.size):
-            pending.append((fn(on_mesh, mesh.put_batch({"x": b["x"]})["x"]), b["mask"] > 0))
-    else:
-        devices = _predict_devices(state)
-        replicas = [state] + [jax.device_put(state, d) for d in devices[1:]]
-        for i, b in enumerate(padded_batches(data, batch_size)):
-            k = i % len(devices)
-            pending.append((_jit_outputs(replicas[k], jax.device_put(b["x"], devices[k])), b["mask"] > 0))
-    raw = np.concatenate([np.asarray(out)[keep] for out, keep in pending])
+    if jax.process_count() > 1:  # every process runs the same program on the state where it is
+        raw = predict_batches(lambda i, images: jit_predict(state, images), xs, batch_size)
+    else:  # where fit would run the model: parts dealt to the CPU devices, the mesh for BatchNorm
+        strategy = choose_strategy("auto", min(batch_size, len(xs)), state, data_on_device=False)
+        raw = strategy.predict(strategy.put_state(state), xs, batch_size)
     if output == "classes":
         return raw.argmax(-1)
     if output == "probs" and not state.outputs_are_probs:

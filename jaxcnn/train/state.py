@@ -177,7 +177,7 @@ def state_from_variables(model: Any, variables: Any, tx: optax.GradientTransform
     adapter = adapt(model)
     params = variables["params"]
     opt_state, step = _opt_init(tx, params)
-    state = TrainState(
+    return TrainState(
         step=step,
         apply_fn=adapter.apply,
         params=params,
@@ -192,7 +192,6 @@ def state_from_variables(model: Any, variables: Any, tx: optax.GradientTransform
         metrics=tuple(metrics),
         optimizer_spec=optimizer_spec,
     )
-    return state
 
 
 def _opt_init(tx: optax.GradientTransformation, params: Any) -> tuple[Any, Array]:

@@ -171,6 +171,15 @@ def padded_batches(data: Data, batch_size: int, multiple: int = 1):
 
 
 _jit_eval = jax.jit(steps.eval_and_accumulate, donate_argnums=(1,))
+#: The model's outputs in evaluation mode, on the device(s) of its inputs.
+jit_predict = jax.jit(steps.predict_outputs)
+
+
+def predict_batches(run: Any, x: np.ndarray, batch_size: int, multiple: int = 1) -> np.ndarray:
+    """``run(i, images)``, the outputs of batch ``i``, over host images ``x`` in batches (the last
+    padded to the full size, its padding dropped), all dispatched before the first is read."""
+    pending = [(run(i, b["x"]), b["mask"] > 0) for i, b in enumerate(padded_batches(Data(x, np.zeros(len(x), np.int32)), batch_size, multiple))]
+    return np.concatenate([np.asarray(out)[keep] for out, keep in pending])
 
 
 class Strategy:
@@ -198,6 +207,12 @@ class Strategy:
 
     def train(self, state: TrainState, acc: dict[str, Any], unit: Any, data: Data) -> tuple[TrainState, dict[str, Any], int]:
         raise NotImplementedError
+
+    def predict(self, state: TrainState, x: np.ndarray, batch_size: int) -> np.ndarray:
+        """The model's raw outputs for host images ``x`` (N, H, W, C), ``state`` placed by
+        :meth:`put_state`."""
+        fn = _mesh_predict(self.place) if self.place.size > 1 else jit_predict
+        return predict_batches(lambda i, images: fn(state, self.place.put_batch({"x": images})["x"]), x, batch_size, self.place.size)
 
     def evaluate(self, state: TrainState, data: Data, batch_size: int) -> dict[str, Any]:
         acc = self.place.put_state(steps.zero_metrics(state))
@@ -242,6 +257,13 @@ def _mesh_eval(place: Placement) -> Any:
         repl = place.replicated
         _MESH_CACHE[key] = jax.jit(steps.eval_and_accumulate, in_shardings=(repl, repl, place.batch),
                                    out_shardings=repl, donate_argnums=(1,))
+    return _MESH_CACHE[key]
+
+
+def _mesh_predict(place: Placement) -> Any:
+    key = ("predict", place.devices)
+    if key not in _MESH_CACHE:
+        _MESH_CACHE[key] = jax.jit(steps.predict_outputs, in_shardings=(place.replicated, place.batch), out_shardings=place.batch)
     return _MESH_CACHE[key]
 
 
@@ -373,6 +395,10 @@ class Parts(Strategy):
         grads, metrics = jax.device_put((grads, metrics), self.devices[0])
         state, acc = _jit_combine(state, acc, grads, metrics)
         return state, acc, 1
+
+    def predict(self, state, x, batch_size):
+        replicas, k = self._replicas(state), len(self.devices)  # batches dealt out in turn
+        return predict_batches(lambda i, images: jit_predict(replicas[i % k], jax.device_put(images, self.devices[i % k])), x, batch_size)
 
     def evaluate(self, state, data, batch_size):
         replicas = self._replicas(state)
