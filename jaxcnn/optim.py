@@ -37,6 +37,7 @@ counted from 1, ``lr`` the learning rate of this step (a schedule is evaluated a
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -452,7 +453,8 @@ def get_optimizer(name: str, learning_rate: LearningRate | None = None, **kwargs
     ``learning_rate`` is a positive float or a schedule ``step -> lr``; ``None`` takes the
     optimizer's default. ``kwargs`` are the Keras constructor's arguments (``momentum``,
     ``nesterov``, ``centered``, ``beta_1``, ``weight_decay``, ``clipnorm``...). Unknown names or
-    arguments and bad values raise ``ConfigError``.
+    arguments and bad values raise ``ConfigError``. The same arguments give the same (immutable)
+    transformation, so a second ``fit`` with it reuses the first one's compiled programs.
     """
     import inspect
 
@@ -470,7 +472,20 @@ def get_optimizer(name: str, learning_rate: LearningRate | None = None, **kwargs
             )
     if learning_rate is not None:
         kwargs["learning_rate"] = _check_lr(learning_rate)
-    return factory(**kwargs)
+    try:
+        items = tuple(sorted(kwargs.items()))
+        return _built(factory, items, tuple(type(v) for _, v in items))  # 1 and 1.0 hash alike
+    except TypeError:  # an unhashable argument: build it afresh
+        return factory(**kwargs)
+
+
+@functools.lru_cache(maxsize=64)
+def _built(factory: Callable[..., optax.GradientTransformation], kwargs: tuple[tuple[str, Any], ...],
+           types: tuple[type, ...]) -> optax.GradientTransformation:
+    """One transformation per distinct arguments. It is immutable; sharing it lets the training
+    state of a second fit with the same optimizer have the jit signature of the first, so its
+    programs are reused instead of compiled again (a new object's functions compare unequal)."""
+    return factory(**dict(kwargs))
 
 
 def get_learning_rate(opt_state: Any) -> jax.Array | None:

@@ -179,6 +179,47 @@ def test_a_start_of_training_runs_few_programs_and_the_same_keys(mnist_small):
                     np.testing.assert_array_equal(jax.random.key_data(got[k]), jax.random.key_data(eager[k]))
 
 
+class _NNXTiny:  # built lazily: flax.nnx is imported by the test that uses it
+    @staticmethod
+    def make():
+        from flax import nnx
+
+        class NNXTiny(nnx.Module):
+            def __init__(self, *, rngs):
+                self.conv = nnx.Conv(1, 3, (3, 3), strides=2, rngs=rngs)
+                self.drop = nnx.Dropout(0.3, rngs=rngs)
+                self.out = nnx.Linear(3 * 14 * 14, 10, rngs=rngs)
+
+            def __call__(self, x):
+                return self.out(self.drop(nnx.relu(self.conv(x))).reshape(x.shape[0], -1))
+
+        return NNXTiny
+
+
+def test_a_second_fit_of_an_equal_model_compiles_nothing(mnist_small):
+    """A notebook's second fit, or a search trial with the same model and optimizer, reuses the
+    first fit's programs: a new module equal to the first and the optimizer named again give the
+    training state the same jit signature (the old code compiled 12 and 20 programs again)."""
+    x, y = mnist_small
+    nnx_tiny = _NNXTiny.make()
+    from flax import nnx
+
+    for make in (lambda: jaxcnn.get_model("mnist_cnn", filters=4, dense_units=9), lambda: nnx_tiny(rngs=nnx.Rngs(0))):
+        runs = []
+        for _ in range(2):
+            before = train.compile_count()
+            r = jaxcnn.fit(make(), x[:96], y[:96], epochs=1, batch_size=32, validation_split=0.25, verbose=0,
+                           optimizer="adam", learning_rate=2e-3)
+            runs.append((train.compile_count() - before, r.history))
+        assert runs[0][0] > 0 and runs[1][0] == 0, [n for n, _ in runs]
+        for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert runs[0][1].history[k] == runs[1][1].history[k], k
+    # One transformation per distinct arguments; other arguments, or 1 against 1.0, build another.
+    assert optim.get_optimizer("sgd", 0.1, momentum=0.9) is optim.get_optimizer("SGD", 0.1, momentum=0.9)
+    assert optim.get_optimizer("sgd", 0.1, momentum=0.9) is not optim.get_optimizer("sgd", 0.1, momentum=0.8)
+    assert optim.get_optimizer("sgd", 0.1, nesterov=True) is not optim.get_optimizer("sgd", 0.1, nesterov=1)
+
+
 def test_one_batch_overfit(mnist_small):
     x, y = mnist_small
     state, hist = jaxcnn.fit(

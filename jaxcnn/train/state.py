@@ -174,7 +174,7 @@ def state_from_variables(model: Any, variables: Any, tx: optax.GradientTransform
                          metrics: tuple[Any, ...] = (), optimizer_spec: str | None = None) -> TrainState:
     """A fresh :class:`TrainState` around initialised ``variables`` (``params``, and
     ``batch_stats`` where the model has them), with dropout key ``key``."""
-    adapter = adapt(model)
+    adapter = _interned(adapt(model))
     params = variables["params"]
     opt_state, step = _opt_init(tx, params)
     return TrainState(
@@ -194,12 +194,32 @@ def state_from_variables(model: Any, variables: Any, tx: optax.GradientTransform
     )
 
 
+def _interned(adapter: Model) -> Model:
+    """The first adapter equal to ``adapter`` seen in this process. The state's ``apply_fn`` is a
+    bound method, and methods of two equal adapters compare unequal: without this, a second fit
+    of an equal module would have another jit signature and compile every program again."""
+    try:
+        return _interned_memo(adapter)
+    except TypeError:  # an unhashable module attribute: nothing to share
+        return adapter
+
+
+@functools.lru_cache(maxsize=64)
+def _interned_memo(adapter: Model) -> Model:
+    return adapter
+
+
 def _opt_init(tx: optax.GradientTransformation, params: Any) -> tuple[Any, Array]:
     """The optimizer state of ``params`` and the step counter, in one program (eagerly, each
     zero-filled moment and counter would compile or load a program of its own). The step is
     strongly typed: a weakly typed Python 0 would change the step's signature after the first
     update and cost a second compilation."""
     try:
-        return jax.jit(lambda p: (tx.init(p), jnp.zeros((), jnp.int32)))(params)
-    except TypeError:  # an optimizer whose state holds non-array leaves: initialise it eagerly
+        return _opt_init_jitted(tx, params)  # tx static: the same optimizer's program is reused
+    except TypeError:  # an unhashable optimizer, or one whose state holds non-array leaves: eagerly
         return tx.init(params), jnp.zeros((), jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _opt_init_jitted(tx: optax.GradientTransformation, params: Any) -> tuple[Any, Array]:
+    return tx.init(params), jnp.zeros((), jnp.int32)
