@@ -179,6 +179,17 @@ def test_a_start_of_training_runs_few_programs_and_the_same_keys(mnist_small):
                     np.testing.assert_array_equal(jax.random.key_data(got[k]), jax.random.key_data(eager[k]))
 
 
+def test_compile_count_counts_programs_loaded_from_the_persistent_cache():
+    """The tests share a persistent cache (tests/conftest.py): a program an earlier test left
+    there is loaded, not compiled, and still counts, so a recompilation cannot hide behind it."""
+    assert jax.config.jax_compilation_cache_dir  # tests/conftest.py turns the cache on
+    x = jnp.arange(11.0)
+    before = train.compile_count()
+    jax.jit(lambda v: jnp.sin(v) * 3.25 + 1.5)(x).block_until_ready()  # compiled, then written to the cache
+    jax.jit(lambda v: jnp.sin(v) * 3.25 + 1.5)(x).block_until_ready()  # another function, the same program: loaded
+    assert train.compile_count() - before == 2
+
+
 class _NNXTiny:  # built lazily: flax.nnx is imported by the test that uses it
     @staticmethod
     def make():

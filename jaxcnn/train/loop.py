@@ -132,9 +132,10 @@ def _count_compiles(event: str, duration: float, **kwargs: Any) -> None:
 
 
 def compile_count() -> int:
-    """How many XLA programs this process has compiled since the first call of this function:
-    a second epoch of the same shapes must not add any (tests use it to prove there is no
-    recompilation)."""
+    """How many XLA programs this process has compiled, or loaded from the persistent
+    compilation cache (JAX records that under the same event), since the first call of this
+    function: a second epoch of the same shapes must not add any (tests use it to prove there is
+    no recompilation, also when an earlier run left the program in the cache)."""
     if not _COMPILES[1]:
         jax.monitoring.register_event_duration_secs_listener(_count_compiles)
         _COMPILES[1] = True
