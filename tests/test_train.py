@@ -190,6 +190,30 @@ def test_compile_count_counts_programs_loaded_from_the_persistent_cache():
     assert train.compile_count() - before == 2
 
 
+def test_the_initialisation_compiled_quickly_gives_the_default_levels_parameters():
+    """Initialisation compiles at LLVM level 1 on CPU (it runs once; level 2 took three times as
+    long to compile): the parameters are those of the default level's program."""
+    import flax.linen as nn
+
+    from jaxcnn.train import state as state_mod
+    from jaxcnn.train.model import adapt
+
+    class Plain(nn.Module):  # flax's own initialisers (truncated normal), BatchNorm, no jaxcnn layers
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = nn.BatchNorm(use_running_average=not train)(nn.relu(nn.Conv(6, (3, 3), strides=2)(x)))
+            return nn.Dense(10)(x.reshape((x.shape[0], -1)))
+
+    default = jax.jit(state_mod._init_jitted_impl, static_argnums=(0, 1),
+                      compiler_options={"xla_backend_optimization_level": 2})
+    keys = state_mod._seed_keys(5)
+    for model, shape in ((jaxcnn.get_model("cifar_cnn4"), (32, 32, 3)), (Plain(), (28, 28, 1))):
+        quick = state_mod._init_variables(adapt(model), shape, *keys)
+        want = default(adapt(model), shape, *keys)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=0), quick, want)
+    assert state_mod.ONCE_OPTIONS == {"xla_backend_optimization_level": 1}
+
+
 class _NNXTiny:  # built lazily: flax.nnx is imported by the test that uses it
     @staticmethod
     def make():
