@@ -37,7 +37,6 @@ counted from 1, ``lr`` the learning rate of this step (a schedule is evaluated a
 from __future__ import annotations
 
 import difflib
-import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -46,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxcnn._memo import memo_if_hashable
 from jaxcnn.errors import ConfigError
 
 Schedule = Callable[[jax.Array], jax.Array]
@@ -472,19 +472,17 @@ def get_optimizer(name: str, learning_rate: LearningRate | None = None, **kwargs
             )
     if learning_rate is not None:
         kwargs["learning_rate"] = _check_lr(learning_rate)
-    try:
-        items = tuple(sorted(kwargs.items()))
-        return _built(factory, items, tuple(type(v) for _, v in items))  # 1 and 1.0 hash alike
-    except TypeError:  # an unhashable argument: build it afresh
-        return factory(**kwargs)
+    items = tuple(sorted(kwargs.items()))
+    return _built(factory, items, tuple(type(v) for _, v in items))  # 1 and 1.0 hash alike
 
 
-@functools.lru_cache(maxsize=64)
+@memo_if_hashable(maxsize=64)
 def _built(factory: Callable[..., optax.GradientTransformation], kwargs: tuple[tuple[str, Any], ...],
            types: tuple[type, ...]) -> optax.GradientTransformation:
-    """One transformation per distinct arguments. It is immutable; sharing it lets the training
-    state of a second fit with the same optimizer have the jit signature of the first, so its
-    programs are reused instead of compiled again (a new object's functions compare unequal)."""
+    """One transformation per distinct arguments (built afresh for an unhashable one). It is
+    immutable; sharing it lets the training state of a second fit with the same optimizer have
+    the jit signature of the first, so its programs are reused instead of compiled again (a new
+    object's functions compare unequal)."""
     return factory(**dict(kwargs))
 
 

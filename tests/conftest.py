@@ -21,12 +21,11 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-# In-process tests share that folder too (jaxcnn.compilation_cache, without importing jaxcnn here):
-# many tests train the same small models on the same shapes, and a program compiled by one test
-# is loaded by the next instead of compiled again.
-jax.config.update("jax_compilation_cache_dir", os.environ["JAXCNN_COMPILE_CACHE"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# In-process tests share that folder too: many tests train the same small models on the same
+# shapes, and a program compiled by one test is loaded by the next instead of compiled again.
+import jaxcnn  # noqa: E402
+
+jaxcnn.compilation_cache(os.environ["JAXCNN_COMPILE_CACHE"])
 
 
 import pytest  # noqa: E402

@@ -190,6 +190,25 @@ def test_compile_count_counts_programs_loaded_from_the_persistent_cache():
     assert train.compile_count() - before == 2
 
 
+def test_memo_if_hashable_caches_hashable_calls_only_and_never_retries():
+    from jaxcnn._memo import memo_if_hashable
+
+    calls = []
+
+    @memo_if_hashable(maxsize=4)
+    def f(x):
+        calls.append(x)
+        if x == "bad":
+            raise TypeError("the function's own error")
+        return len(calls)
+
+    assert f(1) == f(1) == 1 and calls == [1]  # cached
+    assert f([2]) == 2 and f([2]) == 3  # unhashable: runs every time, uncached
+    with pytest.raises(TypeError, match="the function's own error"):
+        f("bad")
+    assert calls == [1, [2], [2], "bad"]  # the failing call ran once
+
+
 def test_the_initialisation_compiled_quickly_gives_the_default_levels_parameters():
     """Initialisation compiles at LLVM level 1 on CPU (it runs once; level 2 took three times as
     long to compile): the parameters are those of the default level's program."""

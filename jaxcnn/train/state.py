@@ -15,6 +15,7 @@ from flax import struct
 from flax.training import train_state
 
 from jaxcnn import checks, losses, optim
+from jaxcnn._memo import memo_if_hashable
 from jaxcnn.errors import ConfigError, ShapeError
 from jaxcnn.train.model import Model, adapt, call_error, model_name
 
@@ -49,20 +50,11 @@ class TrainState(train_state.TrainState):
 def output_classes(model: Any, input_shape: Sequence[int]) -> int:
     """Number of outputs of ``model`` for one input of ``input_shape``, found by tracing alone
     (nothing compiles); raises the model's own error, e.g. a kernel too big for its input."""
-    adapter, shape = adapt(model), tuple(int(d) for d in input_shape)
-    try:
-        return _output_classes_memo(adapter, shape)  # fit asks twice: checking inputs, then building the state
-    except TypeError as e:
-        if "unhashable" not in str(e):
-            raise
-        return _output_classes(adapter, shape)
+    # fit asks twice: checking inputs, then building the state
+    return _output_classes(adapt(model), tuple(int(d) for d in input_shape))
 
 
-@functools.lru_cache(maxsize=32)
-def _output_classes_memo(adapter: Model, input_shape: tuple[int, ...]) -> int:
-    return _output_classes(adapter, input_shape)
-
-
+@memo_if_hashable(maxsize=32)
 def _output_classes(adapter: Model, input_shape: tuple[int, ...]) -> int:
     x = jax.ShapeDtypeStruct((1, *tuple(input_shape)), jnp.float32)
 
@@ -203,18 +195,12 @@ def state_from_variables(model: Any, variables: Any, tx: optax.GradientTransform
     )
 
 
+@memo_if_hashable(maxsize=64)
 def _interned(adapter: Model) -> Model:
-    """The first adapter equal to ``adapter`` seen in this process. The state's ``apply_fn`` is a
-    bound method, and methods of two equal adapters compare unequal: without this, a second fit
-    of an equal module would have another jit signature and compile every program again."""
-    try:
-        return _interned_memo(adapter)
-    except TypeError:  # an unhashable module attribute: nothing to share
-        return adapter
-
-
-@functools.lru_cache(maxsize=64)
-def _interned_memo(adapter: Model) -> Model:
+    """The first adapter equal to ``adapter`` seen in this process (an unhashable one as it is).
+    The state's ``apply_fn`` is a bound method, and methods of two equal adapters compare
+    unequal: without this, a second fit of an equal module would have another jit signature and
+    compile every program again."""
     return adapter
 
 
