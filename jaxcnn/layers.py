@@ -13,6 +13,10 @@ the layers' outputs in ``tests/test_keras_parity.py`` (``test_layer_matches_kera
 * :class:`Conv2D` computes, on CPU, the input gradient of a convolution whose output is no larger
   than its kernel as a matmul and a sum of shifted slices (:func:`conv2d`). XLA's CPU convolution
   took 16 ms for it where this takes 0.75 ms (the random search's 7x7 kernel on an 11x11 map).
+* :class:`Conv2D` convolves, on CPU, with kernels of at most 3x3, few input or many output channels
+  and small batches (a part of 32 examples), by im2col: the patch matrix times the kernel, one matmul forward and one for the
+  kernel's gradient, where XLA's CPU convolution is slow for few channels. cifar_cnn1 and
+  cifar_cnn2 train about 25% faster for it (:func:`conv_plan` says what is chosen).
 * :class:`Conv2D` and :class:`Dense` take a ``dtype`` for mixed precision: parameters stay float32,
   the matmul/convolution runs in ``dtype`` (for example ``jnp.bfloat16``).
 
@@ -24,6 +28,7 @@ collection (see :func:`jaxcnn.train.regularization_loss`).
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -228,31 +233,121 @@ def _conv_col2im_bwd(padding, res, dy):
 _conv_col2im_grad.defvjp(_conv_col2im_fwd, _conv_col2im_bwd)
 
 
-def conv2d(x: Array, kernel: Array, padding: str = "valid", input_grad: str = "auto") -> Array:
+#: Where :func:`conv2d` convolves by im2col on CPU under ``method="auto"``: kernels of at most
+#: ``IM2COL_MAX_TAPS`` taps (3x3), with at most ``IM2COL_FEW_CHANNELS`` input channels (an image's
+#: first layer, where XLA's CPU convolution is slowest) or at least ``IM2COL_MIN_FEATURES`` output
+#: channels (a matmul wide enough to run well), whose patch matrix is at most ``IM2COL_MAX_BYTES``.
+#: Forward and backward of a 3x3 convolution of 32 examples on one core, XLA's time over
+#: im2col's (best of three; BENCHMARKS.md): 1 -> 32 channels on 28x28 1.59x, 8 -> 32 1.06x,
+#: 32 -> 64 on 13x13 1.20x and on 15x15 1.21x, 32 -> 128 1.47x; but 32 -> 32 0.89x, 64 -> 32 0.93x,
+#: 16 -> 16 0.74x, and with 29 MB of patches 0.44x (they leave the cache). With 5x5 and 7x7
+#: kernels im2col made whole steps slower (cifar_cnn3 76 against 110 ms, search_cnn at k = 7 10.7
+#: against 13.7). ``$JAXCNN_IM2COL_MAX_BYTES`` overrides the size when jaxcnn is imported (0:
+#: XLA's convolution always).
+IM2COL_MAX_TAPS = 9
+IM2COL_FEW_CHANNELS = 4
+IM2COL_MIN_FEATURES = 64
+IM2COL_MAX_BYTES = int(os.environ.get("JAXCNN_IM2COL_MAX_BYTES", 12 * 2**20))
+
+
+def conv_patches(x: Array, kh: int, kw: int) -> Array:
+    """The im2col patch matrix of a (padded) NHWC batch for a stride-1 ``kh`` x ``kw`` window:
+    (N, OH, OW, kh * kw * C), ordered as an HWIO kernel reshaped to (kh * kw * C, F)."""
+    _, h, w, _ = x.shape
+    oh, ow = h - kh + 1, w - kw + 1
+    return jnp.concatenate([x[:, i : i + oh, j : j + ow, :] for i in range(kh) for j in range(kw)], axis=-1)
+
+
+def _pad(x: Array, padding: Padding) -> Array:
+    if not any(p for side in padding for p in side):
+        return x
+    return jnp.pad(x, ((0, 0), *padding, (0, 0)))
+
+
+def _im2col_forward(x: Array, kernel: Array, padding: Padding) -> Array:
+    kh, kw, c, f = kernel.shape
+    cols = conv_patches(_pad(x, padding), kh, kw)
+    y = jnp.dot(cols.reshape(-1, kh * kw * c), kernel.reshape(kh * kw * c, f), preferred_element_type=jnp.float32)
+    return y.reshape(*cols.shape[:3], f).astype(jnp.result_type(x, kernel))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_im2col(x: Array, kernel: Array, padding: Padding, input_grad: str) -> Array:
+    return _im2col_forward(x, kernel, padding)
+
+
+def _conv_im2col_fwd(x, kernel, padding, input_grad):
+    return _im2col_forward(x, kernel, padding), (x, kernel)
+
+
+def _conv_im2col_bwd(padding, input_grad, res, dy):
+    x, kernel = res
+    kh, kw, c, f = kernel.shape
+    cols = conv_patches(_pad(x, padding), kh, kw).reshape(-1, kh * kw * c)  # recomputed: cheaper than keeping it
+    dkernel = lax.dot_general(cols, dy.reshape(-1, f), (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    dkernel = dkernel.reshape(kernel.shape)
+    if input_grad == "xla":
+        (dx,) = jax.vjp(lambda x: _conv(x, kernel, padding), x)[1](dy)
+    else:
+        dx = conv_input_grad_col2im(dy, kernel, x.shape, padding)
+    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+_conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
+
+
+def conv_plan(x_shape: Sequence[int], kernel_shape: Sequence[int], padding: str = "valid", dtype: Any = jnp.float32,
+              input_grad: str = "auto", method: str = "auto", backend: str | None = None) -> tuple[str, str]:
+    """How :func:`conv2d` computes a convolution of an ``x_shape`` batch with a ``kernel_shape``
+    kernel: ``(method, input_grad)`` with the ``"auto"`` choices made, on ``backend`` (default
+    JAX's). It depends on the shapes, the dtype and the backend only, so every CPU machine
+    computes a model alike."""
+    if input_grad not in ("auto", "xla", "col2im"):
+        raise ConfigError(f"input_grad must be 'auto', 'xla' or 'col2im', got {input_grad!r}")
+    if method not in ("auto", "xla", "im2col"):
+        raise ConfigError(f"method must be 'auto', 'xla' or 'im2col', got {method!r}")
+    kh, kw = kernel_shape[:2]
+    oh, ow = x_shape[1] - kh + 1, x_shape[2] - kw + 1
+    if _padding_mode(padding) == "same":
+        oh, ow = x_shape[1], x_shape[2]
+    cpu = (backend or jax.default_backend()) == "cpu"
+    if input_grad == "auto":
+        input_grad = "col2im" if cpu and (oh <= kh or ow <= kw) else "xla"
+    if method == "auto":
+        patch_bytes = x_shape[0] * oh * ow * kh * kw * x_shape[3] * jnp.dtype(dtype).itemsize
+        suits = x_shape[3] <= IM2COL_FEW_CHANNELS or kernel_shape[3] >= IM2COL_MIN_FEATURES
+        method = "im2col" if cpu and suits and kh * kw <= IM2COL_MAX_TAPS and patch_bytes <= IM2COL_MAX_BYTES else "xla"
+    return method, input_grad
+
+
+def conv2d(x: Array, kernel: Array, padding: str = "valid", input_grad: str = "auto", method: str = "auto") -> Array:
     """Stride-1 NHWC x HWIO convolution, ``"valid"`` or ``"same"`` (Keras's split of the padding).
 
+    ``method`` picks how it is computed: ``"xla"`` (XLA's convolution), ``"im2col"`` (the patch
+    matrix, :func:`conv_patches`, times the kernel: the forward pass and the kernel's gradient are
+    each one matmul), or ``"auto"``: on CPU, im2col for kernels of at most 3x3 with few input
+    channels or many output channels and a patch matrix of at most :data:`IM2COL_MAX_BYTES`, XLA's
+    convolution otherwise and on other backends (the measurements are at :data:`IM2COL_MAX_TAPS`). Values and gradients agree with XLA's to float
+    rounding (tested).
+
     ``input_grad`` picks how the gradient with respect to ``x`` is computed: ``"xla"`` (XLA's
-    transposed convolution), ``"col2im"`` (:func:`conv_input_grad_col2im`), or ``"auto"``:
-    col2im on CPU when the output is no larger than the kernel along a side. There XLA's CPU
-    transposed convolution is mostly padding and slow: per 32 examples, a 7x7 kernel on 11x11x32
-    took 16 ms against 0.75 ms, 8x8 on 10x10 7.5 ms against 0.35; where the output is larger it
-    is the faster one (3x3 on 13x13x32: 0.34 ms against 0.56), so it stays. The values and the
-    kernel's gradient are XLA's either way; the input gradients agree to float rounding.
+    transposed convolution), ``"col2im"`` (:func:`conv_input_grad_col2im`), or ``"auto"``: col2im
+    on CPU when the output is no larger than the kernel along a side. There XLA's CPU transposed
+    convolution is mostly padding and slow: per 32 examples, a 7x7 kernel on 11x11x32 took 16 ms
+    against 0.75 ms, 8x8 on 10x10 7.5 ms against 0.35; where the output is larger it was the
+    faster one (3x3 on 13x13x32: 0.34 ms against 0.56). :func:`conv_plan` tells what ``"auto"``
+    picks.
     """
     kh, kw = kernel.shape[:2]
+    method, input_grad = conv_plan(x.shape, kernel.shape, padding, x.dtype, input_grad, method)
     if _padding_mode(padding) == "valid":
         pads: Padding = ((0, 0), (0, 0))
     else:
         pads = (((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2))
-    if input_grad == "auto":
-        oh = x.shape[1] + sum(pads[0]) - kh + 1
-        ow = x.shape[2] + sum(pads[1]) - kw + 1
-        small = oh <= kh or ow <= kw
-        input_grad = "col2im" if small and jax.default_backend() == "cpu" else "xla"
+    if method == "im2col":
+        return _conv_im2col(x, kernel, pads, input_grad)
     if input_grad == "col2im":
         return _conv_col2im_grad(x, kernel, pads)
-    if input_grad != "xla":
-        raise ConfigError(f"input_grad must be 'auto', 'xla' or 'col2im', got {input_grad!r}")
     return _conv(x, kernel, pads)
 
 
@@ -268,6 +363,7 @@ class Conv2D(nn.Module):
       use_bias: add a bias per output channel.
       dtype: computation dtype (``None``: that of the input); parameters stay ``param_dtype``.
       input_grad: how the input's gradient is computed, see :func:`conv2d` (``"auto"``).
+      method: how the convolution is computed, ``"auto"``, ``"xla"`` or ``"im2col"``, see :func:`conv2d`.
 
     Input ``(N, H, W, C)``; output ``(N, H', W', features)`` with ``H' = H - kh + 1`` for "valid".
     """
@@ -283,6 +379,7 @@ class Conv2D(nn.Module):
     kernel_init: Callable[..., Array] = glorot_uniform
     bias_init: Callable[..., Array] = zeros
     input_grad: str = "auto"
+    method: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -303,7 +400,7 @@ class Conv2D(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (kh, kw, c, self.features), self.param_dtype)
         _sow_l2(self, self.kernel_l2, kernel)
         dtype = self.dtype or x.dtype
-        y = conv2d(x.astype(dtype), kernel.astype(dtype), padding, self.input_grad)
+        y = conv2d(x.astype(dtype), kernel.astype(dtype), padding, self.input_grad, self.method)
         return _bias_and_activation(self, y)
 
 
