@@ -264,36 +264,15 @@ def _pad(x: Array, padding: Padding) -> Array:
     return jnp.pad(x, ((0, 0), *padding, (0, 0)))
 
 
-def _im2col_forward(x: Array, kernel: Array, padding: Padding) -> Array:
+def conv_im2col(x: Array, kernel: Array, padding: Padding) -> Array:
+    """A stride-1 NHWC x HWIO convolution as the patch matrix (:func:`conv_patches`) of the padded
+    input times the kernel, accumulated in float32. Plain JAX, so every transformation applies
+    (``grad``, ``jvp``, ``vmap``): the kernel's gradient is the patch matrix's transpose times the
+    output's gradient, one matmul, and the input's gradient is col2im, the patches' transpose."""
     kh, kw, c, f = kernel.shape
     cols = conv_patches(_pad(x, padding), kh, kw)
     y = jnp.dot(cols.reshape(-1, kh * kw * c), kernel.reshape(kh * kw * c, f), preferred_element_type=jnp.float32)
     return y.reshape(*cols.shape[:3], f).astype(jnp.result_type(x, kernel))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_im2col(x: Array, kernel: Array, padding: Padding, input_grad: str) -> Array:
-    return _im2col_forward(x, kernel, padding)
-
-
-def _conv_im2col_fwd(x, kernel, padding, input_grad):
-    return _im2col_forward(x, kernel, padding), (x, kernel)
-
-
-def _conv_im2col_bwd(padding, input_grad, res, dy):
-    x, kernel = res
-    kh, kw, c, f = kernel.shape
-    cols = conv_patches(_pad(x, padding), kh, kw).reshape(-1, kh * kw * c)  # recomputed: cheaper than keeping it
-    dkernel = lax.dot_general(cols, dy.reshape(-1, f), (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-    dkernel = dkernel.reshape(kernel.shape)
-    if input_grad == "xla":
-        (dx,) = jax.vjp(lambda x: _conv(x, kernel, padding), x)[1](dy)
-    else:
-        dx = conv_input_grad_col2im(dy, kernel, x.shape, padding)
-    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
-
-
-_conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
 
 
 def conv_plan(x_shape: Sequence[int], kernel_shape: Sequence[int], padding: str = "valid", dtype: Any = jnp.float32,
@@ -311,32 +290,35 @@ def conv_plan(x_shape: Sequence[int], kernel_shape: Sequence[int], padding: str 
     if _padding_mode(padding) == "same":
         oh, ow = x_shape[1], x_shape[2]
     cpu = (backend or jax.default_backend()) == "cpu"
+    if method == "im2col" and input_grad == "xla":
+        raise ConfigError("input_grad='xla' needs method='xla' or 'auto': im2col's input gradient is col2im, the patches' transpose")
     if input_grad == "auto":
         input_grad = "col2im" if cpu and (oh <= kh or ow <= kw) else "xla"
     if method == "auto":
         patch_bytes = x_shape[0] * oh * ow * kh * kw * x_shape[3] * jnp.dtype(dtype).itemsize
         suits = x_shape[3] <= IM2COL_FEW_CHANNELS or kernel_shape[3] >= IM2COL_MIN_FEATURES
         method = "im2col" if cpu and suits and kh * kw <= IM2COL_MAX_TAPS and patch_bytes <= IM2COL_MAX_BYTES else "xla"
-    return method, input_grad
+    return method, ("col2im" if method == "im2col" else input_grad)
 
 
 def conv2d(x: Array, kernel: Array, padding: str = "valid", input_grad: str = "auto", method: str = "auto") -> Array:
     """Stride-1 NHWC x HWIO convolution, ``"valid"`` or ``"same"`` (Keras's split of the padding).
 
-    ``method`` picks how it is computed: ``"xla"`` (XLA's convolution), ``"im2col"`` (the patch
-    matrix, :func:`conv_patches`, times the kernel: the forward pass and the kernel's gradient are
-    each one matmul), or ``"auto"``: on CPU, im2col for kernels of at most 3x3 with few input
-    channels or many output channels and a patch matrix of at most :data:`IM2COL_MAX_BYTES`, XLA's
-    convolution otherwise and on other backends (the measurements are at :data:`IM2COL_MAX_TAPS`). Values and gradients agree with XLA's to float
-    rounding (tested).
+    ``method`` picks how it is computed: ``"xla"`` (XLA's convolution), ``"im2col"``
+    (:func:`conv_im2col`: the patch matrix times the kernel, so the forward pass and the kernel's
+    gradient are one matmul each), or ``"auto"``: on CPU, im2col for kernels of at most 3x3 with
+    few input channels or many output channels and a patch matrix of at most
+    :data:`IM2COL_MAX_BYTES`, XLA's convolution otherwise and on other backends (the measurements
+    are at :data:`IM2COL_MAX_TAPS`). Values and gradients agree with XLA's to float rounding
+    (tested).
 
-    ``input_grad`` picks how the gradient with respect to ``x`` is computed: ``"xla"`` (XLA's
-    transposed convolution), ``"col2im"`` (:func:`conv_input_grad_col2im`), or ``"auto"``: col2im
-    on CPU when the output is no larger than the kernel along a side. There XLA's CPU transposed
-    convolution is mostly padding and slow: per 32 examples, a 7x7 kernel on 11x11x32 took 16 ms
-    against 0.75 ms, 8x8 on 10x10 7.5 ms against 0.35; where the output is larger it was the
-    faster one (3x3 on 13x13x32: 0.34 ms against 0.56). :func:`conv_plan` tells what ``"auto"``
-    picks.
+    ``input_grad`` picks how XLA's convolution computes the gradient with respect to ``x``:
+    ``"xla"`` (XLA's transposed convolution), ``"col2im"`` (:func:`conv_input_grad_col2im`), or
+    ``"auto"``: col2im on CPU when the output is no larger than the kernel along a side. There
+    XLA's CPU transposed convolution is mostly padding and slow: per 32 examples, a 7x7 kernel on
+    11x11x32 took 16 ms against 0.75 ms, 8x8 on 10x10 7.5 ms against 0.35; where the output is
+    larger it was the faster one (3x3 on 13x13x32: 0.34 ms against 0.56). im2col's input gradient
+    is always col2im. :func:`conv_plan` tells what ``"auto"`` picks.
     """
     kh, kw = kernel.shape[:2]
     method, input_grad = conv_plan(x.shape, kernel.shape, padding, x.dtype, input_grad, method)
@@ -345,7 +327,7 @@ def conv2d(x: Array, kernel: Array, padding: str = "valid", input_grad: str = "a
     else:
         pads = (((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2))
     if method == "im2col":
-        return _conv_im2col(x, kernel, pads, input_grad)
+        return conv_im2col(x, kernel, pads)
     if input_grad == "col2im":
         return _conv_col2im_grad(x, kernel, pads)
     return _conv(x, kernel, pads)

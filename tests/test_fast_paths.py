@@ -200,16 +200,21 @@ def test_im2col_convolution_equals_xla(k, size, cin, padding):
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, w)
 
     (v, (gx, gw)) = run("xla", "xla")
-    for input_grad in ("auto", "xla", "col2im"):
+    for input_grad in ("auto", "col2im"):
         (iv, (ix, iw)) = run("im2col", input_grad)
         np.testing.assert_allclose(iv, v, rtol=1e-5)
         np.testing.assert_allclose(ix, gx, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(iw, gw, rtol=1e-4, atol=1e-5)
+    # Plain JAX: forward-mode works too (a Hessian-vector product, jax.jacfwd).
+    tangent = jax.jvp(lambda w: conv2d(x, w, padding, method="im2col"), (w,), (jnp.ones_like(w),))[1]
+    np.testing.assert_allclose(tangent, jax.jvp(lambda w: conv2d(x, w, padding, "xla", "xla"), (w,), (jnp.ones_like(w),))[1], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(conv2d(x, w, padding, method="im2col"), conv2d(x, w, padding, method="xla"), rtol=1e-5, atol=1e-5)
     (_, (bx, bw)), (_, (xx, xw)) = run("im2col", dtype=jnp.bfloat16), run("xla", dtype=jnp.bfloat16)
     assert bx.dtype == x.dtype and bw.dtype == w.dtype
-    err = lambda a, b: float(jnp.abs(a - b).max())  # noqa: E731
-    assert err(bw, gw) <= 1.5 * err(xw, gw) + 1e-3 and err(bx, gx) <= 1.5 * err(xx, gx) + 1e-3  # as close as XLA's bfloat16
+    for got, xla, ref in ((bw, xw, gw), (bx, xx, gx)):  # within bfloat16's precision of float32, as XLA's own
+        scale = float(jnp.abs(ref).max())
+        assert float(jnp.abs(xla - ref).max()) <= 0.02 * scale
+        np.testing.assert_allclose(got, ref, atol=0.02 * scale)
 
 
 def test_conv2d_picks_im2col_and_col2im_by_shape_alone():
@@ -226,26 +231,29 @@ def test_conv2d_picks_im2col_and_col2im_by_shape_alone():
 
     assert plan(7, 11, c=32) == ("xla", "col2im")  # search_cnn k=7's second convolution: output 5x5
     assert plan(6, 11, f=64) == ("xla", "col2im")  # output 6x6, kernel 6x6
-    assert plan(3, 28, c=1) == ("im2col", "xla")  # mnist_cnn's first, a part of 32
+    assert plan(3, 28, c=1) == ("im2col", "col2im")  # mnist_cnn's first, a part of 32
     assert plan(3, 13, c=32) == ("xla", "xla")  # mnist_cnn's second: 32 -> 32 is XLA's
-    assert plan(3, 15, c=32, f=64) == ("im2col", "xla")  # cifar_cnn1's second
-    assert plan(3, 6, c=64, f=64) == ("im2col", "xla")  # cifar_cnn1's third: output 4x4
+    assert plan(3, 15, c=32, f=64) == ("im2col", "col2im")  # cifar_cnn1's second
+    assert plan(3, 6, c=64, f=64) == ("im2col", "col2im")  # cifar_cnn1's third: output 4x4
     assert plan(3, 4, c=64, f=64) == ("im2col", "col2im")  # cifar_cnn2's fourth: output 2x2
     assert plan(5, 7, "same", c=64, f=64) == ("xla", "xla")  # cifar_cnn3's: 5x5 stays XLA's
     assert plan(3, 32, batch=512) == ("xla", "xla")  # a whole batch of 512 CIFAR images: 50 MB of patches
     assert 32 * 30 * 30 * 27 * 4 <= IM2COL_MAX_BYTES < 512 * 30 * 30 * 27 * 4
     assert plan(3, 13, c=32, backend="gpu") == plan(7, 11, backend="gpu") == ("xla", "xla")
     assert conv_plan((2, 9, 9, 1), (3, 3, 1, 2), method="xla") == ("xla", "xla")
-    assert conv_plan((2, 9, 9, 1), (7, 7, 1, 2), method="im2col", input_grad="xla") == ("im2col", "xla")
+    assert conv_plan((2, 9, 9, 1), (7, 7, 1, 2), method="im2col") == ("im2col", "col2im")
+    with pytest.raises(jaxcnn.errors.ConfigError, match="input_grad='xla' needs method='xla' or 'auto'"):
+        conv_plan((2, 9, 9, 1), (3, 3, 1, 2), method="im2col", input_grad="xla")
 
     def traced(k, size, padding="valid"):
         x, w = jnp.zeros((2, size, size, 3)), jnp.zeros((k, k, 3, 4))
-        return re.findall(r"name=(\w+)", str(jax.make_jaxpr(lambda x: conv2d(x, w, padding))(x)))
+        jaxpr = str(jax.make_jaxpr(lambda x: conv2d(x, w, padding))(x))
+        return re.findall(r"name=(\w+)", jaxpr), "conv_general_dilated" in jaxpr
 
     cpu = jax.default_backend() == "cpu"
-    assert traced(7, 11) == (["_conv_col2im_grad"] if cpu else [])
-    assert traced(3, 13) == (["_conv_im2col"] if cpu else [])  # 3 input channels
-    assert traced(5, 30, "same") == []
+    assert traced(7, 11) == (["_conv_col2im_grad"] if cpu else [], True)
+    assert traced(3, 13) == ([], not cpu)  # 3 input channels: im2col on CPU, a matmul in plain JAX
+    assert traced(5, 30, "same") == ([], True)
     np.testing.assert_array_equal(conv2d(x := jnp.ones((1, 5, 5, 1)), w := jnp.ones((3, 3, 1, 1)), "VALID"), conv2d(x, w, "valid"))
     assert conv2d(x, w, "same").shape == (1, 5, 5, 1)
     with pytest.raises(jaxcnn.errors.ConfigError, match="padding must be 'valid' or 'same', got 'full'"):
