@@ -60,6 +60,18 @@ class BNOnly(nn.Module):
         return nn.Dense(10)(nn.relu(x).reshape(x.shape[0], -1))
 
 
+class JaxcnnBN(nn.Module):
+    """jaxcnn's layers with BatchNorm and dropout; both convolutions are im2col ones on CPU (one
+    input channel, then 64 output channels)."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = layers.BatchNorm()(layers.Conv2D(4, 3, activation="relu")(x), train)
+        x = layers.Conv2D(64, 3, activation="relu")(layers.MaxPool2D(2)(x))
+        x = layers.Dropout(0.2)(x.mean(axis=(1, 2)), train=train)
+        return layers.Dense(10)(x)
+
+
 class NoTrain(nn.Module):
     """No `train` argument at all."""
 
@@ -105,7 +117,7 @@ class NNXDrop(nnx.Module):
 
 
 CUSTOM = {
-    "dropout": DropNoBN, "jaxcnn_dropout": JaxcnnDrop, "bn_dropout": BNDrop, "bn": BNOnly,
+    "dropout": DropNoBN, "jaxcnn_dropout": JaxcnnDrop, "bn_dropout": BNDrop, "bn": BNOnly, "jaxcnn_bn": JaxcnnBN,
     "no_train_arg": NoTrain, "softmax": Softmax,
     "nnx_bn_dropout": lambda: NNXNet(rngs=nnx.Rngs(0)), "nnx_dropout": lambda: NNXDrop(rngs=nnx.Rngs(0)),
 }
@@ -146,7 +158,7 @@ def test_every_strategy_equals_the_single_device_step(mnist, name):
 
 
 @pytest.mark.skipif(jax.local_device_count() < 2, reason="needs 2 CPU devices (jaxcnn makes one per core)")
-@pytest.mark.parametrize("name", ["bn_dropout", "bn", "nnx_bn_dropout"])
+@pytest.mark.parametrize("name", ["bn_dropout", "bn", "nnx_bn_dropout", "jaxcnn_bn"])
 def test_batch_statistics_on_the_cpu_mesh_are_the_whole_batch(name):
     """fit's CPU path for BatchNorm models cuts a batch into parts (of 32 given 4 devices), one
     per device of an SPMD mesh: the moving statistics after a step are those of the one-device
