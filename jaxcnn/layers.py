@@ -13,10 +13,10 @@ the layers' outputs in ``tests/test_keras_parity.py`` (``test_layer_matches_kera
 * :class:`Conv2D` computes, on CPU, the input gradient of a convolution whose output is no larger
   than its kernel as a matmul and a sum of shifted slices (:func:`conv2d`). XLA's CPU convolution
   took 16 ms for it where this takes 0.75 ms (the random search's 7x7 kernel on an 11x11 map).
-* :class:`Conv2D` convolves, on CPU, with kernels of at most 3x3, few input or many output channels
-  and small batches (a part of 32 examples), by im2col: the patch matrix times the kernel, one matmul forward and one for the
-  kernel's gradient, where XLA's CPU convolution is slow for few channels. cifar_cnn1 and
-  cifar_cnn2 train about 25% faster for it (:func:`conv_plan` says what is chosen).
+* :class:`Conv2D` computes, on CPU, 3x3 convolutions with few input or many output channels and
+  small batches (a part of 32 examples) by im2col: the patch matrix times the kernel, one matmul
+  forward and one for the kernel's gradient, where XLA's CPU convolution is slow. cifar_cnn1
+  and cifar_cnn2 train about 25% faster for it (:func:`conv_plan` says what is chosen).
 * :class:`Conv2D` and :class:`Dense` take a ``dtype`` for mixed precision: parameters stay float32,
   the matmul/convolution runs in ``dtype`` (for example ``jnp.bfloat16``).
 
@@ -28,7 +28,6 @@ collection (see :func:`jaxcnn.train.regularization_loss`).
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcnn._env import env_int
 from jaxcnn.errors import ConfigError, ShapeError
 
 Array = jax.Array
@@ -247,7 +247,7 @@ _conv_col2im_grad.defvjp(_conv_col2im_fwd, _conv_col2im_bwd)
 IM2COL_MAX_TAPS = 9
 IM2COL_FEW_CHANNELS = 4
 IM2COL_MIN_FEATURES = 64
-IM2COL_MAX_BYTES = int(os.environ.get("JAXCNN_IM2COL_MAX_BYTES", 12 * 2**20))
+IM2COL_MAX_BYTES = env_int("JAXCNN_IM2COL_MAX_BYTES", 12 * 2**20, minimum=0)
 
 
 def conv_patches(x: Array, kh: int, kw: int) -> Array:

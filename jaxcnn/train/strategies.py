@@ -31,7 +31,6 @@ place that picks one:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -40,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn._env import env_int
 from jaxcnn.errors import ConfigError
 from jaxcnn.train import step as steps
 from jaxcnn.train.state import TrainState
@@ -47,21 +47,8 @@ from jaxcnn.train.state import TrainState
 Array = jax.Array
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number <= 0:
-        raise ConfigError(f"{name} must be a positive whole number, got {value!r}; unset it or set e.g. {name}={default}")
-    return number
-
-
 #: Most examples in one part of a CPU batch (``JAXCNN_PART_SIZE`` overrides it, read at import).
-PART_SIZE = _env_int("JAXCNN_PART_SIZE", 32)
+PART_SIZE = env_int("JAXCNN_PART_SIZE", 32)
 #: Each part's gradients reach the first device before they are summed: at most this many bytes
 #: of them at once, so a large model gets fewer, larger parts rather than many copies of itself.
 PART_GRADS_BYTES = 512 * 2**20
