@@ -294,6 +294,8 @@ def conv_plan(x_shape: Sequence[int], kernel_shape: Sequence[int], padding: str 
         raise ConfigError("input_grad='xla' needs method='xla' or 'auto': im2col's input gradient is col2im, the patches' transpose")
     if input_grad == "auto":
         input_grad = "col2im" if cpu and (oh <= kh or ow <= kw) else "xla"
+    if method == "auto" and not all(isinstance(d, int) for d in x_shape):
+        method = "xla"  # a symbolic dimension (jax.export's polymorphic batch): the size is unknown
     if method == "auto":
         patch_bytes = x_shape[0] * oh * ow * kh * kw * x_shape[3] * jnp.dtype(dtype).itemsize
         suits = x_shape[3] <= IM2COL_FEW_CHANNELS or kernel_shape[3] >= IM2COL_MIN_FEATURES

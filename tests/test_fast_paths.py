@@ -245,6 +245,12 @@ def test_conv2d_picks_im2col_and_col2im_by_shape_alone():
     with pytest.raises(jaxcnn.errors.ConfigError, match="input_grad='xla' needs method='xla' or 'auto'"):
         conv_plan((2, 9, 9, 1), (3, 3, 1, 2), method="im2col", input_grad="xla")
 
+    # jax.export with a symbolic batch: the patch matrix's size is unknown, so XLA's convolution
+    b = jax.export.symbolic_shape("b")[0]
+    assert conv_plan((b, 28, 28, 1), (3, 3, 1, 8), backend="cpu") == ("xla", "xla")
+    exported = jax.export.export(jax.jit(lambda x: conv2d(x, jnp.ones((3, 3, 1, 8)))))(jax.ShapeDtypeStruct((b, 28, 28, 1), jnp.float32))
+    assert exported.call(jnp.ones((2, 28, 28, 1))).shape == (2, 26, 26, 8)
+
     def traced(k, size, padding="valid"):
         x, w = jnp.zeros((2, size, size, 3)), jnp.zeros((k, k, 3, 4))
         jaxpr = str(jax.make_jaxpr(lambda x: conv2d(x, w, padding))(x))
