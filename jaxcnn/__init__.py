@@ -57,12 +57,10 @@ def use_cpu_devices(count: int | None = None) -> int:
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return 1
     if count is None:
-        env = os.environ.get("JAXCNN_CPU_DEVICES", "").strip()
-        if env and not env.isdigit():
-            from jaxcnn.errors import ConfigError
+        from jaxcnn._env import env_int
 
-            raise ConfigError(f"JAXCNN_CPU_DEVICES must be a whole number of CPU devices, got {env!r}; unset it or set e.g. JAXCNN_CPU_DEVICES=1")
-        count = int(env) if env else _default_cpu_devices()
+        count = env_int("JAXCNN_CPU_DEVICES", -1, minimum=0, what="a whole number of CPU devices", example=1)
+        count = _default_cpu_devices() if count < 0 else count
     if count <= 1:
         return 1
     try:
