@@ -186,6 +186,46 @@ def test_batch_statistics_on_the_cpu_mesh_are_the_whole_batch(name):
     assert not all(np.allclose(a, b, rtol=1e-3) for a, b in zip(jax.tree.leaves(parts[0]), jax.tree.leaves(one_stats)))
 
 
+class ChunkedBN(nn.Module):
+    """jaxcnn's layers, BatchNorm after a convolution whose output (86.5 kB an example) is chunked
+    on CPU from 49 examples on (jaxcnn.layers.conv_chunks); ``tag`` only tells JAX's caches apart."""
+
+    tag: int = 0
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = layers.BatchNorm()(layers.Conv2D(32, 3, activation="relu")(x), train)
+        x = layers.Conv2D(16, 3, activation="relu")(layers.Dropout(0.2)(layers.MaxPool2D(2)(x), train=train))
+        return layers.Dense(10)(x.mean(axis=(1, 2)))
+
+
+@pytest.mark.skipif(jax.local_device_count() < 2, reason="needs 2 CPU devices (jaxcnn makes one per core)")
+def test_chunked_convolutions_keep_the_whole_batch_step(monkeypatch):
+    """With the library's chunking on (the suite turns it off, see conftest.py), a BatchNorm model
+    trains the same step whole, in chunks on one device (256 examples: 8 chunks) and in chunks on
+    each device of the 2-device stats-mesh (128 each: 4 chunks): the statistics stay the whole
+    batch's, and every layer sees the same masks."""
+    monkeypatch.setattr(layers, "CONV_CHUNK", 32)
+    assert layers.conv_chunks((256, 28, 28, 1), (3, 3, 1, 32)) == 8
+    assert layers.conv_chunks((256, 28, 28, 1), (3, 3, 1, 32), shards=2) == 4
+    ds = jaxcnn.data.load("mnist")
+    x, y = jaxcnn.data.to_float(ds.x_train[:256]) + 0.01, ds.y_train[:256]  # no exactly-zero pixels: see test_parallel
+    fresh = lambda tag=0: train.create_train_state(ChunkedBN(tag), x.shape[1:], "sgd", 0.05, seed=3)  # noqa: E731
+    mesh = train.StatsMesh(jax.local_devices()[:2], 256, fresh())
+    one = train.choose_strategy(None, 256, fresh())
+    results = {}
+    for label, s, tag in (("mesh", mesh, 0), ("one", one, 0), ("whole", one, 1)):
+        if label == "whole":
+            monkeypatch.setattr(layers, "CONV_CHUNK", 0)
+        out, logs = train.run_epoch(s.put_state(fresh(tag)), s, train.Data(x, y), np.arange(256), 256)
+        results[label] = (jax.device_get(out.batch_stats), jax.device_get(out.params), logs["loss"])
+    for label in ("mesh", "one"):
+        stats, params, loss = results[label]
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), stats, results["whole"][0])
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, results["whole"][1])
+        assert abs(loss - results["whole"][2]) < 1e-5, label
+
+
 @pytest.mark.skipif(jax.local_device_count() < 2, reason="needs 2 CPU devices (jaxcnn makes one per core)")
 @pytest.mark.parametrize("name", ["bn_dropout", "nnx_bn_dropout"])
 def test_batchnorm_fit_on_the_cpu_mesh_equals_one_device(mnist, name):

@@ -269,3 +269,81 @@ def test_conv2d_picks_im2col_and_col2im_by_shape_alone():
         conv2d(jnp.zeros((1, 5, 5, 1)), jnp.zeros((3, 3, 1, 1)), input_grad="fast")
     with pytest.raises(jaxcnn.errors.ConfigError, match="method must be 'auto', 'xla' or 'im2col', got 'fft'"):
         conv2d(jnp.zeros((1, 5, 5, 1)), jnp.zeros((3, 3, 1, 1)), method="fft")
+
+
+def test_conv2d_chunks_large_batches_on_cpu(monkeypatch):
+    """On CPU conv2d convolves a batch of more than CONV_CHUNK examples (per device of a mesh) in
+    chunks: the count depends on the shapes, the backend and the mesh alone; values and
+    gradients are the whole batch's to float rounding, by either method."""
+    import re
+
+    from jaxcnn import layers
+    from jaxcnn.layers import CONV_CHUNK, CONV_CHUNK_MIN_BYTES, batch_shards, conv2d, conv_chunks
+
+    def chunks(n, size=32, c=3, f=32, **kw):  # 30 x 30 x 32 floats: 115 kB of output per example
+        return conv_chunks((n, size, size, c), (3, 3, c, f), **{"backend": "cpu", **kw})
+
+    assert CONV_CHUNK in (0, 32)  # the library's default, or the suite's (tests/conftest.py)
+    monkeypatch.setattr(layers, "CONV_CHUNK", 32)
+    assert 36 * 30 * 30 * 32 * 4 < CONV_CHUNK_MIN_BYTES < 37 * 30 * 30 * 32 * 4
+    assert [chunks(n) for n in (32, 36, 37, 74, 96, 128, 512)] == [1, 1, 1, 2, 3, 4, 16]  # 37: prime
+    assert chunks(128, size=12) == 1 and chunks(128, f=8) == 1  # small outputs stay whole
+    assert chunks(512, shards=2) == 8 and chunks(512, shards=4) == 4 and chunks(512, shards=16) == 1
+    assert chunks(512, backend="gpu") == 1
+    assert conv_chunks((jax.export.symbolic_shape("b")[0], 32, 32, 3), (3, 3, 3, 32), backend="cpu") == 1
+    with batch_shards(4):
+        assert chunks(512) == 4
+    assert chunks(512) == 16
+    with pytest.raises(jaxcnn.errors.ConfigError, match="batch_shards takes a device count of at least 1, got 0"):
+        with batch_shards(0):
+            pass
+
+    kx, kw = jax.random.split(jax.random.key(2))
+    x = jax.random.normal(kx, (96, 20, 20, 4))
+    w = jax.random.normal(kw, (3, 3, 4, 64)) * 0.2
+
+    def run(method, padding):
+        loss = lambda x, w: jnp.sum(jnp.sin(conv2d(x, w, padding, method=method)))  # noqa: E731 - a new function: traced anew
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, w)
+
+    jaxpr = str(jax.make_jaxpr(lambda x: conv2d(x, w, method="xla"))(x))
+    cpu = jax.default_backend() == "cpu"
+    assert len(re.findall("conv_general_dilated", jaxpr)) == (3 if cpu else 1)
+    chunked = {(m, p): run(m, p) for m in ("xla", "im2col") for p in ("valid", "same")}
+    monkeypatch.setattr(layers, "CONV_CHUNK", 0)
+    assert conv_chunks(x.shape, w.shape) == 1
+    for (m, p), (v, (gx, gw)) in chunked.items():
+        wv, (wx, ww) = run(m, p)
+        np.testing.assert_allclose(v, wv, rtol=1e-5)
+        np.testing.assert_allclose(gx, wx, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(gw, ww, rtol=1e-5, atol=1e-5 * float(np.abs(ww).max()))  # sums of 96 examples' terms
+
+
+@pytest.mark.skipif(jax.local_device_count() < 2, reason="needs 2 local devices (jaxcnn.use_cpu_devices gives one per core)")
+def test_conv2d_chunks_stay_on_their_device_of_a_mesh(monkeypatch):
+    """Under batch_shards (as the mesh strategies trace), each device's share of a sharded batch
+    is chunked on its own: the program moves no activations between devices, and its values and
+    gradients are the one-device program's."""
+    import re
+
+    from jaxcnn import layers
+    from jaxcnn.layers import batch_shards, conv2d
+
+    monkeypatch.setattr(layers, "CONV_CHUNK", 32)
+    kx, kw = jax.random.split(jax.random.key(3))
+    x = jax.random.normal(kx, (256, 20, 20, 4))
+    w = jax.random.normal(kw, (3, 3, 4, 64)) * 0.2
+    place = train.placement(2)
+
+    def per_example(x, w):  # a gradient with respect to the input, one loss per example: no all-reduce
+        return jax.grad(lambda x: jnp.sum(jnp.sin(conv2d(x, w, method="xla"))))(x)
+
+    def sharded(x, w):
+        with batch_shards(2):
+            return per_example(x, w)
+
+    fn = jax.jit(sharded, in_shardings=(place.batch, place.replicated), out_shardings=place.batch)
+    hlo = fn.lower(x, w).compile().as_text()
+    assert len(re.findall(r"\bconvolution\(", hlo)) == 8  # each device's 128 examples in 4 chunks, forward and back
+    assert not re.findall(r"all-gather|all-to-all|collective-permute|all-reduce", hlo)
+    np.testing.assert_allclose(fn(x, w), jax.jit(per_example)(x, w), rtol=1e-5, atol=1e-6)

@@ -30,6 +30,7 @@ place that picks one:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ import numpy as np
 
 from jaxcnn._env import env_int
 from jaxcnn.errors import ConfigError
+from jaxcnn.layers import batch_shards, equal_parts
 from jaxcnn.train import step as steps
 from jaxcnn.train.state import TrainState
 
@@ -228,12 +230,25 @@ class SingleDevice(Strategy):
 _MESH_CACHE: dict[tuple[Any, ...], Any] = {}
 
 
+def _over(fn: Any, shards: int) -> Any:
+    """``fn`` traced with the layers told that its batch is split over ``shards`` devices
+    (:func:`jaxcnn.layers.batch_shards`), as a function of its own for JAX's trace caches."""
+
+    @functools.wraps(fn)
+    def traced(*args):
+        with batch_shards(shards):
+            return fn(*args)
+
+    return traced
+
+
 def _mesh_train(place: Placement, sharded: bool) -> Any:
     key = ("train", place.devices, sharded)
     if key not in _MESH_CACHE:
         repl = place.replicated
         # Explicit shardings keep the state's layout fixed from step to step: one compile.
-        _MESH_CACHE[key] = jax.jit(steps.train_and_accumulate, in_shardings=(repl, repl, place.batch if sharded else repl),
+        _MESH_CACHE[key] = jax.jit(_over(steps.train_and_accumulate, place.size if sharded else 1),
+                                   in_shardings=(repl, repl, place.batch if sharded else repl),
                                    out_shardings=(repl, repl), donate_argnums=(0, 1))
     return _MESH_CACHE[key]
 
@@ -242,7 +257,7 @@ def _mesh_eval(place: Placement) -> Any:
     key = ("eval", place.devices)
     if key not in _MESH_CACHE:
         repl = place.replicated
-        _MESH_CACHE[key] = jax.jit(steps.eval_and_accumulate, in_shardings=(repl, repl, place.batch),
+        _MESH_CACHE[key] = jax.jit(_over(steps.eval_and_accumulate, place.size), in_shardings=(repl, repl, place.batch),
                                    out_shardings=repl, donate_argnums=(1,))
     return _MESH_CACHE[key]
 
@@ -250,7 +265,7 @@ def _mesh_eval(place: Placement) -> Any:
 def _mesh_predict(place: Placement) -> Any:
     key = ("predict", place.devices)
     if key not in _MESH_CACHE:
-        _MESH_CACHE[key] = jax.jit(steps.predict_outputs, in_shardings=(place.replicated, place.batch), out_shardings=place.batch)
+        _MESH_CACHE[key] = jax.jit(_over(steps.predict_outputs, place.size), in_shardings=(place.replicated, place.batch), out_shardings=place.batch)
     return _MESH_CACHE[key]
 
 
@@ -324,16 +339,7 @@ def split_parts(n: int, part_size: int | None = None, max_parts: int | None = No
     ``part_size`` (default :data:`PART_SIZE`) and at least 8 examples; where no count up to
     ``max_parts`` gives parts that small, the count that gives the smallest. It depends on the
     batch and the model only, so a run cuts its batches alike on any number of devices."""
-    part_size = PART_SIZE if part_size is None else part_size
-    best = 1
-    for p in range(1, n // 8 + 1):
-        if max_parts is not None and p > max_parts:
-            break
-        if n % p == 0:
-            best = p
-            if n // p <= part_size:
-                break
-    return best
+    return equal_parts(n, PART_SIZE if part_size is None else part_size, max_parts)
 
 
 def _part(state: TrainState, batch: dict[str, Array], part: Array, total: Array):
