@@ -104,6 +104,7 @@ def test_a_corrupt_checkpoint_gives_one_line_and_no_orbax_noise(interrupted, tmp
     ({"JAXCNN_CPU_DEVICES": "abc"}, "error: JAXCNN_CPU_DEVICES must be a whole number of CPU devices, got 'abc'"),
     ({"JAXCNN_PART_SIZE": "abc"}, "error: JAXCNN_PART_SIZE must be a positive whole number, got 'abc'"),
     ({"JAXCNN_IM2COL_MAX_BYTES": "-1"}, "error: JAXCNN_IM2COL_MAX_BYTES must be a whole number, 0 or more, got '-1'"),
+    ({"JAXCNN_CONV_CHUNK": "32 examples"}, "error: JAXCNN_CONV_CHUNK must be a whole number, 0 or more, got '32 examples'"),
     ({"MPLBACKEND": "nosuchbackend"}, "error: MPLBACKEND='nosuchbackend' is not a matplotlib backend"),
 ])
 def test_bad_environment_variables_are_one_line(tmp_path, env, message):
