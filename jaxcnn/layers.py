@@ -20,7 +20,7 @@ the layers' outputs in ``tests/test_keras_parity.py`` (``test_layer_matches_kera
 * :class:`Conv2D` convolves, on CPU, a batch of more than :data:`CONV_CHUNK` examples with a large
   output in chunks of at most that many, one after another in the same program
   (:func:`conv_chunks`): a whole batch's activations leave the cache, a chunk's stay nearer.
-  BatchNorm models, whose batch stays whole for its statistics, train about 40% faster for it.
+  BatchNorm models, whose batch stays whole for its statistics, train about 60% faster for it.
 * :class:`Conv2D` and :class:`Dense` take a ``dtype`` for mixed precision: parameters stay float32,
   the matmul/convolution runs in ``dtype`` (for example ``jnp.bfloat16``).
 
@@ -317,8 +317,8 @@ def conv_plan(x_shape: Sequence[int], kernel_shape: Sequence[int], padding: str 
 #: least ``CONV_CHUNK_MIN_BYTES``, into equal chunks of at most ``CONV_CHUNK`` examples (and at
 #: least 8; :func:`equal_parts`) and convolves them one after another in the same program, each
 #: by the method its own shape picks; on a mesh, per device (:func:`batch_shards`). One step of
-#: cifar_cnn4 on a 2-device mesh (256 examples each) went from about 250 to 300 examples/s to
-#: about 400 (BENCHMARKS.md); smaller outputs stay in the cache whole and gain little, while every
+#: cifar_cnn4 on a 2-device mesh (256 examples each) went from 226 examples/s to 351 to 377
+#: (BENCHMARKS.md); smaller outputs stay in the cache whole and gain little, while every
 #: chunk adds to the compile. ``$JAXCNN_CONV_CHUNK`` overrides the chunk size when jaxcnn is
 #: imported (0: whole batches).
 CONV_CHUNK = env_int("JAXCNN_CONV_CHUNK", 32, minimum=0)
