@@ -6,10 +6,10 @@ and keeps the fast formulation inside it, so a user's own model gets it too. Ker
 the layers' outputs in ``tests/test_keras_parity.py`` (``test_layer_matches_keras``,
 ``test_batchnorm_layer_matches_keras_in_both_modes``, and every registry model):
 
-* :class:`MaxPool2D` uses reshape-and-max for non-overlapping windows. Its gradient is an
-  elementwise compare instead of XLA's select-and-scatter, which on CPU took half of the MNIST
-  CNN's train step (see docs/cpu.md). Values are identical; gradients are identical wherever the
-  window maximum is unique.
+* :class:`MaxPool2D` takes the maximum of non-overlapping windows by elementwise compares and
+  selects over the window's taps. Its gradient goes through those selects instead of XLA's
+  select-and-scatter, which on CPU took half of the MNIST CNN's train step (see docs/cpu.md).
+  Values and gradients are identical to Flax's ``max_pool``, at ties too (the first maximum).
 * :class:`Conv2D` computes, on CPU, the input gradient of a convolution whose output is no larger
   than its kernel as a matmul and a sum of shifted slices (:func:`conv2d`). XLA's CPU convolution
   took 16 ms for it where this takes 0.75 ms (the random search's 7x7 kernel on an 11x11 map).
@@ -21,6 +21,9 @@ the layers' outputs in ``tests/test_keras_parity.py`` (``test_layer_matches_kera
   output in chunks of at most that many, one after another in the same program
   (:func:`conv_chunks`): a whole batch's activations leave the cache, a chunk's stay nearer.
   BatchNorm models, whose batch stays whole for its statistics, train about 60% faster for it.
+* :func:`fast_paths` gives a model written with Flax's own layers (``nn.Conv``, ``nnx.Conv``,
+  ``nn.max_pool``) the same formulations, by swapping them in its traced program; jaxcnn's
+  training, evaluation and prediction apply it to users' models.
 * :class:`Conv2D` and :class:`Dense` take a ``dtype`` for mixed precision: parameters stay float32,
   the matmul/convolution runs in ``dtype`` (for example ``jnp.bfloat16``).
 
@@ -425,6 +428,103 @@ def _conv2d_whole(x: Array, kernel: Array, padding: str, input_grad: str, method
     return _conv(x, kernel, pads)
 
 
+#: Whether jaxcnn computes the convolutions and max-pools of a user's model (linen or NNX) by
+#: :func:`conv2d` and :func:`max_pool`, see :func:`fast_paths`. ``$JAXCNN_FAST_PATHS`` (1 or 0)
+#: sets it when jaxcnn is imported.
+FAST_PATHS = env_int("JAXCNN_FAST_PATHS", 1, minimum=0) > 0
+
+_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
+
+
+def _fast_conv(x: Any, kernel: Any, params: dict[str, Any]) -> Array | None:
+    """``conv2d(x, kernel, mode)`` for a ``conv_general_dilated`` equation that is a stride-1 NHWC x
+    HWIO convolution with "valid" or "same" padding and nothing else (no dilation, groups or
+    precision, operands of one float dtype); None otherwise."""
+    if (params["dimension_numbers"] != _NHWC or any(v != 1 for k in ("window_strides", "lhs_dilation", "rhs_dilation")
+                                                   for v in params[k])
+            or params["feature_group_count"] != 1 or params["batch_group_count"] != 1 or params["precision"] is not None
+            or params["preferred_element_type"] is not None or params.get("out_sharding") is not None
+            or x.dtype != kernel.dtype or not jnp.issubdtype(x.dtype, jnp.floating)
+            or not all(isinstance(d, int) for d in (*x.shape, *kernel.shape))):
+        return None
+    kh, kw = kernel.shape[:2]
+    pads = tuple(tuple(p) for p in params["padding"])
+    mode = {((0, 0), (0, 0)): "valid", (((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2)): "same"}.get(pads)
+    if mode is None or (mode == "valid" and (kh > x.shape[1] or kw > x.shape[2])):
+        return None
+    return conv2d(x, kernel, mode)
+
+
+def _fast_max_pool(x: Any, params: dict[str, Any]) -> Array | None:
+    """:func:`max_pool` for a ``reduce_window_max`` equation over non-overlapping
+    spatial windows of an NHWC batch with "valid" padding (``flax.linen.max_pool``'s, for one);
+    None otherwise."""
+    window, strides = params["window_dimensions"], params["window_strides"]
+    if (x.ndim != 4 or window != strides or window[0] != 1 or window[3] != 1
+            or any(p != (0, 0) for p in map(tuple, params["padding"]))
+            or any(d != 1 for k in ("base_dilation", "window_dilation") for d in params[k])
+            or not all(isinstance(d, int) for d in x.shape) or not jnp.issubdtype(x.dtype, jnp.floating)):
+        return None
+    return max_pool(x, window[1:3])
+
+
+def _eval_fast(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> list[Any]:
+    """``jax.core.eval_jaxpr`` with the fast paths swapped in (and nested ``jit`` calls inlined, so
+    that their equations are swapped too)."""
+    from jax.extend import core as jex_core
+
+    env: dict[Any, Any] = {}
+
+    def read(v: Any) -> Any:
+        return v.val if isinstance(v, jex_core.Literal) else env[v]
+
+    for v, a in zip(jaxpr.constvars, consts):
+        env[v] = a
+    for v, a in zip(jaxpr.invars, args):
+        env[v] = a
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        name, out = eqn.primitive.name, None
+        if name == "conv_general_dilated":
+            out = _fast_conv(*invals, eqn.params)
+        elif name == "reduce_window_max":
+            out = _fast_max_pool(*invals, eqn.params)
+        elif name in ("pjit", "jit") and not eqn.effects:
+            inner = eqn.params["jaxpr"]
+            out = _eval_fast(inner.jaxpr, inner.consts, invals)
+        if out is None:  # as jax.core.eval_jaxpr does
+            with eqn.ctx.manager:
+                out = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
+        outs = out if eqn.primitive.multiple_results or isinstance(out, list) else [out]
+        for v, o in zip(eqn.outvars, outs):
+            env[v] = o
+    return [read(v) for v in jaxpr.outvars]
+
+
+def fast_paths(fun: Callable[..., Any]) -> Callable[..., Any]:
+    """``fun`` (of arrays, a pytree of them or none) with the CPU fast paths of jaxcnn's own layers
+    in every model inside it, whoever wrote the layers: each stride-1 "valid"/"same" 2-D
+    convolution (Flax's ``nn.Conv`` and ``nnx.Conv``, ``lax.conv``) is computed by :func:`conv2d`
+    (im2col, col2im, chunks of a large batch) and each non-overlapping max-pool
+    (``flax.linen.max_pool``, ``nnx.max_pool``) by :func:`max_pool`, whose gradient is elementwise
+    selects instead of XLA's select-and-scatter (ten times faster on CPU). It traces ``fun`` once
+    to a jaxpr and evaluates that with the swaps, before any differentiation, so ``grad`` and
+    ``jit`` of the result see the fast formulations; calls to ``jax.jit`` functions inside are
+    inlined so that their layers are swapped too.
+
+    Values and gradients are ``fun``'s to float rounding (max-pools' exactly, ties included).
+    jaxcnn's training, evaluation and prediction apply it to users' models unless
+    :data:`FAST_PATHS` is off (``JAXCNN_FAST_PATHS=0``)."""
+
+    @functools.wraps(fun)
+    def wrapped(*args: Any) -> Any:
+        closed, out_shape = jax.make_jaxpr(fun, return_shape=True)(*args)
+        outs = _eval_fast(closed.jaxpr, closed.consts, jax.tree.leaves(args))
+        return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
+
+    return wrapped
+
+
 class Conv2D(nn.Module):
     """2-D convolution on NHWC input, like ``keras.layers.Conv2D``.
 
@@ -502,13 +602,30 @@ class Dense(nn.Module):
         return _bias_and_activation(self, y)
 
 
+def _window_max(windows: Array) -> Array:
+    """The maximum of each (N, OH, PH, OW, PW, C) window over its taps, taken tap by tap in
+    row-major order, each kept where it is larger than all before it: the first maximum wins, so
+    the gradient (through the selects) reaches exactly that one input, as XLA's select-and-scatter
+    gives it, ties included. (The gradient of ``jnp.max`` compares every input with the maximum
+    instead and shares it among ties, which also depends on XLA computing both alike: at LLVM
+    level 0 it did not, in a BatchNorm model.)"""
+    _, _, ph, _, pw, _ = windows.shape
+    best = windows[:, :, 0, :, 0, :]
+    for k in range(1, ph * pw):
+        tap = windows[:, :, k // pw, :, k % pw, :]
+        best = jnp.where(tap > best, tap, best)
+    return best
+
+
 def max_pool(x: Array, pool_size: int | Sequence[int] = 2, strides: int | Sequence[int] | None = None) -> Array:
     """Max-pool an NHWC batch with "valid" padding, like ``keras.layers.MaxPooling2D``.
 
     ``strides`` defaults to ``pool_size``. An input size that the pool does not divide drops the
-    last rows/columns (floor), as Keras does. Non-overlapping windows use reshape-and-max, which
-    has the same values as ``flax.linen.max_pool`` and a much cheaper gradient. A window holding
-    NaN gives NaN, as in NumPy, on every backend (XLA:CPU's own large max-reductions drop it).
+    last rows/columns (floor), as Keras does. Non-overlapping windows take the maximum by compares
+    and selects over the window's taps: the same values and gradients as ``flax.linen.max_pool``
+    (at ties too: the first maximum in the window gets the gradient, as with XLA's
+    select-and-scatter), with a gradient ten times cheaper on CPU. A window holding NaN gives
+    NaN, as in NumPy, on every backend (XLA:CPU's own large max-reductions drop it).
     """
     ph, pw = _pair(pool_size, "pool_size")
     sh, sw = _pair(strides if strides is not None else (ph, pw), "strides")
@@ -523,14 +640,13 @@ def max_pool(x: Array, pool_size: int | Sequence[int] = 2, strides: int | Sequen
         return nn.max_pool(x, (ph, pw), strides=(sh, sw), padding="VALID")
     oh, ow = h // ph, w // pw
     windows = x[:, : oh * ph, : ow * pw, :].reshape(n, oh, ph, ow, pw, c)
-    # XLA:CPU hands large max-reductions (4,096 elements and up, and reduce_window with
-    # non-overlapping windows) to YNNPACK, whose max ignores NaN: a window of NaN gives -inf, a
-    # window with one NaN its largest number, and a ReLU fused in front turns NaN into 0. NumPy
-    # and small inputs give NaN, so say it here (docs/errors.md, "Finite inputs").
+    best = _window_max(windows)
     if not jnp.issubdtype(x.dtype, jnp.inexact):
-        return jnp.max(windows, axis=(2, 4))
+        return best
+    # A window holding NaN gives NaN, as in NumPy (XLA:CPU's own large max-reductions, handed to
+    # YNNPACK, ignore it; docs/errors.md, "Finite inputs").
     nan = jnp.any(jnp.isnan(windows), axis=(2, 4))
-    return jnp.where(nan, jnp.asarray(jnp.nan, x.dtype), jnp.max(windows, axis=(2, 4)))
+    return jnp.where(nan, jnp.asarray(jnp.nan, x.dtype), best)
 
 
 class MaxPool2D(nn.Module):

@@ -347,3 +347,82 @@ def test_conv2d_chunks_stay_on_their_device_of_a_mesh(monkeypatch):
     assert len(re.findall(r"\bconvolution\(", hlo)) == 8  # each device's 128 examples in 4 chunks, forward and back
     assert not re.findall(r"all-gather|all-to-all|collective-permute|all-reduce", hlo)
     np.testing.assert_allclose(fn(x, w), jax.jit(per_example)(x, w), rtol=1e-5, atol=1e-6)
+
+
+
+def _flax_user_models():
+    import flax.linen as nn
+    from flax import nnx
+
+    class UserCNN(nn.Module):  # Flax's own layers, as a user writes them
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = nn.relu(nn.Conv(32, (3, 3), padding="VALID")(x))     # 1 channel in: im2col
+            x = nn.max_pool(x, (2, 2), (2, 2))                         # jaxcnn's max_pool
+            x = nn.relu(nn.Conv(32, (3, 3), padding=1)(x))            # "same", written as pads: XLA's, via conv2d
+            x = nn.BatchNorm(use_running_average=not train)(x)
+            x = nn.Dropout(0.25, deterministic=not train)(x)
+            x = nn.Conv(8, (3, 3), strides=2, use_bias=False)(x)      # strided: left as it is
+            x = nn.Conv(8, (3, 3), kernel_dilation=2)(x)              # dilated: left
+            x = nn.Conv(8, (3, 3), padding=((0, 1), (0, 1)))(x)       # neither valid nor same: left
+            x = nn.Conv(8, 3)(x)                                       # an int kernel_size is 1-D in Flax: left
+            x = nn.max_pool(x, (3, 3), strides=(1, 1))                 # overlapping windows: left
+            return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+    class UserNNX(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(1, 16, (3, 3), padding="SAME", rngs=rngs)
+            self.bn = nnx.BatchNorm(16, rngs=rngs)
+            self.drop = nnx.Dropout(0.25, rngs=rngs)
+            self.out = nnx.Linear(14 * 14 * 16, 10, rngs=rngs)
+
+        def __call__(self, x):
+            x = nnx.max_pool(nnx.relu(self.bn(self.conv(x))), (2, 2), (2, 2))
+            return self.out(self.drop(x).reshape(x.shape[0], -1))
+
+    # (module, convolutions and select-and-scatters in the step's program: as written / with the fast paths)
+    # linen: Conv_0 forward and kernel gradient, 3 for each other layer; the first by matmuls, a pool left.
+    return {"linen": (UserCNN(), (17, 2), (15, 1)), "nnx": (UserNNX(nnx.Rngs(0)), (2, 1), (0, 0))}
+
+
+@pytest.mark.parametrize("kind", ["linen", "nnx"])
+def test_fast_paths_swap_users_convolutions_and_max_pools(kind, monkeypatch):
+    """A user's model of Flax's own layers (linen or NNX) runs, under jaxcnn's model adapter, on
+    jaxcnn's CPU formulations (jaxcnn.layers.fast_paths): each plain stride-1 "valid"/"same"
+    convolution by conv2d (im2col, chunks), each non-overlapping max-pool by jaxcnn.layers.max_pool
+    (no select-and-scatter); everything else as written. Parameters are Flax's own; the loss, the
+    gradients and the BatchNorm updates are as written to float rounding."""
+    import re
+
+    from jaxcnn import layers
+    from jaxcnn.train.model import adapt
+
+    monkeypatch.setattr(layers, "CONV_CHUNK", 32)
+    module, written, fast = _flax_user_models()[kind]
+    model = adapt(module)
+    x = jnp.asarray(np.random.default_rng(0).random((64, 28, 28, 1), np.float32))
+    variables = model.init(jax.random.key(0), jax.random.key(1), x[:1])
+
+    def loss(params):
+        out, updates = model.apply({**variables, "params": params}, x, train=True, rngs={"dropout": jax.random.key(2)},
+                                   mutable=["batch_stats"])
+        return jnp.sum(out ** 2), updates
+
+    def run(on):
+        monkeypatch.setattr(layers, "FAST_PATHS", on)
+        step = jax.value_and_grad(loss, has_aux=True)
+        hlo = jax.jit(step).lower(variables["params"]).as_text()
+        counts = (len(re.findall(r"stablehlo.convolution", hlo)), len(re.findall(r"select_and_scatter", hlo)))
+        return jax.jit(step)(variables["params"]), counts
+
+    ((value, updates), grads), counts = run(True)
+    ((flax_value, flax_updates), flax_grads), flax_counts = run(False)
+    cpu = jax.default_backend() == "cpu"
+    assert flax_counts == written and counts == (fast if cpu else (written[0], fast[1])), (counts, flax_counts)
+    np.testing.assert_allclose(value, flax_value, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), updates, flax_updates)
+    largest = max(float(np.abs(f).max()) for f in jax.tree.leaves(flax_grads))
+    for (path, g), (_, f) in zip(*(jax.tree_util.tree_flatten_with_path(t)[0] for t in (grads, flax_grads))):
+        # XLA's CPU convolution itself is 1e-4 (relative) from a float64 reference here; a bias before
+        # BatchNorm has a gradient of 0 in theory, so float noise, hence the term in the largest.
+        np.testing.assert_allclose(g, f, atol=1e-3 * float(np.abs(f).max()) + 1e-6 * largest, err_msg=jax.tree_util.keystr(path))

@@ -142,6 +142,26 @@ def test_max_pool_gradient_is_unchanged_on_finite_input():
     np.testing.assert_allclose(np.asarray(g), np.asarray(ref), rtol=1e-6)
 
 
+@pytest.mark.parametrize("pool, shape", [(2, (4, 26, 26, 8)), (3, (2, 13, 14, 4)), ((2, 3), (2, 9, 9, 3))])
+def test_max_pool_gradient_at_ties_is_flax_exactly(pool, shape):
+    """Windows with several equal maxima (small integers, and zeros after a ReLU, after a BatchNorm
+    as in a real model): the gradient reaches the first maximum only, as Flax's (XLA's
+    select-and-scatter) does, bit for bit, jitted (XLA's fusions may compute a value twice)."""
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.integers(-2, 3, shape).astype(np.float32))
+    ph, pw = (pool, pool) if isinstance(pool, int) else pool
+    dy = jnp.asarray(rng.standard_normal((shape[0], shape[1] // ph, shape[2] // pw, shape[3])).astype(np.float32))
+    scale = jnp.asarray(rng.random(shape[3]).astype(np.float32) + 0.5)
+
+    def grad(pool_fn):
+        f = lambda a: jnp.sum(pool_fn(jax.nn.relu((a - a.mean((0, 1, 2), keepdims=True)) * scale.reshape(1, 1, 1, -1))) * dy)  # noqa: E731
+        return np.asarray(jax.jit(jax.grad(f))(x))
+
+    ours = grad(lambda a: layers.max_pool(a, pool))
+    np.testing.assert_array_equal(ours, grad(lambda a: nn.max_pool(a, (ph, pw), strides=(ph, pw))))
+    assert np.count_nonzero(ours) > 0
+
+
 # --------------------------------------------------------------------------- 5. one-hot labels with NaN
 
 

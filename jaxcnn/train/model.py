@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn import layers
 from jaxcnn.errors import ConfigError
 
 TRAIN_ARGS = ("train", "training", "deterministic")
@@ -72,7 +73,11 @@ class LinenModel:
     def apply(self, variables: Any, x: jax.Array, *, train: bool = False, rngs: Any = None, mutable: Any = False) -> Any:
         if rngs is None and self.train_arg is None:
             rngs = {"dropout": jax.random.key(0)}  # a module without `train` may drop out always
-        return self.module.apply(variables, x, rngs=rngs, mutable=mutable, **self.call_kwargs(train))
+
+        def run(variables: Any, x: jax.Array, rngs: Any) -> Any:
+            return self.module.apply(variables, x, rngs=rngs, mutable=mutable, **self.call_kwargs(train))
+
+        return _with_fast_paths(run, type(self.module))(variables, x, rngs)
 
 
 def _digest(tree: Any) -> str:
@@ -126,6 +131,12 @@ class NNXModel:
         return nnx.merge(self.graphdef, *states)
 
     def apply(self, variables: Any, x: jax.Array, *, train: bool = False, rngs: Any = None, mutable: Any = False) -> Any:
+        def run(variables: Any, x: jax.Array, rngs: Any) -> Any:
+            return self._apply(variables, x, train=train, rngs=rngs, mutable=mutable)
+
+        return _with_fast_paths(run, self.module_type)(variables, x, rngs)
+
+    def _apply(self, variables: Any, x: jax.Array, *, train: bool, rngs: Any, mutable: Any) -> Any:
         from flax import nnx
 
         module = self._merge(variables)
@@ -147,6 +158,14 @@ class NNXModel:
 
 
 Model = LinenModel | NNXModel
+
+
+def _with_fast_paths(run: Any, module_type: type) -> Any:
+    """``run`` with jaxcnn's CPU formulations swapped into a user's model (:func:`jaxcnn.layers.fast_paths`);
+    the registry's models are built from jaxcnn's layers and have them already."""
+    if not layers.FAST_PATHS or module_type.__module__ == "jaxcnn.models":
+        return run
+    return layers.fast_paths(run)
 
 
 def is_nnx(module: Any) -> bool:
