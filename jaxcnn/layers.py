@@ -513,8 +513,8 @@ def fast_paths(fun: Callable[..., Any]) -> Callable[..., Any]:
     inlined so that their layers are swapped too.
 
     Values and gradients are ``fun``'s to float rounding (max-pools' exactly, ties included).
-    jaxcnn's training, evaluation and prediction apply it to users' models unless
-    :data:`FAST_PATHS` is off (``JAXCNN_FAST_PATHS=0``)."""
+    jaxcnn's training, evaluation and prediction apply it to users' models on CPU (other backends
+    run them as written) unless :data:`FAST_PATHS` is off (``JAXCNN_FAST_PATHS=0``)."""
 
     @functools.wraps(fun)
     def wrapped(*args: Any) -> Any:

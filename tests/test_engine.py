@@ -1,7 +1,7 @@
 """One engine, any model: every execution strategy trains, evaluates, predicts and exports the
 report's models and models the report never had (dropout without BatchNorm, BatchNorm with
-dropout, no ``train`` argument, a softmax output, Flax NNX), and gives the same history on any
-number of CPU devices."""
+dropout, no ``train`` argument, a softmax output, Flax NNX, Flax's own convolutions and max-pools
+that jaxcnn computes its way), and gives the same history on any number of CPU devices."""
 
 from __future__ import annotations
 
@@ -116,10 +116,35 @@ class NNXDrop(nnx.Module):
         return self.out(self.drop(nnx.relu(self.conv(x))).reshape(x.shape[0], -1))
 
 
+class FlaxPoolBN(nn.Module):
+    """Flax's plain convolutions and max-pool with BatchNorm and dropout: jaxcnn computes them by
+    its own conv2d and max_pool (jaxcnn.layers.fast_paths)."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.max_pool(nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(8, (3, 3))(x))), (2, 2), (2, 2))
+        x = nn.Dropout(0.2, deterministic=not train)(nn.relu(nn.Conv(16, (3, 3), padding="VALID")(x)))
+        return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+class NNXPool(nnx.Module):
+    """NNX's plain convolution and max-pool with dropout (the parts strategy), swapped likewise."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(1, 8, (3, 3), padding="VALID", rngs=rngs)
+        self.drop = nnx.Dropout(0.3, rngs=rngs)
+        self.out = nnx.Linear(8 * 13 * 13, 10, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.max_pool(nnx.relu(self.conv(x)), (2, 2), (2, 2))
+        return self.out(self.drop(x).reshape(x.shape[0], -1))
+
+
 CUSTOM = {
     "dropout": DropNoBN, "jaxcnn_dropout": JaxcnnDrop, "bn_dropout": BNDrop, "bn": BNOnly, "jaxcnn_bn": JaxcnnBN,
     "no_train_arg": NoTrain, "softmax": Softmax,
     "nnx_bn_dropout": lambda: NNXNet(rngs=nnx.Rngs(0)), "nnx_dropout": lambda: NNXDrop(rngs=nnx.Rngs(0)),
+    "flax_pool_bn": FlaxPoolBN, "nnx_pool": lambda: NNXPool(rngs=nnx.Rngs(0)),
 }
 STRATEGIES = {
     "single": dict(devices=None),
@@ -157,8 +182,26 @@ def test_every_strategy_equals_the_single_device_step(mnist, name):
     assert (jaxcnn.predict(base.state, x[:5], output="classes") == probs.argmax(-1)).all()
 
 
+@pytest.mark.parametrize("name", ["flax_pool_bn", "nnx_pool"])
+def test_fast_paths_leave_a_users_fit_as_written(mnist, monkeypatch, name):
+    """jaxcnn's own convolution and max-pool in place of Flax's (jaxcnn.layers.fast_paths) leave
+    fit's history, evaluation and weights those of the model as written, to float rounding."""
+    x, y = mnist
+    runs = {}
+    for on in (True, False):
+        monkeypatch.setattr(layers, "FAST_PATHS", on)
+        runs[on] = _fit(CUSTOM[name](), x, y, devices="auto")
+        runs[on] = (runs[on], jaxcnn.evaluate(runs[on].state, x, y))
+    (fast, fast_ev), (written, written_ev) = runs[True], runs[False]
+    for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(fast.history[k], written.history[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    np.testing.assert_allclose(fast_ev["loss"], written_ev["loss"], rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(fast.state.params), jax.tree.leaves(written.state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
 @pytest.mark.skipif(jax.local_device_count() < 2, reason="needs 2 CPU devices (jaxcnn makes one per core)")
-@pytest.mark.parametrize("name", ["bn_dropout", "bn", "nnx_bn_dropout", "jaxcnn_bn"])
+@pytest.mark.parametrize("name", ["bn_dropout", "bn", "nnx_bn_dropout", "jaxcnn_bn", "flax_pool_bn"])
 def test_batch_statistics_on_the_cpu_mesh_are_the_whole_batch(name):
     """fit's CPU path for BatchNorm models cuts a batch into parts (of 32 given 4 devices), one
     per device of an SPMD mesh: the moving statistics after a step are those of the one-device
@@ -300,7 +343,7 @@ def test_a_module_that_breaks_the_contract_gets_a_clear_error(mnist):
         jaxcnn.fit(lambda x: x, x, y, verbose=0)
 
 
-@pytest.mark.parametrize("name", ["dropout", "bn_dropout", "no_train_arg", "softmax", "nnx_bn_dropout"])
+@pytest.mark.parametrize("name", ["dropout", "bn_dropout", "no_train_arg", "softmax", "nnx_bn_dropout", "flax_pool_bn", "nnx_pool"])
 def test_export_and_reload_any_module(mnist, tmp_path, name):
     x, y = mnist
     model = CUSTOM[name]()
@@ -358,7 +401,7 @@ def test_resume_belongs_to_fit_whatever_the_callback_order(mnist, tmp_path):
         _fit(DropNoBN(), x, y, epochs=5, batch_size=8, callbacks=cbs(), checkpoint_dir=tmp_path / "ck", resume=True)
 
 
-@pytest.mark.parametrize("name, batch_size", [("nnx_dropout", 16), ("softmax", 16), ("nnx_bn_dropout", 64)])
+@pytest.mark.parametrize("name, batch_size", [("nnx_dropout", 16), ("softmax", 16), ("nnx_bn_dropout", 64), ("flax_pool_bn", 64)])
 def test_resume_through_background_checkpoints_for_nnx_and_softmax_models(mnist, tmp_path, name, batch_size):
     """fit's checkpoints are written in the background; resuming from them still ends as the run
     never interrupted, for an NNX module with dropout, a model with a softmax output, and an NNX

@@ -417,8 +417,8 @@ def test_fast_paths_swap_users_convolutions_and_max_pools(kind, monkeypatch):
 
     ((value, updates), grads), counts = run(True)
     ((flax_value, flax_updates), flax_grads), flax_counts = run(False)
-    cpu = jax.default_backend() == "cpu"
-    assert flax_counts == written and counts == (fast if cpu else (written[0], fast[1])), (counts, flax_counts)
+    cpu = jax.default_backend() == "cpu"  # elsewhere the adapter runs the model as written
+    assert flax_counts == written and counts == (fast if cpu else written), (counts, flax_counts)
     np.testing.assert_allclose(value, flax_value, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), updates, flax_updates)
     largest = max(float(np.abs(f).max()) for f in jax.tree.leaves(flax_grads))

@@ -161,9 +161,9 @@ Model = LinenModel | NNXModel
 
 
 def _with_fast_paths(run: Any, module_type: type) -> Any:
-    """``run`` with jaxcnn's CPU formulations swapped into a user's model (:func:`jaxcnn.layers.fast_paths`);
-    the registry's models are built from jaxcnn's layers and have them already."""
-    if not layers.FAST_PATHS or module_type.__module__ == "jaxcnn.models":
+    """``run`` with jaxcnn's CPU formulations swapped into a user's model (:func:`jaxcnn.layers.fast_paths`),
+    on CPU; the registry's models are built from jaxcnn's layers and have them already."""
+    if not layers.FAST_PATHS or module_type.__module__ == "jaxcnn.models" or jax.default_backend() != "cpu":
         return run
     return layers.fast_paths(run)
 
