@@ -414,13 +414,17 @@ def conv2d(x: Array, kernel: Array, padding: str = "valid", input_grad: str = "a
     return jnp.concatenate(ys, axis=1).reshape(n, *ys[0].shape[2:])
 
 
+def _conv_pads(mode: str, kh: int, kw: int) -> Padding:
+    """The (top, bottom), (left, right) padding of a stride-1 ``kh`` x ``kw`` convolution in
+    ``mode`` ("valid" or "same", Keras's and lax's split of the padding)."""
+    if mode == "valid":
+        return ((0, 0), (0, 0))
+    return (((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2))
+
+
 def _conv2d_whole(x: Array, kernel: Array, padding: str, input_grad: str, method: str) -> Array:
-    kh, kw = kernel.shape[:2]
     method, input_grad = conv_plan(x.shape, kernel.shape, padding, x.dtype, input_grad, method)
-    if _padding_mode(padding) == "valid":
-        pads: Padding = ((0, 0), (0, 0))
-    else:
-        pads = (((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2))
+    pads = _conv_pads(_padding_mode(padding), *kernel.shape[:2])
     if method == "im2col":
         return conv_im2col(x, kernel, pads)
     if input_grad == "col2im":
@@ -449,7 +453,7 @@ def _fast_conv(x: Any, kernel: Any, params: dict[str, Any]) -> Array | None:
         return None
     kh, kw = kernel.shape[:2]
     pads = tuple(tuple(p) for p in params["padding"])
-    mode = {((0, 0), (0, 0)): "valid", (((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2)): "same"}.get(pads)
+    mode = next((m for m in ("valid", "same") if pads == _conv_pads(m, kh, kw)), None)
     if mode is None or (mode == "valid" and (kh > x.shape[1] or kw > x.shape[2])):
         return None
     return conv2d(x, kernel, mode)

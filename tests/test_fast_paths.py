@@ -349,7 +349,6 @@ def test_conv2d_chunks_stay_on_their_device_of_a_mesh(monkeypatch):
     np.testing.assert_allclose(fn(x, w), jax.jit(per_example)(x, w), rtol=1e-5, atol=1e-6)
 
 
-
 def _flax_user_models():
     import flax.linen as nn
     from flax import nnx
@@ -410,10 +409,10 @@ def test_fast_paths_swap_users_convolutions_and_max_pools(kind, monkeypatch):
 
     def run(on):
         monkeypatch.setattr(layers, "FAST_PATHS", on)
-        step = jax.value_and_grad(loss, has_aux=True)
-        hlo = jax.jit(step).lower(variables["params"]).as_text()
+        lowered = jax.jit(jax.value_and_grad(loss, has_aux=True)).lower(variables["params"])
+        hlo = lowered.as_text()
         counts = (len(re.findall(r"stablehlo.convolution", hlo)), len(re.findall(r"select_and_scatter", hlo)))
-        return jax.jit(step)(variables["params"]), counts
+        return lowered.compile()(variables["params"]), counts
 
     ((value, updates), grads), counts = run(True)
     ((flax_value, flax_updates), flax_grads), flax_counts = run(False)
