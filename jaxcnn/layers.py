@@ -435,7 +435,7 @@ def _conv2d_whole(x: Array, kernel: Array, padding: str, input_grad: str, method
 #: Whether jaxcnn computes the convolutions and max-pools of a user's model (linen or NNX) by
 #: :func:`conv2d` and :func:`max_pool`, see :func:`fast_paths`. ``$JAXCNN_FAST_PATHS`` (1 or 0)
 #: sets it when jaxcnn is imported.
-FAST_PATHS = env_int("JAXCNN_FAST_PATHS", 1, minimum=0) > 0
+FAST_PATHS = env_int("JAXCNN_FAST_PATHS", 1, minimum=0, what="0 (off) or 1 (on)", example=0) > 0
 
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 

@@ -190,8 +190,8 @@ def test_fast_paths_leave_a_users_fit_as_written(mnist, monkeypatch, name):
     runs = {}
     for on in (True, False):
         monkeypatch.setattr(layers, "FAST_PATHS", on)
-        runs[on] = _fit(CUSTOM[name](), x, y, devices="auto")
-        runs[on] = (runs[on], jaxcnn.evaluate(runs[on].state, x, y))
+        result = _fit(CUSTOM[name](), x, y, devices="auto")
+        runs[on] = (result, jaxcnn.evaluate(result.state, x, y))
     (fast, fast_ev), (written, written_ev) = runs[True], runs[False]
     for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
         np.testing.assert_allclose(fast.history[k], written.history[k], rtol=1e-4, atol=1e-6, err_msg=k)
@@ -441,13 +441,16 @@ import flax.linen as nn
 import jaxcnn
 from jaxcnn import layers
 sys.path.insert(0, sys.argv[1])
-from test_engine import DropNoBN, JaxcnnDrop, BNDrop, BNOnly, NoTrain
+from test_engine import DropNoBN, JaxcnnDrop, BNDrop, BNOnly, NoTrain, FlaxPoolBN, NNXPool
+from flax import nnx
 import jax
 jaxcnn.compilation_cache(sys.argv[2])  # the later runs load the first's programs
 ds = jaxcnn.data.load("mnist")
 x, y = jaxcnn.data.to_float(ds.x_train[:320]), ds.y_train[:320]
 out = {"devices": jax.local_device_count(), "all": jaxcnn.train.placement("all").size}
-for name, cls in [("dropout", DropNoBN), ("jaxcnn_dropout", JaxcnnDrop), ("bn_dropout", BNDrop), ("bn", BNOnly), ("neither", NoTrain)]:
+models = [("dropout", DropNoBN), ("jaxcnn_dropout", JaxcnnDrop), ("bn_dropout", BNDrop), ("bn", BNOnly), ("neither", NoTrain),
+          ("flax_pool_bn", FlaxPoolBN), ("nnx_pool", lambda: NNXPool(rngs=nnx.Rngs(0)))]
+for name, cls in models:
     h = jaxcnn.fit(cls(), x, y, epochs=2, batch_size=128, validation_split=0.2, verbose=0, seed=7).history  # 2 batches: 4 parts, 2 parts
     out[name] = {k: h[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
 print(json.dumps(out))
@@ -472,7 +475,7 @@ def test_same_seed_same_history_on_1_and_4_cpu_devices(tmp_path):
         assert runs[n]["all"] == min(n, len(os.sched_getaffinity(0)), 8)
     assert any((tmp_path / "xla").iterdir())  # jaxcnn.compilation_cache kept the programs
     for n in (4,):
-        for model in ("dropout", "jaxcnn_dropout", "bn_dropout", "bn", "neither"):
+        for model in ("dropout", "jaxcnn_dropout", "bn_dropout", "bn", "neither", "flax_pool_bn", "nnx_pool"):
             for k, v in runs[1][model].items():
                 np.testing.assert_allclose(runs[n][model][k], v, rtol=1e-5, atol=1e-6, err_msg=f"{n} devices, {model}, {k}")
 
