@@ -89,6 +89,37 @@ def compilation_cache(directory: str | os.PathLike[str] | None = None) -> str:
     return str(path)
 
 
+#: The XLA:CPU flag jaxcnn adds to ``XLA_FLAGS`` on import (:func:`tune_xla_cpu`): XLA's own
+#: convolution kernels instead of YNNPACK's. YNNPACK keeps the matmuls and reductions.
+XLA_CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+#: The jaxlib releases the flag was measured with (an XLA that does not know a flag aborts).
+_XLA_CPU_FLAG_JAXLIB = ("0.10.",)
+
+
+def tune_xla_cpu() -> bool:
+    """Add :data:`XLA_CPU_FLAG` to ``XLA_FLAGS``: jaxlib 0.10's XLA:CPU hands convolutions to
+    YNNPACK, whose kernels ran the report's models' training steps 1.1x to 1.5x slower than
+    XLA's own on the CPUs measured (docs/cpu.md). Matmuls and reductions stay with YNNPACK.
+
+    jaxcnn calls this on import. It only works before JAX has started its backends, and does
+    nothing when ``XLA_FLAGS`` already sets ``xla_cpu_experimental_ynn_fusion_type`` (a user's
+    choice wins: ``--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`` keeps XLA's
+    default) or when jaxlib is not a release it was measured with. Results change by float
+    rounding only. Returns whether it added the flag.
+    """
+    from jax._src import xla_bridge
+    import jaxlib
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if ("xla_cpu_experimental_ynn_fusion_type" in flags or not jaxlib.__version__.startswith(_XLA_CPU_FLAG_JAXLIB)
+            or xla_bridge.backends_are_initialized()):
+        return False
+    os.environ["XLA_FLAGS"] = f"{flags} {XLA_CPU_FLAG}".strip()
+    return True
+
+
+#: Whether jaxcnn added :data:`XLA_CPU_FLAG` on import.
+_XLA_CPU_TUNED = tune_xla_cpu()
 #: The CPU device count jaxcnn set on import (1: it set none, e.g. because XLA_FLAGS did).
 _CPU_SPLIT = use_cpu_devices()
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -425,3 +429,40 @@ def test_fast_paths_swap_users_convolutions_and_max_pools(kind, monkeypatch):
         # XLA's CPU convolution itself is 1e-4 (relative) from a float64 reference here; a bias before
         # BatchNorm has a gradient of 0 in theory, so float noise, hence the term in the largest.
         np.testing.assert_allclose(g, f, atol=1e-3 * float(np.abs(f).max()) + 1e-6 * largest, err_msg=jax.tree_util.keystr(path))
+
+
+_YNN_PROBE = """
+import os, sys
+if sys.argv[1] == "started":
+    import jax; jax.devices()
+import jaxcnn, jax, jax.numpy as jnp
+x, k = jnp.ones((32, 13, 13, 32)), jnp.ones((3, 3, 32, 32))
+conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+hlo = conv.lower(x, k).compile().as_text()
+print(jaxcnn._XLA_CPU_TUNED, any("__ynn_fusion" in line for line in hlo.splitlines()))
+"""
+
+
+def _ynn_probe(xla_flags: str, mode: str = "fresh") -> str:
+    env = {**os.environ, "XLA_FLAGS": xla_flags}
+    out = subprocess.run([sys.executable, "-c", _YNN_PROBE, mode], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split()[-2:]
+
+
+def test_convolutions_are_xlas_own_and_matmuls_stay_with_ynnpack():
+    """jaxcnn's import takes XLA:CPU's convolutions back from YNNPACK (jaxcnn.tune_xla_cpu), in
+    this process too; matmuls still go to YNNPACK, and a user's own setting of the flag, or a
+    backend started before the import, is left alone."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("an XLA:CPU flag")
+    assert jaxcnn.XLA_CPU_FLAG in os.environ["XLA_FLAGS"]  # added here, or by the parent process (pytest-xdist)
+    x, k = jnp.ones((32, 13, 13, 32)), jnp.ones((3, 3, 32, 32))
+    conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    hlo = conv.lower(x, k).compile().as_text()
+    assert " convolution(" in hlo and "__ynn_fusion" not in hlo
+    dense = jax.jit(lambda a, w: a @ w).lower(jnp.ones((32, 3872)), jnp.ones((3872, 64))).compile().as_text()
+    assert "__ynn_fusion" in dense
+    assert _ynn_probe("") == ["True", "False"]
+    assert _ynn_probe("--xla_cpu_experimental_ynn_fusion_type=+individual_convolution") == ["False", "True"]
+    assert _ynn_probe("", "started") == ["False", "True"]  # too late to change XLA's flags: nothing changed
