@@ -27,13 +27,8 @@ time scaled to 50,000 training and 10,000 test images; two runs gave the ranges 
 machine was shared (load average 4 to 7), so they are rough. On one XLA device (``--devices 1``)
 CNNs 1 to 3 took 1.2 to 1.4x as long. CNN 4: see (**).
 
-(**) CNN 4 has BatchNorm. A run makes 16 XLA CPU devices for it before JAX starts
-(``experiments.common.batchnorm_cpu_devices``: not when ``JAXCNN_CPU_DEVICES``, ``XLA_FLAGS`` or
-``--devices`` chose, or a GPU plugin is installed), so that each batch of 512 trains as 16
-parts of 32 on a mesh whose all-reduce keeps the batch statistics the whole batch's. Measured 2026-12-02 on 2 cores with this command on random CIFAR-shaped files
-(``--limit 4096 --epochs 3``, validation on 10,000 test images): steady epochs trained at about
-500 examples/s against 280 with one device per core (``JAXCNN_CPU_DEVICES=2``), 1.5x faster
-for the whole epoch; scaled to 50,000 training images, about 105 s an epoch against 185 s.
+(**) CNN 4 has BatchNorm: each batch of 512 trains as one part per XLA CPU device (one per core)
+on a mesh whose all-reduce keeps the batch statistics the whole batch's. MEASURE_CNN4
 
 Each flag overrides the chosen model's default; for models 1 and 2 ``--learning-rate`` is the
 schedule's initial rate.

@@ -278,47 +278,6 @@ def initialize_distributed(
     return True
 
 
-#: The most CPU devices a run makes for a BatchNorm model (a batch of 512 in parts of 32).
-BATCHNORM_CPU_DEVICES = 16
-
-
-def batchnorm_cpu_devices(model: Any, input_shape: tuple[int, ...], config: RunConfig,
-                          environ: Mapping[str, str] | None = None) -> int:
-    """Give a BatchNorm model enough CPU devices for parts of 32 examples; return the count made
-    (0: left as it was).
-
-    On CPU a model with batch statistics trains one part per device of a mesh (the stats-mesh
-    strategy), and parts of 32 train much faster than larger ones (BENCHMARKS.md: ``cifar_cnn4``
-    about 1.5x a whole epoch on 2 cores with 16 devices instead of 2). jaxcnn's default is one
-    device per core, as more slow the models without BatchNorm, but a run knows its model before
-    JAX starts, so it makes ``ceil(batch / 32)`` devices (at most 16) itself. Nothing changes when
-    the user chose a count (``JAXCNN_CPU_DEVICES``, ``XLA_FLAGS``) or devices (``--devices``),
-    the run spans processes, a GPU or TPU plugin is installed, or JAX has already started (an
-    NNX module starts it when it is built)."""
-    import importlib.util
-
-    import jaxcnn
-    from jaxcnn.train import has_batch_stats
-    from jaxcnn.train.strategies import PART_SIZE
-
-    environ = os.environ if environ is None else environ
-    if (config.devices not in (None, "auto") or environ.get("JAXCNN_CPU_DEVICES")
-            or "xla_force_host_platform_device_count" in environ.get("XLA_FLAGS", "")
-            or config.coordinator or config.num_processes or environ.get("JAXCNN_COORDINATOR")):
-        return 0
-    if environ.get("JAX_PLATFORMS", "cpu").split(",")[0].strip() not in ("", "cpu") or importlib.util.find_spec("jax_plugins"):
-        return 0
-    want = min(BATCHNORM_CPU_DEVICES, -(-config.batch_size // PART_SIZE))
-    if want <= jaxcnn._CPU_SPLIT:
-        return 0
-    try:
-        if not has_batch_stats(model, input_shape):
-            return 0
-    except Exception:  # a model that cannot be traced fails later, with its own clear error
-        return 0
-    return want if jaxcnn.use_cpu_devices(want) == want else 0
-
-
 def _is_primary() -> bool:
     import jax
 
@@ -745,7 +704,6 @@ def run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) 
     ds = data.load(config.dataset, config.data_dir)
     if config.limit is not None:
         ds = ds.limit(config.limit)
-    batchnorm_cpu_devices(model, ds.input_shape, config)  # before anything starts JAX's backend
     primary = _is_primary()
     if not config.out and jax_process_count() > 1:
         raise ConfigError("several processes need --out: a run directory on a file system every process reaches")

@@ -45,11 +45,10 @@ def use_cpu_devices(count: int | None = None) -> int:
     batch statistics it deals them to one device per core, each running its parts' gradients in
     its own program; with BatchNorm it runs one part on each device of a mesh in one SPMD
     program, whose all-reduce keeps the batch statistics the whole batch's (see
-    :mod:`jaxcnn.train.strategies`). BatchNorm models train faster with more devices than
-    cores (``JAXCNN_CPU_DEVICES=16`` gives a batch of 512 parts of 32); models without it train
-    slower, as every device adds runtime threads (figures in BENCHMARKS.md): call
-    ``jaxcnn.use_cpu_devices(batch_size // 32)`` right after ``import jaxcnn`` for a BatchNorm
-    model (the experiments do so themselves).
+    :mod:`jaxcnn.train.strategies`). With XLA's own convolution kernels (:data:`XLA_CPU_FLAG`)
+    one device per core was also the fastest for BatchNorm models: 16 devices (parts of 32 for a
+    batch of 512) trained ``cifar_cnn4`` 1.1x slower, and every device adds runtime threads
+    (figures in BENCHMARKS.md). Call it right after ``import jaxcnn`` for another count.
     jaxcnn calls this on import; it only works before JAX has run
     anything, and does nothing when ``XLA_FLAGS`` already forces a device count or
     ``JAXCNN_CPU_DEVICES=1``. Returns the count in force (1 when it could not be set).

@@ -13,14 +13,15 @@ the layers' outputs in ``tests/test_keras_parity.py`` (``test_layer_matches_kera
 * :class:`Conv2D` computes, on CPU, the input gradient of a convolution whose output is no larger
   than its kernel as a matmul and a sum of shifted slices (:func:`conv2d`). XLA's CPU convolution
   took 16 ms for it where this takes 0.75 ms (the random search's 7x7 kernel on an 11x11 map).
-* :class:`Conv2D` computes, on CPU, 3x3 convolutions with few input or many output channels and
-  small batches (a part of 32 examples) by im2col: the patch matrix times the kernel, one matmul
-  forward and one for the kernel's gradient, where XLA's CPU convolution is slow. cifar_cnn1
-  and cifar_cnn2 train about 25% faster for it (:func:`conv_plan` says what is chosen).
-* :class:`Conv2D` convolves, on CPU, a batch of more than :data:`CONV_CHUNK` examples with a large
-  output in chunks of at most that many, one after another in the same program
-  (:func:`conv_chunks`): a whole batch's activations leave the cache, a chunk's stay nearer.
-  BatchNorm models, whose batch stays whole for its statistics, train about 60% faster for it.
+* :class:`Conv2D` computes, on CPU, 3x3 convolutions with few input channels (an image's first
+  layer) and small batches (a part of 32 examples) by im2col: the patch matrix times the kernel,
+  one matmul forward and one for the kernel's gradient, where XLA's CPU convolution is slow
+  (:func:`conv_plan` says what is chosen).
+* :class:`Conv2D` can convolve, on CPU, a batch of more than :data:`CONV_CHUNK` examples with a
+  large output in chunks of at most that many, one after another in the same program
+  (:func:`conv_chunks`; ``JAXCNN_CONV_CHUNK=32``): a whole batch's activations leave the cache,
+  a chunk's stay nearer. That made BatchNorm models 60% faster under YNNPACK's convolutions;
+  with XLA's own, jaxcnn's default, whole batches are as fast, so it is off unless asked for.
 * :func:`fast_paths` gives a model written with Flax's own layers (``nn.Conv``, ``nnx.Conv``,
   ``nn.max_pool``) the same formulations, by swapping them in its traced program; jaxcnn's
   training, evaluation and prediction apply it to users' models.
@@ -243,19 +244,21 @@ _conv_col2im_grad.defvjp(_conv_col2im_fwd, _conv_col2im_bwd)
 
 
 #: Where :func:`conv2d` convolves by im2col on CPU under ``method="auto"``: kernels of at most
-#: ``IM2COL_MAX_TAPS`` taps (3x3), with at most ``IM2COL_FEW_CHANNELS`` input channels (an image's
-#: first layer, where XLA's CPU convolution is slowest) or at least ``IM2COL_MIN_FEATURES`` output
-#: channels (a matmul wide enough to run well), whose patch matrix is at most ``IM2COL_MAX_BYTES``.
-#: Forward and backward of a 3x3 convolution of 32 examples on one core, XLA's time over
-#: im2col's (best of three; BENCHMARKS.md): 1 -> 32 channels on 28x28 1.59x, 8 -> 32 1.06x,
-#: 32 -> 64 on 13x13 1.20x and on 15x15 1.21x, 32 -> 128 1.47x; but 32 -> 32 0.89x, 64 -> 32 0.93x,
-#: 16 -> 16 0.74x, and with 29 MB of patches 0.44x (they leave the cache). With 5x5 and 7x7
-#: kernels im2col made whole steps slower (cifar_cnn3 76 against 110 ms, search_cnn at k = 7 10.7
-#: against 13.7). ``$JAXCNN_IM2COL_MAX_BYTES`` overrides the size when jaxcnn is imported (0:
-#: XLA's convolution always).
+#: ``IM2COL_MAX_TAPS`` taps (3x3) with at most ``IM2COL_FEW_CHANNELS`` input channels (an image's
+#: first layer, where XLA's CPU convolution is slowest), whose patch matrix is at most
+#: ``IM2COL_MAX_BYTES``. Forward and backward of a 3x3 convolution of 32 examples on one core, XLA's
+#: time over im2col's (best of three; BENCHMARKS.md), with XLA's own convolution kernels (what
+#: ``import jaxcnn`` sets, :data:`jaxcnn.XLA_CPU_FLAG`): 1 -> 32 channels on 28x28 1.92x, 3 -> 32 on
+#: 32x32 1.94x, 8 -> 32 1.40x; but 32 -> 32 0.69x, 32 -> 64 0.80x to 0.87x, 32 -> 128 0.95x,
+#: 64 -> 32 0.59x, and with 29 MB of patches 0.23x (they leave the cache). With 5x5 and 7x7 kernels
+#: im2col made whole steps slower (search_cnn at k = 7: 0.96x). Under YNNPACK's convolutions
+#: (XLA's default in jaxlib 0.10) im2col was also faster for 64 or more output channels (32 -> 64
+#: 1.20x, 32 -> 128 1.47x): ``$JAXCNN_IM2COL_MIN_FEATURES=64`` adds those layers
+#: (``IM2COL_MIN_FEATURES``; 0, the default, leaves them to XLA). ``$JAXCNN_IM2COL_MAX_BYTES``
+#: overrides the size when jaxcnn is imported (0: XLA's convolution always).
 IM2COL_MAX_TAPS = 9
 IM2COL_FEW_CHANNELS = 4
-IM2COL_MIN_FEATURES = 64
+IM2COL_MIN_FEATURES = env_int("JAXCNN_IM2COL_MIN_FEATURES", 0, minimum=0)
 IM2COL_MAX_BYTES = env_int("JAXCNN_IM2COL_MAX_BYTES", 12 * 2**20, minimum=0)
 
 
@@ -311,7 +314,7 @@ def conv_plan(x_shape: Sequence[int], kernel_shape: Sequence[int], padding: str 
         method = "xla"  # a symbolic dimension (jax.export's polymorphic batch): the size is unknown
     if method == "auto":
         patch_bytes = x_shape[0] * oh * ow * kh * kw * x_shape[3] * jnp.dtype(dtype).itemsize
-        suits = x_shape[3] <= IM2COL_FEW_CHANNELS or kernel_shape[3] >= IM2COL_MIN_FEATURES
+        suits = x_shape[3] <= IM2COL_FEW_CHANNELS or 0 < IM2COL_MIN_FEATURES <= kernel_shape[3]
         method = "im2col" if cpu and suits and kh * kw <= IM2COL_MAX_TAPS and patch_bytes <= IM2COL_MAX_BYTES else "xla"
     return method, ("col2im" if method == "im2col" else input_grad)
 
@@ -319,12 +322,14 @@ def conv_plan(x_shape: Sequence[int], kernel_shape: Sequence[int], padding: str 
 #: On CPU, :func:`conv2d` cuts a batch of more than ``CONV_CHUNK`` examples, whose output is at
 #: least ``CONV_CHUNK_MIN_BYTES``, into equal chunks of at most ``CONV_CHUNK`` examples (and at
 #: least 8; :func:`equal_parts`) and convolves them one after another in the same program, each
-#: by the method its own shape picks; on a mesh, per device (:func:`batch_shards`). One step of
-#: cifar_cnn4 on a 2-device mesh (256 examples each) went from 226 examples/s to 351 to 377
-#: (BENCHMARKS.md); smaller outputs stay in the cache whole and gain little, while every
-#: chunk adds to the compile. ``$JAXCNN_CONV_CHUNK`` overrides the chunk size when jaxcnn is
-#: imported (0: whole batches).
-CONV_CHUNK = env_int("JAXCNN_CONV_CHUNK", 32, minimum=0)
+#: by the method its own shape picks; on a mesh, per device (:func:`batch_shards`). Off by
+#: default (0: whole batches): under YNNPACK's convolutions (XLA's default in jaxlib 0.10) one
+#: step of cifar_cnn4 on a 2-device mesh (256 examples each) went from 226 examples/s to 351 to
+#: 377 in chunks of 32, but with XLA's own kernels (what ``import jaxcnn`` sets,
+#: :data:`jaxcnn.XLA_CPU_FLAG`) whole batches were faster (727 against 705 in chunks of 32 and
+#: 710 in chunks of 128; BENCHMARKS.md), and every chunk adds to the compile.
+#: ``$JAXCNN_CONV_CHUNK=32`` turns it on when jaxcnn is imported.
+CONV_CHUNK = env_int("JAXCNN_CONV_CHUNK", 0, minimum=0)
 CONV_CHUNK_MIN_BYTES = 4 * 2**20
 
 _BATCH_SHARDS: contextvars.ContextVar[int] = contextvars.ContextVar("jaxcnn_batch_shards", default=1)
@@ -384,7 +389,7 @@ def conv2d(x: Array, kernel: Array, padding: str = "valid", input_grad: str = "a
     ``method`` picks how it is computed: ``"xla"`` (XLA's convolution), ``"im2col"``
     (:func:`conv_im2col`: the patch matrix times the kernel, so the forward pass and the kernel's
     gradient are one matmul each), or ``"auto"``: on CPU, im2col for kernels of at most 3x3 with
-    few input channels or many output channels and a patch matrix of at most
+    few input channels and a patch matrix of at most
     :data:`IM2COL_MAX_BYTES`, XLA's convolution otherwise and on other backends (the measurements
     are at :data:`IM2COL_MAX_TAPS`). Values and gradients agree with XLA's to float rounding
     (tested).
@@ -394,7 +399,10 @@ def conv2d(x: Array, kernel: Array, padding: str = "valid", input_grad: str = "a
     ``"auto"``: col2im on CPU when the output is no larger than the kernel along a side. There
     XLA's CPU transposed convolution is mostly padding and slow: per 32 examples, a 7x7 kernel on
     11x11x32 took 16 ms against 0.75 ms, 8x8 on 10x10 7.5 ms against 0.35; where the output is
-    larger it was the faster one (3x3 on 13x13x32: 0.34 ms against 0.56). im2col's input gradient
+    larger it was the faster one (3x3 on 13x13x32: 0.34 ms against 0.56). Those figures were taken
+    under YNNPACK's convolutions; with XLA's own (:data:`jaxcnn.XLA_CPU_FLAG`) the whole gradient,
+    input's and kernel's, took 45 ms against 4.0 for the 7x7 kernel, 19 against 2.2 for 8x8, and
+    3.4 against 3.7 for 3x3 on 13x13x32, so the rule stands. im2col's input gradient
     is always col2im. :func:`conv_plan` tells what ``"auto"`` picks.
 
     On CPU a batch of more than :data:`CONV_CHUNK` examples (on each device of a mesh, see

@@ -18,9 +18,10 @@ os.environ.setdefault("JAXCNN_COMPILE_CACHE", tempfile.mkdtemp(prefix="jaxcnn-te
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
-# For the same reason the suite convolves whole batches: chunking a CPU batch's convolutions
-# (jaxcnn.layers.CONV_CHUNK) makes long runs faster but each program several times longer to
-# compile. The tests that exercise it turn it on themselves (test_fast_paths, test_engine).
+# The suite convolves whole batches, as the library does by default: chunking a CPU batch's
+# convolutions (jaxcnn.layers.CONV_CHUNK, off unless JAXCNN_CONV_CHUNK asks) makes each program
+# several times longer to compile. The tests that exercise it turn it on themselves
+# (test_fast_paths, test_engine).
 os.environ.setdefault("JAXCNN_CONV_CHUNK", "0")
 
 import jax  # noqa: E402

@@ -62,7 +62,7 @@ class BNOnly(nn.Module):
 
 class JaxcnnBN(nn.Module):
     """jaxcnn's layers with BatchNorm and dropout; both convolutions are im2col ones on CPU (one
-    input channel, then 64 output channels)."""
+    input channel, then four)."""
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -222,8 +222,9 @@ def test_im2col_convolution_equals_xla(k, size, cin, padding):
         np.testing.assert_allclose(got, ref, atol=0.02 * scale)
 
 
-def test_conv2d_picks_im2col_and_col2im_by_shape_alone():
-    """On CPU: im2col for kernels of at most 3x3 with a small patch matrix, col2im input gradients
+def test_conv2d_picks_im2col_and_col2im_by_shape_alone(monkeypatch):
+    """On CPU: im2col for kernels of at most 3x3 with few input channels and a small patch matrix
+    (and, asked for, many output channels), col2im input gradients
     where the output is no larger than the kernel; XLA's convolution elsewhere and off CPU. The
     choice depends on the shapes and the backend, never on a timing, so any machine computes a
     model alike."""
@@ -238,9 +239,14 @@ def test_conv2d_picks_im2col_and_col2im_by_shape_alone():
     assert plan(6, 11, f=64) == ("xla", "col2im")  # output 6x6, kernel 6x6
     assert plan(3, 28, c=1) == ("im2col", "col2im")  # mnist_cnn's first, a part of 32
     assert plan(3, 13, c=32) == ("xla", "xla")  # mnist_cnn's second: 32 -> 32 is XLA's
-    assert plan(3, 15, c=32, f=64) == ("im2col", "col2im")  # cifar_cnn1's second
-    assert plan(3, 6, c=64, f=64) == ("im2col", "col2im")  # cifar_cnn1's third: output 4x4
-    assert plan(3, 4, c=64, f=64) == ("im2col", "col2im")  # cifar_cnn2's fourth: output 2x2
+    assert plan(3, 32) == ("im2col", "col2im")  # the CIFAR models' first
+    assert plan(3, 15, c=32, f=64) == ("xla", "xla")  # cifar_cnn1's second: XLA's own kernel is faster
+    assert plan(3, 6, c=64, f=64) == ("xla", "xla")  # cifar_cnn1's third: output 4x4
+    assert plan(3, 4, c=64, f=64) == ("xla", "col2im")  # cifar_cnn2's fourth: output 2x2
+    monkeypatch.setattr(jaxcnn.layers, "IM2COL_MIN_FEATURES", 64)  # $JAXCNN_IM2COL_MIN_FEATURES=64
+    assert plan(3, 15, c=32, f=64) == plan(3, 4, c=64, f=64) == ("im2col", "col2im")
+    assert plan(3, 13, c=32) == ("xla", "xla") and plan(5, 15, c=32, f=64) == ("xla", "xla")
+    monkeypatch.setattr(jaxcnn.layers, "IM2COL_MIN_FEATURES", 0)
     assert plan(5, 7, "same", c=64, f=64) == ("xla", "xla")  # cifar_cnn3's: 5x5 stays XLA's
     assert plan(3, 32, batch=512) == ("xla", "xla")  # a whole batch of 512 CIFAR images: 50 MB of patches
     assert 32 * 30 * 30 * 27 * 4 <= IM2COL_MAX_BYTES < 512 * 30 * 30 * 27 * 4

@@ -20,10 +20,10 @@ place that picks one:
   where there are fewer CPU devices), one part per device, all in one SPMD program over a
   mesh of as many devices. XLA all-reduces BatchNorm's batch mean and variance, so they are
   the whole batch's (as in Keras and on one device). With one device per core a part is large
-  (256 of a batch of 512 on 2 cores), so the mesh programs are traced under
-  :func:`jaxcnn.layers.batch_shards` and ``Conv2D`` convolves each device's part in chunks of 32
-  (:func:`jaxcnn.layers.conv_chunks`), as fast as ``JAXCNN_CPU_DEVICES=16`` with parts of 32,
-  whose threads would share the cores at some cost to :class:`Parts` (BENCHMARKS.md).
+  (256 of a batch of 512 on 2 cores); with XLA's own convolution kernels (``import jaxcnn``
+  sets them) that is as fast as 16 devices with parts of 32, or faster (BENCHMARKS.md). The
+  mesh programs are traced under :func:`jaxcnn.layers.batch_shards`, so that ``Conv2D``, when
+  asked to chunk (``JAXCNN_CONV_CHUNK``), chunks each device's part on its own.
 * :class:`Mesh` (``devices="all"``, a count or a list): a data-parallel ``jax.sharding`` mesh,
   the batch split across devices and hosts, the state replicated.
 * :class:`Resident` (accelerators by default): the training set stays on the device and chunks
