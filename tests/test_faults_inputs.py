@@ -162,6 +162,22 @@ def test_max_pool_gradient_at_ties_is_flax_exactly(pool, shape):
     assert np.count_nonzero(ours) > 0
 
 
+def test_max_pool_forward_and_second_order_derivatives_are_flaxs():
+    """max_pool's custom JVP (the taps masked by the winning tap's number) gives Flax's
+    derivatives in forward mode, reverse mode and their composition, ties included, and its
+    compiled gradient holds no pad: the cotangent is broadcast over each window and kept at the
+    winning tap, not padded tap by tap and summed (that took five times as long on CPU)."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.integers(-2, 3, (2, 6, 6, 3)).astype(np.float32))
+    ours, flax = (lambda a: layers.max_pool(a, 2)), (lambda a: nn.max_pool(a, (2, 2), strides=(2, 2)))
+    np.testing.assert_array_equal(jax.jacfwd(ours)(x), jax.jacfwd(flax)(x))
+    np.testing.assert_array_equal(jax.jacrev(ours)(x), jax.jacrev(flax)(x))
+    hvp = lambda f: jax.jvp(jax.grad(lambda a: jnp.sum(f(a) ** 3)), (x,), (jnp.ones_like(x),))[1]  # noqa: E731
+    np.testing.assert_array_equal(hvp(ours), hvp(flax))
+    hlo = jax.jit(jax.grad(lambda a: jnp.sum(ours(jax.nn.relu(a)) * 2.0))).lower(x).compile().as_text()
+    assert " pad(" not in hlo and "select" in hlo
+
+
 # --------------------------------------------------------------------------- 5. one-hot labels with NaN
 
 
