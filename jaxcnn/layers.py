@@ -615,26 +615,16 @@ class Dense(nn.Module):
         return _bias_and_activation(self, y)
 
 
-def _window_max(windows: Array) -> Array:
-    """The maximum of each (N, OH, PH, OW, PW, C) window over its taps, taken tap by tap in
-    row-major order, each kept where it is larger than all before it: the first maximum wins, so
-    the gradient (through the selects) reaches exactly that one input, as XLA's select-and-scatter
-    gives it, ties included. (The gradient of ``jnp.max`` compares every input with the maximum
-    instead and shares it among ties, which also depends on XLA computing both alike: at LLVM
-    level 0 it did not, in a BatchNorm model.)"""
-    _, _, ph, _, pw, _ = windows.shape
-    best = windows[:, :, 0, :, 0, :]
-    for k in range(1, ph * pw):
-        tap = windows[:, :, k // pw, :, k % pw, :]
-        best = jnp.where(tap > best, tap, best)
-    return best
-
-
 def _window_first_max(windows: Array) -> tuple[Array, Array]:
-    """The maximum of each (N, OH, PH, OW, PW, C) window and the number of its tap (row-major),
-    the first maximum winning ties; a NaN tap wins over every number, so a window holding NaN
-    gives NaN, as in NumPy. Compares and selects only: XLA:CPU hands max-reductions (and the
-    selects it rewrites into them) to YNNPACK, whose max ignores NaN."""
+    """The maximum of each (N, OH, PH, OW, PW, C) window and the number of its tap, taken tap by
+    tap in row-major order, each kept where it is larger than all before it: the first maximum
+    wins, so the derivative (:func:`_window_pool`) reaches exactly that one input, as XLA's
+    select-and-scatter gives it, ties included. (The gradient of ``jnp.max`` compares every
+    input with the maximum instead and shares it among ties, which also depends on XLA computing
+    both alike: at LLVM level 0 it did not, in a BatchNorm model.) A NaN tap wins over every
+    number, so a window holding NaN gives NaN, as in NumPy. Compares and selects only: XLA:CPU
+    hands max-reductions (and the selects it rewrites into them) to YNNPACK, whose max ignores
+    NaN."""
     _, _, ph, _, pw, _ = windows.shape
     best, idx = windows[:, :, 0, :, 0, :], jnp.zeros(windows[:, :, 0, :, 0, :].shape, jnp.int32)
     for k in range(1, ph * pw):
@@ -647,10 +637,10 @@ def _window_first_max(windows: Array) -> tuple[Array, Array]:
 @jax.custom_jvp
 def _window_pool(windows: Array) -> Array:
     """:func:`_window_first_max`'s maximum, differentiated as the window's taps masked by the
-    winning tap's number and summed: the same derivative as :func:`_window_max`'s selects (the
-    first maximum gets it), but linear in one broadcast select, whose transpose, the gradient,
-    is one broadcast select too. The transpose of :func:`_window_max`'s slices pads every tap's
-    cotangent to the window's shape and adds them, five times slower on CPU."""
+    winning tap's number and summed: the same derivative as through its selects (the first
+    maximum gets it), but linear in one broadcast select, whose transpose, the gradient, is one
+    broadcast select too. The transpose of the selects' tap slices pads every tap's cotangent to
+    the window's shape and adds them, five times slower on CPU."""
     return _window_first_max(windows)[0]
 
 
@@ -659,7 +649,7 @@ def _window_pool_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Arr
     (windows,), (dwindows,) = primals, tangents
     best, idx = _window_first_max(windows)
     _, _, ph, _, pw, _ = windows.shape
-    number = (jnp.arange(ph)[:, None] * pw + jnp.arange(pw)[None, :]).reshape(1, 1, ph, 1, pw, 1)
+    number = jnp.arange(ph * pw).reshape(1, 1, ph, 1, pw, 1)  # row-major: tap (a, b) is a * pw + b
     mask = idx[:, :, None, :, None, :] == number
     return best, jnp.sum(jnp.where(mask, dwindows, jnp.zeros((), dwindows.dtype)), axis=(2, 4), dtype=dwindows.dtype)
 
@@ -688,10 +678,7 @@ def max_pool(x: Array, pool_size: int | Sequence[int] = 2, strides: int | Sequen
     if (ph, pw) != (sh, sw):  # overlapping windows: XLA keeps NaN here (not handed to YNNPACK)
         return nn.max_pool(x, (ph, pw), strides=(sh, sw), padding="VALID")
     oh, ow = h // ph, w // pw
-    windows = x[:, : oh * ph, : ow * pw, :].reshape(n, oh, ph, ow, pw, c)
-    if not jnp.issubdtype(x.dtype, jnp.inexact):
-        return _window_max(windows)
-    return _window_pool(windows)
+    return _window_pool(x[:, : oh * ph, : ow * pw, :].reshape(n, oh, ph, ow, pw, c))
 
 
 class MaxPool2D(nn.Module):
