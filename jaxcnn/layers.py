@@ -18,6 +18,9 @@ the layers' outputs in ``tests/test_keras_parity.py`` (``test_layer_matches_kera
   layer) and small batches (a part of 32 examples) by im2col: the patch matrix times the kernel,
   one matmul forward and one for the kernel's gradient, where XLA's CPU convolution is slow
   (:func:`conv_plan` says what is chosen).
+* :class:`Conv2D` computes, on CPU, 5x5 convolutions of parts (at most :data:`WINOGRAD_MAX_BATCH`
+  examples) by Winograd's algorithm (:mod:`jaxcnn.winograd`): 6.25x fewer multiplications, where
+  XLA's direct convolution already runs near these cores' matmul peak.
 * :class:`Conv2D` can convolve, on CPU, a batch of more than :data:`CONV_CHUNK` examples with a
   large output in chunks of at most that many, one after another in the same program
   (:func:`conv_chunks`; ``JAXCNN_CONV_CHUNK=32``): a whole batch's activations leave the cache,
@@ -47,6 +50,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcnn import winograd
 from jaxcnn._env import env_int
 from jaxcnn.errors import ConfigError, ShapeError
 
@@ -261,6 +265,20 @@ IM2COL_MAX_TAPS = 9
 IM2COL_FEW_CHANNELS = 4
 IM2COL_MIN_FEATURES = env_int("JAXCNN_IM2COL_MIN_FEATURES", 0, minimum=0)
 IM2COL_MAX_BYTES = env_int("JAXCNN_IM2COL_MAX_BYTES", 12 * 2**20, minimum=0)
+#: Whether :func:`conv2d` computes, on CPU under ``method="auto"``, float32 convolutions with
+#: kernels of a size in ``WINOGRAD_KERNELS`` and more than ``IM2COL_FEW_CHANNELS`` input channels,
+#: of at most ``WINOGRAD_MAX_BATCH`` examples (per device of a mesh), by Winograd's algorithm
+#: (:mod:`jaxcnn.winograd`; 6.25x fewer multiplications for 5x5). Forward and backward of 32
+#: examples on one core, XLA's time over Winograd's: 5x5, 32 -> 64 channels on 16x16 2.1x, 64 -> 64
+#: on 8x8 1.6x; cifar_cnn3's whole training step 1.07x in an A/B of 3 rounds (BENCHMARKS.md). Not
+#: for 3x3 (F(4, 3) made the MNIST and cifar_cnn1 parts slower: its transforms cost more than the
+#: multiplications saved) nor for larger batches (cifar_cnn4's 256 examples per device: 0.91x;
+#: 128 keeps a whole batch of 128, ``fit(devices=None)``, computed as its parts are).
+#: Outputs differ from XLA's by float rounding (about 1e-5 of the largest output); forward-mode
+#: autodiff is not defined through it. ``$JAXCNN_WINOGRAD`` (1 or 0) sets it when jaxcnn is imported.
+WINOGRAD = env_int("JAXCNN_WINOGRAD", 1, minimum=0, what="0 (off) or 1 (on)", example=0) > 0
+WINOGRAD_KERNELS = (5,)
+WINOGRAD_MAX_BATCH = 128
 
 
 def conv_patches(x: Array, kh: int, kw: int) -> Array:
@@ -302,13 +320,25 @@ def conv_plan(x_shape: Sequence[int], kernel_shape: Sequence[int], padding: str 
     computes a model alike."""
     if input_grad not in ("auto", "xla", "col2im"):
         raise ConfigError(f"input_grad must be 'auto', 'xla' or 'col2im', got {input_grad!r}")
-    if method not in ("auto", "xla", "im2col"):
-        raise ConfigError(f"method must be 'auto', 'xla' or 'im2col', got {method!r}")
+    if method not in ("auto", "xla", "im2col", "winograd"):
+        raise ConfigError(f"method must be 'auto', 'xla', 'im2col' or 'winograd', got {method!r}")
     kh, kw = kernel_shape[:2]
     oh, ow = _out_size(x_shape, kernel_shape, padding)
     cpu = (backend or jax.default_backend()) == "cpu"
     if method == "im2col" and input_grad == "xla":
         raise ConfigError("input_grad='xla' needs method='xla' or 'auto': im2col's input gradient is col2im, the patches' transpose")
+    pads = _conv_pads(_padding_mode(padding), kh, kw)
+    if method == "winograd":
+        if input_grad != "auto":
+            raise ConfigError("input_grad applies to method='xla' or 'auto': a Winograd convolution's input gradient is a Winograd convolution")
+        if not winograd.supports(x_shape, kernel_shape, pads):
+            raise ConfigError(f"method='winograd' takes square kernels of {' or '.join(f'{k}x{k}' for k in winograd.POINTS)}, "
+                              f"got {kh}x{kw}; use method='auto' or 'xla'")
+        return "winograd", "winograd"
+    if (method == "auto" and input_grad == "auto" and cpu and WINOGRAD and jnp.dtype(dtype) == jnp.float32
+            and all(isinstance(d, int) for d in x_shape) and x_shape[3] > IM2COL_FEW_CHANNELS
+            and kh in WINOGRAD_KERNELS and x_shape[0] // _BATCH_SHARDS.get() <= WINOGRAD_MAX_BATCH and winograd.supports(x_shape, kernel_shape, pads)):
+        return "winograd", "winograd"
     if input_grad == "auto":
         input_grad = "col2im" if cpu and (oh <= kh or ow <= kw) else "xla"
     if method == "auto" and not all(isinstance(d, int) for d in x_shape):
@@ -389,11 +419,12 @@ def conv2d(x: Array, kernel: Array, padding: str = "valid", input_grad: str = "a
 
     ``method`` picks how it is computed: ``"xla"`` (XLA's convolution), ``"im2col"``
     (:func:`conv_im2col`: the patch matrix times the kernel, so the forward pass and the kernel's
-    gradient are one matmul each), or ``"auto"``: on CPU, im2col for kernels of at most 3x3 with
-    few input channels and a patch matrix of at most
-    :data:`IM2COL_MAX_BYTES`, XLA's convolution otherwise and on other backends (the measurements
-    are at :data:`IM2COL_MAX_TAPS`). Values and gradients agree with XLA's to float rounding
-    (tested).
+    gradient are one matmul each), ``"winograd"`` (:func:`jaxcnn.winograd.conv`, 3x3 and 5x5
+    kernels; reverse-mode derivatives only), or ``"auto"``: on CPU, im2col for kernels of at most
+    3x3 with few input channels and a patch matrix of at most :data:`IM2COL_MAX_BYTES`, Winograd
+    for float32 5x5 kernels of at most :data:`WINOGRAD_MAX_BATCH` examples (:data:`WINOGRAD`), XLA's
+    convolution otherwise and on other backends (the measurements are at :data:`IM2COL_MAX_TAPS`
+    and :data:`WINOGRAD`). Values and gradients agree with XLA's to float rounding (tested).
 
     ``input_grad`` picks how XLA's convolution computes the gradient with respect to ``x``:
     ``"xla"`` (XLA's transposed convolution), ``"col2im"`` (:func:`conv_input_grad_col2im`), or
@@ -436,6 +467,8 @@ def _conv2d_whole(x: Array, kernel: Array, padding: str, input_grad: str, method
     pads = _conv_pads(_padding_mode(padding), *kernel.shape[:2])
     if method == "im2col":
         return conv_im2col(x, kernel, pads)
+    if method == "winograd":
+        return winograd.conv(x, kernel, pads)
     if input_grad == "col2im":
         return _conv_col2im_grad(x, kernel, pads)
     return _conv(x, kernel, pads)

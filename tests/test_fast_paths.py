@@ -222,6 +222,41 @@ def test_im2col_convolution_equals_xla(k, size, cin, padding):
         np.testing.assert_allclose(got, ref, atol=0.02 * scale)
 
 
+@pytest.mark.parametrize("k, size, cin, padding", [(5, 16, 8, "same"), (5, 8, 16, "same"), (5, 11, 6, "valid"), (5, 5, 5, "valid"),
+                                                   (3, 13, 8, "valid"), (3, 6, 5, "same"), (3, 3, 5, "valid")])
+def test_winograd_convolution_equals_xla(k, size, cin, padding):
+    """conv2d's Winograd convolution (CPU, 5x5 kernels of parts by default) gives XLA's values and
+    gradients to float rounding, for sizes that are not multiples of its 4x4 tiles too, and its
+    second-order reverse-mode derivatives; forward mode is not defined (documented)."""
+    from jaxcnn import winograd
+    from jaxcnn.layers import conv2d
+
+    kx, kw, kc = jax.random.split(jax.random.key(2), 3)
+    x = jax.random.normal(kx, (3, size, size, cin))
+    w = jax.random.normal(kw, (k, k, cin, 7)) * 0.2
+
+    def loss(method):
+        return lambda x, w: jnp.sum(jnp.sin(conv2d(x, w, padding, method=method)))
+
+    ref, got = conv2d(x, w, padding, method="xla"), jax.jit(lambda x, w: conv2d(x, w, padding, method="winograd"))(x, w)
+    scale = float(jnp.abs(ref).max())
+    np.testing.assert_allclose(got, ref, atol=3e-5 * scale)
+    (gx, gw), (wx, ww) = (jax.jit(jax.grad(loss(m), argnums=(0, 1)))(x, w) for m in ("xla", "winograd"))
+    np.testing.assert_allclose(wx, gx, atol=3e-5 * float(jnp.abs(gx).max()))
+    np.testing.assert_allclose(ww, gw, atol=3e-5 * float(jnp.abs(gw).max()))
+    # Reverse over reverse: a Hessian-vector product in the kernel.
+    v = jax.random.normal(kc, w.shape)
+    hvp = lambda m: jax.jit(jax.grad(lambda w: jnp.vdot(jax.grad(loss(m), argnums=1)(x, w), v)))(w)  # noqa: E731
+    h_xla, h_win = hvp("xla"), hvp("winograd")
+    np.testing.assert_allclose(h_win, h_xla, atol=1e-4 * float(jnp.abs(h_xla).max()))
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jvp(lambda w: conv2d(x, w, padding, method="winograd"), (w,), (w,))
+    # The transforms are exact in float64: F(4, r) is the correlation itself.
+    at, g, bt = winograd.matrices(winograd.TILE, k)
+    d, f = np.random.default_rng(0).normal(size=(2, winograd.TILE + k - 1)), np.random.default_rng(1).normal(size=k)
+    np.testing.assert_allclose(at @ ((g @ f) * (bt @ d[0])), np.correlate(d[0], f, "valid"), atol=1e-12)
+
+
 def test_conv2d_picks_im2col_and_col2im_by_shape_alone(monkeypatch):
     """On CPU: im2col for kernels of at most 3x3 with few input channels and a small patch matrix
     (and, asked for, many output channels), col2im input gradients
@@ -245,9 +280,20 @@ def test_conv2d_picks_im2col_and_col2im_by_shape_alone(monkeypatch):
     assert plan(3, 4, c=64, f=64) == ("xla", "col2im")  # cifar_cnn2's fourth: output 2x2
     monkeypatch.setattr(jaxcnn.layers, "IM2COL_MIN_FEATURES", 64)  # $JAXCNN_IM2COL_MIN_FEATURES=64
     assert plan(3, 15, c=32, f=64) == plan(3, 4, c=64, f=64) == ("im2col", "col2im")
-    assert plan(3, 13, c=32) == ("xla", "xla") and plan(5, 15, c=32, f=64) == ("xla", "xla")
+    assert plan(3, 13, c=32) == ("xla", "xla") and plan(5, 15, c=32, f=64) == ("winograd", "winograd")
     monkeypatch.setattr(jaxcnn.layers, "IM2COL_MIN_FEATURES", 0)
-    assert plan(5, 7, "same", c=64, f=64) == ("xla", "xla")  # cifar_cnn3's: 5x5 stays XLA's
+    assert plan(5, 8, "same", c=64, f=64) == plan(5, 16, "same", c=32, f=64) == ("winograd", "winograd")  # cifar_cnn3's 5x5
+    assert plan(5, 8, "same", batch=256, c=64, f=64) == ("xla", "xla")  # a larger batch: XLA's
+    with jaxcnn.layers.batch_shards(2):  # 128 examples on each of 2 devices of a mesh
+        assert plan(5, 8, "same", batch=256, c=64, f=64) == ("winograd", "winograd")
+    assert plan(5, 16, "same", c=3) == ("xla", "xla") and plan(3, 13, c=32) == ("xla", "xla")  # few channels; 3x3
+    assert plan(5, 8, "same", c=64, f=64, backend="gpu") == ("xla", "xla")
+    assert conv_plan((32, 8, 8, 64), (5, 5, 64, 64), "same", jnp.bfloat16) == ("xla", "xla")
+    assert conv_plan((2, 9, 9, 4), (3, 3, 4, 2), method="winograd") == ("winograd", "winograd")
+    with pytest.raises(jaxcnn.errors.ConfigError, match="method='winograd' takes square kernels of 3x3 or 5x5, got 7x7; use method='auto' or 'xla'"):
+        conv_plan((2, 9, 9, 4), (7, 7, 4, 2), method="winograd")
+    monkeypatch.setattr(jaxcnn.layers, "WINOGRAD", False)  # $JAXCNN_WINOGRAD=0
+    assert plan(5, 8, "same", c=64, f=64) == ("xla", "xla")
     assert plan(3, 32, batch=512) == ("xla", "xla")  # a whole batch of 512 CIFAR images: 50 MB of patches
     assert 32 * 30 * 30 * 27 * 4 <= IM2COL_MAX_BYTES < 512 * 30 * 30 * 27 * 4
     assert plan(3, 13, c=32, backend="gpu") == plan(7, 11, backend="gpu") == ("xla", "xla")
@@ -277,7 +323,7 @@ def test_conv2d_picks_im2col_and_col2im_by_shape_alone(monkeypatch):
         conv2d(x, w, "full")
     with pytest.raises(jaxcnn.errors.ConfigError, match="input_grad must be"):
         conv2d(jnp.zeros((1, 5, 5, 1)), jnp.zeros((3, 3, 1, 1)), input_grad="fast")
-    with pytest.raises(jaxcnn.errors.ConfigError, match="method must be 'auto', 'xla' or 'im2col', got 'fft'"):
+    with pytest.raises(jaxcnn.errors.ConfigError, match="method must be 'auto', 'xla', 'im2col' or 'winograd', got 'fft'"):
         conv2d(jnp.zeros((1, 5, 5, 1)), jnp.zeros((3, 3, 1, 1)), method="fft")
 
 
