@@ -18,9 +18,10 @@ the layers' outputs in ``tests/test_keras_parity.py`` (``test_layer_matches_kera
   layer) and small batches (a part of 32 examples) by im2col: the patch matrix times the kernel,
   one matmul forward and one for the kernel's gradient, where XLA's CPU convolution is slow
   (:func:`conv_plan` says what is chosen).
-* :class:`Conv2D` computes, on CPU, 5x5 convolutions of parts (at most :data:`WINOGRAD_MAX_BATCH`
-  examples) by Winograd's algorithm (:mod:`jaxcnn.winograd`): 6.25x fewer multiplications, where
-  XLA's direct convolution already runs near these cores' matmul peak.
+* :class:`Conv2D` can compute, on CPU, 5x5 convolutions of parts (at most
+  :data:`WINOGRAD_MAX_BATCH` examples) by Winograd's algorithm (:mod:`jaxcnn.winograd`; 6.25x fewer
+  multiplications, where XLA's direct convolution already runs near these cores' matmul peak);
+  off unless ``JAXCNN_WINOGRAD=1`` asks for it, as it compiles slowly (:data:`WINOGRAD`).
 * :class:`Conv2D` can convolve, on CPU, a batch of more than :data:`CONV_CHUNK` examples with a
   large output in chunks of at most that many, one after another in the same program
   (:func:`conv_chunks`; ``JAXCNN_CONV_CHUNK=32``): a whole batch's activations leave the cache,
@@ -268,15 +269,17 @@ IM2COL_MAX_BYTES = env_int("JAXCNN_IM2COL_MAX_BYTES", 12 * 2**20, minimum=0)
 #: Whether :func:`conv2d` computes, on CPU under ``method="auto"``, float32 convolutions with
 #: kernels of a size in ``WINOGRAD_KERNELS`` and more than ``IM2COL_FEW_CHANNELS`` input channels,
 #: of at most ``WINOGRAD_MAX_BATCH`` examples (per device of a mesh), by Winograd's algorithm
-#: (:mod:`jaxcnn.winograd`; 6.25x fewer multiplications for 5x5). Forward and backward of 32
-#: examples on one core, XLA's time over Winograd's: 5x5, 32 -> 64 channels on 16x16 2.1x, 64 -> 64
-#: on 8x8 1.6x; cifar_cnn3's whole training step 1.07x in an A/B of 3 rounds (BENCHMARKS.md). Not
-#: for 3x3 (F(4, 3) made the MNIST and cifar_cnn1 parts slower: its transforms cost more than the
-#: multiplications saved) nor for larger batches (cifar_cnn4's 256 examples per device: 0.91x;
-#: 128 keeps a whole batch of 128, ``fit(devices=None)``, computed as its parts are).
-#: Outputs differ from XLA's by float rounding (about 1e-5 of the largest output); forward-mode
-#: autodiff is not defined through it. ``$JAXCNN_WINOGRAD`` (1 or 0) sets it when jaxcnn is imported.
-WINOGRAD = env_int("JAXCNN_WINOGRAD", 1, minimum=0, what="0 (off) or 1 (on)", example=0) > 0
+#: (:mod:`jaxcnn.winograd`; 6.25x fewer multiplications for 5x5). Off by default
+#: (``$JAXCNN_WINOGRAD=1`` turns it on when jaxcnn is imported): cifar_cnn3's part program (32
+#: examples) ran 1.32x faster with it on one core and 1.13x to 1.24x as 16 parts over two devices
+#: (``benchmarks/winograd_ab.py``), but its whole training
+#: step only 1.00x to 1.07x in the side-by-side harness, and its first step took 17.7 s against
+#: 2.9 s, as the unrolled transforms make a program 20 times larger to compile (BENCHMARKS.md).
+#: Not for 3x3 (F(4, 3) made the MNIST and cifar_cnn1 parts slower) nor for larger batches
+#: (256 examples: 1.01x; 128 keeps a whole batch of 128, ``fit(devices=None)``, computed as its
+#: parts are). Outputs differ from XLA's by float rounding (about 1e-5 of the largest output);
+#: forward-mode autodiff is not defined through it.
+WINOGRAD = env_int("JAXCNN_WINOGRAD", 0, minimum=0, what="0 (off) or 1 (on)", example=1) > 0
 WINOGRAD_KERNELS = (5,)
 WINOGRAD_MAX_BATCH = 128
 
@@ -422,7 +425,7 @@ def conv2d(x: Array, kernel: Array, padding: str = "valid", input_grad: str = "a
     gradient are one matmul each), ``"winograd"`` (:func:`jaxcnn.winograd.conv`, 3x3 and 5x5
     kernels; reverse-mode derivatives only), or ``"auto"``: on CPU, im2col for kernels of at most
     3x3 with few input channels and a patch matrix of at most :data:`IM2COL_MAX_BYTES`, Winograd
-    for float32 5x5 kernels of at most :data:`WINOGRAD_MAX_BATCH` examples (:data:`WINOGRAD`), XLA's
+    for float32 5x5 kernels of at most :data:`WINOGRAD_MAX_BATCH` examples if :data:`WINOGRAD`, XLA's
     convolution otherwise and on other backends (the measurements are at :data:`IM2COL_MAX_TAPS`
     and :data:`WINOGRAD`). Values and gradients agree with XLA's to float rounding (tested).
 

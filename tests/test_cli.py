@@ -106,7 +106,7 @@ def test_a_corrupt_checkpoint_gives_one_line_and_no_orbax_noise(interrupted, tmp
     ({"JAXCNN_IM2COL_MAX_BYTES": "-1"}, "error: JAXCNN_IM2COL_MAX_BYTES must be a whole number, 0 or more, got '-1'"),
     ({"JAXCNN_IM2COL_MIN_FEATURES": "wide"}, "error: JAXCNN_IM2COL_MIN_FEATURES must be a whole number, 0 or more, got 'wide'"),
     ({"JAXCNN_CONV_CHUNK": "32 examples"}, "error: JAXCNN_CONV_CHUNK must be a whole number, 0 or more, got '32 examples'"),
-    ({"JAXCNN_WINOGRAD": "yes"}, "error: JAXCNN_WINOGRAD must be 0 (off) or 1 (on), got 'yes'; unset it or set e.g. JAXCNN_WINOGRAD=0"),
+    ({"JAXCNN_WINOGRAD": "yes"}, "error: JAXCNN_WINOGRAD must be 0 (off) or 1 (on), got 'yes'; unset it or set e.g. JAXCNN_WINOGRAD=1"),
     ({"JAXCNN_FAST_PATHS": "on"}, "error: JAXCNN_FAST_PATHS must be 0 (off) or 1 (on), got 'on'; unset it or set e.g. JAXCNN_FAST_PATHS=0"),
     ({"MPLBACKEND": "nosuchbackend"}, "error: MPLBACKEND='nosuchbackend' is not a matplotlib backend"),
 ])

@@ -278,6 +278,8 @@ def test_conv2d_picks_im2col_and_col2im_by_shape_alone(monkeypatch):
     assert plan(3, 15, c=32, f=64) == ("xla", "xla")  # cifar_cnn1's second: XLA's own kernel is faster
     assert plan(3, 6, c=64, f=64) == ("xla", "xla")  # cifar_cnn1's third: output 4x4
     assert plan(3, 4, c=64, f=64) == ("xla", "col2im")  # cifar_cnn2's fourth: output 2x2
+    assert plan(5, 8, "same", c=64, f=64) == ("xla", "xla")  # Winograd is off by default
+    monkeypatch.setattr(jaxcnn.layers, "WINOGRAD", True)  # $JAXCNN_WINOGRAD=1
     monkeypatch.setattr(jaxcnn.layers, "IM2COL_MIN_FEATURES", 64)  # $JAXCNN_IM2COL_MIN_FEATURES=64
     assert plan(3, 15, c=32, f=64) == plan(3, 4, c=64, f=64) == ("im2col", "col2im")
     assert plan(3, 13, c=32) == ("xla", "xla") and plan(5, 15, c=32, f=64) == ("winograd", "winograd")
@@ -292,8 +294,7 @@ def test_conv2d_picks_im2col_and_col2im_by_shape_alone(monkeypatch):
     assert conv_plan((2, 9, 9, 4), (3, 3, 4, 2), method="winograd") == ("winograd", "winograd")
     with pytest.raises(jaxcnn.errors.ConfigError, match="method='winograd' takes square kernels of 3x3 or 5x5, got 7x7; use method='auto' or 'xla'"):
         conv_plan((2, 9, 9, 4), (7, 7, 4, 2), method="winograd")
-    monkeypatch.setattr(jaxcnn.layers, "WINOGRAD", False)  # $JAXCNN_WINOGRAD=0
-    assert plan(5, 8, "same", c=64, f=64) == ("xla", "xla")
+    monkeypatch.setattr(jaxcnn.layers, "WINOGRAD", False)
     assert plan(3, 32, batch=512) == ("xla", "xla")  # a whole batch of 512 CIFAR images: 50 MB of patches
     assert 32 * 30 * 30 * 27 * 4 <= IM2COL_MAX_BYTES < 512 * 30 * 30 * 27 * 4
     assert plan(3, 13, c=32, backend="gpu") == plan(7, 11, backend="gpu") == ("xla", "xla")
