@@ -21,8 +21,10 @@ largest output, was about 6e-6 for F(4, 3) and 1e-5 for F(4, 5) on unit-normal d
 :func:`conv` has a custom reverse-mode rule: the kernel's gradient is one batched matmul of the
 input's transform (kept from the forward pass) with the transformed output gradient, and the input's
 gradient is another Winograd convolution, of the output gradient with the flipped kernel. Forward
-mode (``jax.jvp``, ``jax.jacfwd``) is not defined through it; ``conv2d(..., method="xla")`` or
-``JAXCNN_WINOGRAD=0`` gives XLA's convolution, which has both.
+mode (``jax.jvp``, ``jax.jacfwd``) is not defined through it; XLA's convolution, what
+:func:`jaxcnn.layers.conv2d` uses unless ``JAXCNN_WINOGRAD=1`` or ``method="winograd"`` asks for
+this one, has both. Off by default: the transforms are unrolled into many small ops, and a
+program with three such layers took ten times as long to compile (docs/cpu.md).
 """
 
 from __future__ import annotations
@@ -184,8 +186,10 @@ def supports(x_shape: Sequence[int], kernel_shape: Sequence[int], padding: Paddi
     """Whether :func:`conv` computes this convolution: a square kernel of a size in :data:`POINTS`,
     and padding of at most the kernel's size less one on each side (as "valid" and "same" are)."""
     kh, kw = kernel_shape[:2]
-    return kh == kw and kh in POINTS and all(0 <= p <= kh - 1 for side in padding for p in side) \
-        and _geometry(x_shape, kh, padding)[0] >= 1 and _geometry(x_shape, kh, padding)[1] >= 1
+    if kh != kw or kh not in POINTS or not all(0 <= p <= kh - 1 for side in padding for p in side):
+        return False
+    oh, ow, _, _ = _geometry(x_shape, kh, padding)
+    return oh >= 1 and ow >= 1
 
 
 def conv(x: Array, kernel: Array, padding: Padding) -> Array:
