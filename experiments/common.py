@@ -306,9 +306,10 @@ def _command() -> str:
     return "the same experiment"
 
 
-def check_out(config: RunConfig) -> None:
+def check_out(config: RunConfig, *, resumable: bool = True) -> None:
     """Refuse an ``--out`` that is a file, holds files (unless ``--resume``) or cannot be written,
-    without creating anything (:func:`make_run_dir` creates it once training starts)."""
+    without creating anything (:func:`make_run_dir` creates it once training starts). With
+    ``resumable=False`` (an experiment without ``--resume``) the refusal does not suggest it."""
     if config.resume and not config.out:
         raise ConfigError("--resume needs --out: the run directory of the run to continue")
     out = Path(config.out) if config.out else Path("runs")
@@ -317,8 +318,8 @@ def check_out(config: RunConfig) -> None:
         raise ConfigError(f"{what} {out} exists and is not a directory; choose another --out")
     if config.out and out.is_dir() and any(out.iterdir()) and not config.resume:
         raise ConfigError(
-            f"--out {out} already holds files; choose a new directory so that no result is overwritten, "
-            "or add --resume to continue that run"
+            f"--out {out} already holds files; choose a new directory so that no result is overwritten"
+            + (", or add --resume to continue that run" if resumable else "")
         )
     existing = out
     while not existing.exists() and existing != existing.parent:

@@ -18,6 +18,8 @@ It prints the report's worked example (the 4x4 patch X, the 3x3 kernel K, ``conv
 * ``all_feature_maps.png``: the five side by side.
 
 It takes a few seconds on a CPU (loading MNIST and starting JAX; the computations are tiny).
+``--out`` must be new or empty (a folder that holds files is refused, so nothing is
+overwritten), ``--bias`` a finite number; the exit status is 1 when the self-check prints "NO".
 
 Orientation. The report's R matrix for its "4" is MNIST training image 2 (the first "4", label
 4) rotated 90 degrees clockwise, the layout R code commonly uses so that ``image()`` draws a
@@ -32,6 +34,8 @@ transpose to horizontal strokes (Figure 9), as the report observes.
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="folder to write the PNG files into, created if missing "
-        "(default: runs/manual_conv-<YYYYmmdd-HHMMSS>)",
+        help="folder to write the PNG files into, created if missing; a folder that already "
+        "holds files is refused (default: runs/manual_conv-<YYYYmmdd-HHMMSS>)",
     )
     parser.add_argument(
         "--index",
@@ -172,7 +176,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run Task 2; return the written files by key (``"digit"``, ``"fig7"`` ... ``"all"``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not math.isfinite(args.bias):
+        parser.error(f"--bias must be a finite number, got {args.bias}")
     start = time.perf_counter()
+    from experiments.common import RunConfig, check_out
+
+    out = args.out or Path("runs") / f"manual_conv-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_out(RunConfig(out=str(out)), resumable=False)  # a file, a folder with files, read-only: refused
 
     mnist = data.load("mnist")
     n = len(mnist.x_train)
@@ -221,7 +231,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     }
     panels = {"digit": upright(digit)} | {k: upright(np.asarray(r)) for k, (r, _) in maps.items()}
 
-    out = args.out or Path("runs") / f"manual_conv-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -236,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     print(f"Wrote {len(written)} figures to {out}/ in {time.perf_counter() - start:.1f} s:")
     for path in written.values():
         print(f"  {path.name}")
+    if not agree:
+        print("error: the lax functions of jaxcnn.manual disagree with their plain-loop references (see NO above)",
+              file=sys.stderr, flush=True)
+        raise SystemExit(1)
     return written
 
 

@@ -9,7 +9,8 @@ data set and data folder come from its config.json), or a directory written by
 ``jaxcnn.checkpoint.export`` (params.msgpack + model.json; give ``--dataset``, or it is inferred
 from the model's input shape: 28x28x1 MNIST, 32x32x3 CIFAR-10). Evaluates the model on the test
 split and writes ``reloaded-predictions.png`` into that directory (or ``--out``) with "Actual,
-Predicted" titles. Takes seconds. The figure's place is checked before anything is loaded.
+Predicted" titles. Takes seconds. The figure's place is checked before anything is loaded: an
+existing ``--out`` file is refused (choose another path), and ``--count`` is at most 30.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ from pathlib import Path
 
 from experiments.common import cli, config_from_json, main_guard, save_figure, validate_output_path
 from jaxcnn.errors import CheckpointError, ConfigError
+
+
+#: The figure's layout: ``plots.labelled_images`` puts 3 images in a row, 3 inches each, so
+#: ``--count`` is capped at 10 rows (a figure 30 inches tall) rather than drawing thousands.
+COLUMNS = 3
+MAX_COUNT = 30
 
 
 def _model_dir(path: Path) -> tuple[Path, dict]:
@@ -58,13 +65,19 @@ def _dataset_for(input_shape: tuple[int, ...]) -> str:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory written by an experiment (holds model/), or an exported model directory (holds model.json)")
-    p.add_argument("--count", type=int, default=9, help="how many test images to show (default %(default)s)")
+    p.add_argument("--count", type=int, default=9, help=f"how many test images to show, 1 to {MAX_COUNT} (default %(default)s)")
     p.add_argument("--dataset", default=None, help="mnist, fashion_mnist or cifar10 (default: the run's, or inferred from the model)")
     p.add_argument("--data-dir", default=None, help="directory with the data files")
-    p.add_argument("--out", default=None, help="figure path (default <dir>/reloaded-predictions.png)")
+    p.add_argument("--out", default=None, help="figure path, a new file (default <dir>/reloaded-predictions.png)")
     args = p.parse_args(argv)
     if args.count < 1:
         raise ConfigError(f"--count must be a positive integer, got {args.count}")
+    if args.count > MAX_COUNT:
+        raise ConfigError(
+            f"--count must be at most {MAX_COUNT} ({MAX_COUNT // COLUMNS} rows of {COLUMNS} images in one figure), got {args.count}"
+        )
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} already exists; choose another path so that it is not overwritten")
 
     run = Path(args.run)
     model_dir, config = _model_dir(run)

@@ -25,7 +25,9 @@ best.json (the best trial and the settings), history.png (optimisation history),
 importances.png, params.png (validation accuracy against each hyperparameter) and best/
 (summary.txt, history.json/.csv/.png, and model/, which ``python -m experiments.predict
 <out>/best`` reloads). A rerun with the same --out (or --resume) trains only the trials not yet
-finished; a larger --trials extends the search with the same first trials.
+finished; a larger --trials extends the search with the same first trials. Ctrl-C stops the
+search (exit status 130) and prints how many trials the study keeps and the command that
+continues it.
 
 Result (seed 0; 48,000 images to train on, 12,000 to validate): seed 0 draws k = 6, 10, 6, 6, 8,
 6, 9, 4, 4, 4; trial 2 (k = 10) is invalid; two trials (weight decay 0.056 and 0.078 with learning
@@ -41,14 +43,15 @@ none of seed 0's ten draws has a weight decay below 0.02, and the smaller ones d
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.common import cli, write_json
+from experiments.common import RunInterrupted, cli, write_json
 from jaxcnn.errors import ConfigError
-from jaxcnn.search import DEFAULT_STUDY, PRUNERS, REPORT_SPACE, SAMPLERS, SearchConfig
+from jaxcnn.search import DB_FILE, DEFAULT_STUDY, PRUNERS, REPORT_SPACE, SAMPLERS, SearchConfig
 
 
 @dataclass(frozen=True)
@@ -113,19 +116,69 @@ def run(config: RandomSearchRun) -> dict[str, Any]:
     out = Path(config.out or f"runs/{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if config.resume and not (out / "search.json").is_file():
         raise ConfigError(f"--resume: {out} holds no search to continue; drop --resume to start one there")
-    ds = data.load(config.dataset, config.data_dir)
-    if config.limit is not None:
-        ds = ds.limit(config.limit)
-    if config.search.verbose:
-        print(f"data: {ds.name} from {ds.source}: {len(ds.x_train)} train (before the validation split)")
-    search.random_search(
-        data.to_float(ds.x_train), ds.y_train, REPORT_SPACE, config.search,
-        out=out, storage=config.storage, study_name=config.study, workers=config.workers,
-    )
+    config.search.check()  # bad settings (a seed out of range...): one line, nothing created
+    try:
+        ds = data.load(config.dataset, config.data_dir)
+        if config.limit is not None:
+            ds = ds.limit(config.limit)
+        if config.search.verbose:
+            print(f"data: {ds.name} from {ds.source}: {len(ds.x_train)} train (before the validation split)")
+        search.random_search(
+            data.to_float(ds.x_train), ds.y_train, REPORT_SPACE, config.search,
+            out=out, storage=config.storage, study_name=config.study, workers=config.workers,
+        )
+    except KeyboardInterrupt:
+        raise RunInterrupted(_interrupted(config, out)) from None
     write_json(out / "config.json", {**dataclasses.asdict(config), "storage": _hide(config.storage)})
     if config.search.verbose:
         print(f"Outputs in {out}")
     return json.loads((out / "best.json").read_text())
+
+
+def _finished_trials(config: RandomSearchRun, out: Path) -> int | None:
+    """How many trials the study holds finished (each jaxcnn trial once); None if unreadable."""
+    try:
+        import optuna
+
+        from jaxcnn.search.engine import open_storage, storage_url
+
+        db = open_storage(storage_url(config.storage, out), config.search)
+        study = optuna.load_study(study_name=config.study, storage=db)
+        return len({
+            ft.user_attrs.get("trial") for ft in study.get_trials(deepcopy=False)
+            if ft.state.is_finished() and ft.user_attrs.get("status") not in (None, "interrupted")
+        })
+    except Exception:  # no study yet, or a database that cannot be read now
+        return None
+
+
+def resume_command(config: RandomSearchRun, out: Path) -> str:
+    """The command that continues this search: ``--out`` and every flag that differs from the
+    defaults (a rerun must give the same settings, or the study refuses it)."""
+    s, d = config.search, DEFAULTS.search
+    flags = [
+        ("--trials", s.trials, d.trials), ("--epochs", s.epochs, d.epochs), ("--batch-size", s.batch_size, d.batch_size),
+        ("--seed", s.seed, d.seed), ("--limit", config.limit, DEFAULTS.limit), ("--data-dir", config.data_dir, DEFAULTS.data_dir),
+        ("--sampler", s.sampler, d.sampler), ("--pruner", s.pruner, d.pruner),
+        ("--storage", _hide(config.storage), DEFAULTS.storage), ("--study", config.study, DEFAULTS.study),
+        ("--workers", config.workers, DEFAULTS.workers), ("--heartbeat", s.heartbeat_interval, d.heartbeat_interval),
+        ("--verbose", s.verbose, d.verbose),
+    ]
+    words = ["python -m experiments.random_search", "--out", shlex.quote(str(out))]
+    for flag, value, default in flags:
+        if value != default:
+            words += [flag, shlex.quote(str(value))]
+    return " ".join(words)
+
+
+def _interrupted(config: RandomSearchRun, out: Path) -> str:
+    """What Ctrl-C kept and how to continue (the message after ``interrupted:``)."""
+    if not config.storage and not (out / DB_FILE).is_file():
+        return "before the search started; nothing was kept"
+    where = f"study {config.study!r} in {_hide(config.storage)}" if config.storage else f"study in {out}"
+    n = _finished_trials(config, out)
+    kept = "keeps its finished trials" if n is None else f"keeps {n} finished trial{'' if n == 1 else 's'}"
+    return f"the {where} {kept}; continue with: {resume_command(config, out)}"
 
 
 def _hide(url: str | None) -> str | None:

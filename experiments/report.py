@@ -304,8 +304,11 @@ def predict_best(best: Path, stem: Path, log: Path, verbose: bool) -> tuple[dict
     if isinstance(cached, dict) and png.is_file() and saved.stat().st_mtime >= newest:
         return cached, "", png
     png.parent.mkdir(parents=True, exist_ok=True)
-    value, error = call_main("experiments.predict", [str(best), "--out", str(png)], log, verbose)
+    fresh = stem.with_suffix(".new.png")  # experiments.predict refuses an existing --out: the old figure stays until it succeeds
+    fresh.unlink(missing_ok=True)
+    value, error = call_main("experiments.predict", [str(best), "--out", str(fresh)], log, verbose)
     if isinstance(value, dict) and not error:
+        os.replace(fresh, png)
         value = {k: float(v) for k, v in value.items() if isinstance(v, (int, float))}
         atomic_write(saved, json.dumps(value, indent=2) + "\n")
         return value, "", png
@@ -323,6 +326,15 @@ def cifar_available(data_dir: str | None, download: bool) -> tuple[bool, str]:
     except JaxcnnError as e:
         return False, str(e)
     return True, ""
+
+
+#: The CIFAR-10 runs' reason with --no-cifar: the data were left out, not missing.
+NO_CIFAR = "left out (--no-cifar)"
+
+
+def _cifar_word(ok: bool, message: str) -> str:
+    """"found", "left out (--no-cifar)" or "not found", for the console lines."""
+    return "found" if ok else NO_CIFAR if message == NO_CIFAR else "not found"
 
 
 def execute(specs: list[RunSpec], out: Path, *, reuse: Sequence[Path] = (), cifar_ok: bool = True,
@@ -350,7 +362,7 @@ def execute(specs: list[RunSpec], out: Path, *, reuse: Sequence[Path] = (), cifa
         label = f"[{i}/{len(specs)}] python -m {spec.module} {' '.join(spec.argv)}".rstrip()
         if spec.task.startswith("cifar") and not cifar_ok:
             r.status, r.error = "missing data", cifar_error
-            say(f"{label}: skipped, CIFAR-10 not found")
+            say(f"{label}: skipped, CIFAR-10 {_cifar_word(False, cifar_error)}")
             continue
         path, finished = find_run(spec, places, taken)
         if path is not None and finished:
@@ -929,7 +941,12 @@ def cifar_section(n: int, results: list[RunResult], quick: bool, missing_msg: st
     sec.blocks.append(Para(intro))
     done = [r for r in results if r.path is not None and r.status not in ("failed", "missing data")]
     runs = [Run.load(r.path) for r in done]
-    if any(r.status == "missing data" for r in results):
+    if any(r.status == "missing data" for r in results) and missing_msg == NO_CIFAR:
+        sec.status = f"CIFAR-10 {NO_CIFAR}: not run"
+        sec.blocks.append(Para(f"CIFAR-10 was {NO_CIFAR}, so this model was not trained. Run the report "
+                               "again without --no-cifar to fill in the four CIFAR-10 sections, reusing every "
+                               "other run.", "note"))
+    elif any(r.status == "missing data" for r in results):
         sec.status = "CIFAR-10 not found: not run"
         first_line = (missing_msg.splitlines() or [""])[0].strip()
         sec.blocks.append(Para("CIFAR-10 was not found, so this model was not trained"
@@ -1006,7 +1023,8 @@ def cifar_section(n: int, results: list[RunResult], quick: bool, missing_msg: st
         for key, r in results_ref.items():
             rows.append(info_row(r.what, "not run", _orig(r.value), _join(r.source, r.note), NO_RESULT))
         orig = results_ref.get("val_accuracy")
-        sec.headline = ("not run (no CIFAR-10)" if any(r.status == "missing data" for r in results) else "n/a",
+        no_data = any(r.status == "missing data" for r in results)
+        sec.headline = ((f"not run (CIFAR-10 {NO_CIFAR})" if missing_msg == NO_CIFAR else "not run (no CIFAR-10)") if no_data else "n/a",
                         _orig(orig.value) if orig else "n/a")
     sec.time = _time_text(runs, done) if runs else ""
     rows.append(info_row("time", sec.time or "n/a", "see seconds per epoch" if "epoch_time_s" in results_ref else "not given"))
@@ -1261,11 +1279,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     say = print
 
     if args.no_cifar:
-        cifar_ok, cifar_msg = False, "left out with --no-cifar"
+        cifar_ok, cifar_msg = False, NO_CIFAR
     else:
         cifar_ok, cifar_msg = cifar_available(args.data_dir, args.download)
     specs = plan(args.quick, args.seeds, args.data_dir)
-    say(f"report: {len(specs)} runs into {out}{' (quick)' if args.quick else ''}; CIFAR-10 {'found' if cifar_ok else 'not found'}")
+    say(f"report: {len(specs)} runs into {out}{' (quick)' if args.quick else ''}; CIFAR-10 {_cifar_word(cifar_ok, cifar_msg)}")
     results = execute(specs, out, reuse=reuse, cifar_ok=cifar_ok, cifar_error=cifar_msg, verbose=args.verbose, say=say)
 
     # The search's best trial, reloaded and evaluated on the test split by experiments.predict.

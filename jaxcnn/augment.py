@@ -277,6 +277,14 @@ class Augmented(nn.Module):
     model: nn.Module
     layers: Sequence[nn.Module] = ()
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, nn.Module):
+            raise ConfigError(
+                f"Augmented takes a Flax linen module, got {type(self.model).__name__}; for an NNX module, "
+                "call the augmentation layers' functions (jaxcnn.augment.flip, translate, rotate) in its __call__"
+            )
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         nn.share_scope(self, self.model)

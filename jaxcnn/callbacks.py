@@ -18,6 +18,7 @@ steps, the learning rate, weight histograms) and :class:`TerminateOnNaN` (for
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections.abc import Callable
@@ -37,7 +38,12 @@ def _snapshot(loop: Loop) -> tuple[Any, Any]:
 
 
 class Callback:
-    """Base class: override any of the hooks. ``logs`` holds the epoch's metrics by name."""
+    """Base class: override any of the hooks. ``logs`` holds the epoch's metrics by name.
+
+    A subclass written for Keras works as it is: ``on_epoch_end(self, epoch, logs=None)``,
+    ``on_epoch_begin(self, epoch, logs=None)``, ``on_train_begin(self, logs=None)`` and the
+    like are called with Keras's arguments (see :func:`hook`); add ``loop`` to reach the state.
+    """
 
     def on_train_begin(self, loop: Loop) -> None:
         pass
@@ -57,6 +63,63 @@ class Callback:
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Put back what :meth:`get_state` returned (called after ``on_train_begin``)."""
+
+
+#: jaxcnn's arguments of each hook; Keras's are the same without ``loop`` (and with ``logs``
+#: where jaxcnn passes ``loop`` alone).
+_HOOK_ARGS = {
+    "on_train_begin": ("loop",), "on_epoch_begin": ("epoch", "loop"), "on_epoch_end": ("epoch", "logs", "loop"),
+    "on_train_end": ("loop",), "on_train_batch_end": ("batch", "logs", "loop"),
+}
+
+
+def _binds(sig: inspect.Signature, n: int) -> bool:
+    try:
+        sig.bind(*([None] * n))
+    except TypeError:
+        return False
+    return True
+
+
+def hook(cb: Any, name: str) -> Callable[..., Any]:
+    """``cb``'s hook ``name`` as :func:`jaxcnn.fit` calls it (with jaxcnn's arguments, see
+    :class:`Callback`), also when it was written for Keras: ``on_epoch_end(epoch, logs)`` and
+    ``on_train_batch_end(batch, logs)`` get no ``loop``; ``on_train_begin(logs)``,
+    ``on_epoch_begin(epoch, logs)`` and ``on_train_end(logs)``, whose last argument is named
+    ``logs``, get the logs (empty at a beginning, the last epoch's at the end) instead of the loop.
+    A hook that takes neither form is refused with a :class:`ConfigError` before training."""
+    fn = getattr(cb, name)
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin: call it as it is
+        return fn
+    args = _HOOK_ARGS[name]
+    positional = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    keras_logs = "logs" not in args and len(positional) == len(args) and positional[-1].name == "logs"
+    if keras_logs:
+        if name == "on_train_end":
+            return lambda loop: fn({k: v[-1] for k, v in loop.history.history.items() if v})
+        return lambda *a: fn(*a[:-1], {})
+    if _binds(sig, len(args)):
+        return fn
+    if _binds(sig, len(args) - 1):  # Keras's (epoch, logs) / (batch, logs), or a hook without the loop
+        return lambda *a: fn(*a[:-1])
+    what = ", ".join(args)
+    raise ConfigError(
+        f"callback {type(cb).__name__}.{name} takes {sig}; it must take ({what}) or, as in Keras, "
+        f"({', '.join(a for a in args if a != 'loop') or 'logs'})"
+    )
+
+
+class Hooks:
+    """A callback's five hooks, each as :func:`hook` adapts it (checked once, before training)."""
+
+    def __init__(self, cb: Any):
+        self.callback = cb
+        for name in _HOOK_ARGS:
+            if name == "on_train_batch_end" and not hasattr(cb, name):
+                continue
+            setattr(self, name, hook(cb, name))
 
 
 class EarlyStopping(Callback):
@@ -184,10 +247,14 @@ class LearningRateScheduler(Callback):
 
     def on_epoch_begin(self, epoch: int, loop: Loop) -> None:
         loop.check_learning_rate_settable()  # a clear error for a schedule or a plain optax optimizer
-        try:  # Keras: schedule(epoch, lr), or the older schedule(epoch)
-            lr = float(self.schedule(epoch, loop.learning_rate))
-        except TypeError:
-            lr = float(self.schedule(epoch))
+        # Keras: schedule(epoch, lr), or the older schedule(epoch). Keras tries the first and
+        # falls back on any TypeError, which hides a TypeError inside the schedule; the signature
+        # decides here, so such an error reaches the user as it is.
+        try:
+            takes_lr = _binds(inspect.signature(self.schedule), 2)
+        except (TypeError, ValueError):  # no signature (a builtin): Keras's way
+            takes_lr = True
+        lr = float(self.schedule(epoch, loop.learning_rate) if takes_lr else self.schedule(epoch))
         if not math.isfinite(lr) or lr <= 0:
             raise ConfigError(f"the learning-rate schedule returned {lr} at epoch {epoch}; it must be positive")
         loop.learning_rate = lr
@@ -214,7 +281,8 @@ def keep_then_decay(keep_epochs: int = 10, rate: float = 0.1) -> Callable[[int, 
 
 
 class LambdaCallback(Callback):
-    """A callback from plain functions, e.g. ``LambdaCallback(on_epoch_end=lambda e, logs, loop: ...)``."""
+    """A callback from plain functions, e.g. ``LambdaCallback(on_epoch_end=lambda epoch, logs: ...)``
+    (Keras's arguments) or ``lambda epoch, logs, loop: ...`` (with the running :class:`Loop`)."""
 
     def __init__(self, **hooks: Callable[..., Any]):
         for name, fn in hooks.items():
@@ -463,7 +531,7 @@ class ModelCheckpoint(_MonitorMixin, Callback):
         elif self.model_name is not None:
             checkpoint.export(path, state, self.model_name, self.model_kwargs)
         else:  # an export that rebuilds the model from the state itself
-            checkpoint.export(path, _bare_state(state))  # type: ignore[call-arg]
+            checkpoint.export(path, state)
 
     def get_state(self) -> dict[str, Any]:
         return {"best": None if self.best is None else float(self.best), "saved": list(self.saved)}
@@ -472,19 +540,6 @@ class ModelCheckpoint(_MonitorMixin, Callback):
         best = state.get("best")
         self.best = None if best is None else float(best)
         self.saved = list(state.get("saved", []))
-
-
-def _bare_state(state: Any) -> Any:
-    """``state`` as the model behind an :class:`jaxcnn.augment.Augmented` wrapper (the same
-    parameters: augmentation is for training only), so that its export reloads as that model."""
-    module = getattr(getattr(state, "model", None), "module", None)
-    from jaxcnn.augment import Augmented
-
-    if isinstance(module, Augmented):
-        from jaxcnn.train import adapt
-
-        return state.replace(model=adapt(module.model))
-    return state
 
 
 class _ModelCheckpointPerStep(ModelCheckpoint):

@@ -70,7 +70,46 @@ def model_spec(state: Any, model_name: str | None = None, model_kwargs: dict[str
             return {"model": found[0], "model_kwargs": _json_kwargs(found[1])}
         attrs = models._attributes(module)  # noqa: SLF001 - same package
         return {"module": _class_path(type(module)), "module_kwargs": _json_kwargs(attrs), "kind": "linen"}
-    return {"module": _class_path(adapter.module_type), "module_kwargs": {}, "kind": "nnx"}
+    return {"module": _class_path(adapter.module_type), "module_kwargs": _nnx_kwargs(adapter), "kind": "nnx"}
+
+
+def _nnx_kwargs(adapter: Any) -> dict[str, Any]:
+    """An NNX module's constructor arguments, as far as it keeps them: each argument of
+    ``__init__`` (but ``rngs``) that the module holds as an attribute of the same name with a
+    JSON value (``self.act = act``). A required argument it does not keep is recorded as
+    unsaved, so that reloading asks for the module; an optional one is warned about, since the
+    reload would rebuild it with its default."""
+    import inspect
+    import warnings
+
+    from flax import nnx
+
+    cls = adapter.module_type
+    try:
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return {}
+    module = nnx.merge(adapter.graphdef, *adapter.templates)
+    out: dict[str, Any] = {}
+    for p in params:
+        if p.name == "rngs" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        value = getattr(module, p.name, inspect.Parameter.empty)
+        saved = _json_kwargs({p.name: value})[p.name] if value is not inspect.Parameter.empty else None
+        if saved is not None and not (isinstance(saved, dict) and "unserializable" in saved):
+            out[p.name] = saved
+        elif value is None and hasattr(module, p.name):
+            out[p.name] = None
+        elif p.default is inspect.Parameter.empty:
+            out[p.name] = {"unserializable": f"<the constructor argument {p.name}, not kept as a plain attribute self.{p.name}>"}
+        else:
+            warnings.warn(
+                f"{cls.__name__}.__init__ takes {p.name}, which the module does not keep as a plain attribute "
+                f"self.{p.name}; the export cannot record it, so loading rebuilds it with its default "
+                f"{p.default!r}. Keep it as self.{p.name}, or pass the module when loading (model=...)",
+                stacklevel=3,
+            )
+    return out
 
 
 def _class_path(cls: type) -> str:
@@ -109,11 +148,27 @@ def _from_json_kwargs(kwargs: dict[str, Any], where: Path) -> dict[str, Any]:
     return out
 
 
+def bare_state(state: Any) -> Any:
+    """``state`` as the model behind an :class:`jaxcnn.augment.Augmented` wrapper (the same
+    parameters and batch statistics, which keep the bare model's names), else ``state`` itself."""
+    module = getattr(getattr(state, "model", None), "module", None)
+    from jaxcnn.augment import Augmented
+
+    if isinstance(module, Augmented):
+        from jaxcnn.train import adapt
+
+        return state.replace(model=adapt(module.model))
+    return state
+
+
 def export(directory: str | os.PathLike[str], state: Any, model_name: str | None = None,
            model_kwargs: dict[str, Any] | None = None) -> Path:
     """Write ``state``'s parameters and batch statistics, how to rebuild its module (a registry
     name, or the module's importable class and attributes, see :func:`model_spec`), its
-    optimizer and its loss to ``directory``. Works for any linen or NNX module."""
+    optimizer and its loss to ``directory``. Works for any linen or NNX module; a model behind an
+    :class:`jaxcnn.augment.Augmented` wrapper is exported as the bare model (the same parameters:
+    augmentation is for training only), so that it reloads and predicts without the wrapper."""
+    state = bare_state(state)
     spec = model_spec(state, model_name, model_kwargs)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -174,7 +229,7 @@ def _rebuild(meta: dict[str, Any], where: Path) -> Any:
         if meta.get("kind") == "nnx":
             from flax import nnx
 
-            return obj(rngs=nnx.Rngs(0))
+            return obj(**kwargs, rngs=nnx.Rngs(0))
         return obj(**kwargs)
     except TypeError as e:
         raise CheckpointError(f"{where}: {meta['module']} cannot be rebuilt from its saved attributes ({e}); {fix}") from None

@@ -164,10 +164,12 @@ def check_image_shape(x: Any, expected: tuple[int, ...] = (), what: str = "x") -
 
 
 def check_labels(y: Any, n: int, num_classes: int, what: str = "y") -> np.ndarray:
-    """Labels for ``n`` examples: integer classes (N,) come back as int32; one-hot or soft
+    """Labels for ``n`` examples: integer classes (N,) or (N, 1) come back as int32 (N,); one-hot or soft
     targets (N, classes) come back as float32 distributions, kept as they are (as Keras's
     categorical cross-entropy takes them). NaN or infinite labels raise ``ShapeError``."""
     y = as_array(y, what)
+    if y.ndim == 2 and y.shape[1] == 1 and num_classes != 1:
+        y = y.reshape(-1)  # integer labels as a column (N, 1), as Keras's sparse cross-entropy takes them
     if y.ndim == 2 and y.shape[1] == num_classes:
         if len(y) != n:
             raise ShapeError(f"{what} has {len(y)} labels for {n} images; they must match one to one")

@@ -242,6 +242,15 @@ def predictions(
             f"predictions takes images (N, ...), labels (N,) and probs (N, classes) aligned, got {images.shape}, "
             f"{labels.shape} and {probs.shape}"
         )
+    sums = probs.sum(-1)
+    if probs.size and (not np.all(np.isfinite(probs)) or probs.min() < 0 or probs.max() > 1 or np.abs(sums - 1).max() > 1e-3):
+        from jaxcnn.errors import ShapeError
+
+        raise ShapeError(
+            f"predictions takes probabilities (rows in [0, 1] that sum to 1), got values from {np.nanmin(probs):.4g} to "
+            f"{np.nanmax(probs):.4g} and row sums from {np.nanmin(sums):.4g} to {np.nanmax(sums):.4g}; for a model that "
+            "returns logits, pass jaxcnn.predict(state, x, output=\"probs\")"
+        )
     predicted = probs.argmax(-1)
     candidates = np.arange(len(images)) if indices is None else np.asarray(list(indices), int)
     if only_mistakes:

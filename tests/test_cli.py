@@ -151,3 +151,131 @@ def test_model_by_module_and_class_builds_linen_and_nnx(tmp_path, monkeypatch):
                           ("user_nets:", "write a module's class as package.module:Class")):
         with pytest.raises(ConfigError, match=message):
             resolve_model(name)
+
+
+# -- experiments.predict, manual_conv, random_search and report: refusals before any work ------------
+
+
+def test_predict_refuses_an_existing_out_file_before_any_work(tmp_path):
+    from experiments import predict
+    from jaxcnn.errors import ConfigError
+
+    run = tmp_path / "run"
+    run.mkdir()  # no model: the refusal comes before anything is read
+    digits = run / "digits.png"
+    digits.write_bytes(b"the run's own figure")
+    with pytest.raises(ConfigError, match=rf"^--out {digits} already exists; choose another path so that it is not overwritten$"):
+        predict.main([str(run), "--out", str(digits)])
+    assert digits.read_bytes() == b"the run's own figure"
+    proc = _run([str(run), "--out", str(digits)], module="experiments.predict")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: --out {digits} already exists; choose another path so that it is not overwritten"], proc.stderr
+
+
+@pytest.mark.parametrize("count", ["31", "100000"])
+def test_predict_caps_count(tmp_path, count):
+    from experiments import predict
+    from jaxcnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^--count must be at most 30 \(10 rows of 3 images in one figure\), got {count}$"):
+        predict.main([str(tmp_path), "--count", count])
+
+
+def test_manual_conv_refuses_a_folder_with_files_and_a_non_finite_bias(tmp_path, capsys):
+    from experiments import manual_conv
+    from jaxcnn.errors import ConfigError
+
+    out = tmp_path / "figs"
+    out.mkdir()
+    (out / "digit.png").write_bytes(b"mine")
+    with pytest.raises(ConfigError, match=r"already holds files; choose a new directory so that no result is overwritten$"):
+        manual_conv.main(["--out", str(out)])
+    assert (out / "digit.png").read_bytes() == b"mine" and len(list(out.iterdir())) == 1
+    for bias in ("nan", "inf", "-inf"):
+        with pytest.raises(SystemExit) as exc:
+            manual_conv.main(["--out", str(tmp_path / "new"), f"--bias={bias}"])
+        assert exc.value.code == 2
+        assert "--bias must be a finite number" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_manual_conv_exits_1_when_its_self_check_says_no(tmp_path, monkeypatch, capsys):
+    from experiments import manual_conv
+
+    monkeypatch.setattr(manual_conv, "maxpool", lambda x, *a, **k: manual_conv.maxpool_loop(x, *a, **k) + 1.0)
+    with pytest.raises(SystemExit) as exc:
+        manual_conv.main(["--out", str(tmp_path / "figs")])
+    assert exc.value.code == 1
+    captured = capsys.readouterr()
+    assert "agree with the plain-loop references: NO" in captured.out
+    assert captured.err.startswith("error: the lax functions of jaxcnn.manual disagree")
+
+
+def test_random_search_bad_seed_is_one_line_and_creates_nothing(tmp_path):
+    out = tmp_path / "rs"
+    for seed in ("-1", str(2**32)):
+        proc = _run(["--seed", seed, "--out", str(out), "--limit", "200", "--trials", "1", "--epochs", "1"],
+                    module="experiments.random_search")
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines() == [f"error: seed must be a whole number from 0 to 4294967295, got {seed}"], proc.stderr
+        assert not out.exists()
+
+
+def test_random_search_ctrl_c_says_what_is_kept_and_how_to_continue(tmp_path, monkeypatch, capsys):
+    from experiments import random_search as exp
+    from experiments.common import main_guard
+    from jaxcnn import search
+
+    out = tmp_path / "rs"
+    common = ["--limit", "200", "--epochs", "1", "--batch-size", "64", "--verbose", "0", "--out", str(out)]
+    exp.main([*common, "--trials", "1"])  # one finished trial
+    argv = [*common, "--trials", "2"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search, "random_search", interrupted)
+    assert main_guard(exp.main, argv) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        f"interrupted: the study in {out} keeps 1 finished trial; continue with: python -m experiments.random_search "
+        f"--out {out} --trials 2 --epochs 1 --batch-size 64 --limit 200 --verbose 0"
+    )
+    fresh = tmp_path / "fresh"
+    assert main_guard(exp.main, ["--out", str(fresh), "--verbose", "0"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted: before the search started; nothing was kept"
+
+
+def test_report_says_left_out_with_no_cifar(tmp_path):
+    from experiments import report
+
+    lines: list[str] = []
+    specs = [s for s in report.plan(quick=True) if s.task.startswith("cifar")]
+    results = report.execute(specs, tmp_path, cifar_ok=False, cifar_error=report.NO_CIFAR, say=lines.append)
+    assert lines and all(line.endswith("skipped, CIFAR-10 left out (--no-cifar)") for line in lines), lines
+    sec = report.cifar_section(1, [r for r in results if r.spec.task == "cifar1"], True, report.NO_CIFAR, "fill")
+    text = " ".join(b.text for b in sec.blocks if isinstance(b, report.Para))
+    assert sec.status == "CIFAR-10 left out (--no-cifar): not run" and "not found" not in text, text
+    assert "left out (--no-cifar)" in sec.headline[0]
+
+
+def test_report_reruns_predict_over_its_own_stale_figure(tmp_path, monkeypatch):
+    from experiments import report
+
+    best = tmp_path / "best"
+    (best / "model").mkdir(parents=True)
+    (best / "model" / "params.msgpack").write_bytes(b"new model")
+    stem = tmp_path / "figures" / "rs-best-predictions"
+    stem.parent.mkdir()
+    stem.with_suffix(".png").write_bytes(b"old figure")  # and no STEM.json: stale
+
+    def fake_predict(module, argv, log, verbose):
+        target = Path(argv[argv.index("--out") + 1])
+        assert not target.exists()  # experiments.predict refuses an existing --out
+        target.write_bytes(b"new figure")
+        return {"loss": 0.5, "accuracy": 0.9}, ""
+
+    monkeypatch.setattr(report, "call_main", fake_predict)
+    value, error, png = report.predict_best(best, stem, tmp_path / "predict.log", False)
+    assert (value, error) == ({"loss": 0.5, "accuracy": 0.9}, "") and png.read_bytes() == b"new figure"
+    assert sorted(p.name for p in stem.parent.iterdir()) == ["rs-best-predictions.json", "rs-best-predictions.png"]

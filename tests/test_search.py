@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 import jaxcnn
 from jaxcnn import models, search
-from jaxcnn.errors import ConfigError
+from jaxcnn.errors import ConfigError, ShapeError
 from jaxcnn.search import REPORT_SPACE, Choice, IntRange, LogUniform, Uniform
 from jaxcnn.search import engine
 
@@ -209,6 +209,44 @@ def test_bad_settings_fail_before_training(small, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="already holds files but no search"):
         search.random_search(*small, out=tmp_path, **OPTS)
+
+
+def test_bad_seed_and_metric_fail_before_anything_is_made(small, tmp_path):
+    out = tmp_path / "never-made"
+    for seed in (-1, 2**32, 1.5, True):
+        with pytest.raises(ConfigError, match=rf"^seed must be a whole number from 0 to 4294967295, got {seed!r}$"):
+            search.random_search(*small, seed=seed, out=out, **OPTS)
+    with pytest.raises(ConfigError, match="metric must be one of loss, accuracy, val_loss, val_accuracy"):
+        search.random_search(*small, metric="val_acc", out=out, **OPTS)
+    assert not out.exists()
+    assert search.SearchConfig(seed=2**32 - 1).check().seed == 2**32 - 1
+
+
+def test_choice_refuses_a_bare_string():
+    for bare in ("adam", b"adam"):
+        with pytest.raises(ConfigError, match=r"Choice takes a sequence of options, e\.g\. Choice\(\("):
+            Choice(bare)
+    with pytest.raises(ConfigError, match=r"^Choice takes a sequence of options, e\.g\. Choice\(\('adam',\)\); got the string 'adam'$"):
+        Choice("adam")
+    assert Choice(("adam",)).options == ("adam",)
+
+
+def test_bad_data_fail_before_any_trial(small, tmp_path):
+    x, y = small
+    out = tmp_path / "never-made"
+    bad_y = y.copy()
+    bad_y[3] = 10
+    with pytest.raises(ShapeError, match="y holds label 10 at index 3, outside 0..9"):
+        search.random_search(x, bad_y, out=out, **OPTS)
+    bad_x = x.copy()
+    bad_x[5, 0, 0, 0] = np.nan
+    with pytest.raises(ShapeError, match=r"x holds NaN at index \(5, 0, 0, 0\)"):
+        search.random_search(bad_x, y, out=out, **OPTS)
+    with pytest.raises(ShapeError, match="validation y holds label -1"):
+        search.random_search(x, y, validation_data=(x[:8], np.full(8, -1)), out=out, **OPTS)
+    with pytest.raises(ShapeError, match="y has 199 labels for 200 images"):
+        search.random_search(x, y[:-1], space={"learning_rate": Choice((1e-3,))}, model=tiny_define_by_run, out=out, **OPTS)
+    assert not out.exists()
 
 
 def test_search_cnn_k7_has_77770_params_and_k10_cannot_be_built():

@@ -44,6 +44,7 @@ the way to use more devices.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -280,22 +281,55 @@ def _open_run_dir(out: Path) -> Path:
     return out
 
 
+def _num_classes(model: Any) -> int | None:
+    """The classes the model predicts, when known before a trial builds it (a registry name, a
+    Flax class or partial with a ``num_classes`` attribute); None for a define-by-run model."""
+    from jaxcnn.search.engine import _module_class
+
+    try:
+        if isinstance(model, str):
+            from jaxcnn import models
+
+            value = getattr(models.get_model(model), "num_classes", None)
+        elif isinstance(model, functools.partial) and "num_classes" in model.keywords:
+            value = model.keywords["num_classes"]
+        else:
+            value = getattr(_module_class(model) or model, "num_classes", None)
+    except (ConfigError, ShapeError, TypeError):
+        return None
+    return int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0 else None
+
+
+def _check_labels(y: Any, n: int, num_classes: int | None, what: str) -> np.ndarray:
+    """``y`` checked as :func:`jaxcnn.fit` checks it (jaxcnn.checks.check_labels), as int32
+    classes (N,). Without a known number of classes, labels must still be whole numbers >= 0."""
+    from jaxcnn import checks
+
+    y = checks.as_array(y, what)
+    if num_classes is None:
+        if y.ndim == 2 and y.shape[1] > 1:
+            num_classes = y.shape[1]  # one-hot
+        else:
+            flat = y.reshape(-1) if y.ndim == 2 else y
+            top = np.nanmax(flat) if flat.size and np.issubdtype(flat.dtype, np.number) else 0
+            num_classes = int(top) + 1 if np.isfinite(top) and top >= 0 else 1
+    y = checks.check_labels(y, n, num_classes, what)
+    return y.argmax(-1) if y.ndim == 2 else y
+
+
 def _prepare_data(x, y, validation_data, config: SearchConfig) -> Data:
-    x = np.asarray(x)
-    if x.ndim != 4:
-        raise ShapeError(f"x has shape {x.shape}; the search takes a batch of images (N, H, W, C)")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ShapeError(
-            f"x has dtype {x.dtype}; the search takes floating-point images. Scale them first, "
-            "e.g. jaxcnn.data.to_float(x) (pixels / 255, as the report does)"
-        )
-    y = np.asarray(y)
-    if y.ndim == 2:  # one-hot
-        y = y.argmax(-1)
+    """The training and validation arrays, checked once with the checks :func:`jaxcnn.fit` runs
+    (shape, dtype, finite pixels, labels in range), so bad data fail before any trial."""
+    from jaxcnn import checks
+
+    x = checks.check_images(x, (), "x")
+    num_classes = _num_classes(config.model)
+    y = _check_labels(y, len(x), num_classes, "y")
     if validation_data is not None:
-        x_val, y_val = np.asarray(validation_data[0]), np.asarray(validation_data[1])
-        if y_val.ndim == 2:
-            y_val = y_val.argmax(-1)
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ConfigError("validation_data must be (x_val, y_val)")
+        x_val = checks.check_images(validation_data[0], tuple(x.shape[1:]), "validation x")
+        y_val = _check_labels(validation_data[1], len(x_val), num_classes, "validation y")
         x_tr, y_tr = x, y
     else:
         from jaxcnn.data import validation_split

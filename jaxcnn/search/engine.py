@@ -83,6 +83,12 @@ class SearchConfig:
             raise ConfigError(f"grace_period must be a positive integer or None, got {self.grace_period!r}")
         if not 0.0 < float(self.validation_split) < 1.0:
             raise ConfigError(f"validation_split must be strictly between 0 and 1, got {self.validation_split!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= int(self.seed) <= 2**32 - 1:
+            raise ConfigError(f"seed must be a whole number from 0 to {2**32 - 1}, got {self.seed!r}")
+        if self.metric not in METRICS:
+            raise ConfigError(
+                f"metric must be one of {', '.join(METRICS)} (the last epoch's value is the trial's), got {self.metric!r}"
+            )
         if self.mode not in ("max", "min"):
             raise ConfigError(f"mode must be 'max' or 'min', got {self.mode!r}")
         if isinstance(self.sampler, str) and self.sampler not in SAMPLERS:

@@ -98,6 +98,10 @@ class Choice:
     options: tuple[Any, ...]
 
     def __post_init__(self):
+        if isinstance(self.options, (str, bytes)):
+            raise ConfigError(
+                f"Choice takes a sequence of options, e.g. Choice(({self.options!r},)); got the string {self.options!r}"
+            )
         object.__setattr__(self, "options", tuple(v.item() if isinstance(v, np.generic) else v for v in self.options))
         if not self.options:
             raise ConfigError("Choice: needs at least one option")

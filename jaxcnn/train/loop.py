@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from jaxcnn import checks, losses, optim
-from jaxcnn.callbacks import Callback
+from jaxcnn.callbacks import Callback, Hooks, hook
 from jaxcnn.errors import ConfigError, ShapeError, TrainingError
 from jaxcnn.train import step as steps
 from jaxcnn.train.model import adapt
@@ -174,6 +174,12 @@ def _progress(total: int, desc: str, verbose: int):
     return tqdm(total=total, desc=desc, unit="step", leave=True, dynamic_ncols=True)
 
 
+def _postfix(bar: Any, m: dict[str, Any], t0: float) -> None:
+    seen = max(float(m["count"]), 1.0)
+    bar.set_postfix({"loss": f"{m['loss_sum'] / seen:.4f}", "accuracy": f"{m['correct'] / max(float(m['weight']), 1e-12):.4f}",
+                     "examples/s": f"{seen / (time.perf_counter() - t0):,.0f}"}, refresh=False)
+
+
 def _batch_callbacks(callbacks: Sequence[Callback]) -> list[Callback]:
     base = getattr(Callback, "on_train_batch_end", None)
     return [cb for cb in callbacks if getattr(type(cb), "on_train_batch_end", base) is not base]
@@ -195,7 +201,7 @@ def run_epoch(state: TrainState, strategy: Strategy, data: Data, order: np.ndarr
     units = strategy.units(order, batch_size)
     total_steps = math.ceil(len(order) / batch_size)
     bar = _progress(total_steps, desc, verbose)
-    per_batch = _batch_callbacks(callbacks)
+    per_batch = [hook(cb, "on_train_batch_end") for cb in _batch_callbacks(callbacks)]
     acc = strategy.place.put_state(steps.zero_metrics(state))
     t0, done = time.perf_counter(), 0
     log_every = 1 if per_batch else max(1, min(25, len(units) // 20))
@@ -207,18 +213,18 @@ def run_epoch(state: TrainState, strategy: Strategy, data: Data, order: np.ndarr
         m = jax.device_get(acc)
         seen = max(float(m["count"]), 1.0)
         if bar is not None and i + 1 < len(units):
-            bar.set_postfix({"loss": f"{m['loss_sum'] / seen:.4f}", "accuracy": f"{m['correct'] / max(float(m['weight']), 1e-12):.4f}",
-                             "examples/s": f"{seen / (time.perf_counter() - t0):,.0f}"}, refresh=False)
+            _postfix(bar, m, t0)
             bar.update(done - bar.n)
         if per_batch and loop is not None:
             loop.state = state
-            for cb in per_batch:
-                cb.on_train_batch_end(int(state.step) - 1, metric_logs(state, m), loop)
+            for on_batch_end in per_batch:
+                on_batch_end(int(state.step) - 1, metric_logs(state, m), loop)
         if m["bad_step"] >= 0:
             break
     m = jax.device_get(acc)
     elapsed = time.perf_counter() - t0
-    if bar is not None:
+    if bar is not None:  # it ends on the epoch's own figures, as Keras's does
+        _postfix(bar, m, t0)
         bar.update(total_steps - bar.n)
         bar.close()
     if m["bad_step"] >= 0 and stop_on_nan:
@@ -245,12 +251,13 @@ def _sample_weights(y: np.ndarray, num_classes: int, class_weight: dict[int, flo
                     sample_weight: Any, what: str) -> np.ndarray | None:
     """Keras's weights: ``sample_weight`` (N,) times ``class_weight[class]``, or None."""
     w = None
+    name = f"{what} sample_weight".strip()
     if sample_weight is not None:
         w = np.asarray(sample_weight, np.float32)
         if w.shape != (len(y),):
-            raise ShapeError(f"{what} sample_weight has shape {w.shape}; it needs one weight per example, ({len(y)},)")
+            raise ShapeError(f"{name} has shape {w.shape}; it needs one weight per example, ({len(y)},)")
         if not np.all(np.isfinite(w)) or np.any(w < 0):
-            raise ShapeError(f"{what} sample_weight holds a negative or non-finite weight; weights must be finite and >= 0")
+            raise ShapeError(f"{name} holds a negative or non-finite weight; weights must be finite and >= 0")
     if class_weight is not None:
         if not isinstance(class_weight, dict):
             raise ConfigError(f"class_weight must be a dict {{class: weight}}, got {type(class_weight).__name__}")
@@ -483,6 +490,7 @@ def fit(
     state = _resolve_loss(state, loss, from_logits, label_smoothing, inputs.train.x)
     history = History(params={"epochs": epochs, "batch_size": batch_size, "samples": len(inputs.train.x), "seed": seed})
     callbacks = list(callbacks)
+    hooks = [Hooks(cb) for cb in callbacks]  # a hook of neither jaxcnn's nor Keras's form fails here
     ckpts = None
     if checkpoint_dir is not None:
         ckpts = _open_checkpoints(checkpoint_dir, resume, "val_loss" if inputs.val is not None else "loss")
@@ -497,8 +505,8 @@ def fit(
         state, initial_epoch, history = restored.state, restored.epoch, restored.history
     # The train step donates its state buffers; copy once so the caller's state stays usable.
     loop = Loop(strategy.put_state(_copy_tree(state)), history)
-    for cb in callbacks:
-        cb.on_train_begin(loop)
+    for h in hooks:
+        h.on_train_begin(loop)
     if restored is not None:
         for cb, cb_state in zip(callbacks, restored.callbacks):
             cb.set_state(cb_state)
@@ -506,13 +514,13 @@ def fit(
     if verbose and not loop.stop_training and initial_epoch < epochs:
         _announce(inputs, batch_size, epochs, initial_epoch, strategy)
     try:
-        _epochs(loop, strategy, inputs, callbacks, ckpts, fingerprint, epochs=epochs, batch_size=batch_size,
+        _epochs(loop, strategy, inputs, callbacks, hooks, ckpts, fingerprint, epochs=epochs, batch_size=batch_size,
                 initial_epoch=initial_epoch, shuffle=shuffle, seed=seed, verbose=verbose, stop_on_nan=stop_on_nan)
     finally:
         if ckpts is not None:
             ckpts.close()
-    for cb in callbacks:
-        cb.on_train_end(loop)
+    for h in hooks:
+        h.on_train_end(loop)
     state = loop.state
     if isinstance(strategy, StatsMesh):
         # The CPU mesh of parts is fit's own choice ("auto"): hand the state back on one device, as
@@ -530,7 +538,7 @@ def _get_metrics(metrics: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(m for m in metrics_module.get_metrics(metrics) if getattr(m, "name", None) not in ("accuracy", "acc"))
 
 
-def _epochs(loop: Loop, strategy: Strategy, inputs: _Inputs, callbacks: list[Callback], ckpts: Any,
+def _epochs(loop: Loop, strategy: Strategy, inputs: _Inputs, callbacks: list[Callback], hooks: list[Hooks], ckpts: Any,
             fingerprint: dict[str, Any], *, epochs: int, batch_size: int, initial_epoch: int, shuffle: bool,
             seed: int, verbose: int, stop_on_nan: bool) -> None:
     """The epoch loop of :func:`fit`."""
@@ -540,8 +548,8 @@ def _epochs(loop: Loop, strategy: Strategy, inputs: _Inputs, callbacks: list[Cal
         if loop.stop_training:
             break
         t0 = time.perf_counter()
-        for cb in callbacks:
-            cb.on_epoch_begin(epoch, loop)
+        for h in hooks:
+            h.on_epoch_begin(epoch, loop)
         order = epoch_order(len(inputs.train.x), seed, epoch, shuffle)
         try:
             loop.state, logs = run_epoch(loop.state, strategy, inputs.train, order, batch_size, epoch=epoch,
@@ -560,8 +568,8 @@ def _epochs(loop: Loop, strategy: Strategy, inputs: _Inputs, callbacks: list[Cal
         if verbose:
             eta = (time.perf_counter() - t_start) / (epoch + 1 - first) * (epochs - epoch - 1)
             print(_epoch_line(epoch, epochs, ordered, eta), flush=True)
-        for cb in callbacks:
-            cb.on_epoch_end(epoch, ordered, loop)
+        for h in hooks:
+            h.on_epoch_end(epoch, ordered, loop)
         if ckpts is not None:
             ckpts.save(epoch + 1, loop.state, history=loop.history, callbacks=[cb.get_state() for cb in callbacks],
                        stop_training=loop.stop_training, metrics=ordered, extra={"fit": fingerprint})

@@ -1,0 +1,185 @@
+"""What a Keras user writes works, or is refused in one line (defects a new user found):
+Keras-style callback hooks, a schedule's own TypeError, labels as a column (N, 1), the
+progress bar's last figures, logits given to a probability plot, exports of augmented and of
+NNX models with constructor arguments."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import flax.linen as nn
+import numpy as np
+import pytest
+from flax import nnx
+
+import jaxcnn
+from jaxcnn import augment, checkpoint, plots
+from jaxcnn.callbacks import Callback, LambdaCallback, LearningRateScheduler
+from jaxcnn.errors import CheckpointError, ConfigError, ShapeError
+
+
+class Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(nn.Conv(4, (3, 3), strides=2)(x))
+        return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+class NNXAct(nnx.Module):
+    """Keeps its constructor arguments as attributes, so an export can record them."""
+
+    def __init__(self, act: str = "relu", width: int = 4, *, rngs: nnx.Rngs):
+        self.act, self.width = act, width
+        self.conv = nnx.Conv(1, width, (3, 3), strides=2, rngs=rngs)
+        self.out = nnx.Linear(width * 14 * 14, 10, rngs=rngs)
+
+    def __call__(self, x):
+        f = nnx.relu if self.act == "relu" else nnx.tanh
+        return self.out(f(self.conv(x)).reshape(x.shape[0], -1))
+
+
+class NNXForgets(nnx.Module):
+    """Does not keep its arguments: an optional one is warned about, a required one refused."""
+
+    def __init__(self, width: int, scale: float = 1.0, *, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(1, width, (3, 3), strides=2, rngs=rngs)
+        self.out = nnx.Linear(width * 14 * 14, 10, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(nnx.relu(self.conv(x)).reshape(x.shape[0], -1))
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    ds = jaxcnn.data.load("mnist")
+    return jaxcnn.data.to_float(ds.x_train[:192]), ds.y_train[:192].astype(np.int32)
+
+
+def _fit(model, x, y, **kw):
+    kw = {"epochs": 2, "batch_size": 64, "verbose": 0, "seed": 1, **kw}
+    return jaxcnn.fit(model, x, y, **kw)
+
+
+def test_keras_style_hooks_get_keras_arguments(mnist):
+    x, y = mnist
+    calls = []
+
+    class KerasStyle(Callback):
+        def on_train_begin(self, logs=None):
+            calls.append(("train_begin", logs))
+
+        def on_epoch_begin(self, epoch, logs=None):
+            calls.append(("epoch_begin", epoch, logs))
+
+        def on_epoch_end(self, epoch, logs=None):
+            calls.append(("epoch_end", epoch, dict(logs)))
+
+        def on_train_batch_end(self, batch, logs=None):
+            calls.append(("batch_end", batch, sorted(logs)))
+
+        def on_train_end(self, logs=None):
+            calls.append(("train_end", logs))
+
+    lam = []
+    _, history = _fit(Tiny(), x, y, callbacks=[KerasStyle(), LambdaCallback(on_epoch_end=lambda epoch, logs: lam.append(epoch),
+                                                                            on_train_begin=lambda logs: lam.append("begin"))])
+    assert lam == ["begin", 0, 1]
+    assert calls[0] == ("train_begin", {}) and calls[1] == ("epoch_begin", 0, {})
+    batch_ends = [c for c in calls if c[0] == "batch_end"]
+    assert [c[1] for c in batch_ends] == list(range(6)) and "loss" in batch_ends[0][2]
+    epoch_ends = [c for c in calls if c[0] == "epoch_end"]
+    assert [c[1] for c in epoch_ends] == [0, 1] and epoch_ends[1][2]["loss"] == history["loss"][1]
+    assert calls[-1][0] == "train_end" and calls[-1][1]["loss"] == history["loss"][-1]
+
+
+def test_a_hook_of_neither_form_is_refused_before_training(mnist):
+    x, y = mnist
+
+    class Wrong(Callback):
+        def on_epoch_end(self):
+            pass
+
+    with pytest.raises(ConfigError, match=r"Wrong.on_epoch_end takes \(\); it must take \(epoch, logs, loop\)"):
+        _fit(Tiny(), x, y, callbacks=[Wrong()])
+
+
+class _Loop:
+    learning_rate = 0.01
+
+    def check_learning_rate_settable(self):
+        pass
+
+
+def test_schedule_errors_reach_the_user_as_they_are():
+    def broken(epoch, lr):
+        return lr * None
+
+    with pytest.raises(TypeError, match="unsupported operand"):
+        LearningRateScheduler(broken).on_epoch_begin(0, _Loop())
+    loop = _Loop()
+    LearningRateScheduler(lambda epoch: 0.5 / (epoch + 1)).on_epoch_begin(1, loop)  # Keras's older form
+    assert loop.learning_rate == 0.25
+    LearningRateScheduler(lambda epoch, lr: lr * 2).on_epoch_begin(0, loop)
+    assert loop.learning_rate == 0.5
+
+
+def test_labels_as_a_column_and_the_progress_bar_ends_on_the_epochs_figures(mnist, capsys):
+    x, y = mnist
+    state, history = _fit(Tiny(), x, y[:, None], verbose=1)
+    err = capsys.readouterr().err
+    for loss, acc in zip(history["loss"], history["accuracy"]):
+        assert f"loss={loss:.4f}, accuracy={acc:.4f}" in err
+    _, flat = _fit(Tiny(), x, y)
+    assert flat.history["loss"] == history.history["loss"]
+    assert jaxcnn.evaluate(state, x, y[:, None]) == jaxcnn.evaluate(state, x, y)
+
+
+def test_sample_weight_errors_start_with_the_argument(mnist):
+    x, y = mnist
+    with pytest.raises(ShapeError) as e:
+        _fit(Tiny(), x, y, sample_weight=np.ones(3))
+    assert str(e.value).startswith("sample_weight has shape (3,)")
+
+
+def test_predictions_plot_refuses_logits():
+    images = np.zeros((4, 28, 28, 1), np.float32)
+    logits = np.array([[3.0, -1.0], [0.2, 0.1], [5.0, 2.0], [-1.0, 1.0]])
+    with pytest.raises(ShapeError, match=r"takes probabilities.*output=\"probs\""):
+        plots.predictions(images, [0, 1, 0, 1], logits)
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    plots.predictions(images, [0, 1, 0, 1], probs, count=4)
+
+
+def test_export_of_an_augmented_model_reloads_as_the_bare_model(mnist, tmp_path):
+    x, y = mnist
+    state, _ = _fit(augment.Augmented(Tiny(), (augment.RandomFlip("horizontal"),)), x, y, epochs=1)
+    checkpoint.export(tmp_path, state)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["module"] == "test_keras_habits:Tiny"
+    reloaded = checkpoint.load_state(tmp_path)
+    np.testing.assert_allclose(jaxcnn.predict(reloaded, x[:8]), jaxcnn.predict(state, x[:8]), rtol=1e-5, atol=1e-6)
+
+
+def test_augmented_refuses_an_nnx_module():
+    with pytest.raises(ConfigError, match="Augmented takes a Flax linen module, got NNXAct"):
+        augment.Augmented(NNXAct(rngs=nnx.Rngs(0)), (augment.RandomFlip("horizontal"),))
+
+
+def test_nnx_export_records_the_constructor_arguments_it_keeps(mnist, tmp_path):
+    x, y = mnist
+    state, _ = _fit(NNXAct("tanh", width=3, rngs=nnx.Rngs(0)), x, y, epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        checkpoint.export(tmp_path / "act", state)
+    assert json.loads((tmp_path / "act" / "model.json").read_text())["module_kwargs"] == {"act": "tanh", "width": 3}
+    reloaded = checkpoint.load_state(tmp_path / "act")
+    np.testing.assert_allclose(jaxcnn.predict(reloaded, x[:16]), jaxcnn.predict(state, x[:16]), rtol=1e-5, atol=1e-6)
+
+    forgets, _ = _fit(NNXForgets(2, scale=3.0, rngs=nnx.Rngs(0)), x, y, epochs=1)
+    with pytest.warns(UserWarning, match=r"NNXForgets.__init__ takes scale, which the module does not keep"):
+        checkpoint.export(tmp_path / "forgets", forgets)
+    with pytest.raises(CheckpointError, match="cannot rebuild the module: its attribute width"):
+        checkpoint.load_state(tmp_path / "forgets")
+    reloaded = checkpoint.load_state(tmp_path / "forgets", model=NNXForgets(2, rngs=nnx.Rngs(1)))
+    np.testing.assert_allclose(jaxcnn.predict(reloaded, x[:16]), jaxcnn.predict(forgets, x[:16]), rtol=1e-5, atol=1e-6)
