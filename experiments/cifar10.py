@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.common import cli, MODEL_HELP, RunConfig, build_parser, config_from_args, main_guard, parse_args, run, save_figure
+from jaxcnn.errors import ConfigError
 
 # The report's Figure 4 shows training images x_train[13] and x_train[37] (R, 1-based).
 FIGURE4_INDICES: tuple[int, ...] = (12, 36)
@@ -86,10 +87,12 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
     chosen = str(pre.parse_known_args(argv)[0].model).strip()
     if chosen in ("1", "2", "3", "4"):
         defaults = DEFAULTS[int(chosen)]
+    elif chosen.lstrip("-").isdigit():
+        raise ConfigError(f"--model {chosen}: the report's CIFAR-10 CNNs are 1, 2, 3 and 4; or give {MODEL_HELP}")
     else:  # another model trains with CNN 1's settings
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in chosen)
         defaults = dataclasses.replace(DEFAULTS[1], name=f"cifar10-{safe}", model=chosen)
-    parser = build_parser(__doc__, defaults)
+    parser = build_parser(__doc__, defaults, name="cifar10")
     parser.add_argument(
         "--model", default="1",
         help=f"1, 2, 3 or 4: the report's CIFAR-10 CNNs (default %(default)s); or {MODEL_HELP}, trained with CNN 1's settings",

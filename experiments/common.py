@@ -121,10 +121,17 @@ MODEL_HELP = (
 )
 
 
-def build_parser(description: str, defaults: RunConfig, *, model_and_dataset: bool = False) -> argparse.ArgumentParser:
+def prog(name: str) -> str:
+    """The command as users type it, for ``usage:`` lines: ``python -m experiments.NAME``."""
+    return f"python -m experiments.{name}"
+
+
+def build_parser(description: str, defaults: RunConfig, *, model_and_dataset: bool = False,
+                 name: str = "mnist") -> argparse.ArgumentParser:
     """Flags that map onto :class:`RunConfig`, with its values as defaults. With
-    ``model_and_dataset``, also ``--dataset`` and ``--model``."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ``model_and_dataset``, also ``--dataset`` and ``--model``. ``name``: the experiment's
+    module, for the usage line."""
+    p = argparse.ArgumentParser(prog=prog(name), description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     if model_and_dataset:
         p.add_argument("--dataset", default=defaults.dataset, help="mnist, fashion_mnist or cifar10 (default %(default)s)")
         p.add_argument("--model", default=defaults.model, help=f"{MODEL_HELP} (default %(default)s)")

@@ -63,7 +63,7 @@ def _dataset_for(input_shape: tuple[int, ...]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m experiments.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory written by an experiment (holds model/), or an exported model directory (holds model.json)")
     p.add_argument("--count", type=int, default=9, help=f"how many test images to show, 1 to {MAX_COUNT} (default %(default)s)")
     p.add_argument("--dataset", default=None, help="mnist, fashion_mnist or cifar10 (default: the run's, or inferred from the model)")

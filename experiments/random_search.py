@@ -77,7 +77,7 @@ def build_parser() -> Any:
     import argparse
 
     s = DEFAULTS.search
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m experiments.random_search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=s.trials, help="number of trials (default %(default)s)")
     p.add_argument("--epochs", type=int, default=s.epochs, help="epochs per trial (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=s.batch_size, help="batch size (default %(default)s)")

@@ -139,7 +139,7 @@ def test_unknown_model_is_a_one_line_error(tmp_path, capsys):
     out = tmp_path / "never-made"
     assert main_guard(cifar10.main, ["--model", "5", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: unknown model '5'") and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: --model 5: the report's CIFAR-10 CNNs are 1, 2, 3 and 4") and len(err.strip().splitlines()) == 1
     assert main_guard(cifar10.main, ["--model", "mnist_cn", "--out", str(out)]) == 2
     assert "did you mean 'mnist_cnn'?" in capsys.readouterr().err
     assert not out.exists()

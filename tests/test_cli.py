@@ -279,3 +279,12 @@ def test_report_reruns_predict_over_its_own_stale_figure(tmp_path, monkeypatch):
     value, error, png = report.predict_best(best, stem, tmp_path / "predict.log", False)
     assert (value, error) == ({"loss": 0.5, "accuracy": 0.9}, "") and png.read_bytes() == b"new figure"
     assert sorted(p.name for p in stem.parent.iterdir()) == ["rs-best-predictions.json", "rs-best-predictions.png"]
+
+
+def test_usage_lines_name_the_command_users_type(capsys):
+    from experiments import cifar10, mnist, predict, random_search
+
+    for module, name in ((mnist, "mnist"), (cifar10, "cifar10"), (predict, "predict"), (random_search, "random_search")):
+        with pytest.raises(SystemExit):
+            module.main(["--help"])
+        assert capsys.readouterr().out.startswith(f"usage: python -m experiments.{name} ")

@@ -127,7 +127,7 @@ def test_trial_t_gets_the_same_hyperparameters_in_any_order():
 # -- searching ------------------------------------------------------------------------------------
 
 
-def test_custom_model_class_with_dropout_and_training_hyperparameters(small, tmp_path):
+def test_custom_model_class_with_dropout_and_training_hyperparameters(small, tmp_path, capsys):
     # A linen class gets features and dropout from the space; learning rate, optimizer and batch
     # size go to training. A second call on the same directory continues the study: nothing trains.
     space = {
@@ -157,10 +157,16 @@ def test_custom_model_class_with_dropout_and_training_hyperparameters(small, tmp
     assert header.startswith("trial,features,dropout,learning_rate,optimizer,batch_size,seed,status,state,loss")
     for name in ("history.png", "params.png", "importances.png", "best.json", "best/history.png", "trials/001/model/params.msgpack"):
         assert (tmp_path / name).is_file(), name
+    saved = (tmp_path / "best.json").read_bytes()
     again = search.random_search(*small, space, model=TinyCNN, trials=2, seed=2, out=tmp_path, **OPTS)
     assert again.trained_here == 0
     assert [t.results for t in again.trials] == [t.results for t in result.trials]
     assert len(again.study.trials) == 2
+    # Fewer trials than the study holds: said, nothing trained, and the files (and times) kept.
+    fewer = search.random_search(*small, space, model=TinyCNN, trials=1, seed=2, out=tmp_path, **{**OPTS, "verbose": 1})
+    assert fewer.trained_here == 0 and len(fewer.trials) == 2
+    assert "already holds 2 trials, more than trials=1" in capsys.readouterr().out
+    assert (tmp_path / "best.json").read_bytes() == saved
 
 
 def test_define_by_run_search_and_pruning(small):

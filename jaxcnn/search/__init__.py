@@ -222,8 +222,8 @@ def random_search(
     result = collect(study, config, space, run_dir, local)
     result.wall_time_s = time.perf_counter() - t_start
     result.trained_here = trained
-    if run_dir is not None:
-        save_results(result, run_dir)
+    if run_dir is not None and not (trained == 0 and _saved_trials(run_dir) == len(result.trials)):
+        save_results(result, run_dir)  # a rerun that trained nothing keeps the files (and times) already written
     if config.verbose:
         from jaxcnn.search.report import console_table
 
@@ -236,6 +236,14 @@ def random_search(
         else:
             say("No trial finished with a usable result")
     return result
+
+
+def _saved_trials(run_dir: Path) -> int | None:
+    """How many trials ``run_dir/best.json`` counts (None: no readable one)."""
+    try:
+        return int(json.loads((run_dir / "best.json").read_text())["trials"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 run = random_search  # the same function, for searches that are not random (sampler="tpe")

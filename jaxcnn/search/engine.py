@@ -369,7 +369,8 @@ def open_study(
             print_(f"Extending study {study_name!r} from {have} to {config.trials} trials")
         _add_slots(study, have + 1, config, space)
     elif have > config.trials:
-        print_(f"Study {study_name!r} has {have} trials; running all of them")
+        print_(f"Study {study_name!r} already holds {have} trials, more than trials={config.trials}: it keeps (and "
+               "finishes) all of them, as a study only grows; choose another out or study to search again")
     return study
 
 
