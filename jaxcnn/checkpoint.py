@@ -94,13 +94,12 @@ def _nnx_kwargs(adapter: Any) -> dict[str, Any]:
     for p in params:
         if p.name == "rngs" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
-        value = getattr(module, p.name, inspect.Parameter.empty)
-        saved = _json_kwargs({p.name: value})[p.name] if value is not inspect.Parameter.empty else None
-        if saved is not None and not (isinstance(saved, dict) and "unserializable" in saved):
-            out[p.name] = saved
-        elif value is None and hasattr(module, p.name):
-            out[p.name] = None
-        elif p.default is inspect.Parameter.empty:
+        if hasattr(module, p.name):
+            saved = _json_kwargs({p.name: getattr(module, p.name)})[p.name]
+            if not (isinstance(saved, dict) and "unserializable" in saved):
+                out[p.name] = saved
+                continue
+        if p.default is inspect.Parameter.empty:
             out[p.name] = {"unserializable": f"<the constructor argument {p.name}, not kept as a plain attribute self.{p.name}>"}
         else:
             warnings.warn(

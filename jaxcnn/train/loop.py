@@ -211,7 +211,6 @@ def run_epoch(state: TrainState, strategy: Strategy, data: Data, order: np.ndarr
         if (i + 1) % log_every and i + 1 < len(units):
             continue
         m = jax.device_get(acc)
-        seen = max(float(m["count"]), 1.0)
         if bar is not None and i + 1 < len(units):
             _postfix(bar, m, t0)
             bar.update(done - bar.n)
