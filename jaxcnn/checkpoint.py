@@ -167,6 +167,8 @@ def export(directory: str | os.PathLike[str], state: Any, model_name: str | None
     optimizer and its loss to ``directory``. Works for any linen or NNX module; a model behind an
     :class:`jaxcnn.augment.Augmented` wrapper is exported as the bare model (the same parameters:
     augmentation is for training only), so that it reloads and predicts without the wrapper."""
+    if isinstance(state, (str, os.PathLike)) and hasattr(directory, "params"):
+        raise ConfigError("export takes the directory first, then the state: export('runs/model', state)")
     state = bare_state(state)
     spec = model_spec(state, model_name, model_kwargs)
     directory = Path(directory)

@@ -1,7 +1,8 @@
 """What a Keras user writes works, or is refused in one line (defects a new user found):
 Keras-style callback hooks, a schedule's own TypeError, labels as a column (N, 1), the
 progress bar's last figures, logits given to a probability plot, exports of augmented and of
-NNX models with constructor arguments."""
+NNX models with constructor arguments, modules with list attributes, Keras's ``verbose`` on
+evaluate and predict."""
 
 from __future__ import annotations
 
@@ -24,6 +25,30 @@ class Tiny(nn.Module):
     def __call__(self, x, train: bool = False):
         x = nn.relu(nn.Conv(4, (3, 3), strides=2)(x))
         return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+class Widths(nn.Module):
+    """Layer widths as a list, as a Keras user writes them: the module does not hash."""
+
+    widths: list
+    rate: float = 0.25
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.reshape(x.shape[0], -1)
+        for w in self.widths:
+            x = nn.Dropout(self.rate, deterministic=not train)(nn.relu(nn.Dense(w)(x)))
+        return nn.Dense(10)(x)
+
+
+class Scaled(nn.Module):
+    """An array attribute: the module neither hashes nor compares."""
+
+    scale: np.ndarray
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(10)(x.reshape(x.shape[0], -1) * self.scale.mean())
 
 
 class NNXAct(nnx.Module):
@@ -183,3 +208,36 @@ def test_nnx_export_records_the_constructor_arguments_it_keeps(mnist, tmp_path):
         checkpoint.load_state(tmp_path / "forgets")
     reloaded = checkpoint.load_state(tmp_path / "forgets", model=NNXForgets(2, rngs=nnx.Rngs(1)))
     np.testing.assert_allclose(jaxcnn.predict(reloaded, x[:16]), jaxcnn.predict(forgets, x[:16]), rtol=1e-5, atol=1e-6)
+
+
+def test_modules_with_list_or_array_attributes_train_reuse_and_export(mnist, tmp_path):
+    x, y = mnist
+    state, history = _fit(Widths([16, 8]), x, y, validation_data=(x[:64], y[:64]))
+    n = jaxcnn.train.compile_count()
+    again, history2 = _fit(Widths([16, 8]), x, y, validation_data=(x[:64], y[:64]))
+    assert history2.history["loss"] == history.history["loss"]
+    assert jaxcnn.train.compile_count() == n  # an equal module reuses the programs
+    checkpoint.export(tmp_path / "w", state)
+    assert json.loads((tmp_path / "w" / "model.json").read_text())["module_kwargs"]["widths"] == [16, 8]
+    reloaded = checkpoint.load_state(tmp_path / "w")
+    np.testing.assert_allclose(jaxcnn.predict(reloaded, x[:16]), jaxcnn.predict(state, x[:16]), rtol=1e-5, atol=1e-6)
+    other, _ = _fit(Widths([16, 9]), x, y, epochs=1)
+    assert other.params["Dense_1"]["kernel"].shape == (16, 9)
+    scaled, h = _fit(Scaled(np.full(3, 0.5, np.float32)), x, y, epochs=1)
+    assert np.isfinite(h.history["loss"][0])
+    with pytest.raises(ConfigError, match="export takes the directory first"):
+        checkpoint.export(state, str(tmp_path / "x"))
+
+
+def test_evaluate_and_predict_take_keras_verbose(mnist, capsys):
+    x, y = mnist
+    state, _ = _fit(Tiny(), x, y, epochs=1)
+    quiet = jaxcnn.evaluate(state, x, y, verbose=0)
+    assert capsys.readouterr().out == ""
+    loud = jaxcnn.evaluate(state, x, y, verbose="auto")
+    out = capsys.readouterr().out
+    assert loud == quiet and out.startswith("192 examples in ") and f"loss: {quiet['loss']:.4f}" in out
+    assert jaxcnn.predict(state, x, verbose=1).shape == (192, 10)
+    assert capsys.readouterr().out.startswith("192 examples predicted in ")
+    with pytest.raises(ConfigError, match="verbose must be 0, 1, 2 or 'auto', got 3"):
+        jaxcnn.evaluate(state, x, y, verbose=3)

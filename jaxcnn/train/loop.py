@@ -580,11 +580,22 @@ def _log_order(logs: dict[str, float]) -> list[str]:
     return [*train, *[k for k in logs if k.startswith("val_")], *[k for k in tail if k in logs]]
 
 
+def _check_verbose(verbose: Any) -> int:
+    """Keras's ``verbose`` for evaluate and predict: 0 (or False) silent; 1, 2, True or "auto"
+    one line when done."""
+    if verbose == "auto" or (isinstance(verbose, (bool, int, np.integer)) and int(verbose) in (0, 1, 2)):
+        return 1 if verbose == "auto" else int(verbose)
+    raise ConfigError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
+
+
 def evaluate(state: TrainState, x: Any, y: Any, batch_size: int = 128, devices: Any = "auto", *,
-             sample_weight: Any = None, metrics: Sequence[Any] = ()) -> dict[str, float]:
+             sample_weight: Any = None, metrics: Sequence[Any] = (), verbose: int | str = 0) -> dict[str, float]:
     """Loss (with L2 terms), accuracy and the state's (or ``metrics``') metrics of ``state`` on
     images ``x`` (N, H, W, C) and labels ``y``; ``metrics=["confusion_matrix"]`` adds the
-    (classes, classes) matrix, rows the true class."""
+    (classes, classes) matrix, rows the true class. ``verbose`` 1, 2 or "auto" prints the
+    figures in one line, as Keras's last line of ``evaluate`` (default 0: silent)."""
+    verbose = _check_verbose(verbose)
+    t0 = time.perf_counter()
     batch_size = checks.check_positive_int(batch_size, "batch_size")
     xs = np.ascontiguousarray(checks.check_images(x, state.input_shape, "x"), np.float32)
     ys = checks.check_labels(y, len(xs), state.num_classes, "y")
@@ -595,13 +606,21 @@ def evaluate(state: TrainState, x: Any, y: Any, batch_size: int = 128, devices: 
     # "auto" evaluates a BatchNorm model on the CPU mesh of parts, as fit's validation does.
     strategy = choose_strategy(devices, batch_size if devices == "auto" else 1, state, data_on_device=False)
     acc = strategy.evaluate(strategy.put_state(state), Data(xs, ys, w), batch_size)
-    return metric_logs(state, acc, arrays=True)
+    logs = metric_logs(state, acc, arrays=True)
+    if verbose:
+        figures = " - ".join(f"{k}: {float(v):.4f}" for k, v in logs.items() if np.ndim(v) == 0)
+        print(f"{_plural(len(xs), 'example')} in {time.perf_counter() - t0:.1f}s - {figures}", flush=True)
+    return logs
 
 
-def predict(state: TrainState, x: Any, batch_size: int = 512, output: str = "logits") -> np.ndarray:
+def predict(state: TrainState, x: Any, batch_size: int = 512, output: str = "logits", *,
+            verbose: int | str = 0) -> np.ndarray:
     """Model outputs for ``x`` (N, H, W, C): ``"logits"`` (the raw outputs (N, classes): logits,
     or the probabilities of a model that ends in a softmax), ``"probs"`` (softmax of logits; a
-    softmax output as it is) or ``"classes"`` (N,)."""
+    softmax output as it is) or ``"classes"`` (N,). ``verbose`` 1, 2 or "auto" prints how many
+    examples and how long, when done (default 0: silent)."""
+    verbose = _check_verbose(verbose)
+    t0 = time.perf_counter()
     if output not in ("logits", "probs", "classes"):
         raise ConfigError(f"output must be 'logits', 'probs' or 'classes', got {output!r}")
     xs = np.ascontiguousarray(checks.check_images(x, state.input_shape, "x"), np.float32)
@@ -611,6 +630,8 @@ def predict(state: TrainState, x: Any, batch_size: int = 512, output: str = "log
     else:  # where fit would run the model: parts dealt to the CPU devices, the mesh for BatchNorm
         strategy = choose_strategy("auto", min(batch_size, len(xs)), state, data_on_device=False)
         raw = strategy.predict(strategy.put_state(state), xs, batch_size)
+    if verbose:
+        print(f"{_plural(len(xs), 'example')} predicted in {time.perf_counter() - t0:.1f}s", flush=True)
     if output == "classes":
         return raw.argmax(-1)
     if output == "probs" and not state.outputs_are_probs:

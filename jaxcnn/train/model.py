@@ -60,6 +60,27 @@ class LinenModel:
 
     kind = "linen"
 
+    # Equal modules share compiled programs (jit keys on the adapter). A module whose attributes
+    # do not hash (a list of layer widths, say) hashes by its type, which is still consistent
+    # with equality; one that cannot be compared (an array attribute) equals only itself.
+    def __hash__(self) -> int:
+        try:
+            return hash((self.module, self.train_arg))
+        except TypeError:
+            return hash((type(self.module), self.train_arg))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LinenModel):
+            return NotImplemented
+        if self.train_arg != other.train_arg:
+            return False
+        if self.module is other.module:
+            return True
+        try:
+            return bool(self.module == other.module)
+        except Exception:  # noqa: BLE001 - e.g. array attributes: "truth value ... is ambiguous"
+            return False
+
     def call_kwargs(self, train: bool) -> dict[str, bool]:
         """The keyword arguments that put the module in training or evaluation mode."""
         if self.train_arg is None:
