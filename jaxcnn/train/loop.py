@@ -25,7 +25,8 @@ from jaxcnn.callbacks import Callback, Hooks, hook
 from jaxcnn.errors import ConfigError, ShapeError, TrainingError
 from jaxcnn.train import step as steps
 from jaxcnn.train.model import adapt
-from jaxcnn.train.state import TrainState, create_train_state, output_classes
+from jaxcnn.train import state as state_mod
+from jaxcnn.train.state import TrainState, output_classes, start_state
 from jaxcnn.train.strategies import Data, StatsMesh, Strategy, choose_strategy, jit_predict, predict_batches
 
 
@@ -308,13 +309,17 @@ def _check_inputs(model_or_state: Any, x: Any, y: Any, *, validation_split: floa
     return _Inputs(train, val, input_shape, num_classes)
 
 
-def _resolve_loss(state: TrainState, loss: Any, from_logits: bool | None, label_smoothing: float, x: np.ndarray) -> TrainState:
-    """Fix ``from_logits`` from the model's outputs on a few training images (one small forward
-    pass): a softmax output is taken as probabilities, as Keras's default loss does."""
+def _resolve_loss(state: TrainState, loss: Any, from_logits: bool | None, label_smoothing: float, x: np.ndarray,
+                  outputs: np.ndarray | None = None) -> TrainState:
+    """Fix ``from_logits`` from the model's outputs on a few training images (``outputs``, from
+    the program that built the state, or one small forward pass): a softmax output is taken as
+    probabilities, as Keras's default loss does."""
     if loss is None and from_logits is None and label_smoothing == 0.0 and state.loss.from_logits is not None:
         return state  # a state that was resolved before
     resolved = losses.get_loss(loss if loss is not None else state.loss, from_logits=from_logits, label_smoothing=label_smoothing)
-    probs = losses.looks_like_probabilities(jit_predict(state, jnp.asarray(x[:8])))
+    if outputs is None:
+        outputs = jit_predict(state, x[: state_mod.SAMPLE])
+    probs = losses.looks_like_probabilities(outputs)
     if resolved.from_logits is None:
         resolved = resolved.with_from_logits(not probs)
     elif isinstance(resolved, losses.CategoricalCrossentropy) and bool(resolved.from_logits) == probs:
@@ -484,9 +489,11 @@ def fit(
         if metrics:
             state = state.replace(metrics=tuple(_get_metrics(metrics)))
     else:
-        state = create_train_state(model_or_state, inputs.input_shape, optimizer, learning_rate, seed, metrics=_get_metrics(metrics))
+        state, outputs = start_state(model_or_state, inputs.input_shape, optimizer, learning_rate, seed,
+                                     metrics=_get_metrics(metrics), sample=inputs.train.x[: state_mod.SAMPLE])
         strategy = choose_strategy(devices, batch_size, state, data_on_device)
-    state = _resolve_loss(state, loss, from_logits, label_smoothing, inputs.train.x)
+    state = _resolve_loss(state, loss, from_logits, label_smoothing, inputs.train.x,
+                          None if isinstance(model_or_state, TrainState) else outputs)
     history = History(params={"epochs": epochs, "batch_size": batch_size, "samples": len(inputs.train.x), "seed": seed})
     callbacks = list(callbacks)
     hooks = [Hooks(cb) for cb in callbacks]  # a hook of neither jaxcnn's nor Keras's form fails here
@@ -502,8 +509,10 @@ def fit(
         raise
     if restored is not None:
         state, initial_epoch, history = restored.state, restored.epoch, restored.history
-    # The train step donates its state buffers; copy once so the caller's state stays usable.
-    loop = Loop(strategy.put_state(_copy_tree(state)), history)
+    # The train step donates its state buffers; copy once so the caller's state stays usable
+    # (a state fit built itself is its own).
+    own = not isinstance(model_or_state, TrainState) and restored is None
+    loop = Loop(strategy.put_state(state if own else _copy_tree(state)), history)
     for h in hooks:
         h.on_train_begin(loop)
     if restored is not None:

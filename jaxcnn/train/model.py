@@ -91,6 +91,11 @@ class LinenModel:
         variables = self.module.init({"params": key, "dropout": dropout_key}, x, **self.call_kwargs(False))
         return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
 
+    def init_with_output(self, key: jax.Array, dropout_key: jax.Array, x: jax.Array) -> tuple[Any, dict[str, Any]]:
+        """:meth:`init`'s variables and the outputs for ``x`` of the same (evaluation-mode) call."""
+        out, variables = self.module.init_with_output({"params": key, "dropout": dropout_key}, x, **self.call_kwargs(False))
+        return out, {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+
     def apply(self, variables: Any, x: jax.Array, *, train: bool = False, rngs: Any = None, mutable: Any = False) -> Any:
         if rngs is None and self.train_arg is None:
             rngs = {"dropout": jax.random.key(0)}  # a module without `train` may drop out always

@@ -56,14 +56,12 @@ def output_classes(model: Any, input_shape: Sequence[int]) -> int:
 
 @memo_if_hashable(maxsize=32)
 def _output_classes(adapter: Model, input_shape: tuple[int, ...]) -> int:
-    x = jax.ShapeDtypeStruct((1, *tuple(input_shape)), jnp.float32)
-
-    def run(x):
-        variables = adapter.init(jax.random.key(0), jax.random.key(1), x)
-        return adapter.apply(variables, x, train=False)
-
     try:
-        out = jax.eval_shape(run, x)
+        if adapter.kind == "linen":  # the trace of the state's first program, which jit keeps for it
+            out = _start_traced(adapter, input_shape).out_info[2]
+        else:
+            x = jax.ShapeDtypeStruct((1, *tuple(input_shape)), jnp.float32)
+            out = jax.eval_shape(lambda x: adapter.apply(adapter.init(None, None, x), x, train=False), x)
     except TypeError as e:
         if "positional argument" in str(e) or "keyword argument" in str(e):
             raise call_error(getattr(adapter, "module", adapter), e) from None
@@ -78,13 +76,11 @@ def _output_classes(adapter: Model, input_shape: tuple[int, ...]) -> int:
 
 def has_batch_stats(model: Any, input_shape: Sequence[int]) -> bool:
     """Whether ``model`` keeps batch statistics (BatchNorm), found by tracing alone: nothing
-    compiles and, for a linen module, JAX's backend is not started (so the CPU device count
-    can still be chosen, :func:`jaxcnn.use_cpu_devices`)."""
+    compiles."""
     adapter = adapt(model)
     if adapter.kind == "nnx":
         return bool(jax.tree.leaves(adapter.initial_variables()["batch_stats"]))
-    x = jax.ShapeDtypeStruct((1, *tuple(int(d) for d in input_shape)), jnp.float32)
-    shapes = jax.eval_shape(lambda x: adapter.init(jax.random.key(0), jax.random.key(1), x), x)
+    shapes = _start_traced(adapter, tuple(int(d) for d in input_shape)).out_info[0]
     return bool(jax.tree.leaves(shapes.get("batch_stats", {})))
 
 
@@ -120,16 +116,82 @@ def create_train_state(
     ``jaxcnn.layers``); dropout keys, for every kind, from a key split off it. ``loss`` is
     resolved by :func:`jaxcnn.losses.get_loss`.
     """
+    return start_state(model, input_shape, optimizer, learning_rate, seed, loss=loss, metrics=metrics)[0]
+
+
+def start_state(model: Any, input_shape: Sequence[int], optimizer: str | optax.GradientTransformation = "rmsprop",
+                learning_rate: optim.LearningRate | None = None, seed: int = 0, *, loss: Any = None,
+                metrics: Sequence[Any] = (), sample: np.ndarray | None = None) -> tuple[TrainState, np.ndarray | None]:
+    """:func:`create_train_state`, and the model's evaluation-mode outputs for ``sample`` (up to
+    :data:`SAMPLE` images; None when not given or not computed in the same program), which
+    ``fit`` reads to tell logits from probabilities without a program of its own."""
     input_shape = tuple(int(d) for d in input_shape)
     if len(input_shape) != 3:
         raise ShapeError(f"input_shape must be (H, W, C), got {input_shape}")
     tx, spec = optimizer_from(optimizer, learning_rate)
     adapter = adapt(model)
     num_classes = output_classes(adapter, input_shape)  # traced only: a bad shape fails here, uncompiled
-    init_key, dropout_key = _seed_keys(seed)
-    variables = _init_variables(adapter, input_shape, init_key, dropout_key)
-    return state_from_variables(adapter, variables, tx, dropout_key, input_shape, num_classes,
-                                loss=losses.get_loss(loss), metrics=tuple(metrics), optimizer_spec=spec)
+    outputs = None
+    if adapter.kind == "linen" and 0 <= int(seed) < 2**32:
+        images = np.zeros((SAMPLE, *input_shape), np.float32)
+        if sample is not None and len(sample):
+            images = np.resize(np.asarray(sample[:SAMPLE], np.float32), images.shape)  # repeated up to SAMPLE rows
+        variables, dropout_key, out = _start(adapter, input_shape, int(seed), images)
+        outputs = None if sample is None or not len(sample) else np.asarray(out)[: min(len(sample), SAMPLE)]
+    else:
+        init_key, dropout_key = _seed_keys(seed)
+        variables = _init_variables(adapter, input_shape, init_key, dropout_key)
+    state = state_from_variables(adapter, variables, tx, dropout_key, input_shape, num_classes,
+                                 loss=losses.get_loss(loss), metrics=tuple(metrics), optimizer_spec=spec)
+    return state, outputs
+
+
+# A linen module's start, one program: the seed's keys, the initial variables and the outputs
+# of that same (evaluation-mode) call on a few images: their shape is the output probe, their
+# values tell fit whether the model ends in a softmax. A start of training traces, lowers and
+# compiles (or loads from the persistent cache) each program it runs, also when warm; as one
+# program the model is traced once for all three (it was four times), and three programs fewer
+# are lowered and loaded. Flax's initialisers read the input's shape, not its values, so the
+# variables are those of init on zeros (tested).
+
+#: Images the start program runs the model on (fit's first training images, else zeros).
+SAMPLE = 8
+
+
+def _start_impl(adapter: Model, input_shape: tuple[int, ...], impl: str, seed: Array, images: Array) -> Any:
+    init_key, dropout_key = jax.random.split(jax.random.key(seed, impl=impl))
+    out, variables = adapter.init_with_output(init_key, dropout_key, images)
+    return variables, dropout_key, out
+
+
+_start_jitted = jax.jit(_start_impl, static_argnums=(0, 1, 2))
+_SEED = jax.ShapeDtypeStruct((), np.uint32)
+
+
+def _start_args(input_shape: tuple[int, ...]) -> tuple[Any, Any]:
+    return _SEED, jax.ShapeDtypeStruct((SAMPLE, *input_shape), np.float32)
+
+
+def _start_traced(adapter: Model, input_shape: tuple[int, ...]) -> Any:
+    """The start program traced (jit keeps the trace: the call that compiles it reuses it);
+    nothing compiles."""
+    return _start_jitted.trace(adapter, input_shape, jax.config.jax_default_prng_impl, *_start_args(input_shape))
+
+
+@memo_if_hashable(maxsize=32)
+def _start_compiled(adapter: Model, input_shape: tuple[int, ...], impl: str, backend: str) -> Any:
+    # Compiled ahead of time to give the CPU its once-only options (ONCE_OPTIONS).
+    lowered = _start_jitted.trace(adapter, input_shape, impl, *_start_args(input_shape)).lower()
+    return lowered.compile(ONCE_OPTIONS if backend == "cpu" else None)
+
+
+def _start(adapter: Model, input_shape: tuple[int, ...], seed: int, images: np.ndarray | None = None) -> tuple[Any, Array, Array]:
+    """(initial variables, dropout key, outputs for ``images``) of a linen module: the variables
+    of ``init`` with ``split(key(seed))``'s first key, as eagerly (tested)."""
+    compiled = _start_compiled(adapter, input_shape, jax.config.jax_default_prng_impl, jax.default_backend())
+    if images is None:
+        images = np.zeros((SAMPLE, *input_shape), np.float32)
+    return compiled(np.uint32(seed), images)
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcnn.train.state import TrainState
 
@@ -64,12 +65,14 @@ def class_labels(y: Array) -> Array:
 
 def zero_metrics(state: TrainState) -> dict[str, Any]:
     """The accumulator of an epoch: sums of the batch metrics, and the first bad step."""
-    zero = lambda: jnp.zeros((), jnp.float32)  # noqa: E731 - four buffers: each is donated
+    # NumPy, placed by the caller: as JAX arrays each zero would be a program of its own to
+    # compile (or load) at the start. Separate buffers: a metric may share one zero array between
+    # fields, and each leaf is donated.
+    zero = lambda: np.zeros((), np.float32)  # noqa: E731
     return {
         "loss_sum": zero(), "correct": zero(), "weight": zero(), "count": zero(),
-        # Copies: a metric may share one zero array between fields, and each leaf is donated.
-        "extra": jax.tree.map(lambda a: jnp.array(a, copy=True), tuple(m.init(state.num_classes) for m in state.metrics)),
-        "bad_step": jnp.full((), -1, jnp.int32),
+        "extra": jax.tree.map(lambda a: np.array(a, copy=True), tuple(m.init(state.num_classes) for m in state.metrics)),
+        "bad_step": np.full((), -1, np.int32),
     }
 
 
