@@ -93,6 +93,11 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in chosen)
         defaults = dataclasses.replace(DEFAULTS[1], name=f"cifar10-{safe}", model=chosen)
     parser = build_parser(__doc__, defaults, name="cifar10")
+    whose = f"CNN {chosen}'s" if chosen in ("1", "2", "3", "4") else "CNN 1's, for other models"
+    for action in parser._actions:  # these defaults are the chosen model's (the table above)
+        if action.dest in ("epochs", "batch_size", "learning_rate", "patience") and action.help:
+            value = "none" if action.default is None else action.default
+            action.help = action.help.replace("(default %(default)s)", f"(default: the --model's; {whose} {value})")
     parser.add_argument(
         "--model", default="1",
         help=f"1, 2, 3 or 4: the report's CIFAR-10 CNNs (default %(default)s); or {MODEL_HELP}, trained with CNN 1's settings",

@@ -116,7 +116,10 @@ def run(config: RandomSearchRun) -> dict[str, Any]:
     out = Path(config.out or f"runs/{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if config.resume and not (out / "search.json").is_file():
         raise ConfigError(f"--resume: {out} holds no search to continue; drop --resume to start one there")
-    config.search.check()  # bad settings (a seed out of range...): one line, nothing created
+    try:
+        config.search.check()  # bad settings (a seed out of range...): one line, nothing created
+    except ConfigError as e:
+        raise ConfigError(as_flags(str(e))) from None
     try:
         ds = data.load(config.dataset, config.data_dir)
         if config.limit is not None:
@@ -179,6 +182,18 @@ def _interrupted(config: RandomSearchRun, out: Path) -> str:
     n = _finished_trials(config, out)
     kept = "keeps its finished trials" if n is None else f"keeps {n} finished trial{'' if n == 1 else 's'}"
     return f"the {where} {kept}; continue with: {resume_command(config, out)}"
+
+
+#: SearchConfig's fields that are this command's flags under other spellings.
+FLAGS = {"trials": "--trials", "epochs": "--epochs", "batch_size": "--batch-size", "seed": "--seed",
+         "sampler": "--sampler", "pruner": "--pruner", "heartbeat_interval": "--heartbeat", "verbose": "--verbose"}
+
+
+def as_flags(message: str) -> str:
+    """A SearchConfig error as this command's user sees it: the field it starts with named by its
+    flag (``trials must be ...`` -> ``--trials must be ...``)."""
+    field_name, _, rest = message.partition(" ")
+    return f"{FLAGS[field_name]} {rest}" if field_name in FLAGS else message
 
 
 def _hide(url: str | None) -> str | None:

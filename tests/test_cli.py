@@ -217,8 +217,20 @@ def test_random_search_bad_seed_is_one_line_and_creates_nothing(tmp_path):
         proc = _run(["--seed", seed, "--out", str(out), "--limit", "200", "--trials", "1", "--epochs", "1"],
                     module="experiments.random_search")
         assert proc.returncode == 2
-        assert proc.stderr.strip().splitlines() == [f"error: seed must be a whole number from 0 to 4294967295, got {seed}"], proc.stderr
+        assert proc.stderr.strip().splitlines() == [f"error: --seed must be a whole number from 0 to 4294967295, got {seed}"], proc.stderr
         assert not out.exists()
+
+
+def test_random_search_errors_name_the_flags_not_the_fields(tmp_path):
+    from experiments import random_search
+    from jaxcnn.errors import ConfigError
+
+    for flag, field_name in (("--trials", "trials"), ("--heartbeat", "heartbeat_interval"), ("--batch-size", "batch_size")):
+        with pytest.raises(ConfigError, match=f"^{flag} must be a positive integer, got 0$"):
+            random_search.main([flag, "0", "--out", str(tmp_path / "rs")])
+        assert random_search.FLAGS[field_name] == flag
+    assert not (tmp_path / "rs").exists()
+    assert random_search.as_flags("grace_period must be ...") == "grace_period must be ..."  # not a flag: as it is
 
 
 def test_random_search_ctrl_c_says_what_is_kept_and_how_to_continue(tmp_path, monkeypatch, capsys):
@@ -288,3 +300,14 @@ def test_usage_lines_name_the_command_users_type(capsys):
         with pytest.raises(SystemExit):
             module.main(["--help"])
         assert capsys.readouterr().out.startswith(f"usage: python -m experiments.{name} ")
+
+
+def test_cifar10_help_says_whose_defaults_it_shows(capsys):
+    from experiments import cifar10
+
+    for argv, shown in ((["--help"], "CNN 1's 10"), (["--model", "3", "--help"], "CNN 3's 20"),
+                        (["--model", "mnist_cnn", "--help"], "CNN 1's, for other models 10")):
+        with pytest.raises(SystemExit):
+            cifar10.parse_config(argv)
+        out = " ".join(capsys.readouterr().out.split())
+        assert f"maximum epochs (default: the --model's; {shown})" in out

@@ -303,5 +303,5 @@ def test_experiment_end_to_end(tmp_path, capsys):
     assert (out / "trials.csv").read_text().splitlines()[0].startswith("trial,kernel_size,weight_decay,learning_rate,seed,status,state,loss")
     with pytest.raises(ConfigError, match="holds no search to continue"):
         exp.main(["--out", str(tmp_path / "empty"), "--resume", "--verbose", "0"])
-    with pytest.raises(ConfigError, match=r"differs in epochs"):
+    with pytest.raises(ConfigError, match=r"differs in epochs.*choose another study \(study_name=, or --study on the command line\) or out directory$"):
         exp.main(["--limit", "200", "--epochs", "2", "--batch-size", "64", "--out", str(out), "--trials", "3", "--verbose", "0"])

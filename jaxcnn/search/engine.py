@@ -359,10 +359,10 @@ def open_study(
         diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
         raise ConfigError(
             f"study {study_name!r} holds a different search (it differs in {', '.join(diff)}); join it with the "
-            "same settings and data, or choose another --study (or --out)"
+            "same settings and data, or choose another study (study_name=, or --study on the command line) or out directory"
         )
     if study.directions[0] != optuna.study.StudyDirection(1 if direction == "minimize" else 2):
-        raise ConfigError(f"study {study_name!r} goes the other way (direction); use another --study")
+        raise ConfigError(f"study {study_name!r} goes the other way (direction); use another study (study_name=, or --study on the command line)")
     have = int(attrs.get(SLOTS_ATTR, 0))
     if have < config.trials:
         if have:
