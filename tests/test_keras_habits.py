@@ -241,3 +241,16 @@ def test_evaluate_and_predict_take_keras_verbose(mnist, capsys):
     assert capsys.readouterr().out.startswith("192 examples predicted in ")
     with pytest.raises(ConfigError, match="verbose must be 0, 1, 2 or 'auto', got 3"):
         jaxcnn.evaluate(state, x, y, verbose=3)
+
+
+class OneSigmoid(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.sigmoid(nn.Dense(1)(x.reshape(x.shape[0], -1)))
+
+
+def test_a_single_output_binary_model_is_refused_with_what_to_do(mnist):
+    x, y = mnist
+    for loss in (None, "binary_crossentropy"):
+        with pytest.raises(ShapeError, match=r"^OneSigmoid has a single output; .* end the model with Dense\(2\)"):
+            _fit(OneSigmoid(), x, (y > 4).astype(np.int32), loss=loss)

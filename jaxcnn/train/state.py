@@ -71,6 +71,12 @@ def _output_classes(adapter: Model, input_shape: tuple[int, ...]) -> int:
             f"{model_name(adapter)} returns outputs of shape {getattr(out, 'shape', None)} for images of shape "
             f"{(1, *tuple(input_shape))}; a classifier must return (B, classes)"
         )
+    if out.shape[-1] < 2:
+        raise ShapeError(
+            f"{model_name(adapter)} has a single output; jaxcnn trains classifiers with one output per class, so for "
+            "two classes end the model with Dense(2) (logits, or a softmax) and give labels 0 and 1, as Keras's "
+            "sparse_categorical_crossentropy takes them"
+        )
     return int(out.shape[-1])
 
 
