@@ -43,7 +43,18 @@ class Callback:
     A subclass written for Keras works as it is: ``on_epoch_end(self, epoch, logs=None)``,
     ``on_epoch_begin(self, epoch, logs=None)``, ``on_train_begin(self, logs=None)`` and the
     like are called with Keras's arguments (see :func:`hook`); add ``loop`` to reach the state.
+    Also called when a callback defines them: ``on_train_batch_begin`` / ``on_train_batch_end``
+    (or Keras's aliases ``on_batch_begin`` / ``on_batch_end``), and ``on_test_begin`` /
+    ``on_test_end`` around each epoch's validation (``on_test_end`` gets the validation figures
+    without the ``val_`` prefix, as Keras's). ``self.model`` is the running :class:`Loop`, as
+    Keras's ``set_model`` sets it, so ``self.model.stop_training = True`` stops training.
     """
+
+    model: Loop | None = None
+
+    def set_model(self, model: Loop) -> None:
+        """Called by ``fit`` before training, as Keras does: ``model`` is the running loop."""
+        self.model = model
 
     def on_train_begin(self, loop: Loop) -> None:
         pass
@@ -70,7 +81,26 @@ class Callback:
 _HOOK_ARGS = {
     "on_train_begin": ("loop",), "on_epoch_begin": ("epoch", "loop"), "on_epoch_end": ("epoch", "logs", "loop"),
     "on_train_end": ("loop",), "on_train_batch_end": ("batch", "logs", "loop"),
+    "on_train_batch_begin": ("batch", "logs", "loop"), "on_test_begin": ("loop",), "on_test_end": ("logs", "loop"),
 }
+
+#: Hooks a callback may leave out (the base class has none), and Keras's aliases for them.
+OPTIONAL_HOOKS = {"on_train_batch_end": "on_batch_end", "on_train_batch_begin": "on_batch_begin",
+                  "on_test_begin": None, "on_test_end": None}
+
+
+def has_hook(cb: Any, name: str) -> bool:
+    """Whether ``cb`` defines the optional hook ``name`` (itself, or under Keras's alias), other
+    than the base class's empty one."""
+    for attr in (name, OPTIONAL_HOOKS.get(name)):
+        if attr is None:
+            continue
+        own = getattr(type(cb), attr, None)
+        if own is not None and own is not getattr(Callback, attr, None):
+            return True
+        if own is None and callable(getattr(cb, attr, None)):  # set on the instance (LambdaCallback style)
+            return True
+    return False
 
 
 def _binds(sig: inspect.Signature, n: int) -> bool:
@@ -88,7 +118,10 @@ def hook(cb: Any, name: str) -> Callable[..., Any]:
     ``on_epoch_begin(epoch, logs)`` and ``on_train_end(logs)``, whose last argument is named
     ``logs``, get the logs (empty at a beginning, the last epoch's at the end) instead of the loop.
     A hook that takes neither form is refused with a :class:`ConfigError` before training."""
-    fn = getattr(cb, name)
+    fn = getattr(cb, name, None)
+    alias = OPTIONAL_HOOKS.get(name)
+    if alias and (fn is None or getattr(type(cb), name, None) is getattr(Callback, name, None)) and callable(getattr(cb, alias, None)):
+        fn = getattr(cb, alias)  # Keras: on_batch_end is on_train_batch_end's alias
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # a builtin: call it as it is
@@ -112,12 +145,14 @@ def hook(cb: Any, name: str) -> Callable[..., Any]:
 
 
 class Hooks:
-    """A callback's five hooks, each as :func:`hook` adapts it (checked once, before training)."""
+    """A callback's hooks, each as :func:`hook` adapts it (checked once, before training); an
+    optional hook the callback does not define is None."""
 
     def __init__(self, cb: Any):
         self.callback = cb
         for name in _HOOK_ARGS:
-            if name == "on_train_batch_end" and not hasattr(cb, name):
+            if name in OPTIONAL_HOOKS and not has_hook(cb, name):
+                setattr(self, name, None)
                 continue
             setattr(self, name, hook(cb, name))
 
@@ -286,8 +321,8 @@ class LambdaCallback(Callback):
 
     def __init__(self, **hooks: Callable[..., Any]):
         for name, fn in hooks.items():
-            if not hasattr(Callback, name):
-                raise ConfigError(f"unknown callback hook {name!r}")
+            if name not in _HOOK_ARGS and name not in OPTIONAL_HOOKS.values():
+                raise ConfigError(f"unknown callback hook {name!r}; use one of {', '.join(_HOOK_ARGS)}")
             setattr(self, name, fn)
 
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -282,11 +283,13 @@ def _check_shapes(template: Any, variables: Any, path: Path, name: str) -> None:
             )
 
 
-def load_state(directory: str | os.PathLike[str], model: Any = None, optimizer: Any = None):
+def load_state(directory: str | os.PathLike[str], model: Any = None, optimizer: Any = None, loss: Any = None):
     """Rebuild a :class:`~jaxcnn.train.TrainState` from an export, for :func:`jaxcnn.predict`,
     :func:`jaxcnn.evaluate`, or to train on: the module (or ``model``), its weights, the loss,
     and the optimizer it was trained with when it was given by name (a fresh optimizer state;
-    otherwise ``optimizer``, default RMSprop)."""
+    otherwise ``optimizer``, default RMSprop). A loss function of your own cannot be rebuilt
+    from the export: pass it as ``loss`` (as Keras asks for ``custom_objects``); without it the
+    state gets sparse categorical cross-entropy, with a warning."""
     from jaxcnn import losses
     from jaxcnn.train import create_train_state
 
@@ -297,11 +300,21 @@ def load_state(directory: str | os.PathLike[str], model: Any = None, optimizer: 
         learning_rate = opt.get("learning_rate") if isinstance(opt, dict) else None
     else:
         learning_rate = None
-    loss_meta = meta.get("loss") or {}
-    loss = None
-    if isinstance(loss_meta, dict) and loss_meta.get("name") in ("sparse_categorical_crossentropy", "categorical_crossentropy"):
-        loss = losses.get_loss(loss_meta["name"], from_logits=loss_meta.get("from_logits"),
-                               label_smoothing=float(loss_meta.get("label_smoothing") or 0.0))
+    loss_meta = meta.get("loss") if isinstance(meta.get("loss"), dict) else {}
+    name, from_logits = loss_meta.get("name"), loss_meta.get("from_logits")
+    from_logits = from_logits if isinstance(from_logits, bool) else None  # whether the outputs are probabilities
+    if loss is not None:
+        loss = losses.get_loss(loss, from_logits=from_logits)
+    elif name in ("sparse_categorical_crossentropy", "categorical_crossentropy"):
+        loss = losses.get_loss(name, from_logits=from_logits, label_smoothing=float(loss_meta.get("label_smoothing") or 0.0))
+    else:
+        if name is not None:
+            warnings.warn(
+                f"{directory} was trained with the loss {name!r}, a function an export cannot rebuild; the reloaded "
+                f"state evaluates and trains with sparse categorical cross-entropy. Pass the function to keep it: "
+                f"load_state(..., loss={name})", stacklevel=2,
+            )
+        loss = losses.get_loss(None, from_logits=from_logits)
     state = create_train_state(module, tuple(meta["input_shape"]), optimizer, learning_rate, loss=loss)
     return state.replace(params=variables["params"], batch_stats=variables["batch_stats"] or state.batch_stats)
 

@@ -155,12 +155,21 @@ def check_image_shape(x: Any, expected: tuple[int, ...] = (), what: str = "x") -
     if x.ndim != 4 or (expected and tuple(x.shape[1:]) != expected):
         shape = f"(N, {', '.join(map(str, expected))})" if expected else "(N, H, W, C)"
         raise ShapeError(f"{what} has shape {x.shape} but the model takes images of shape {shape}")
-    if not np.issubdtype(x.dtype, np.floating):
+    if not _floating(x.dtype):
         raise ShapeError(
             f"{what} has dtype {x.dtype}; the model takes floating-point images. Scale them to "
             "[0, 1] first, e.g. jaxcnn.data.to_float(x) (pixels / 255, as the report does)"
         )
     return x
+
+
+def _floating(dtype: Any) -> bool:
+    """NumPy's floating types, and the ones JAX adds to NumPy (bfloat16, float8...)."""
+    if np.issubdtype(dtype, np.floating):
+        return True
+    import jax.numpy as jnp
+
+    return bool(jnp.issubdtype(dtype, jnp.floating))
 
 
 def check_labels(y: Any, n: int, num_classes: int, what: str = "y") -> np.ndarray:

@@ -93,14 +93,15 @@ class CustomLoss:
     softmax the outputs for ``output="probs"``."""
 
     fn: Callable[[Array, Array], Array]
-    from_logits: bool | None = True
+    from_logits: bool | None = None  # None: decided by fit from the model's outputs, as for the built-in losses
     name: str = "custom"
+    label_smoothing: float = 0.0  # always 0: smoothing belongs inside the user's function
 
     def __call__(self, outputs: Array, labels: Array) -> Array:
         return self.fn(outputs, labels)
 
     def with_from_logits(self, from_logits: bool) -> CustomLoss:
-        return self
+        return dataclasses.replace(self, from_logits=from_logits)
 
 
 Loss = CategoricalCrossentropy | CustomLoss
@@ -128,11 +129,44 @@ def get_loss(loss: str | Loss | Callable[[Array, Array], Array] | None = None, *
         if from_logits is not None:
             loss = dataclasses.replace(loss, from_logits=from_logits)
         return dataclasses.replace(loss, label_smoothing=label_smoothing) if label_smoothing else loss
-    if isinstance(loss, CustomLoss):
-        return loss
-    if callable(loss):
-        return CustomLoss(loss, True if from_logits is None else from_logits, getattr(loss, "__name__", "custom"))
+    if isinstance(loss, CustomLoss) or callable(loss):
+        if label_smoothing:
+            raise ConfigError(
+                "label_smoothing applies to jaxcnn's cross-entropy losses; with your own loss function smooth the "
+                "labels inside it (e.g. optax.smooth_labels), or use loss='categorical_crossentropy'"
+            )
+        if isinstance(loss, CustomLoss):
+            return loss if from_logits is None else loss.with_from_logits(from_logits)
+        return CustomLoss(loss, from_logits, getattr(loss, "__name__", "custom"))
     raise ConfigError(f"loss must be a name, a jaxcnn.losses loss or a function, got {type(loss).__name__}")
+
+
+def check_custom(loss: Loss, num_classes: int, labels: Any) -> None:
+    """Refuse, before compiling, a loss function that does not map (outputs (B, C), labels as fit
+    got them) to one value per example (B,): fit averages those over the batch itself (with the
+    sample weights), so a loss already reduced to a scalar would be averaged twice."""
+    if not isinstance(loss, CustomLoss):
+        return
+    import numpy as np
+
+    labels = np.asarray(labels)
+    outputs = jax.ShapeDtypeStruct((2, num_classes), jnp.float32)
+    given = jax.ShapeDtypeStruct((2, *labels.shape[1:]), labels.dtype)
+    shapes = "outputs (B, C) float32 and labels " + ("(B,) int" if labels.ndim == 1 else "(B, C) float")
+    try:
+        out = jax.eval_shape(loss.fn, outputs, given)
+    except Exception as e:  # noqa: BLE001 - the user's function: any error, with the calling convention
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"the loss {loss.name} failed on {shapes}: {first}. jaxcnn calls a loss as loss(outputs, labels); "
+            f"a Keras-style loss(y_true, y_pred) can be passed as lambda outputs, labels: {loss.name}(labels, outputs)"
+        ) from None
+    if getattr(out, "shape", None) != (2,):
+        raise ConfigError(
+            f"the loss {loss.name} returned shape {getattr(out, 'shape', type(out).__name__)} for a batch of 2; it must "
+            "return one value per example, shape (B,): fit averages them over the batch (with the sample weights), "
+            "so drop a final .mean() or .sum()"
+        )
 
 
 def looks_like_probabilities(outputs: Any) -> bool:

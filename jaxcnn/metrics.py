@@ -33,6 +33,12 @@ Names for :func:`get_metrics` and their result keys:
   present) has precision (recall) 0, as Keras's ``divide_no_nan``.
 * ``"confusion_matrix"``: :class:`ConfusionMatrix`, whose result is a ``(C, C)`` array (rows:
   true class, columns: predicted class; weighted counts), not a float; keep it out of a history.
+* A plain function ``fn(y_true, y_pred)``, as Keras accepts: :class:`MeanMetricWrapper`, key =
+  ``fn.__name__``. ``y_true`` is the ``(B,)`` int32 class indices (one-hot or soft labels given
+  to ``fit`` are argmaxed first, as for every metric here; ``MeanMetricWrapper(fn, one_hot=True)``
+  passes ``one_hot(labels, C)`` instead) and ``y_pred`` the model's raw outputs ``(B, C)``. The
+  function returns per-example values ``(B,)`` (or ``(B, ...)``, averaged per example) or a
+  scalar batch mean; the logged value is their sample-weighted mean over the epoch.
 
 Parity with Keras's metrics, with sample weights, is tested in
 ``tests/test_keras_parity.py::test_metrics_match_keras`` (tolerance 1e-5; Keras adds an epsilon
@@ -43,7 +49,7 @@ of 1e-7 to F1's denominators, here a zero denominator gives 0 exactly). Host hel
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -224,6 +230,80 @@ class ConfusionMatrix(Metric):
         return {self.name: np.asarray(state)}
 
 
+# Keys fit logs itself: a metric named so would shadow them (or be dropped, for accuracy).
+_RESERVED = frozenset({"loss", "accuracy", "acc", "learning_rate", "time_s", "examples_per_s", "train_time_s"})
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class MeanMetricWrapper(Metric):
+    """A plain function ``fn(y_true, y_pred)`` as a metric: the sample-weighted mean of its
+    per-example values over the epoch (``keras.metrics.MeanMetricWrapper``). ``fit(...,
+    metrics=[fn])`` wraps a function in this; the log key is ``name`` (default ``fn.__name__``).
+
+    ``fn`` runs inside the jitted step on ``y_true`` = the batch's ``(B,)`` int32 class indices
+    (one-hot or soft labels are argmaxed first, as for every metric here) or, with ``one_hot``,
+    ``one_hot(labels, C)`` float32; and ``y_pred`` = the model's raw outputs ``(B, C)`` (logits,
+    or probabilities for a softmax head). It returns per-example values ``(B,)`` (extra axes are
+    averaged per example) or a scalar batch mean; for a scalar, ``fn`` is applied to each example
+    alone (``vmap`` over batches of one), so padding rows and the split of a batch into parts or
+    devices never change the result: it must then be a mean over examples, as Keras's are.
+    """
+
+    fn: Callable[..., Any] | None = None
+    one_hot: bool = False
+
+    def __init__(self, fn: Callable[..., Any], name: str | None = None, one_hot: bool = False):
+        if not callable(fn) or isinstance(fn, (Metric, type)):
+            raise ConfigError(f"MeanMetricWrapper: fn must be a function (y_true, y_pred) -> values, got {fn!r}")
+        name = name if name is not None else getattr(fn, "__name__", None)
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ConfigError(
+                f"metric function {fn!r} has no usable name ({name!r}) to log it under; "
+                "define it with def, or pass jaxcnn.metrics.MeanMetricWrapper(fn, name='my_metric')"
+            )
+        if name in _RESERVED or name.startswith("val_"):
+            raise ConfigError(
+                f"metric function {fn!r} is named {name!r}, a key fit logs itself; rename it or pass "
+                "jaxcnn.metrics.MeanMetricWrapper(fn, name='my_metric')"
+            )
+        object.__setattr__(self, "fn", fn)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "one_hot", bool(one_hot))
+
+    def init(self, num_classes: int) -> Any:
+        return {"total": jnp.zeros((), jnp.float32), "weight": jnp.zeros((), jnp.float32)}
+
+    def _values(self, y_true: Array, y_pred: Array) -> Array:
+        """The function's per-example values ``(B,)`` float32."""
+        b = y_pred.shape[0]
+        values = jnp.asarray(self.fn(y_true, y_pred))
+        if values.ndim == 0:  # a batch mean: the mean of each example alone
+            def one(t, p):
+                v = jnp.asarray(self.fn(t[None], p[None]))
+                if v.size != 1:
+                    raise ShapeError(f"metric {self.name!r}: {self.fn!r} returned shape {v.shape} for one example; return (B,) or a scalar")
+                return v.reshape(())
+
+            values = jax.vmap(one)(y_true, y_pred)
+        elif values.shape[0] == b:
+            values = values.reshape(b, -1).astype(jnp.float32).mean(axis=-1)
+        else:
+            raise ShapeError(
+                f"metric {self.name!r}: {self.fn!r} returned shape {values.shape} for a batch of {b}; "
+                "return per-example values (B,) or a scalar batch mean"
+            )
+        return values.astype(jnp.float32)
+
+    def update(self, state, outputs, labels, weights):
+        y_true = jax.nn.one_hot(labels, outputs.shape[-1], dtype=jnp.float32) if self.one_hot else labels
+        w = weights.astype(jnp.float32)
+        values = jnp.where(w > 0, self._values(y_true, outputs), 0.0)  # a NaN in a padding row counts nothing
+        return {"total": state["total"] + jnp.sum(w * values), "weight": state["weight"] + jnp.sum(w)}
+
+    def result(self, state):
+        return {self.name: float(_divide(state["total"], state["weight"]))}
+
+
 _NAMES: dict[str, Any] = {
     "accuracy": Accuracy,
     "acc": Accuracy,
@@ -240,26 +320,34 @@ _NAMES: dict[str, Any] = {
 }
 
 
-def get_metric(metric: str | Metric) -> Metric:
-    """A :class:`Metric` from a name (see the module docstring) or a :class:`Metric` itself."""
+def get_metric(metric: str | Metric | Callable[..., Any]) -> Metric:
+    """A :class:`Metric` from a name (see the module docstring), a :class:`Metric` itself (or its
+    class, made with its defaults), or a plain function ``fn(y_true, y_pred)``
+    (:class:`MeanMetricWrapper`, logged as ``fn.__name__``)."""
     if isinstance(metric, Metric):
         return metric
     if isinstance(metric, str) and metric.lower() in _NAMES:
         return _NAMES[metric.lower()](name=metric)
+    if isinstance(metric, type) and issubclass(metric, Metric) and metric is not Metric:
+        return metric()
+    if callable(metric) and not isinstance(metric, type):
+        return MeanMetricWrapper(metric)
     import difflib
 
     close = difflib.get_close_matches(str(metric).lower(), list(_NAMES), n=1, cutoff=0.7)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ConfigError(
-        f"unknown metric {metric!r}{hint}; use one of {', '.join(_NAMES)} or a jaxcnn.metrics.Metric"
+        f"unknown metric {metric!r}{hint}; use one of {', '.join(_NAMES)}, a jaxcnn.metrics.Metric "
+        "or a function (y_true, y_pred) -> per-example values"
     )
 
 
-def get_metrics(metrics: Sequence[str | Metric] | None) -> tuple[Metric, ...]:
-    """The :class:`Metric` objects for ``metrics`` (names or metrics), checked for clashing names."""
+def get_metrics(metrics: Sequence[str | Metric | Callable[..., Any]] | None) -> tuple[Metric, ...]:
+    """The :class:`Metric` objects for ``metrics`` (names, metrics or functions), checked for
+    clashing names."""
     if metrics is None:
         return ()
-    if isinstance(metrics, (str, Metric)):
+    if isinstance(metrics, (str, Metric)) or callable(metrics):
         metrics = [metrics]
     out = tuple(get_metric(m) for m in metrics)
     names = [m.name for m in out]

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import layers as L
+from jaxcnn.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -252,15 +253,34 @@ def format_summary(s: Summary, explain: bool = True) -> str:
     return "\n".join(out)
 
 
+def _module_of(model: Any, input_shape: Sequence[int] | None) -> tuple[Any, Sequence[int]]:
+    """``model`` and its input shape; a trained :class:`~jaxcnn.train.TrainState` gives its module
+    and the shape it was built for (Keras's ``model.summary()`` after ``fit``)."""
+    adapter = getattr(model, "model", None)
+    if hasattr(model, "params") and adapter is not None and hasattr(model, "input_shape"):
+        if getattr(adapter, "kind", None) == "nnx":
+            from flax import nnx
+
+            module = nnx.merge(adapter.graphdef, *adapter.templates)
+        else:
+            module = adapter.module
+        return module, tuple(input_shape) if input_shape is not None else tuple(model.input_shape)
+    if input_shape is None:
+        raise ConfigError("summary needs input_shape = (H, W, C) for a module, e.g. summary(model, (28, 28, 1))")
+    return model, input_shape
+
+
 def summary(
-    model: nn.Module, input_shape: Sequence[int], *, name: str | None = None, explain: bool = True, print_fn=None
+    model: Any, input_shape: Sequence[int] | None = None, *, name: str | None = None, explain: bool = True, print_fn=None
 ) -> str:
-    """Keras-style summary of ``model`` for one input of ``input_shape`` = (H, W, C).
+    """Keras-style summary of ``model`` (a module, or a trained state) for one input of
+    ``input_shape`` = (H, W, C) (a state's own by default).
 
     Returns the table as a string (and passes it to ``print_fn`` when given). Each row lists a
     layer, its output shape, its parameter count and, with ``explain``, how the count arises:
     ``(3x3x1 + 1) x 32 = 320``. Size in KB assumes float32 parameters, as Keras prints it.
     """
+    model, input_shape = _module_of(model, input_shape)
     text = format_summary(model_summary(model, input_shape, name=name), explain=explain)
     if print_fn is not None:
         print_fn(text)

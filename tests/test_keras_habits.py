@@ -10,6 +10,8 @@ import json
 import warnings
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -254,3 +256,89 @@ def test_a_single_output_binary_model_is_refused_with_what_to_do(mnist):
     for loss in (None, "binary_crossentropy"):
         with pytest.raises(ShapeError, match=r"^OneSigmoid has a single output; .* end the model with Dense\(2\)"):
             _fit(OneSigmoid(), x, (y > 4).astype(np.int32), loss=loss)
+
+
+class SoftTiny(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(nn.Conv(4, (3, 3), strides=2)(x))
+        return nn.softmax(nn.Dense(10)(x.reshape(x.shape[0], -1)))
+
+
+class Pair(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = x.reshape(x.shape[0], -1)
+        return nn.Dense(10)(h), h
+
+
+def scaled_nll(outputs, labels):
+    """A loss of one's own, on probabilities: per example (B,)."""
+    return -3.0 * jnp.log(jnp.take_along_axis(outputs, labels[:, None], axis=-1)[:, 0] + 1e-7)
+
+
+def test_own_loss_functions_are_checked_before_compiling_and_kept(mnist, tmp_path):
+    x, y = mnist
+    with pytest.raises(ConfigError, match=r"returned shape \(\) for a batch of 2; it must return one value per example"):
+        _fit(Tiny(), x, y, loss=lambda o, l: scaled_nll(jax.nn.softmax(o), l).mean())
+    def keras_order(y_true, y_pred):
+        return -jnp.sum(jax.nn.log_softmax(y_pred) * jax.nn.one_hot(y_true, 10), -1) * jnp.exp(y_true)
+    with pytest.raises(ConfigError, match=r"jaxcnn calls a loss as loss\(outputs, labels\); a Keras-style .*keras_order\(labels, outputs\)"):
+        _fit(Tiny(), x, y, loss=keras_order)
+    with pytest.raises(ConfigError, match="label_smoothing applies to jaxcnn's cross-entropy losses"):
+        _fit(Tiny(), x, y, loss=scaled_nll, label_smoothing=0.1)
+    # a softmax model with its own loss: its outputs are taken as probabilities, never softmaxed again
+    state, _ = _fit(SoftTiny(), x, y, loss=scaled_nll, epochs=1)
+    np.testing.assert_allclose(jaxcnn.predict(state, x[:8], output="probs"), jaxcnn.predict(state, x[:8]), rtol=1e-6)
+    checkpoint.export(tmp_path / "m", state)
+    with pytest.warns(UserWarning, match=r"trained with the loss 'scaled_nll', a function an export cannot rebuild.*loss=scaled_nll"):
+        plain = checkpoint.load_state(tmp_path / "m")
+    assert plain.outputs_are_probs  # what the export recorded of the outputs is kept
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = checkpoint.load_state(tmp_path / "m", loss=scaled_nll)
+    assert jaxcnn.evaluate(kept, x, y)["loss"] == pytest.approx(jaxcnn.evaluate(state, x, y)["loss"], rel=1e-6)
+
+
+def test_keras_batch_and_test_hooks_and_self_model(mnist):
+    x, y = mnist
+    calls = []
+
+    class Keras(Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            calls.append(("begin", batch))
+
+        def on_batch_end(self, batch, logs=None):  # Keras's alias of on_train_batch_end
+            calls.append(("end", batch))
+
+        def on_test_begin(self, logs=None):
+            calls.append(("test_begin", dict(logs)))
+
+        def on_test_end(self, logs=None):
+            calls.append(("test_end", dict(logs)))
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True  # Keras's idiom
+
+    _, history = _fit(Tiny(), x, y, epochs=3, validation_data=(x[:64], y[:64]), callbacks=[Keras()])
+    assert history.epoch == [0]  # stopped by self.model.stop_training
+    assert [c for c in calls if c[0] in ("begin", "end")] == [("begin", 0), ("end", 0), ("begin", 1), ("end", 1), ("begin", 2), ("end", 2)]
+    assert calls[-2] == ("test_begin", {})
+    assert calls[-1][0] == "test_end" and calls[-1][1]["loss"] == history["val_loss"][0]
+    assert calls[-1][1]["accuracy"] == history["val_accuracy"][0]
+    assert "val_loss" in history and "nothing" not in history
+    seen = []
+    _fit(Tiny(), x, y, epochs=1, callbacks=[LambdaCallback(on_train_batch_begin=lambda batch, logs: seen.append(batch))])
+    assert seen == [0, 1, 2]
+
+
+def test_outputs_of_the_wrong_kind_bfloat16_images_and_summary_of_a_state(mnist):
+    x, y = mnist
+    with pytest.raises(ShapeError, match=r"^Pair returns a tuple \(2 items\); jaxcnn trains a model that returns one array"):
+        _fit(Pair(), x, y)
+    state, history = _fit(Tiny(), x.astype(jnp.bfloat16), y, epochs=1)
+    assert np.isfinite(history["loss"][0])
+    text = jaxcnn.summary(state)  # Keras's model.summary() after fit
+    assert text == jaxcnn.summary(Tiny(), (28, 28, 1))
+    with pytest.raises(ConfigError, match="summary needs input_shape"):
+        jaxcnn.summary(Tiny())

@@ -158,3 +158,69 @@ def test_confusion_matrix_and_report_on_the_host():
     assert lines[2].split() == ["cat", "0.500", "0.500", "0.500", "2"]
     assert lines[4].split() == ["eel", "1.000", "0.667", "0.800", "3"]
     assert lines[6].split() == ["accuracy", "0.667", "6"]
+
+
+# -- plain functions as metrics (Keras's MeanMetricWrapper) ---------------------------------------
+
+
+def my_acc(y_true, y_pred):
+    """Per-example values (B,), as keras.metrics.sparse_categorical_accuracy returns."""
+    return (jnp.argmax(y_pred, axis=-1) == y_true).astype(jnp.float32)
+
+
+def my_mean_acc(y_true, y_pred):
+    """A scalar batch mean."""
+    return jnp.mean(jnp.argmax(y_pred, axis=-1) == y_true)
+
+
+def test_a_plain_function_is_a_weighted_mean_metric():
+    outputs, labels = _batch()
+    w = jnp.asarray([1.0, 2.0, 3.0, 0.5, 0.0], jnp.float32)  # the last row is padding
+    per_example, scalar = metrics.get_metrics([my_acc, my_mean_acc])
+    assert (per_example.name, scalar.name) == ("my_acc", "my_mean_acc")
+    assert _result(per_example, outputs, labels, w)["my_acc"] == pytest.approx(4.0 / 6.5)
+    assert _result(scalar, outputs, labels, w)["my_mean_acc"] == pytest.approx(4.0 / 6.5)
+    hot = metrics.MeanMetricWrapper(lambda t, p: jnp.sum(t * jax.nn.one_hot(jnp.argmax(p, -1), 3), -1), name="hot", one_hot=True)
+    assert _result(hot, outputs, labels, w)["hot"] == pytest.approx(4.0 / 6.5)
+    # Parts merge like the whole batch, the scalar function too.
+    for m in (per_example, scalar):
+        whole = m.update(m.init(3), outputs, labels, w)
+        parts = m.merge(m.update(m.init(3), outputs[:2], labels[:2], w[:2]), m.update(m.init(3), outputs[2:], labels[2:], w[2:]))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), parts, whole)
+    assert hash(metrics.get_metric(my_acc)) == hash(metrics.get_metric(my_acc))  # a static jit argument
+    with pytest.raises(ConfigError, match=r"has no usable name \('<lambda>'\).*MeanMetricWrapper\(fn, name='my_metric'\)"):
+        metrics.get_metrics([lambda t, p: t])
+    def accuracy(t, p):
+        return t
+    with pytest.raises(ConfigError, match=r"is named 'accuracy', a key fit logs itself"):
+        metrics.get_metrics([accuracy])
+
+
+def test_fit_logs_a_plain_function_metric_alike_on_any_devices():
+    import flax.linen as nn
+
+    import jaxcnn
+
+    class Tiny(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+    rng = np.random.default_rng(0)
+    x = rng.random((130, 6, 6, 1)).astype(np.float32)
+    y = rng.integers(0, 3, size=130).astype(np.int32)
+    runs = {}
+    for devices in (None, "auto"):
+        runs[devices] = jaxcnn.fit(Tiny(), x, y, epochs=2, batch_size=64, validation_split=0.25, verbose=0, seed=1,
+                                   optimizer="sgd", learning_rate=0.1, metrics=[my_acc, my_mean_acc], devices=devices).history
+    for h in runs.values():
+        for k in ("my_acc", "my_mean_acc", "val_my_acc", "val_my_mean_acc"):
+            assert len(h[k]) == 2
+        # Both functions are accuracy. On "auto", batches of 64 run as parts on the CPU devices;
+        # the last training batch is short and the validation batches are padded.
+        np.testing.assert_allclose(h["my_acc"], h["accuracy"], rtol=1e-6)
+        np.testing.assert_allclose(h["my_mean_acc"], h["accuracy"], rtol=1e-6)
+        np.testing.assert_allclose(h["val_my_acc"], h["val_accuracy"], rtol=1e-6)
+        np.testing.assert_allclose(h["val_my_mean_acc"], h["val_accuracy"], rtol=1e-6)
+    for k in ("my_acc", "my_mean_acc", "val_my_acc", "val_my_mean_acc", "loss"):
+        np.testing.assert_allclose(runs["auto"][k], runs[None][k], rtol=1e-5, atol=1e-6, err_msg=k)

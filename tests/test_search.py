@@ -3,6 +3,7 @@ models, pruning, invalid trials, outputs, continuing a search, the experiment.""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import flax.linen as nn
@@ -226,6 +227,34 @@ def test_bad_seed_and_metric_fail_before_anything_is_made(small, tmp_path):
         search.random_search(*small, metric="val_acc", out=out, **OPTS)
     assert not out.exists()
     assert search.SearchConfig(seed=2**32 - 1).check().seed == 2**32 - 1
+
+
+def test_a_misspelled_space_key_fails_before_anything_is_made(small, tmp_path, monkeypatch):
+    """A key that is neither a model argument nor a training setting would make every trial
+    "invalid"; it is refused up front, with the names the model takes."""
+    out = tmp_path / "never-made"
+    with pytest.raises(ConfigError, match=(
+        r"^search space key 'featurez' \(did you mean 'features'\?\) is neither an argument of model "
+        r"(tests\.)?test_search\.TinyCNN nor a training setting; the model takes dropout, features, "
+        r"training takes learning_rate, optimizer, batch_size, weight_decay$"
+    )):
+        search.random_search(*small, {"featurez": IntRange(2, 6), "learning_rate": Choice((1e-3,))}, model=TinyCNN, out=out, **OPTS)
+    for model in ("search_cnn", TinyCNN(), functools.partial(TinyCNN, features=2)):
+        with pytest.raises(ConfigError, match=r"search space key 'kernel_sise' .*(did you mean 'kernel_size'\?)?.* nor a training setting"):
+            search.random_search(*small, {"kernel_sise": IntRange(2, 6)}, model=model, out=out, **OPTS)
+    assert not out.exists()
+    # A registered factory function: its signature; with **kwargs, or define-by-run, anything goes.
+    def narrow(features: int = 4):
+        return TinyCNN(features=features)
+
+    monkeypatch.setitem(models._REGISTRY, "narrow", (narrow, (28, 28, 1), ""))
+    monkeypatch.setitem(models._REGISTRY, "loose", (lambda **kw: TinyCNN(**kw), (28, 28, 1), ""))
+    with pytest.raises(ConfigError, match=r"key 'dropout' is neither .* the model takes features, training takes"):
+        engine.check_space_names({"dropout": Uniform(0.0, 0.5)}, "narrow")
+    engine.check_space_names({"features": IntRange(2, 6), "weight_decay": Uniform(0.0, 0.1)}, "narrow")
+    engine.check_space_names({"anything": IntRange(2, 6)}, "loose")
+    engine.check_space_names({"anything": IntRange(2, 6)}, tiny_define_by_run)
+    assert engine.model_arguments("search_cnn") >= {"kernel_size", "weight_decay", "num_classes"}
 
 
 def test_choice_refuses_a_bare_string():

@@ -59,8 +59,8 @@ import numpy as np
 
 from jaxcnn.errors import ConfigError, ShapeError
 from jaxcnn.search.engine import (
-    DB_FILE, MAX_RETRY, PRUNERS, SAMPLERS, TRAINING_PARAMS, Data, SearchConfig, describe_model, fingerprint,
-    open_storage, open_study, storage_url, work,
+    DB_FILE, MAX_RETRY, PRUNERS, SAMPLERS, TRAINING_PARAMS, Data, SearchConfig, check_space_names, describe_model,
+    fingerprint, open_storage, open_study, storage_url, work,
 )
 from jaxcnn.search.space import (
     REPORT_SPACE, Choice, Dimension, IntRange, LogUniform, Space, Uniform, check_space, draw, sample,
@@ -197,6 +197,7 @@ def random_search(
         raise ConfigError("workers > 1 need a shared study: give out (SQLite in it) or storage")
     if not space and isinstance(config.model, str):
         raise ConfigError("the search space is empty; give dimensions, or a model function trial -> module that suggests its own")
+    check_space_names(space, config.model)  # a misspelled key would make every trial invalid
     say = print if config.verbose else (lambda *a, **k: None)
     data = _prepare_data(x, y, validation_data, config)
     if "batch_size" not in space and config.batch_size > len(data.x_train):

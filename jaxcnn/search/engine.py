@@ -159,6 +159,58 @@ def _takes(model: Any, name: str) -> bool:
     return cls is not None and name in {f.name for f in dataclasses.fields(cls)}
 
 
+def model_arguments(model: Any) -> frozenset[str] | None:
+    """The keyword arguments that ``model`` (as :func:`build_model` builds it) accepts from the
+    space, or None when they cannot be known (a define-by-run function, a registry factory that
+    takes ``**kwargs`` or whose signature cannot be read): then any name goes."""
+    import inspect
+
+    from jaxcnn import models
+
+    if isinstance(model, str):
+        model = models._lookup(model)[0]  # the registry's factory (unknown names raise ConfigError)
+    elif _is_module(model):
+        model = type(model)  # built with instance.clone(**kw)
+    elif _module_class(model) is None:
+        return None  # define-by-run: model(trial) suggests its own
+    cls = _module_class(model)
+    if cls is not None:  # a Flax module class (or a partial of one): its dataclass fields
+        return frozenset(f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name"))
+    try:  # a registered factory function
+        params = inspect.signature(model).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
+
+
+def check_space_names(space: dict[str, Any], model: Any) -> None:
+    """Refuse a space key that is neither an argument of ``model`` nor a training setting
+    (``TRAINING_PARAMS`` and ``weight_decay``), before any trial: a misspelled key would make
+    every trial invalid. Any key goes when the model's arguments cannot be known."""
+    import difflib
+
+    accepted = model_arguments(model)
+    if accepted is None:
+        return
+    training = (*TRAINING_PARAMS, "weight_decay")
+    names = sorted(accepted - set(training)) + list(training)
+    bad = [k for k in space if k not in accepted and k not in training]
+    if not bad:
+        return
+    parts = []
+    for k in bad:
+        close = difflib.get_close_matches(k, names, n=1, cutoff=0.6)
+        parts.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    plural = len(bad) > 1
+    raise ConfigError(
+        f"search space key{'s' if plural else ''} {', '.join(parts)} {'are' if plural else 'is'} neither an argument of "
+        f"model {describe_model(model)} nor a training setting; the model takes {', '.join(sorted(accepted)) or 'no arguments'}, "
+        f"training takes {', '.join(training)}"
+    )
+
+
 def build_model(model: Any, trial: optuna.Trial, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The trial's module and the keyword arguments it was built with.
 

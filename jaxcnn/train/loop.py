@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from jaxcnn import checks, losses, optim
-from jaxcnn.callbacks import Callback, Hooks, hook
+from jaxcnn.callbacks import Callback, Hooks, has_hook, hook
 from jaxcnn.errors import ConfigError, ShapeError, TrainingError
 from jaxcnn.train import step as steps
 from jaxcnn.train.model import adapt
@@ -48,6 +48,9 @@ class History:
 
     def __getitem__(self, key: str) -> list[float]:
         return self.history[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.history
 
     def best_epoch(self, monitor: str = "val_loss", mode: str = "auto") -> int:
         """The epoch (0-based) with the best ``monitor`` value."""
@@ -181,11 +184,6 @@ def _postfix(bar: Any, m: dict[str, Any], t0: float) -> None:
                      "examples/s": f"{seen / (time.perf_counter() - t0):,.0f}"}, refresh=False)
 
 
-def _batch_callbacks(callbacks: Sequence[Callback]) -> list[Callback]:
-    base = getattr(Callback, "on_train_batch_end", None)
-    return [cb for cb in callbacks if getattr(type(cb), "on_train_batch_end", base) is not base]
-
-
 def _non_finite(epoch: int, step: int) -> str:
     return (f"the loss became NaN or infinite at epoch {epoch + 1}, step {step + 1} (global step); "
             "training stopped with the weights of the last good step. Lower the learning rate, "
@@ -202,11 +200,17 @@ def run_epoch(state: TrainState, strategy: Strategy, data: Data, order: np.ndarr
     units = strategy.units(order, batch_size)
     total_steps = math.ceil(len(order) / batch_size)
     bar = _progress(total_steps, desc, verbose)
-    per_batch = [hook(cb, "on_train_batch_end") for cb in _batch_callbacks(callbacks)]
+    per_batch = [hook(cb, "on_train_batch_end") for cb in callbacks if has_hook(cb, "on_train_batch_end")]
+    before_batch = [hook(cb, "on_train_batch_begin") for cb in callbacks if has_hook(cb, "on_train_batch_begin")]
     acc = strategy.place.put_state(steps.zero_metrics(state))
     t0, done = time.perf_counter(), 0
     log_every = 1 if per_batch else max(1, min(25, len(units) // 20))
     for i, unit in enumerate(units):
+        if before_batch and loop is not None:
+            loop.state = state
+            for on_batch_begin in before_batch:
+                on_batch_begin(int(state.step), {}, loop)
+            state = loop.state  # a hook may have set the learning rate
         state, acc, n = strategy.train(state, acc, unit, data)
         done += n
         if (i + 1) % log_every and i + 1 < len(units):
@@ -310,13 +314,14 @@ def _check_inputs(model_or_state: Any, x: Any, y: Any, *, validation_split: floa
 
 
 def _resolve_loss(state: TrainState, loss: Any, from_logits: bool | None, label_smoothing: float, x: np.ndarray,
-                  outputs: np.ndarray | None = None) -> TrainState:
+                  y: np.ndarray, outputs: np.ndarray | None = None) -> TrainState:
     """Fix ``from_logits`` from the model's outputs on a few training images (``outputs``, from
     the program that built the state, or one small forward pass): a softmax output is taken as
     probabilities, as Keras's default loss does."""
     if loss is None and from_logits is None and label_smoothing == 0.0 and state.loss.from_logits is not None:
         return state  # a state that was resolved before
     resolved = losses.get_loss(loss if loss is not None else state.loss, from_logits=from_logits, label_smoothing=label_smoothing)
+    losses.check_custom(resolved, state.num_classes, y[:2])
     if outputs is None:
         outputs = jit_predict(state, x[: state_mod.SAMPLE])
     probs = losses.looks_like_probabilities(outputs)
@@ -492,7 +497,7 @@ def fit(
         state, outputs = start_state(model_or_state, inputs.input_shape, optimizer, learning_rate, seed,
                                      metrics=_get_metrics(metrics), sample=inputs.train.x[: state_mod.SAMPLE])
         strategy = choose_strategy(devices, batch_size, state, data_on_device)
-    state = _resolve_loss(state, loss, from_logits, label_smoothing, inputs.train.x,
+    state = _resolve_loss(state, loss, from_logits, label_smoothing, inputs.train.x, inputs.train.y,
                           None if isinstance(model_or_state, TrainState) else outputs)
     history = History(params={"epochs": epochs, "batch_size": batch_size, "samples": len(inputs.train.x), "seed": seed})
     callbacks = list(callbacks)
@@ -513,6 +518,9 @@ def fit(
     # (a state fit built itself is its own).
     own = not isinstance(model_or_state, TrainState) and restored is None
     loop = Loop(strategy.put_state(state if own else _copy_tree(state)), history)
+    for cb in callbacks:  # Keras's set_model: self.model is the running loop (self.model.stop_training = True)
+        if callable(getattr(cb, "set_model", None)):
+            cb.set_model(loop)
     for h in hooks:
         h.on_train_begin(loop)
     if restored is not None:
@@ -568,7 +576,14 @@ def _epochs(loop: Loop, strategy: Strategy, inputs: _Inputs, callbacks: list[Cal
             e.history = loop.history
             raise
         if inputs.val is not None:
-            logs.update(metric_logs(loop.state, strategy.evaluate(loop.state, inputs.val, batch_size), "val_"))
+            for h in hooks:
+                if h.on_test_begin is not None:
+                    h.on_test_begin(loop)
+            val = metric_logs(loop.state, strategy.evaluate(loop.state, inputs.val, batch_size))
+            for h in hooks:
+                if h.on_test_end is not None:
+                    h.on_test_end(dict(val), loop)
+            logs.update({f"val_{k}": v for k, v in val.items()})
         logs["learning_rate"] = loop.learning_rate
         logs["time_s"] = time.perf_counter() - t0
         ordered = {k: logs[k] for k in _log_order(logs)}

@@ -66,6 +66,13 @@ def _output_classes(adapter: Model, input_shape: tuple[int, ...]) -> int:
         if "positional argument" in str(e) or "keyword argument" in str(e):
             raise call_error(getattr(adapter, "module", adapter), e) from None
         raise
+    if isinstance(out, (tuple, list, dict)):
+        kind = type(out).__name__
+        raise ShapeError(
+            f"{model_name(adapter)} returns a {kind} ({len(out)} items); jaxcnn trains a model that returns one array of "
+            "outputs (B, classes): return only those (logits or probabilities), and keep anything else out of __call__ "
+            "(or sow it: self.sow('intermediates', name, value))"
+        )
     if getattr(out, "ndim", 0) != 2:
         raise ShapeError(
             f"{model_name(adapter)} returns outputs of shape {getattr(out, 'shape', None)} for images of shape "
