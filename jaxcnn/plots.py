@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from jaxcnn.errors import ConfigError
+
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
@@ -78,7 +80,15 @@ def labelled_images(
     """Images at ``indices`` titled with their label (report Figure 1), or with
     "Actual: 7, Predicted: 7" when ``predicted`` (aligned with ``images``) is given, the wrong
     ones in red with a red frame (see :func:`predictions` for confidences and mistakes only)."""
-    indices = list(indices)
+    n = len(images)
+    idx = np.asarray(list(indices))
+    if idx.ndim != 1 or not idx.size or not np.issubdtype(idx.dtype, np.integer) or idx.min() < -n or idx.max() >= n:
+        raise ConfigError(
+            f"indices must be whole numbers in 0..{n - 1}, the images to draw, got an array of shape {idx.shape} and "
+            f"dtype {idx.dtype}; to title them with predictions pass predicted=classes (N,), or draw "
+            "probabilities with plots.predictions(images, labels, probs)"
+        )
+    indices = [int(i) for i in idx]
     if predicted is None:
         titles = [_label(labels[i], class_names) for i in indices]
     else:

@@ -342,3 +342,11 @@ def test_outputs_of_the_wrong_kind_bfloat16_images_and_summary_of_a_state(mnist)
     assert text == jaxcnn.summary(Tiny(), (28, 28, 1))
     with pytest.raises(ConfigError, match="summary needs input_shape"):
         jaxcnn.summary(Tiny())
+
+
+def test_labelled_images_refuses_probabilities_or_bad_indices_in_one_line():
+    x, y = np.random.default_rng(0).random((5, 8, 8, 1)), np.arange(5)
+    for bad in (np.full((5, 10), 0.1), [0, 7], []):
+        with pytest.raises(ConfigError, match=r"^indices must be whole numbers in 0\.\.4, the images to draw"):
+            plots.labelled_images(x, y, bad)
+    assert len([ax for ax in plots.labelled_images(x, y, range(3)).axes if ax.images]) == 3
