@@ -114,7 +114,8 @@ def _binds(sig: inspect.Signature, n: int) -> bool:
 def hook(cb: Any, name: str) -> Callable[..., Any]:
     """``cb``'s hook ``name`` as :func:`jaxcnn.fit` calls it (with jaxcnn's arguments, see
     :class:`Callback`), also when it was written for Keras: ``on_epoch_end(epoch, logs)`` and
-    ``on_train_batch_end(batch, logs)`` get no ``loop``; ``on_train_begin(logs)``,
+    ``on_train_batch_end(batch, logs)`` get no ``loop`` (and, as in Keras, ``batch`` counts from
+    0 in each epoch, where jaxcnn's form gets the global step); ``on_train_begin(logs)``,
     ``on_epoch_begin(epoch, logs)`` and ``on_train_end(logs)``, whose last argument is named
     ``logs``, get the logs (empty at a beginning, the last epoch's at the end) instead of the loop.
     A hook that takes neither form is refused with a :class:`ConfigError` before training."""
@@ -136,6 +137,8 @@ def hook(cb: Any, name: str) -> Callable[..., Any]:
     if _binds(sig, len(args)):
         return fn
     if _binds(sig, len(args) - 1):  # Keras's (epoch, logs) / (batch, logs), or a hook without the loop
+        if args[0] == "batch":  # Keras's batch: the index within the epoch (jaxcnn's form gets the global step)
+            return lambda step, logs, loop: fn(step - getattr(loop, "epoch_first_step", 0), logs)
         return lambda *a: fn(*a[:-1])
     what = ", ".join(args)
     raise ConfigError(

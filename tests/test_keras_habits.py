@@ -114,7 +114,7 @@ def test_keras_style_hooks_get_keras_arguments(mnist):
     assert lam == ["begin", 0, 1]
     assert calls[0] == ("train_begin", {}) and calls[1] == ("epoch_begin", 0, {})
     batch_ends = [c for c in calls if c[0] == "batch_end"]
-    assert [c[1] for c in batch_ends] == list(range(6)) and "loss" in batch_ends[0][2]
+    assert [c[1] for c in batch_ends] == [0, 1, 2, 0, 1, 2] and "loss" in batch_ends[0][2]  # Keras: the batch within the epoch
     epoch_ends = [c for c in calls if c[0] == "epoch_end"]
     assert [c[1] for c in epoch_ends] == [0, 1] and epoch_ends[1][2]["loss"] == history["loss"][1]
     assert calls[-1][0] == "train_end" and calls[-1][1]["loss"] == history["loss"][-1]
@@ -327,9 +327,11 @@ def test_keras_batch_and_test_hooks_and_self_model(mnist):
     assert calls[-1][0] == "test_end" and calls[-1][1]["loss"] == history["val_loss"][0]
     assert calls[-1][1]["accuracy"] == history["val_accuracy"][0]
     assert "val_loss" in history and "nothing" not in history
-    seen = []
-    _fit(Tiny(), x, y, epochs=1, callbacks=[LambdaCallback(on_train_batch_begin=lambda batch, logs: seen.append(batch))])
-    assert seen == [0, 1, 2]
+    seen, steps = [], []
+    _fit(Tiny(), x, y, epochs=2, callbacks=[LambdaCallback(on_train_batch_begin=lambda batch, logs: seen.append(batch),
+                                                           on_train_batch_end=lambda step, logs, loop: steps.append(step))])
+    assert seen == [0, 1, 2, 0, 1, 2]  # Keras's form: the batch within the epoch
+    assert steps == [0, 1, 2, 3, 4, 5]  # jaxcnn's form (with the loop): the global step
 
 
 def test_outputs_of_the_wrong_kind_bfloat16_images_and_summary_of_a_state(mnist):

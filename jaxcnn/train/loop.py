@@ -90,6 +90,7 @@ class Loop:
         self.state = state
         self.history = history
         self.stop_training = False
+        self.epoch_first_step = 0  # the global step at which the running epoch began
 
     @property
     def learning_rate(self) -> float:
@@ -205,6 +206,8 @@ def run_epoch(state: TrainState, strategy: Strategy, data: Data, order: np.ndarr
     acc = strategy.place.put_state(steps.zero_metrics(state))
     t0, done = time.perf_counter(), 0
     log_every = 1 if per_batch else max(1, min(25, len(units) // 20))
+    if (per_batch or before_batch) and loop is not None:
+        loop.epoch_first_step = int(state.step)  # Keras-style batch hooks count batches from 0 each epoch
     for i, unit in enumerate(units):
         if before_batch and loop is not None:
             loop.state = state
