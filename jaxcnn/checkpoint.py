@@ -185,11 +185,49 @@ def export(directory: str | os.PathLike[str], state: Any, model_name: str | None
         "optimizer": json.loads(state.optimizer_spec) if getattr(state, "optimizer_spec", None) else None,
         "loss": {"name": getattr(loss, "name", None), "from_logits": getattr(loss, "from_logits", None),
                  "label_smoothing": getattr(loss, "label_smoothing", 0.0)} if loss is not None else None,
+        "metrics": [_metric_spec(m) for m in getattr(state, "metrics", ())],
         "sha256": hashlib.sha256(blob).hexdigest(),
         "format": "flax.serialization msgpack: {params, batch_stats}",
     }
     atomic_write(directory / MODEL_FILE, json.dumps(meta, indent=2).encode())
     return directory
+
+
+def _metric_spec(metric: Any) -> dict[str, Any]:
+    """How to rebuild one of the state's metrics: a jaxcnn metric's class and fields, or (a
+    function, a metric of one's own) only its name."""
+    import dataclasses
+
+    from jaxcnn import metrics
+
+    cls = type(metric)
+    if cls.__module__ == metrics.__name__ and cls is not metrics.MeanMetricWrapper and dataclasses.is_dataclass(metric):
+        fields = {f.name: getattr(metric, f.name) for f in dataclasses.fields(metric)}
+        if all(isinstance(v, (str, int, float, bool, type(None))) for v in fields.values()):
+            return {"class": cls.__name__, **fields}
+    return {"name": getattr(metric, "name", cls.__name__)}
+
+
+def _metrics_from(specs: Any, directory: Any) -> tuple[Any, ...]:
+    """The metrics :func:`_metric_spec` recorded, rebuilt; one that cannot be is left out, with a warning."""
+    from jaxcnn import metrics
+
+    out, lost = [], []
+    for spec in specs if isinstance(specs, list) else []:
+        cls = getattr(metrics, str(spec.get("class")), None) if isinstance(spec, dict) else None
+        if isinstance(cls, type) and issubclass(cls, metrics.Metric):
+            try:
+                out.append(cls(**{k: v for k, v in spec.items() if k != "class"}))
+                continue
+            except (TypeError, ValueError, ConfigError):
+                pass
+        lost.append(str(spec.get("name", spec.get("class"))) if isinstance(spec, dict) else str(spec))
+    if lost:
+        warnings.warn(
+            f"{directory} was trained with the metrics {', '.join(lost)}, which an export cannot rebuild; the reloaded "
+            "state leaves them out. Pass them to evaluate: jaxcnn.evaluate(state, x, y, metrics=[...])", stacklevel=3,
+        )
+    return tuple(out)
 
 
 def _read_meta(meta_path: Path) -> dict[str, Any]:
@@ -287,7 +325,8 @@ def load_state(directory: str | os.PathLike[str], model: Any = None, optimizer: 
     """Rebuild a :class:`~jaxcnn.train.TrainState` from an export, for :func:`jaxcnn.predict`,
     :func:`jaxcnn.evaluate`, or to train on: the module (or ``model``), its weights, the loss,
     and the optimizer it was trained with when it was given by name (a fresh optimizer state;
-    otherwise ``optimizer``, default RMSprop). A loss function of your own cannot be rebuilt
+    otherwise ``optimizer``, default RMSprop), and the metrics ``fit`` logged (jaxcnn's own; a
+    function metric is left out, with a warning). A loss function of your own cannot be rebuilt
     from the export: pass it as ``loss`` (as Keras asks for ``custom_objects``); without it the
     state gets sparse categorical cross-entropy, with a warning."""
     from jaxcnn import losses
@@ -315,7 +354,8 @@ def load_state(directory: str | os.PathLike[str], model: Any = None, optimizer: 
                 f"load_state(..., loss={name})", stacklevel=2,
             )
         loss = losses.get_loss(None, from_logits=from_logits)
-    state = create_train_state(module, tuple(meta["input_shape"]), optimizer, learning_rate, loss=loss)
+    state = create_train_state(module, tuple(meta["input_shape"]), optimizer, learning_rate, loss=loss,
+                               metrics=_metrics_from(meta.get("metrics"), directory))
     return state.replace(params=variables["params"], batch_stats=variables["batch_stats"] or state.batch_stats)
 
 

@@ -352,3 +352,22 @@ def test_labelled_images_refuses_probabilities_or_bad_indices_in_one_line():
         with pytest.raises(ConfigError, match=r"^indices must be whole numbers in 0\.\.4, the images to draw"):
             plots.labelled_images(x, y, bad)
     assert len([ax for ax in plots.labelled_images(x, y, range(3)).axes if ax.images]) == 3
+
+
+def my_hits(y_true, y_pred):
+    return (jnp.argmax(y_pred, -1) == y_true).astype(jnp.float32)
+
+
+def test_an_export_keeps_fits_metrics_and_says_which_it_cannot(mnist, tmp_path):
+    from jaxcnn import metrics
+
+    x, y = mnist
+    state, _ = _fit(Tiny(), x, y, epochs=1, metrics=["f1", metrics.TopKAccuracy(3), my_hits])
+    checkpoint.export(tmp_path / "m", state)
+    with pytest.warns(UserWarning, match=r"trained with the metrics my_hits, which an export cannot rebuild"):
+        reloaded = checkpoint.load_state(tmp_path / "m")
+    assert reloaded.metrics == (metrics.F1Score(name="f1"), metrics.TopKAccuracy(3))
+    want = jaxcnn.evaluate(state, x, y)
+    got = jaxcnn.evaluate(reloaded, x, y)
+    assert set(want) - set(got) == {"my_hits"}
+    assert got["top_3_accuracy"] == want["top_3_accuracy"] and got["f1"] == pytest.approx(want["f1"])
