@@ -474,6 +474,11 @@ def resolve_model(name: str, **kwargs: Any) -> Any:
         raise ConfigError(
             f"--model {name}: cannot import {module_name!r} ({e}); run from the folder that holds it or add it to PYTHONPATH"
         ) from None
+    except Exception as e:  # noqa: BLE001 - the user's module failed while importing: say so in one line
+        where = _user_frame(e)
+        raise ConfigError(
+            f"--model {name}: importing {module_name} failed ({type(e).__name__}: {e}){where}; fix the module and rerun"
+        ) from None
     cls = getattr(module, class_name, None)
     if cls is None:
         raise ConfigError(f"--model {name}: {module_name} has no {class_name!r}; {_close(class_name, dir(module))}".rstrip("; "))
@@ -485,11 +490,25 @@ def resolve_model(name: str, **kwargs: Any) -> Any:
     try:  # an NNX module is built as checkpoint.load rebuilds it: Class(rngs=nnx.Rngs(0))
         model = cls(**kwargs, rngs=nnx.Rngs(0)) if is_nnx else cls(**kwargs)
     except TypeError as e:
+        if "dtype" in kwargs and "dtype" in str(e):
+            raise ConfigError(
+                f"--model {name}: --precision bf16 builds the model with dtype=jnp.bfloat16, and {class_name} takes no "
+                f"dtype ({e}); give it a field `dtype: Any = jnp.float32` used by its layers, or drop --precision bf16"
+            ) from None
         how = "(rngs=...) alone" if is_nnx else "with no arguments"
-        raise ConfigError(f"--model {name}: {class_name}() must build {how} ({e}); give its fields defaults") from None
+        fix = "give its fields defaults" if isinstance(cls, type) else "give its arguments defaults (a function must return the module)"
+        raise ConfigError(f"--model {name}: {class_name}() must build {how} ({e}); {fix}") from None
     if not isinstance(model, (nn.Module, nnx.Module)):
         raise ConfigError(f"--model {name}: {class_name}() is a {type(model).__name__}, not a Flax linen or NNX Module")
     return model
+
+
+def _user_frame(error: BaseException) -> str:
+    """`` (file.py, line N)``: where in the user's own code ``error`` was raised, if it was."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if "importlib" not in f.filename]
+    return f" ({Path(frames[-1].filename).name}, line {frames[-1].lineno})" if frames else ""
 
 
 def validate_config(config: RunConfig) -> None:
@@ -507,6 +526,8 @@ def validate_config(config: RunConfig) -> None:
     if not 0.0 <= config.validation_split < 1.0:
         raise ConfigError(f"validation_split must be in [0, 1), got {config.validation_split}")
     resolve_model(config.model, **config.model_kwargs)  # unknown name or attribute
+    if config.tensorboard and Path(config.tensorboard).exists() and not Path(config.tensorboard).is_dir():
+        raise ConfigError(f"--tensorboard {config.tensorboard} is a file; give a directory for the event files")
     key = config.dataset.strip().lower().replace("-", "_")
     if key not in DATASETS:
         raise ConfigError(f"unknown data set {config.dataset!r}; {_close(key, DATASETS)}known data sets: {', '.join(DATASETS)}")
@@ -628,6 +649,12 @@ def _check_same(before: RunConfig, now: RunConfig, out: Path) -> None:
                 f"--resume: the run in {out} was started with {key}={a!r}, not {b!r}; "
                 "resume with the same settings, or start a new run with another --out"
             )
+    if bool(before.tensorboard) != bool(now.tensorboard):  # its callback is part of what the checkpoints hold
+        raise ConfigError(
+            f"--resume: the run in {out} was started {'with' if before.tensorboard else 'without'} --tensorboard, and its "
+            "checkpoints hold the callbacks it had; resume "
+            f"{'with --tensorboard DIR (any folder)' if before.tensorboard else 'without --tensorboard'}, or start a new run with another --out"
+        )
 
 
 def _write_history(out: Path, history: Any, **kwargs: Any) -> None:

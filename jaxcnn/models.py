@@ -204,6 +204,8 @@ def _lookup(name: str):
 
         close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
+        if not close and "." in str(name):
+            hint = f"for a class of your own write {name}:ClassName; "
         raise ConfigError(f"unknown model {name!r}; {hint}known models: {', '.join(_REGISTRY)}") from None
 
 

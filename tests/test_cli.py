@@ -311,3 +311,41 @@ def test_cifar10_help_says_whose_defaults_it_shows(capsys):
             cifar10.parse_config(argv)
         out = " ".join(capsys.readouterr().out.split())
         assert f"maximum epochs (default: the --model's; {shown})" in out
+
+
+def test_cli_refusals_a_new_user_met(tmp_path, monkeypatch):
+    """One line each, before any run directory: a --tensorboard that is a file, a --model module
+    that fails on import, --precision bf16 on a module without dtype, a module path without
+    :Class, --devices 0, and --tensorboard added when resuming a run started without it."""
+    from experiments import mnist
+    from jaxcnn.errors import ConfigError
+
+    pkg = tmp_path / "userpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "broken.py").write_text("raise RuntimeError('oops in my module')\n")
+    (pkg / "nets.py").write_text(
+        "import flax.linen as nn\n\n"
+        "class Net(nn.Module):\n"
+        "    @nn.compact\n"
+        "    def __call__(self, x, train: bool = False):\n"
+        "        return nn.Dense(10)(x.reshape(x.shape[0], -1))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    afile = tmp_path / "afile.txt"
+    afile.write_text("hi")
+    out = tmp_path / "run"
+    cases = [
+        (["--tensorboard", str(afile)], "--tensorboard .*afile.txt is a file; give a directory"),
+        (["--model", "userpkg.broken:X"], r"importing userpkg.broken failed \(RuntimeError: oops in my module\) \(broken.py, line 1\)"),
+        (["--model", "userpkg.nets:Net", "--precision", "bf16"], "--precision bf16 builds the model with dtype=jnp.bfloat16, and Net takes no dtype"),
+        (["--model", "userpkg.nets"], "for a class of your own write userpkg.nets:ClassName"),
+        (["--devices", "0"], "devices must be at least 1"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            mnist.main([*argv, "--out", str(out), "--limit", "200", "--epochs", "1", "--verbose", "0"])
+        assert not out.exists(), argv
+    mnist.main(["--model", "userpkg.nets:Net", "--out", str(out), "--limit", "200", "--epochs", "1", "--verbose", "0"])
+    with pytest.raises(ConfigError, match="started without --tensorboard, and its checkpoints hold the callbacks it had"):
+        mnist.main(["--resume", "--out", str(out), "--epochs", "2", "--tensorboard", str(tmp_path / "tb")])

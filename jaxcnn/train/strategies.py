@@ -131,7 +131,9 @@ def placement(devices: int | str | Sequence[Any] | None = None) -> Placement:
         # On a CPU that jaxcnn split into more devices than cores, "all" means one per core.
         chosen = local[: cpu_workers()] if _jaxcnn_split_cpu(local) else local
     elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
-        if not 1 <= devices <= len(local):
+        if devices < 1:
+            raise ConfigError(f"devices must be at least 1 (or 'auto', 'all'), got {devices}")
+        if not devices <= len(local):
             raise ConfigError(
                 f"devices={devices} but this process sees {len(local)} device(s); on CPU, set "
                 f"XLA_FLAGS=--xla_force_host_platform_device_count={devices} (or call "
