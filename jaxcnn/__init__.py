@@ -117,8 +117,33 @@ def tune_xla_cpu() -> bool:
     return True
 
 
+#: The XLA:CPU flag jaxcnn adds to ``XLA_FLAGS`` on import (:func:`patient_collectives`): how long
+#: one CPU device waits at an all-reduce (BatchNorm's statistics on the mesh of parts) for the
+#: other before XLA aborts the process. XLA's default, 40 s after a 20 s warning, killed a run
+#: of cifar_cnn4 when other trainings starved one device's thread on a busy 2-core machine.
+XLA_CPU_COLLECTIVE_FLAG = "--xla_cpu_collective_call_terminate_timeout_seconds=600"
+
+
+def patient_collectives() -> bool:
+    """Add :data:`XLA_CPU_COLLECTIVE_FLAG` to ``XLA_FLAGS``, so that a CPU device kept waiting
+    at an all-reduce by a loaded machine waits up to 10 minutes (XLA still logs a warning after
+    20 s) instead of aborting the process after a minute. jaxcnn calls this on import; like
+    :func:`tune_xla_cpu` it does nothing once JAX's backends have started, when ``XLA_FLAGS``
+    already sets the flag, or on a jaxlib it was not tested with. Returns whether it added it."""
+    from jax._src import xla_bridge
+    import jaxlib
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if ("xla_cpu_collective_call_terminate_timeout_seconds" in flags or not jaxlib.__version__.startswith(_XLA_CPU_FLAG_JAXLIB)
+            or xla_bridge.backends_are_initialized()):
+        return False
+    os.environ["XLA_FLAGS"] = f"{flags} {XLA_CPU_COLLECTIVE_FLAG}".strip()
+    return True
+
+
 #: Whether jaxcnn added :data:`XLA_CPU_FLAG` on import.
 _XLA_CPU_TUNED = tune_xla_cpu()
+_PATIENT_COLLECTIVES = patient_collectives()
 #: The CPU device count jaxcnn set on import (1: it set none, e.g. because XLA_FLAGS did).
 _CPU_SPLIT = use_cpu_devices()
 

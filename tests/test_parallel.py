@@ -15,6 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -214,3 +215,40 @@ def test_fit_over_two_processes_matches_one_process():
         for k, v in ref["history"].items():
             np.testing.assert_allclose(got["history"][k], v, rtol=1e-5, atol=1e-6, err_msg=k)
         np.testing.assert_allclose(got["outputs"], ref["outputs"], rtol=1e-5, atol=1e-6)
+
+
+_STARVED = r"""
+import os, sys, time
+import jaxcnn
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+mesh = Mesh(np.array(jax.devices()[:2]), ("d",))
+
+def slow(i):  # one device's thread kept from the all-reduce, as by a machine busy with other work
+    if int(i) == 1:
+        time.sleep(float(sys.argv[1]))
+    return np.int32(i)
+
+def f(x):
+    j = jax.pure_callback(slow, jax.ShapeDtypeStruct((), jnp.int32), jax.lax.axis_index("d"))
+    return jax.lax.psum(x + j.astype(x.dtype), "d")
+
+print(float(jax.jit(jax.shard_map(f, mesh=mesh, in_specs=P("d"), out_specs=P()))(jnp.arange(2.0))[0]))
+"""
+
+
+def test_a_device_kept_waiting_at_an_all_reduce_does_not_abort_the_process():
+    """jaxcnn's import raises XLA:CPU's all-reduce termination timeout (jaxcnn.patient_collectives):
+    XLA's default aborted a BatchNorm run whose other device's thread a busy machine starved for a
+    minute. The flag's name is the one XLA reads: set short, the same wait aborts."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("an XLA:CPU flag")
+    assert jaxcnn.XLA_CPU_COLLECTIVE_FLAG in os.environ["XLA_FLAGS"]
+    base = "--xla_force_host_platform_device_count=2 --xla_cpu_collective_call_warn_stuck_timeout_seconds=1"
+    env = {**os.environ, "JAXCNN_CPU_DEVICES": "1"}
+    patient = subprocess.run([sys.executable, "-c", _STARVED, "4"], env={**env, "XLA_FLAGS": base}, capture_output=True,
+                             text=True, timeout=120)
+    assert patient.returncode == 0 and patient.stdout.split()[-1] == "2.0", patient.stderr[-2000:]
+    short = subprocess.run([sys.executable, "-c", _STARVED, "8"], capture_output=True, text=True, timeout=120,
+                           env={**env, "XLA_FLAGS": f"{base} --xla_cpu_collective_call_terminate_timeout_seconds=1"})
+    assert short.returncode != 0 and "Termination timeout" in short.stderr
