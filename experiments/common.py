@@ -897,7 +897,7 @@ def run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) 
     if primary:
         write_json(out / "metrics.json", metrics, hint=hint)
     say(
-        f"test loss {test['loss']:.4f}, test accuracy {test['accuracy']:.4f}; {len(history)} epochs "
+        f"test loss {test['loss']:.4f}, test accuracy {test['accuracy']:.4f}; {len(history)} epoch{'' if len(history) == 1 else 's'} "
         f"(best {best + 1}), {metrics['wall_time_s']:.1f}s in all. Outputs in {out}"
     )
     return metrics

@@ -14,8 +14,9 @@ early). ``--dataset`` takes mnist, fashion_mnist or cifar10; ``--model`` a regis
 ``package.module:Class``, a Flax linen module built with no arguments (give its fields defaults)
 that maps a batch of images (N, H, W, C) to logits (N, classes) and, if it has dropout or batch
 normalisation, takes a ``train`` argument. Writes config.json, summary.txt, digits.png,
-history.json/.csv/.png, predictions.png, metrics.json and model/ to runs/<data set>-<time> (see
-experiments/common.py).
+history.json/.csv/.png, predictions.png, mistakes.png (wrong test predictions), confusion.png,
+metrics.json, model/ (reload with ``python -m experiments.predict <run dir>``) and checkpoints/
+(``--resume`` continues from them) to runs/<data set>-<time> (see experiments/common.py).
 """
 
 from __future__ import annotations
