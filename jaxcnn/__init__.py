@@ -106,14 +106,21 @@ def tune_xla_cpu() -> bool:
     default) or when jaxlib is not a release it was measured with. Results change by float
     rounding only. Returns whether it added the flag.
     """
+    return _add_xla_flag(XLA_CPU_FLAG)
+
+
+def _add_xla_flag(flag: str) -> bool:
+    """Append ``flag`` (``--name=value``) to ``XLA_FLAGS``, unless ``XLA_FLAGS`` already names it
+    (a user's choice wins), jaxlib is not a release jaxcnn's flags were tested with (an XLA that
+    does not know a flag aborts), or JAX's backends have started (too late to take effect)."""
     from jax._src import xla_bridge
     import jaxlib
 
     flags = os.environ.get("XLA_FLAGS", "")
-    if ("xla_cpu_experimental_ynn_fusion_type" in flags or not jaxlib.__version__.startswith(_XLA_CPU_FLAG_JAXLIB)
-            or xla_bridge.backends_are_initialized()):
+    name = flag.lstrip("-").split("=", 1)[0]
+    if name in flags or not jaxlib.__version__.startswith(_XLA_CPU_FLAG_JAXLIB) or xla_bridge.backends_are_initialized():
         return False
-    os.environ["XLA_FLAGS"] = f"{flags} {XLA_CPU_FLAG}".strip()
+    os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
     return True
 
 
@@ -130,15 +137,7 @@ def patient_collectives() -> bool:
     20 s) instead of aborting the process after a minute. jaxcnn calls this on import; like
     :func:`tune_xla_cpu` it does nothing once JAX's backends have started, when ``XLA_FLAGS``
     already sets the flag, or on a jaxlib it was not tested with. Returns whether it added it."""
-    from jax._src import xla_bridge
-    import jaxlib
-
-    flags = os.environ.get("XLA_FLAGS", "")
-    if ("xla_cpu_collective_call_terminate_timeout_seconds" in flags or not jaxlib.__version__.startswith(_XLA_CPU_FLAG_JAXLIB)
-            or xla_bridge.backends_are_initialized()):
-        return False
-    os.environ["XLA_FLAGS"] = f"{flags} {XLA_CPU_COLLECTIVE_FLAG}".strip()
-    return True
+    return _add_xla_flag(XLA_CPU_COLLECTIVE_FLAG)
 
 
 #: Whether jaxcnn added :data:`XLA_CPU_FLAG` on import.

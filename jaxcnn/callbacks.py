@@ -89,18 +89,21 @@ OPTIONAL_HOOKS = {"on_train_batch_end": "on_batch_end", "on_train_batch_begin": 
                   "on_test_begin": None, "on_test_end": None}
 
 
+def _defined(cb: Any, attr: str | None) -> Callable[..., Any] | None:
+    """``cb``'s method ``attr`` when ``cb`` defines it (its class, or set on the instance as
+    LambdaCallback does) other than the base class's empty one; else None."""
+    if attr is None:
+        return None
+    own = getattr(type(cb), attr, None)
+    if own is not None:
+        return getattr(cb, attr) if own is not getattr(Callback, attr, None) else None
+    fn = getattr(cb, attr, None)
+    return fn if callable(fn) else None
+
+
 def has_hook(cb: Any, name: str) -> bool:
-    """Whether ``cb`` defines the optional hook ``name`` (itself, or under Keras's alias), other
-    than the base class's empty one."""
-    for attr in (name, OPTIONAL_HOOKS.get(name)):
-        if attr is None:
-            continue
-        own = getattr(type(cb), attr, None)
-        if own is not None and own is not getattr(Callback, attr, None):
-            return True
-        if own is None and callable(getattr(cb, attr, None)):  # set on the instance (LambdaCallback style)
-            return True
-    return False
+    """Whether ``cb`` defines the optional hook ``name`` (itself, or under Keras's alias)."""
+    return _defined(cb, name) is not None or _defined(cb, OPTIONAL_HOOKS.get(name)) is not None
 
 
 def _binds(sig: inspect.Signature, n: int) -> bool:
@@ -119,10 +122,8 @@ def hook(cb: Any, name: str) -> Callable[..., Any]:
     ``on_epoch_begin(epoch, logs)`` and ``on_train_end(logs)``, whose last argument is named
     ``logs``, get the logs (empty at a beginning, the last epoch's at the end) instead of the loop.
     A hook that takes neither form is refused with a :class:`ConfigError` before training."""
-    fn = getattr(cb, name, None)
-    alias = OPTIONAL_HOOKS.get(name)
-    if alias and (fn is None or getattr(type(cb), name, None) is getattr(Callback, name, None)) and callable(getattr(cb, alias, None)):
-        fn = getattr(cb, alias)  # Keras: on_batch_end is on_train_batch_end's alias
+    # Keras: on_batch_end is on_train_batch_end's alias, used when the hook itself is not defined
+    fn = _defined(cb, name) or _defined(cb, OPTIONAL_HOOKS.get(name)) or getattr(cb, name)
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # a builtin: call it as it is

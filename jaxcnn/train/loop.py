@@ -492,6 +492,7 @@ def fit(
     batch_size = min(batch_size, len(inputs.train.x))  # Keras: one batch of all the data
     probe = model_or_state if isinstance(model_or_state, TrainState) else None
     strategy = choose_strategy(devices, batch_size, probe, data_on_device)  # a bad `devices` fails before compiling
+    outputs = None  # the model's outputs on the first training images, when building the state gave them
     if isinstance(model_or_state, TrainState):
         state = model_or_state
         if metrics:
@@ -500,8 +501,7 @@ def fit(
         state, outputs = start_state(model_or_state, inputs.input_shape, optimizer, learning_rate, seed,
                                      metrics=_get_metrics(metrics), sample=inputs.train.x[: state_mod.SAMPLE])
         strategy = choose_strategy(devices, batch_size, state, data_on_device)
-    state = _resolve_loss(state, loss, from_logits, label_smoothing, inputs.train.x, inputs.train.y,
-                          None if isinstance(model_or_state, TrainState) else outputs)
+    state = _resolve_loss(state, loss, from_logits, label_smoothing, inputs.train.x, inputs.train.y, outputs)
     history = History(params={"epochs": epochs, "batch_size": batch_size, "samples": len(inputs.train.x), "seed": seed})
     callbacks = list(callbacks)
     hooks = [Hooks(cb) for cb in callbacks]  # a hook of neither jaxcnn's nor Keras's form fails here

@@ -146,11 +146,11 @@ def start_state(model: Any, input_shape: Sequence[int], optimizer: str | optax.G
     num_classes = output_classes(adapter, input_shape)  # traced only: a bad shape fails here, uncompiled
     outputs = None
     if adapter.kind == "linen" and 0 <= int(seed) < 2**32:
-        images = np.zeros((SAMPLE, *input_shape), np.float32)
+        images = None  # zeros
         if sample is not None and len(sample):
-            images = np.resize(np.asarray(sample[:SAMPLE], np.float32), images.shape)  # repeated up to SAMPLE rows
+            images = np.resize(np.asarray(sample[:SAMPLE], np.float32), (SAMPLE, *input_shape))  # repeated up to SAMPLE rows
         variables, dropout_key, out = _start(adapter, input_shape, int(seed), images)
-        outputs = None if sample is None or not len(sample) else np.asarray(out)[: min(len(sample), SAMPLE)]
+        outputs = None if images is None else np.asarray(out)[: min(len(sample), SAMPLE)]
     else:
         init_key, dropout_key = _seed_keys(seed)
         variables = _init_variables(adapter, input_shape, init_key, dropout_key)
@@ -178,24 +178,20 @@ def _start_impl(adapter: Model, input_shape: tuple[int, ...], impl: str, seed: A
 
 
 _start_jitted = jax.jit(_start_impl, static_argnums=(0, 1, 2))
-_SEED = jax.ShapeDtypeStruct((), np.uint32)
 
 
-def _start_args(input_shape: tuple[int, ...]) -> tuple[Any, Any]:
-    return _SEED, jax.ShapeDtypeStruct((SAMPLE, *input_shape), np.float32)
-
-
-def _start_traced(adapter: Model, input_shape: tuple[int, ...]) -> Any:
+def _start_traced(adapter: Model, input_shape: tuple[int, ...], impl: str | None = None) -> Any:
     """The start program traced (jit keeps the trace: the call that compiles it reuses it);
-    nothing compiles."""
-    return _start_jitted.trace(adapter, input_shape, jax.config.jax_default_prng_impl, *_start_args(input_shape))
+    nothing compiles. ``impl``: the PRNG implementation, by default JAX's current one."""
+    impl = impl or jax.config.jax_default_prng_impl
+    seed = jax.ShapeDtypeStruct((), np.uint32)
+    return _start_jitted.trace(adapter, input_shape, impl, seed, jax.ShapeDtypeStruct((SAMPLE, *input_shape), np.float32))
 
 
 @memo_if_hashable(maxsize=32)
 def _start_compiled(adapter: Model, input_shape: tuple[int, ...], impl: str, backend: str) -> Any:
     # Compiled ahead of time to give the CPU its once-only options (ONCE_OPTIONS).
-    lowered = _start_jitted.trace(adapter, input_shape, impl, *_start_args(input_shape)).lower()
-    return lowered.compile(ONCE_OPTIONS if backend == "cpu" else None)
+    return _start_traced(adapter, input_shape, impl).lower().compile(ONCE_OPTIONS if backend == "cpu" else None)
 
 
 def _start(adapter: Model, input_shape: tuple[int, ...], seed: int, images: np.ndarray | None = None) -> tuple[Any, Array, Array]:
