@@ -24,8 +24,10 @@ hyperparameters, status and Optuna state, last-epoch and best-epoch metrics, wal
 best.json (the best trial and the settings), history.png (optimisation history),
 importances.png, params.png (validation accuracy against each hyperparameter) and best/
 (summary.txt, history.json/.csv/.png, and model/, which ``python -m experiments.predict
-<out>/best`` reloads). A rerun with the same --out (or --resume) trains only the trials not yet
-finished; a larger --trials extends the search with the same first trials. Ctrl-C stops the
+<out>/best`` reloads). A rerun with the same --out trains only the trials not yet finished; a
+larger --trials extends the search with the same first trials. ``--resume --out DIR`` alone takes
+the search's settings from DIR/config.json (written when the search starts to train, and kept
+after Ctrl-C or a fault). Ctrl-C stops the
 search (exit status 130) and prints how many trials the study keeps and the command that
 continues it.
 
@@ -49,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.common import RunInterrupted, cli, write_json
+from experiments.common import RunInterrupted, cli, parse_args, write_json
 from jaxcnn.errors import ConfigError
 from jaxcnn.search import DB_FILE, DEFAULT_STUDY, PRUNERS, REPORT_SPACE, SAMPLERS, SearchConfig
 
@@ -85,7 +87,8 @@ def build_parser() -> Any:
     p.add_argument("--limit", type=int, default=None, help="use only the first N training examples, for quick runs")
     p.add_argument("--data-dir", default=None, help="directory with the data files (default: cache, bundled copy)")
     p.add_argument("--out", default=None, help="run directory (default runs/random_search-<time>); an existing search continues")
-    p.add_argument("--resume", action="store_true", help="continue the search in --out (a rerun with the same --out does too)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the search in --out with the settings in its config.json (other flags are optional; a larger --trials extends it)")
     p.add_argument("--sampler", default=s.sampler, choices=SAMPLERS,
                    help="random: trial t drawn from (seed, t) alone, as the report; tpe: Optuna's TPE (default %(default)s)")
     p.add_argument("--pruner", default=s.pruner, choices=PRUNERS,
@@ -120,6 +123,7 @@ def run(config: RandomSearchRun) -> dict[str, Any]:
         config.search.check()  # bad settings (a seed out of range...): one line, nothing created
     except ConfigError as e:
         raise ConfigError(as_flags(str(e))) from None
+    started = time.time_ns()
     try:
         ds = data.load(config.dataset, config.data_dir)
         if config.limit is not None:
@@ -132,10 +136,54 @@ def run(config: RandomSearchRun) -> dict[str, Any]:
         )
     except KeyboardInterrupt:
         raise RunInterrupted(_interrupted(config, out)) from None
-    write_json(out / "config.json", {**dataclasses.asdict(config), "storage": _hide(config.storage)})
+    except ConfigError as e:
+        raise ConfigError(as_flags(str(e))) from None
+    finally:
+        _write_settings(config, out, started)
     if config.search.verbose:
         print(f"Outputs in {out}")
     return json.loads((out / "best.json").read_text())
+
+
+def _write_settings(config: RandomSearchRun, out: Path, started: int) -> None:
+    """Write config.json, what ``--resume --out`` continues with, once the study has taken this
+    run's settings: its search.json was written after ``started`` (a run the study refused leaves
+    the settings of the one it holds). Also after Ctrl-C or a fault, so that the command to continue
+    is ``--resume --out`` alone."""
+    try:
+        if (out / "search.json").stat().st_mtime_ns < started:
+            return
+    except OSError:
+        return
+    write_json(out / "config.json", {**dataclasses.asdict(config), "storage": _hide(config.storage)})
+
+
+def _resumed(config: RandomSearchRun, explicit: set[str]) -> RandomSearchRun:
+    """``--resume --out DIR``: the settings DIR's config.json holds, overridden by the flags given
+    (``explicit``, argparse destinations); the study refuses any that would change the search.
+    ``config`` unchanged when DIR has no config.json (a search interrupted before it was written:
+    the flags must then repeat its settings)."""
+    import json
+
+    path = Path(config.out) / "config.json"
+    if not path.is_file():
+        return config
+    try:
+        raw = json.loads(path.read_text())
+        stored = dataclasses.replace(DEFAULTS, **{k: v for k, v in raw.items() if k != "search"},
+                                     search=dataclasses.replace(DEFAULTS.search, **raw["search"]))
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{path} cannot be read ({e}); give the search's flags with --out instead of --resume") from None
+    fields = {FLAGS_DEST.get(dest, dest) for dest in explicit}
+    stored = dataclasses.replace(
+        stored, out=config.out, resume=True,
+        search=dataclasses.replace(stored.search, **{f: getattr(config.search, f) for f in fields & set(FLAGS)}),
+        **{f: getattr(config, f) for f in fields & {"limit", "data_dir", "storage", "study", "workers"}},
+    )
+    if stored.storage and ":***@" in stored.storage:
+        raise ConfigError(f"--resume: the search in {config.out} uses a storage whose password config.json does not keep; "
+                          "give --storage with the whole URL as well")
+    return stored
 
 
 def _finished_trials(config: RandomSearchRun, out: Path) -> int | None:
@@ -196,6 +244,10 @@ def as_flags(message: str) -> str:
     return f"{FLAGS[field_name]} {rest}" if field_name in FLAGS else message
 
 
+#: argparse destinations that name a SearchConfig field differently.
+FLAGS_DEST = {"heartbeat": "heartbeat_interval"}
+
+
 def _hide(url: str | None) -> str | None:
     from jaxcnn.search import _hide_password
 
@@ -203,15 +255,18 @@ def _hide(url: str | None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    args, explicit = parse_args(build_parser(), argv)
     search = dataclasses.replace(
         DEFAULTS.search, trials=args.trials, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
         sampler=args.sampler, pruner=args.pruner, heartbeat_interval=args.heartbeat, verbose=args.verbose,
     )
-    return run(dataclasses.replace(
+    config = dataclasses.replace(
         DEFAULTS, limit=args.limit, data_dir=args.data_dir, out=args.out, resume=args.resume,
         storage=args.storage, study=args.study, workers=args.workers, search=search,
-    ))
+    )
+    if config.resume and config.out:
+        config = _resumed(config, explicit)
+    return run(config)
 
 
 if __name__ == "__main__":

@@ -204,10 +204,11 @@ def check_labels(y: Any, n: int, num_classes: int, what: str = "y") -> np.ndarra
     return y
 
 
-def check_positive_int(value: Any, what: str) -> int:
-    """``value`` as a positive ``int`` (bools refused)."""
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
+def check_positive_int(value: Any, what: str, minimum: int = 1) -> int:
+    """``value`` as an ``int`` of at least ``minimum``, 1 (positive) or 0 (bools refused)."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+        raise ConfigError(f"{what} must be {kind}, got {value!r}")
     return int(value)
 
 

@@ -258,6 +258,23 @@ def test_random_search_ctrl_c_says_what_is_kept_and_how_to_continue(tmp_path, mo
     assert capsys.readouterr().err.strip() == "interrupted: before the search started; nothing was kept"
 
 
+def test_random_search_resume_takes_the_searchs_own_settings(tmp_path):
+    import json
+
+    from experiments import random_search as exp
+    from jaxcnn.errors import ConfigError
+
+    out = tmp_path / "rs"
+    exp.main(["--limit", "200", "--epochs", "1", "--batch-size", "64", "--verbose", "0", "--trials", "1", "--out", str(out)])
+    settings = (out / "config.json").read_text()
+    with pytest.raises(ConfigError, match="holds a different search"):  # new settings: refused, config.json kept
+        exp.main(["--limit", "200", "--epochs", "2", "--batch-size", "64", "--verbose", "0", "--out", str(out)])
+    assert (out / "config.json").read_text() == settings
+    best = exp.main(["--resume", "--out", str(out), "--trials", "2", "--verbose", "0"])  # nothing else repeated
+    assert best["trials"] == 2 and json.loads((out / "config.json").read_text())["search"]["trials"] == 2
+    assert json.loads((out / "config.json").read_text())["limit"] == 200
+
+
 def test_report_says_left_out_with_no_cifar(tmp_path):
     from experiments import report
 

@@ -245,6 +245,20 @@ def test_evaluate_and_predict_take_keras_verbose(mnist, capsys):
         jaxcnn.evaluate(state, x, y, verbose=3)
 
 
+def test_fit_takes_keras_verbose_and_epochs_zero_builds_the_state(mnist, capsys):
+    x, y = mnist
+    built, history = _fit(Tiny(), x, y, epochs=0, verbose="auto")
+    assert int(built.step) == 0 and len(history) == 0 and capsys.readouterr().out == ""  # Keras: nothing trained
+    state, _ = _fit(built, x, y, epochs=1, verbose="auto")
+    out = capsys.readouterr().out
+    assert int(state.step) == 3 and "Training on 192 examples" in out and "Epoch 1/1" in out
+    assert int(built.step) == 0  # the built state stays the caller's
+    with pytest.raises(ConfigError, match="verbose must be 0, 1, 2 or 'auto', got 'loud'"):
+        _fit(Tiny(), x, y, verbose="loud")
+    with pytest.raises(ConfigError, match="initial_epoch must be an integer of at least 0, got -1"):
+        _fit(Tiny(), x, y, initial_epoch=-1)
+
+
 class OneSigmoid(nn.Module):
     @nn.compact
     def __call__(self, x):

@@ -331,8 +331,8 @@ def test_bad_inputs_rejected_before_compiling(mnist_small):
         jaxcnn.fit(tiny_model(), (x * 255).astype(np.uint8), y, verbose=0)
     with pytest.raises(ShapeError, match="label 10 at index 0, outside 0..9"):
         jaxcnn.fit(tiny_model(), x[:4], np.array([10, 1, 2, 3]), verbose=0)
-    with pytest.raises(ConfigError, match="epochs must be a positive integer"):
-        jaxcnn.fit(tiny_model(), x, y, epochs=0, verbose=0)
+    with pytest.raises(ConfigError, match="epochs must be an integer of at least 0, got -1"):
+        jaxcnn.fit(tiny_model(), x, y, epochs=-1, verbose=0)
 
 
 def test_batch_larger_than_the_data_trains_one_batch_as_keras(mnist_small):

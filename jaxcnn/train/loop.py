@@ -390,11 +390,10 @@ def _restore(ckpts: Any, state: TrainState, fingerprint: dict[str, Any], n_callb
 # fit, evaluate, predict
 
 
-def _check_settings(epochs: int, batch_size: int, verbose: int, seed: Any) -> None:
-    checks.check_positive_int(epochs, "epochs")
+def _check_settings(epochs: int, batch_size: int, initial_epoch: int, seed: Any) -> None:
+    checks.check_positive_int(epochs, "epochs", minimum=0)  # Keras: epochs=0 builds the model and trains nothing
+    checks.check_positive_int(initial_epoch, "initial_epoch", minimum=0)
     checks.check_positive_int(batch_size, "batch_size")
-    if verbose not in (0, 1, 2):
-        raise ConfigError(f"verbose must be 0, 1 or 2, got {verbose!r}")
     checks.check_seed(seed)
 
 
@@ -432,7 +431,7 @@ def fit(
     shuffle: bool = True,
     seed: int = 0,
     callbacks: Iterable[Callback] = (),
-    verbose: int = 1,
+    verbose: int | str = "auto",
     initial_epoch: int = 0,
     devices: int | str | Sequence[Any] | None = "auto",
     data_on_device: bool | None = None,
@@ -448,7 +447,7 @@ def fit(
         :class:`TrainState` to continue training.
       x: float images (N, H, W, C), e.g. ``jaxcnn.data.to_float(images)``.
       y: integer labels (N,), or one-hot or soft targets (N, classes), kept as distributions.
-      epochs: train until this epoch (counting from ``initial_epoch``).
+      epochs: train until this epoch (counting from ``initial_epoch``); 0 only builds the state.
       batch_size: examples per step; the last, partial batch of an epoch is trained on too. A
         batch larger than the data trains on all of it in one step, as in Keras.
       loss: None or "sparse_categorical_crossentropy" / "categorical_crossentropy" (both take
@@ -464,7 +463,7 @@ def fit(
       shuffle: reshuffle the training data each epoch; the order depends on (seed, epoch) only.
       seed: parameter initialisation (linen), dropout and shuffling all derive from it.
       callbacks: e.g. ``EarlyStopping``, ``LearningRateScheduler``.
-      verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
+      verbose: 0 silent, 1 or "auto" (the default) a progress bar per epoch, 2 one line per epoch.
       devices: "auto" (on CPU, each batch cut into parts of at most 32 examples dealt out to the
         CPU devices, or for models with batch statistics one part per device of an SPMD mesh
         that keeps the statistics the whole batch's; one device on an accelerator), None (one
@@ -486,7 +485,8 @@ def fit(
     Raises ``ShapeError``/``ConfigError`` on bad input before compiling, and ``TrainingError``
     (its ``state`` and ``history`` those of the last good step) if the loss becomes NaN.
     """
-    _check_settings(epochs, batch_size, verbose, seed)
+    verbose = _check_verbose(verbose)
+    _check_settings(epochs, batch_size, initial_epoch, seed)
     inputs = _check_inputs(model_or_state, x, y, validation_split=validation_split, validation_data=validation_data,
                            class_weight=class_weight, sample_weight=sample_weight)
     batch_size = min(batch_size, len(inputs.train.x))  # Keras: one batch of all the data
