@@ -231,7 +231,9 @@ class ConfusionMatrix(Metric):
 
 
 # Keys fit logs itself: a metric named so would shadow them (or be dropped, for accuracy).
-_RESERVED = frozenset({"loss", "accuracy", "acc", "learning_rate", "time_s", "examples_per_s", "train_time_s"})
+#: What ``fit`` logs after the metrics each epoch, in this order (not metrics: never shown as one).
+FIT_TAIL = ("learning_rate", "time_s", "examples_per_s", "train_time_s")
+_RESERVED = frozenset({"loss", "accuracy", "acc", *FIT_TAIL})
 
 
 @dataclasses.dataclass(frozen=True, init=False)

@@ -21,8 +21,9 @@ import numpy as np
 import optax
 
 from jaxcnn import checks, losses, optim
-from jaxcnn.callbacks import Callback, Hooks, has_hook, hook
+from jaxcnn.callbacks import Callback, Hooks
 from jaxcnn.errors import ConfigError, ShapeError, TrainingError
+from jaxcnn.metrics import FIT_TAIL
 from jaxcnn.train import step as steps
 from jaxcnn.train.model import adapt
 from jaxcnn.train import state as state_mod
@@ -193,16 +194,18 @@ def _non_finite(epoch: int, step: int) -> str:
 
 def run_epoch(state: TrainState, strategy: Strategy, data: Data, order: np.ndarray, batch_size: int, *,
               epoch: int = 0, verbose: int = 0, desc: str = "", loop: Loop | None = None,
-              callbacks: Sequence[Callback] = (), stop_on_nan: bool = True) -> tuple[TrainState, dict[str, float]]:
+              callbacks: Sequence[Callback | Hooks] = (), stop_on_nan: bool = True) -> tuple[TrainState, dict[str, float]]:
     """Train one epoch over ``data`` in ``order``, in batches (the last one partial), with
     ``strategy``. Returns the new state and the epoch's logs (loss, accuracy, metrics,
     examples_per_s, train_time_s). A non-finite loss raises :class:`TrainingError` holding the
-    state of the last good step (with ``stop_on_nan``), or gives a NaN loss in the logs."""
+    state of the last good step (with ``stop_on_nan``), or gives a NaN loss in the logs.
+    ``callbacks`` may be callbacks or their :class:`Hooks` (fit's, adapted once)."""
     units = strategy.units(order, batch_size)
     total_steps = math.ceil(len(order) / batch_size)
     bar = _progress(total_steps, desc, verbose)
-    per_batch = [hook(cb, "on_train_batch_end") for cb in callbacks if has_hook(cb, "on_train_batch_end")]
-    before_batch = [hook(cb, "on_train_batch_begin") for cb in callbacks if has_hook(cb, "on_train_batch_begin")]
+    hooks = [cb if isinstance(cb, Hooks) else Hooks(cb) for cb in callbacks]
+    per_batch = [h.on_train_batch_end for h in hooks if h.on_train_batch_end is not None]
+    before_batch = [h.on_train_batch_begin for h in hooks if h.on_train_batch_begin is not None]
     acc = strategy.place.put_state(steps.zero_metrics(state))
     t0, done = time.perf_counter(), 0
     log_every = 1 if per_batch else max(1, min(25, len(units) // 20))
@@ -406,7 +409,7 @@ def _announce(inputs: _Inputs, batch_size: int, epochs: int, initial_epoch: int,
 
 
 def _epoch_line(epoch: int, epochs: int, logs: dict[str, float], eta: float) -> str:
-    shown = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k not in ("learning_rate", "time_s", "examples_per_s", "train_time_s"))
+    shown = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k not in FIT_TAIL)
     left = f" - about {eta:,.0f}s left" if eta > 0 else ""
     return f"Epoch {epoch + 1}/{epochs} - {logs['time_s']:.1f}s - {shown} - lr: {logs['learning_rate']:.4g}{left}"
 
@@ -573,7 +576,7 @@ def _epochs(loop: Loop, strategy: Strategy, inputs: _Inputs, callbacks: list[Cal
         try:
             loop.state, logs = run_epoch(loop.state, strategy, inputs.train, order, batch_size, epoch=epoch,
                                          verbose=verbose, desc=f"Epoch {epoch + 1}/{epochs}", loop=loop,
-                                         callbacks=callbacks, stop_on_nan=stop_on_nan)
+                                         callbacks=hooks, stop_on_nan=stop_on_nan)
         except TrainingError as e:
             loop.state = e.state
             e.history = loop.history
@@ -602,9 +605,8 @@ def _epochs(loop: Loop, strategy: Strategy, inputs: _Inputs, callbacks: list[Cal
 
 
 def _log_order(logs: dict[str, float]) -> list[str]:
-    tail = ("learning_rate", "time_s", "examples_per_s", "train_time_s")
-    train = [k for k in logs if not k.startswith("val_") and k not in tail]
-    return [*train, *[k for k in logs if k.startswith("val_")], *[k for k in tail if k in logs]]
+    train = [k for k in logs if not k.startswith("val_") and k not in FIT_TAIL]
+    return [*train, *[k for k in logs if k.startswith("val_")], *[k for k in FIT_TAIL if k in logs]]
 
 
 def _check_verbose(verbose: Any) -> int:
