@@ -101,11 +101,16 @@ def model_summary(
     Nothing is compiled or run: shapes come from ``jax.eval_shape``. Raises the model's own error
     (for example ``ShapeError`` for a kernel too big for its input) if it cannot be built.
     """
-    from jaxcnn.train.model import adapt
+    from jaxcnn.train.model import adapt, tracing_errors
 
     adapter = adapt(model)
-    if adapter.kind == "nnx":
-        return _nnx_summary(model, input_shape, name, dtype)
+    with tracing_errors(model, (1, *tuple(input_shape))):
+        if adapter.kind == "nnx":
+            return _nnx_summary(model, input_shape, name, dtype)
+        return _linen_summary(model, adapter, input_shape, name, dtype)
+
+
+def _linen_summary(model: nn.Module, adapter: Any, input_shape: Sequence[int], name: str | None, dtype: Any) -> Summary:
     calls: list[tuple[nn.Module, Any]] = []
 
     def record(next_fun, args, kwargs, context):

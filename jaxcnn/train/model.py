@@ -24,8 +24,11 @@ adapters compare equal when their modules do, so jitted steps are reused across 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,9 +38,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import layers
-from jaxcnn.errors import ConfigError
+from jaxcnn.checks import _user_stacklevel
+from jaxcnn.errors import ConfigError, JaxcnnError, ShapeError
 
 TRAIN_ARGS = ("train", "training", "deterministic")
+
+
+_WARNED_FLAGS: set[type] = set()  # module classes warned about a mode flag jaxcnn does not set
 
 
 def _train_arg(module: nn.Module) -> str | None:
@@ -48,6 +55,15 @@ def _train_arg(module: nn.Module) -> str | None:
     for name in TRAIN_ARGS:
         if name in params:
             return name
+    flags = [p.name for p in list(params.values())[1:] if isinstance(p.default, bool)]
+    if flags and type(module) not in _WARNED_FLAGS:  # a mode flag of another name would stay at its default
+        _WARNED_FLAGS.add(type(module))
+        warnings.warn(
+            f"{type(module).__name__}.__call__ takes {flags[0]!r}, which jaxcnn never sets: its Dropout and BatchNorm "
+            f"keep {flags[0]}={params[flags[0]].default} in training and evaluation alike. Name the mode flag train, "
+            "training or deterministic (jaxcnn sets it), or give it no default if it is not one",
+            UserWarning, stacklevel=_user_stacklevel(),
+        )
     return None
 
 
@@ -236,6 +252,32 @@ def model_name(model: Any) -> str:
     if isinstance(model, NNXModel):
         return model.module_type.__name__
     return type(model).__name__
+
+
+@contextlib.contextmanager
+def tracing_errors(module: Any, images: tuple[int, ...]) -> Iterator[None]:
+    """Tracing ``module`` on a batch of ``images`` (a shape, batch axis first): a ``__call__`` that
+    does not fit the contract becomes :func:`call_error`'s ConfigError, and a model that cannot take
+    these images (a TypeError or ValueError of JAX's shape checks, e.g. a Dense built for another
+    input size) a one-line ShapeError that names the shape; the original error is its cause."""
+    try:
+        yield
+    except JaxcnnError:  # jaxcnn's own layers' messages (ShapeError is a ValueError too)
+        raise
+    except TypeError as e:
+        if "positional argument" in str(e) or "keyword argument" in str(e):
+            raise call_error(module, e) from None
+        raise _apply_error(module, images, e) from e
+    except ValueError as e:
+        raise _apply_error(module, images, e) from e
+
+
+def _apply_error(module: Any, images: tuple[int, ...], error: Exception) -> ShapeError:
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
+    return ShapeError(
+        f"{model_name(module)} cannot be applied to images of shape {tuple(images)}: {first}. "
+        "Is it built for other images (another size or number of channels)? Check the shapes its layers expect"
+    )
 
 
 def call_error(module: Any, error: TypeError) -> ConfigError:

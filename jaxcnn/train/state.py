@@ -17,7 +17,7 @@ from flax.training import train_state
 from jaxcnn import checks, losses, optim
 from jaxcnn._memo import memo_if_hashable
 from jaxcnn.errors import ConfigError, ShapeError
-from jaxcnn.train.model import Model, adapt, call_error, model_name
+from jaxcnn.train.model import Model, adapt, model_name, tracing_errors
 
 Array = jax.Array
 
@@ -56,16 +56,13 @@ def output_classes(model: Any, input_shape: Sequence[int]) -> int:
 
 @memo_if_hashable(maxsize=32)
 def _output_classes(adapter: Model, input_shape: tuple[int, ...]) -> int:
-    try:
+    images = (SAMPLE, *input_shape)  # more than one image, so that a model mixing the batch is seen
+    with tracing_errors(getattr(adapter, "module", adapter), images):
         if adapter.kind == "linen":  # the trace of the state's first program, which jit keeps for it
             out = _start_traced(adapter, input_shape).out_info[2]
         else:
-            x = jax.ShapeDtypeStruct((1, *tuple(input_shape)), jnp.float32)
+            x = jax.ShapeDtypeStruct(images, jnp.float32)
             out = jax.eval_shape(lambda x: adapter.apply(adapter.init(None, None, x), x, train=False), x)
-    except TypeError as e:
-        if "positional argument" in str(e) or "keyword argument" in str(e):
-            raise call_error(getattr(adapter, "module", adapter), e) from None
-        raise
     if isinstance(out, (tuple, list, dict)):
         kind = type(out).__name__
         raise ShapeError(
@@ -76,7 +73,12 @@ def _output_classes(adapter: Model, input_shape: tuple[int, ...]) -> int:
     if getattr(out, "ndim", 0) != 2:
         raise ShapeError(
             f"{model_name(adapter)} returns outputs of shape {getattr(out, 'shape', None)} for images of shape "
-            f"{(1, *tuple(input_shape))}; a classifier must return (B, classes)"
+            f"{images}; a classifier must return (B, classes)"
+        )
+    if out.shape[0] != images[0]:
+        raise ShapeError(
+            f"{model_name(adapter)} returns outputs of shape {out.shape} for images of shape {images}; a classifier "
+            f"must return one row per image, (B, classes): a mean or sum over axis 0 mixes the batch"
         )
     if out.shape[-1] < 2:
         raise ShapeError(
