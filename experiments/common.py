@@ -439,7 +439,9 @@ def _callbacks(config: RunConfig) -> list[Any]:
 
 #: Fields that must be the same for ``--resume`` to give the run never interrupted. ``epochs`` may
 #: grow (train longer); ``verbose``, ``devices``, ``data_dir`` and the process flags may change
-#: (the data themselves must not: config.json holds their SHA-256).
+#: (the data themselves must not: config.json holds their SHA-256). Other ``devices`` run another
+#: execution strategy, so the history may then differ from an uninterrupted run's (a note says so:
+#: :func:`devices_note`).
 RESUME_MUST_MATCH = (
     "dataset", "model", "model_kwargs", "optimizer", "learning_rate", "lr_decay", "lr_schedule_after",
     "batch_size", "validation_split", "patience", "seed", "limit", "precision", "augment",
@@ -488,7 +490,9 @@ def resolve_model(name: str, **kwargs: Any) -> Any:
         raise ConfigError(f"--model {name}: {class_name} is a {type(cls).__name__}, not a Flax module class")
     is_nnx = isinstance(cls, type) and issubclass(cls, nnx.Module)
     try:  # an NNX module is built as checkpoint.load rebuilds it: Class(rngs=nnx.Rngs(0))
-        model = cls(**kwargs, rngs=nnx.Rngs(0)) if is_nnx else cls(**kwargs)
+        from jaxcnn.checkpoint import build_nnx
+
+        model = build_nnx(cls, kwargs) if is_nnx else cls(**kwargs)
     except TypeError as e:
         if "dtype" in kwargs and "dtype" in str(e):
             raise ConfigError(
@@ -657,6 +661,21 @@ def _check_same(before: RunConfig, now: RunConfig, out: Path) -> None:
         )
 
 
+def devices_note(before: RunConfig | None, now: RunConfig) -> str | None:
+    """The note a resume prints when ``--devices`` differs from the run's stored value (None, fit's
+    default, counts as ``auto``): the same checkpoint then trains on another execution strategy,
+    whose dropout masks and float summation order differ. None when they agree."""
+    if before is None:
+        return None
+    old, new = (str(c.devices) if c.devices is not None else "auto" for c in (before, now))
+    if old == new:
+        return None
+    return (
+        f"note: the run was started with --devices {old} and resumes with --devices {new}; its history may then differ "
+        "from an uninterrupted run's (dropout masks and float summation follow the devices)"
+    )
+
+
 def _write_history(out: Path, history: Any, **kwargs: Any) -> None:
     write_json(out / "history.json", history.to_dict(), **kwargs)
     write_file(out / "history.csv", history.to_csv(), **kwargs)
@@ -745,6 +764,7 @@ def run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) 
     say = print if config.verbose and primary else (lambda *a, **k: None)
     fingerprint = data_fingerprint(ds)
     out: Path | None = Path(config.out) if config.out else None
+    before: RunConfig | None = None
     if config.resume and out is not None:
         before = read_run_config(out)
         if before is not None:
@@ -777,6 +797,9 @@ def run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) 
     resume = _peek_checkpoint(out, state) if config.resume and out is not None else None
     if resume is not None:
         say(f"resuming from {out / 'checkpoints' / str(resume.epoch)}: {resume.epoch} epoch(s) done")
+        note = devices_note(before, config)
+        if note:
+            say(note)
     elif config.resume:
         if out is not None and (out / "metrics.json").is_file():
             raise ConfigError(

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from jaxcnn.checks import _user_stacklevel
 from jaxcnn.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -176,7 +178,8 @@ class EarlyStopping(Callback):
       monitor: a key of the epoch logs, e.g. "val_loss" (default, as Keras) or "val_accuracy".
       min_delta: smallest change that counts as an improvement.
       patience: epochs without improvement before stopping.
-      mode: "min", "max" or "auto" (max for names containing "acc", min otherwise).
+      mode: "min", "max" or "auto" (max for accuracies, AUC, precision, recall and F1, min
+        otherwise: :func:`_auto_mode`, shared with ModelCheckpoint and ReduceLROnPlateau).
       baseline: a value the monitor must beat for ``wait`` to reset.
       restore_best_weights: put back the best epoch's weights when training ends.
       start_from_epoch: epochs to wait before monitoring starts.
@@ -194,12 +197,9 @@ class EarlyStopping(Callback):
         start_from_epoch: int = 0,
         verbose: int = 0,
     ):
-        if mode not in ("auto", "min", "max"):
-            raise ConfigError(f"EarlyStopping mode must be 'auto', 'min' or 'max', got {mode!r}")
+        mode = _auto_mode(monitor, mode, "EarlyStopping")
         if isinstance(patience, bool) or not hasattr(type(patience), "__index__") or patience < 0:
             raise ConfigError(f"EarlyStopping patience must be a whole number of epochs >= 0, got {patience!r}; e.g. patience=5")
-        if mode == "auto":
-            mode = "max" if "acc" in monitor else "min"
         self.monitor, self.mode, self.patience = monitor, mode, patience
         self.min_delta = abs(min_delta) * (1 if mode == "max" else -1)
         self.baseline, self.restore_best_weights = baseline, restore_best_weights
@@ -218,12 +218,12 @@ class EarlyStopping(Callback):
         self.best_state = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float], loop: Loop) -> None:
-        current = logs.get(self.monitor)
+        current = monitored(logs, self.monitor)
         if current is None:
             warnings.warn(
                 f"EarlyStopping monitors {self.monitor!r}, which is not in the logs "
                 f"(available: {', '.join(logs)}); pass validation data or monitor another metric",
-                stacklevel=2,
+                stacklevel=_user_stacklevel(),
             )
             return
         if epoch < self.start_from_epoch:
@@ -352,6 +352,11 @@ class BackupAndRestore(Callback):
     """
 
     def __init__(self, checkpoints: Any, callbacks: list[Callback] | tuple[Callback, ...] = (), resume: Any = None, monitor: str | None = None):
+        if isinstance(checkpoints, (str, os.PathLike)):  # Keras's BackupAndRestore(backup_dir)
+            raise ConfigError(
+                f"BackupAndRestore takes a jaxcnn.checkpoint.TrainCheckpoints, not a directory ({os.fspath(checkpoints)!r}); "
+                "for Keras's BackupAndRestore(DIR) drop this callback and call fit(..., checkpoint_dir=DIR, resume=True)"
+            )
         self.checkpoints, self.callbacks, self.resume = checkpoints, list(callbacks), resume
         self.monitor = monitor or getattr(checkpoints, "monitor", "val_loss")
         if resume is not None and len(resume.callbacks) not in (0, len(self.callbacks)):
@@ -371,13 +376,14 @@ class BackupAndRestore(Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, float], loop: Loop) -> None:
         if self.checkpoints is None:  # restore only
             return
+        current = monitored(logs, self.monitor)
         self.checkpoints.save(
             epoch + 1,
             loop.state,
             history=loop.history,
             callbacks=[cb.get_state() for cb in self.callbacks],
             stop_training=loop.stop_training,
-            metrics={self.monitor: logs[self.monitor]} if self.monitor in logs else None,
+            metrics={self.monitor: current} if current is not None else None,
         )
 
 
@@ -388,7 +394,9 @@ class BackupAndRestore(Callback):
 
 
 def _auto_mode(monitor: str, mode: str, owner: str) -> str:
-    """Keras's "auto": minimise losses and errors, maximise accuracies and other scores."""
+    """Keras's "auto" for jaxcnn's log keys: maximise accuracies (any name with "acc"), AUC,
+    precision, recall and F1 (``keras.metrics``' ``_direction = "up"``), minimise the loss.
+    Keras raises for a name it cannot place; here any other name is minimised."""
     if mode not in ("auto", "min", "max"):
         raise ConfigError(f"{owner} mode must be 'auto', 'min' or 'max', got {mode!r}")
     if mode != "auto":
@@ -397,6 +405,19 @@ def _auto_mode(monitor: str, mode: str, owner: str) -> str:
     if any(s in name for s in ("acc", "auc", "precision", "recall", "f1")):
         return "max"
     return "min"
+
+
+#: Keras logs ``metrics=["acc"]`` as "acc", jaxcnn always as "accuracy": each name's other spelling.
+_ALIASES = {"acc": "accuracy", "accuracy": "acc", "val_acc": "val_accuracy", "val_accuracy": "val_acc"}
+
+
+def monitored(logs: dict[str, float], monitor: str) -> float | None:
+    """``logs[monitor]``, or None when absent; "acc" and "accuracy" (and their ``val_`` forms) are
+    one key, so a monitor written for Keras's ``metrics=["acc"]`` finds jaxcnn's "val_accuracy"."""
+    value = logs.get(monitor)
+    if value is None and monitor in _ALIASES:
+        value = logs.get(_ALIASES[monitor])
+    return value
 
 
 def _is_primary() -> bool:
@@ -519,6 +540,9 @@ class ModelCheckpoint(_MonitorMixin, Callback):
 
     def _path(self, epoch: int, batch: int | None, logs: dict[str, float]) -> str:
         fields = dict(logs)
+        for name, alias in _ALIASES.items():  # "{val_acc:.4f}" with accuracy logged as val_accuracy
+            if name not in fields and alias in fields:
+                fields[name] = fields[alias]
         if batch is not None:
             fields["batch"] = batch + 1
         try:
@@ -534,10 +558,11 @@ class ModelCheckpoint(_MonitorMixin, Callback):
             if self.verbose:
                 print(f"Epoch {epoch + 1}: saving model to {path}")
             return True
-        current = logs.get(self.monitor)
+        current = monitored(logs, self.monitor)
         if current is None:
-            warnings.warn(f"Can save best model only with {self.monitor} available.", stacklevel=3)
+            warnings.warn(f"Can save best model only with {self.monitor} available.", stacklevel=_user_stacklevel())
             return True
+        # Keras 3.15 (the pinned version) prints "None" before the first value; older Keras 3 printed inf.
         best = "None" if self.best is None else f"{self.best:.5f}"
         if self._is_improvement(current, self.best):
             if self.verbose:
@@ -669,12 +694,12 @@ class ReduceLROnPlateau(_MonitorMixin, Callback):
         return None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float], loop: Loop) -> None:
-        current = logs.get(self.monitor)
+        current = monitored(logs, self.monitor)
         if current is None:
             warnings.warn(
                 f"Learning rate reduction is conditioned on metric `{self.monitor}` which is not available. "
                 f"Available metrics are: {','.join(logs)}.",
-                stacklevel=2,
+                stacklevel=_user_stacklevel(),
             )
             return
         new_lr = self.decide(epoch, current, loop.learning_rate)

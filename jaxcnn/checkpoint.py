@@ -112,6 +112,15 @@ def _nnx_kwargs(adapter: Any) -> dict[str, Any]:
     return out
 
 
+def build_nnx(cls: Any, kwargs: dict[str, Any], seed: int = 0) -> Any:
+    """An NNX module class built from its constructor arguments, as jaxcnn builds one everywhere
+    (a reloaded export, ``--model package.module:Class``, a search trial):
+    ``cls(**kwargs, rngs=nnx.Rngs(seed))``."""
+    from flax import nnx
+
+    return cls(**kwargs, rngs=nnx.Rngs(seed))
+
+
 def _class_path(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
@@ -141,7 +150,7 @@ def _from_json_kwargs(kwargs: dict[str, Any], where: Path) -> dict[str, Any]:
         elif isinstance(v, dict) and "unserializable" in v:
             raise CheckpointError(
                 f"{where} cannot rebuild the module: its attribute {k} = {v['unserializable']} was not saved; "
-                "pass the module yourself: jaxcnn.checkpoint.load(directory, model=MyModel(...))"
+                "pass the module yourself: jaxcnn.checkpoint.load_state(directory, model=MyModel(...))"
             )
         else:
             out[k] = v
@@ -170,10 +179,16 @@ def export(directory: str | os.PathLike[str], state: Any, model_name: str | None
     augmentation is for training only), so that it reloads and predicts without the wrapper."""
     if isinstance(state, (str, os.PathLike)) and hasattr(directory, "params"):
         raise ConfigError("export takes the directory first, then the state: export('runs/model', state)")
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{directory} is a file, not a directory; export writes two files into a directory: choose a directory")
     state = bare_state(state)
     spec = model_spec(state, model_name, model_kwargs)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    _warn_main(spec)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create the export directory {directory} ({e.strerror or e}); choose a directory that can be created") from None
     variables = {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}
     blob = serialization.to_bytes(variables)
     atomic_write(directory / PARAMS_FILE, blob)
@@ -191,6 +206,22 @@ def export(directory: str | os.PathLike[str], state: Any, model_name: str | None
     }
     atomic_write(directory / MODEL_FILE, json.dumps(meta, indent=2).encode())
     return directory
+
+
+def _warn_main(spec: dict[str, Any]) -> None:
+    """Warn when the exported module's class lives in ``__main__``: another process (or a script
+    of another name) cannot import it, so reloading there needs the module passed in."""
+    module = spec.get("module")
+    if isinstance(module, str) and module.startswith("__main__:"):
+        from jaxcnn.checks import _user_stacklevel
+
+        name = module.partition(":")[2]
+        warnings.warn(
+            f"the exported module's class {name} is defined in __main__ (the script being run), so it cannot be imported "
+            f"where the export is reloaded; reload it elsewhere with jaxcnn.checkpoint.load_state(directory, model={name}(...)), "
+            "or move the class to an importable module",
+            UserWarning, stacklevel=_user_stacklevel(),
+        )
 
 
 def _metric_spec(metric: Any) -> dict[str, Any]:
@@ -256,7 +287,7 @@ def _rebuild(meta: dict[str, Any], where: Path) -> Any:
     import importlib
 
     module_name, _, qualname = meta["module"].partition(":")
-    fix = (f"import or define it, or pass the module yourself: jaxcnn.checkpoint.load(directory, model=...), "
+    fix = (f"import or define it, or pass the module yourself: jaxcnn.checkpoint.load_state(directory, model={qualname.rpartition('.')[2]}(...)), "
            "or register a factory with jaxcnn.models.register_model and export with model_name=")
     try:
         obj: Any = importlib.import_module(module_name)
@@ -267,9 +298,7 @@ def _rebuild(meta: dict[str, Any], where: Path) -> Any:
     kwargs = _from_json_kwargs(meta.get("module_kwargs", {}), where)
     try:
         if meta.get("kind") == "nnx":
-            from flax import nnx
-
-            return obj(**kwargs, rngs=nnx.Rngs(0))
+            return build_nnx(obj, kwargs)
         return obj(**kwargs)
     except TypeError as e:
         raise CheckpointError(f"{where}: {meta['module']} cannot be rebuilt from its saved attributes ({e}); {fix}") from None
@@ -280,6 +309,10 @@ def load(directory: str | os.PathLike[str], model: Any = None) -> tuple[Any, dic
     ``module.apply`` (linen). ``model`` rebuilds the module yourself (any module that
     :func:`export` could not describe, e.g. one defined in ``__main__``)."""
     directory = Path(directory)
+    if directory.is_file():
+        raise CheckpointError(
+            f"{directory} is a file, not a directory; point to the directory an export wrote (it holds {MODEL_FILE} and {PARAMS_FILE})"
+        )
     meta_path, params_path = directory / MODEL_FILE, directory / PARAMS_FILE
     for p in (meta_path, params_path):
         if not p.is_file():

@@ -7,7 +7,9 @@ Every check runs in Python on host arrays, before anything is compiled, and rais
   named as such, with the transpose that fixes it), the model's shape, floating point, every
   pixel finite (:func:`check_finite`), and a ``UserWarning`` for pixels above 1.5 (0..255 floats
   that were never scaled).
-* :func:`check_labels`: integer classes or one-hot/soft targets, finite, in range, one per image.
+* :func:`check_labels`: integer classes (or floats holding whole numbers; the first that is not is
+  named with its index) or one-hot/soft targets, finite, in range, one per image.
+* :func:`check_nnx_dropout`: an NNX module's ``nnx.Dropout`` layers have their ``rngs``.
 * :func:`check_positive_int`, :func:`check_seed`, :func:`check_learning_rate`: settings.
 """
 
@@ -192,7 +194,15 @@ def check_labels(y: Any, n: int, num_classes: int, what: str = "y") -> np.ndarra
         raise ShapeError(f"{what} has {len(y)} labels for {n} images; they must match one to one")
     if np.issubdtype(y.dtype, np.floating):
         check_finite(y, what)
-    if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)))):
+    if np.issubdtype(y.dtype, np.floating):
+        fractional = np.flatnonzero(y != np.round(y))
+        if fractional.size:
+            i = int(fractional[0])
+            raise ShapeError(
+                f"{what} holds {y[i].item()!r} at index {i}; labels must be whole numbers 0..{num_classes - 1} "
+                f"({fractional.size} label{'s are' if fractional.size != 1 else ' is'} not)"
+            )
+    elif not np.issubdtype(y.dtype, np.integer):
         raise ShapeError(f"{what} has dtype {y.dtype}; labels must be integers 0..{num_classes - 1}")
     bad = np.flatnonzero((y < 0) | (y >= num_classes))
     if bad.size:
@@ -202,6 +212,21 @@ def check_labels(y: Any, n: int, num_classes: int, what: str = "y") -> np.ndarra
         )
     y = y.astype(np.int32)
     return y
+
+
+def check_nnx_dropout(module: Any) -> None:
+    """Refuse (``ConfigError``) an NNX module holding an ``nnx.Dropout`` with a positive rate built
+    without ``rngs``: jaxcnn calls ``module(x)``, so in training Flax would raise "no rngs argument
+    was provided to Dropout". Names the first such layer by its path in the module."""
+    from flax import nnx
+
+    for path, node in nnx.iter_graph(module):
+        if isinstance(node, nnx.Dropout) and node.rngs is None and node.rate > 0:
+            where = ".".join(map(str, (type(module).__name__, *path)))
+            raise ConfigError(
+                f"{where} is an nnx.Dropout({node.rate:g}) built without rngs, so it cannot draw its masks in training "
+                f"(jaxcnn calls the model as model(x)); build it with the module's rngs: nnx.Dropout({node.rate:g}, rngs=rngs)"
+            )
 
 
 def check_positive_int(value: Any, what: str, minimum: int = 1) -> int:

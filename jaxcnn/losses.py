@@ -112,10 +112,37 @@ _NAMES = {
 }
 
 
+def is_keras_object(obj: Any) -> bool:
+    """Whether ``obj`` is a Keras object or class (a ``keras.losses`` / ``keras.metrics`` one...),
+    told from its module's name, without importing Keras."""
+    module = (obj if isinstance(obj, type) else type(obj)).__module__ or ""
+    return module.startswith(("keras", "tf_keras", "tensorflow.python.keras"))
+
+
+def _refuse_keras_loss(loss: Any) -> None:
+    """A Keras loss object runs Keras's own ops on ``(y_true, y_pred)``, outside jaxcnn's
+    compiled step: refuse it with the jaxcnn loss that does the same."""
+    if not is_keras_object(loss):
+        return
+    cls = loss if isinstance(loss, type) else type(loss)
+    ours = cls.__name__ if cls.__name__ in ("SparseCategoricalCrossentropy", "CategoricalCrossentropy") else None
+    if ours is not None and not isinstance(loss, type):
+        args = f"from_logits={bool(getattr(loss, 'from_logits', False))}"
+        if getattr(loss, "label_smoothing", 0):
+            args += f", label_smoothing={loss.label_smoothing}"
+        instead = f"pass loss=jaxcnn.losses.{ours}({args}) instead"
+    else:
+        instead = ("pass loss='sparse_categorical_crossentropy' or 'categorical_crossentropy' (with fit's from_logits= "
+                   "and label_smoothing=), a jaxcnn.losses object, or a function (outputs, labels) -> per-example loss")
+    raise ConfigError(f"{cls.__name__} is a Keras loss, and Keras loss objects cannot run inside jaxcnn's compiled step; {instead}")
+
+
 def get_loss(loss: str | Loss | Callable[[Array, Array], Array] | None = None, *, from_logits: bool | None = None,
              label_smoothing: float = 0.0) -> Loss:
     """Resolve ``fit``'s ``loss`` argument: None (sparse categorical cross-entropy, outputs
-    detected), a name as in Keras, a loss object, or a callable ``(outputs, labels) -> (B,)``."""
+    detected), a name as in Keras, a loss object, or a callable ``(outputs, labels) -> (B,)``.
+    A Keras loss object is refused with the jaxcnn loss to use instead."""
+    _refuse_keras_loss(loss)
     if loss is None:
         loss = "sparse_categorical_crossentropy"
     if isinstance(loss, str):

@@ -57,6 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn.errors import ConfigError, ShapeError
+from jaxcnn.losses import is_keras_object
 
 Array = jax.Array
 
@@ -322,12 +323,40 @@ _NAMES: dict[str, Any] = {
 }
 
 
+#: ``keras.metrics`` classes and the jaxcnn name that computes the same (Accuracy: always logged).
+_KERAS_NAMES = {
+    "SparseCategoricalAccuracy": "accuracy", "CategoricalAccuracy": "accuracy",
+    "TopKCategoricalAccuracy": "top_k_accuracy", "SparseTopKCategoricalAccuracy": "top_k_accuracy",
+    "Precision": "precision", "Recall": "recall", "F1Score": "f1",
+}
+
+
+def _refuse_keras_metric(metric: Any) -> None:
+    """A Keras metric object keeps Keras variables and runs Keras's ops, outside jaxcnn's compiled
+    step: refuse it, naming the jaxcnn metric to pass instead."""
+    if not is_keras_object(metric):
+        return
+    cls = metric if isinstance(metric, type) else type(metric)
+    ours = _KERAS_NAMES.get(cls.__name__)
+    if ours == "accuracy":
+        instead = "drop it: fit always logs accuracy (as 'accuracy' and 'val_accuracy')"
+    elif ours is not None:
+        note = ", jaxcnn's macro mean over classes with per-class keys," if ours in ("precision", "recall", "f1") else ""
+        instead = f"pass metrics=[{ours!r}] instead{note} (accuracy is always logged)"
+    else:
+        instead = ("pass a jaxcnn.metrics name such as 'f1' or 'top_k_accuracy' (accuracy is always logged), "
+                   "a jaxcnn.metrics.Metric, or a function (y_true, y_pred) -> per-example values")
+    raise ConfigError(f"{cls.__name__} is a Keras metric, and Keras metric objects cannot run inside jaxcnn's compiled step; {instead}")
+
+
 def get_metric(metric: str | Metric | Callable[..., Any]) -> Metric:
     """A :class:`Metric` from a name (see the module docstring), a :class:`Metric` itself (or its
     class, made with its defaults), or a plain function ``fn(y_true, y_pred)``
-    (:class:`MeanMetricWrapper`, logged as ``fn.__name__``)."""
+    (:class:`MeanMetricWrapper`, logged as ``fn.__name__``). A Keras metric object is refused
+    with the name to pass instead."""
     if isinstance(metric, Metric):
         return metric
+    _refuse_keras_metric(metric)
     if isinstance(metric, str) and metric.lower() in _NAMES:
         return _NAMES[metric.lower()](name=metric)
     if isinstance(metric, type) and issubclass(metric, Metric) and metric is not Metric:

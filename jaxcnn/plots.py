@@ -131,9 +131,11 @@ def training_curves(
     h: Mapping[str, Sequence[float]] = getattr(history, "history", history)
     epochs = list(getattr(history, "epoch", range(len(h["loss"]))))
     xs = [e + 1 for e in epochs]
-    if best_epoch is None and monitor in h:
-        values = h[monitor]
-        best_epoch = epochs[int(np.argmax(values) if "acc" in monitor else np.argmin(values))]
+    if best_epoch is None and monitor in h and not np.all(np.isnan(np.asarray(h[monitor], float))):
+        from jaxcnn.callbacks import _auto_mode
+
+        values = np.asarray(h[monitor], float)  # NaN where validation_freq skipped an epoch
+        best_epoch = epochs[int(np.nanargmax(values) if _auto_mode(monitor, "auto", "monitor") == "max" else np.nanargmin(values))]
     lrs = [float(v) for v in h.get("learning_rate", [])]
     if learning_rate is None:
         learning_rate = len({v for v in lrs if np.isfinite(v)}) > 1

@@ -80,3 +80,86 @@ def test_a_mode_flag_of_another_name_is_warned_about_once_at_the_users_line(mnis
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         jaxcnn.fit(OtherFlag(), x, y, verbose=0)  # once per class
+
+
+class Small(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(nn.Conv(4, (3, 3), strides=2)(x))
+        return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+def test_class_weight_weighs_training_only_as_keras(mnist):
+    x, y = mnist
+    state, history = jaxcnn.fit(Small(), x, y, class_weight={0: 100.0}, validation_split=0.25, epochs=2, verbose=0)
+    held = jaxcnn.evaluate(state, x[96:], y[96:])  # the held-out quarter, unweighted
+    assert history["val_loss"][-1] == pytest.approx(held["loss"], rel=1e-5)
+    assert history["val_accuracy"][-1] == pytest.approx(held["accuracy"])
+
+
+def test_a_batch_hook_stopping_training_ends_the_epoch_after_that_batch(mnist):
+    x, y = mnist
+
+    class Stop(jaxcnn.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):  # Keras's form
+            if batch == 1:
+                self.model.stop_training = True
+
+    state, history = jaxcnn.fit(Small(), x, y, batch_size=16, epochs=3, callbacks=Stop(), verbose=0)  # one callback, no list
+    assert int(state.step) == 2 and len(history) == 1
+    assert len(jaxcnn.fit(Small(), x, y, epochs=1, callbacks=None, verbose=0).history) == 1  # Keras's default
+
+
+def test_fit_in_a_loop_shuffles_anew_each_call_and_initial_epoch_keeps_the_order(mnist, monkeypatch):
+    from jaxcnn.train import loop
+
+    x, y = mnist
+    seen = []
+    real = loop.epoch_order
+    monkeypatch.setattr(loop, "epoch_order", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    state = jaxcnn.fit(Small(), x, y, epochs=1, verbose=0).state
+    for _ in range(2):
+        state = jaxcnn.fit(state, x, y, epochs=1, verbose=0).state
+    assert len({tuple(o) for o in seen}) == 3  # Keras: a new order each call
+    jaxcnn.fit(Small(), x, y, epochs=2, verbose=0)
+    first = jaxcnn.fit(Small(), x, y, epochs=1, verbose=0).state
+    jaxcnn.fit(first, x, y, epochs=2, initial_epoch=1, verbose=0)  # continuing by epoch: the uninterrupted order
+    np.testing.assert_array_equal(seen[-1], seen[-3])
+
+
+def test_history_keeps_keys_callbacks_add_and_validation_freq_leaves_nan(mnist, capsys):
+    import optax
+
+    x, y = mnist
+
+    class Gap(jaxcnn.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if "val_loss" in logs:
+                logs["gap"] = logs["val_loss"] - logs["loss"]
+
+    _, history = jaxcnn.fit(Small(), x, y, validation_split=0.25, epochs=4, validation_freq=2, validation_batch_size=8,
+                            callbacks=[Gap()], verbose=0)
+    assert np.isnan(history["val_loss"][0]) and np.isnan(history["val_loss"][2]) and not np.isnan(history["val_loss"][3])
+    assert np.isnan(history["gap"][0]) and history["gap"][1] == pytest.approx(history["val_loss"][1] - history["loss"][1])
+    assert len(history["gap"]) == len(history["loss"]) == 4 and history.best_epoch("val_loss") in (1, 3)
+    _, adam = jaxcnn.fit(Small(), x, y, optimizer=optax.adam(1e-3), epochs=1, verbose=2)
+    assert "learning_rate" not in adam and " - lr: " not in capsys.readouterr().out  # not known: not logged as NaN
+
+
+def test_keras_style_inputs_get_one_line_each(mnist):
+    from jaxcnn.errors import ConfigError
+
+    x, y = mnist
+    with pytest.raises(ConfigError, match=r"^y is missing: fit\(model, x, y\) needs the labels"):
+        jaxcnn.fit(Small(), x, None, verbose=0)
+    with pytest.raises(ConfigError, match=r"^x is a tuple of 2 arrays; give the images and the labels apart"):
+        jaxcnn.fit(Small(), (x, y), None, verbose=0)
+    with pytest.raises(ConfigError, match=r"^x is a generator; fit\(model, x, y\) takes arrays"):
+        jaxcnn.fit(Small(), (b for b in x), y, verbose=0)
+    state, _ = jaxcnn.fit(Small(), x, y, epochs=1, verbose=0)
+    with pytest.raises(ConfigError, match=r"^x is a list_iterator; predict\(state, x\) takes arrays"):
+        jaxcnn.predict(state, iter([x]))
+    values = jaxcnn.evaluate(state, x, y, return_dict=False)  # Keras's list, loss first
+    assert values == list(jaxcnn.evaluate(state, x, y).values())
+    with pytest.raises(ConfigError, match="validation_freq must be a positive integer, got 0"):
+        jaxcnn.fit(Small(), x, y, validation_split=0.2, validation_freq=0, verbose=0)

@@ -16,7 +16,8 @@ The defaults are the report's task 1.5: 10 trials of ``search_cnn`` over :data:`
   cannot be built (``search_cnn`` with k = 10) is recorded as ``"invalid"``, one whose loss
   becomes NaN as ``"diverged"``, both with their reason, and never count as the best.
 * **Model.** ``model`` is a registry name, a Flax module class (or ``functools.partial`` of one,
-  or an instance) that gets the space's values as attributes, or a function ``trial -> module``
+  or a linen instance) that gets the space's values as attributes (an NNX class as its constructor's
+  arguments: ``Class(**values, rngs=nnx.Rngs(trial seed))``), or a function ``trial -> module``
   that calls Optuna's ``trial.suggest_*`` itself (define-by-run). ``learning_rate``,
   ``optimizer`` and ``batch_size`` go to training; ``weight_decay`` goes to the model when it
   has that attribute (the report's Keras-style L2), else to the optimizer (Keras's

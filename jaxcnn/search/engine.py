@@ -60,8 +60,9 @@ class SearchConfig:
     epochs: int = 10  # epochs per trial (no early stopping, as the report)
     batch_size: int = 256  # unless the space has "batch_size"
     validation_split: float = 0.2  # last fraction of the training arrays, as Keras
-    # A registry name, a Flax module class (or functools.partial of one, or an instance) built
-    # with the space's model attributes, or a function optuna.Trial -> module (define-by-run).
+    # A registry name, a Flax module class (or functools.partial of one, or a linen instance) built
+    # with the space's model attributes (an NNX class also with rngs=nnx.Rngs(trial seed)), or a
+    # function optuna.Trial -> module (define-by-run).
     model: Any = "search_cnn"
     optimizer: str = "rmsprop"  # unless the space has "optimizer"; jaxcnn.optim name
     learning_rate: float | None = None  # unless the space has "learning_rate"; None = default
@@ -101,6 +102,11 @@ class SearchConfig:
             from jaxcnn import models
 
             models.input_shape(self.model)  # unknown names raise ConfigError here
+        elif _is_nnx_module(self.model):
+            raise ConfigError(
+                f"model is an NNX module instance ({type(self.model).__name__}), which cannot be rebuilt with each trial's "
+                f"values; pass its class, model={type(self.model).__name__} (built as Class(**values, rngs=nnx.Rngs(seed)))"
+            )
         elif not callable(self.model) and not _is_module(self.model):
             raise ConfigError(
                 f"model must be a registry name, a Flax module class or a function trial -> module, got {self.model!r}"
@@ -125,14 +131,46 @@ def _is_module(obj: Any) -> bool:
     return isinstance(obj, nn.Module)
 
 
+def _is_nnx_module(obj: Any) -> bool:
+    from flax import nnx
+
+    return isinstance(obj, nnx.Module)
+
+
 def _module_class(model: Any) -> type | None:
-    """The Flax class behind ``model`` (a class, a partial of one), else None."""
+    """The Flax class (linen or NNX) behind ``model`` (a class, a partial of one), else None."""
     import flax.linen as nn
+    from flax import nnx
 
     target = model
     while isinstance(target, functools.partial):
         target = target.func
-    return target if isinstance(target, type) and issubclass(target, nn.Module) else None
+    return target if isinstance(target, type) and issubclass(target, (nn.Module, nnx.Module)) else None
+
+
+def _nnx_class(model: Any) -> bool:
+    """Whether ``model`` (a class, a partial of one) builds an NNX module."""
+    from flax import nnx
+
+    cls = _module_class(model)
+    return cls is not None and issubclass(cls, nnx.Module)
+
+
+def _init_arguments(cls: type) -> frozenset[str] | None:
+    """An NNX class's constructor arguments but ``rngs``; None when it takes ``**kwargs`` or its
+    signature cannot be read."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(
+        p.name for p in params
+        if p.name != "rngs" and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    )
 
 
 def describe_model(model: Any) -> str:
@@ -156,6 +194,8 @@ def _takes(model: Any, name: str) -> bool:
     if _is_module(model):
         return hasattr(model, name)
     cls = _module_class(model)
+    if cls is not None and _nnx_class(cls):
+        return name in (_init_arguments(cls) or ())
     return cls is not None and name in {f.name for f in dataclasses.fields(cls)}
 
 
@@ -174,7 +214,9 @@ def model_arguments(model: Any) -> frozenset[str] | None:
     elif _module_class(model) is None:
         return None  # define-by-run: model(trial) suggests its own
     cls = _module_class(model)
-    if cls is not None:  # a Flax module class (or a partial of one): its dataclass fields
+    if cls is not None and _nnx_class(cls):  # an NNX class: its constructor's arguments but rngs
+        return _init_arguments(cls)
+    if cls is not None:  # a linen module class (or a partial of one): its dataclass fields
         return frozenset(f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name"))
     try:  # a registered factory function
         params = inspect.signature(model).parameters.values()
@@ -211,11 +253,12 @@ def check_space_names(space: dict[str, Any], model: Any) -> None:
     )
 
 
-def build_model(model: Any, trial: optuna.Trial, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def build_model(model: Any, trial: optuna.Trial, params: dict[str, Any], seed: int = 0) -> tuple[Any, dict[str, Any]]:
     """The trial's module and the keyword arguments it was built with.
 
     ``params`` (the declarative space's values) minus the training hyperparameters go to the
-    model: ``models.get_model(name, **kw)``, ``cls(**kw)``, ``instance.clone(**kw)``; a define-by-run
+    model: ``models.get_model(name, **kw)``, ``cls(**kw)``, ``instance.clone(**kw)``, an NNX class
+    ``cls(**kw, rngs=nnx.Rngs(seed))`` (the trial's seed: its initial weights); a define-by-run
     function gets the trial and suggests its own parameters.
     """
     from jaxcnn import models
@@ -233,6 +276,10 @@ def build_model(model: Any, trial: optuna.Trial, params: dict[str, Any]) -> tupl
     if _is_module(model):
         return (model.clone(**kwargs) if kwargs else model), kwargs
     try:
+        if _nnx_class(model):
+            from jaxcnn import checkpoint
+
+            return checkpoint.build_nnx(model, kwargs, seed), kwargs
         return model(**kwargs), kwargs
     except TypeError as e:
         raise ConfigError(f"model {describe_model(model)} does not take {sorted(kwargs)}: {e}") from None
@@ -631,7 +678,7 @@ def run_trial(
     status, reason = "ok", ""
     try:
         declared = {name: spaces.suggest(trial, name, dim) for name, dim in space.items()}
-        module, kwargs = build_model(config.model, trial, declared)
+        module, kwargs = build_model(config.model, trial, declared, seed)
         hp = dict(trial.params)  # with a define-by-run model's own suggestions, in order
         lr = hp.get("learning_rate", config.learning_rate)
         opt = hp.get("optimizer", config.optimizer)

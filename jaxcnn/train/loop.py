@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from jaxcnn import checks, losses, optim
-from jaxcnn.callbacks import Callback, Hooks
+from jaxcnn.callbacks import Callback, Hooks, _auto_mode
 from jaxcnn.errors import ConfigError, ShapeError, TrainingError
 from jaxcnn.metrics import FIT_TAIL
 from jaxcnn.train import step as steps
@@ -40,9 +40,20 @@ class History:
     params: dict[str, Any] = field(default_factory=dict)
 
     def append(self, epoch: int, logs: dict[str, float]) -> None:
+        """Record ``epoch``'s logs. The lists stay aligned with ``epoch``: a key missing from an
+        epoch (validation skipped by ``validation_freq``) or first logged late is NaN there."""
         self.epoch.append(epoch)
         for k, v in logs.items():
-            self.history.setdefault(k, []).append(float(v))
+            self.history.setdefault(k, [float("nan")] * (len(self.epoch) - 1)).append(float(v))
+        for k, values in self.history.items():
+            if len(values) < len(self.epoch):
+                values.append(float("nan"))
+
+    def _add_late(self, logs: dict[str, float]) -> None:
+        """Keys that callbacks added to the last epoch's logs in ``on_epoch_end`` (Keras's History
+        runs after the other callbacks, so it records them)."""
+        for k, v in logs.items():
+            self.history.setdefault(k, [float("nan")] * len(self.epoch))[-1] = float(v)
 
     def __len__(self) -> int:
         return len(self.epoch)
@@ -58,9 +69,10 @@ class History:
         values = self.history.get(monitor)
         if not values:
             raise ConfigError(f"history has no {monitor!r}; it has {', '.join(self.history)}")
-        if mode == "auto":
-            mode = "max" if "acc" in monitor else "min"
-        i = int(np.argmax(values) if mode == "max" else np.argmin(values))
+        mode = _auto_mode(monitor, mode, "best_epoch")
+        if np.all(np.isnan(values)):
+            raise ConfigError(f"history's {monitor!r} has no value (NaN in every epoch)")
+        i = int(np.nanargmax(values) if mode == "max" else np.nanargmin(values))
         return self.epoch[i]
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,12 +130,14 @@ class Loop:
             )
 
 
-def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
-    """The order of the ``n`` training examples in ``epoch``: a function of (seed, epoch) only,
-    so a resumed run sees the same batches as one never interrupted."""
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True, salt: int = 0) -> np.ndarray:
+    """The order of the ``n`` training examples in ``epoch``: a function of (seed, epoch, salt)
+    only, so a resumed run sees the same batches as one never interrupted. ``fit`` salts it with
+    the step of a trained state it continues from epoch 0 (``fit`` called in a loop: a new order
+    each call, as Keras's)."""
     if not shuffle:
         return np.arange(n)
-    return np.random.default_rng([seed, epoch]).permutation(n)
+    return np.random.default_rng([seed, epoch] if not salt else [seed, epoch, salt]).permutation(n)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,6 +243,8 @@ def run_epoch(state: TrainState, strategy: Strategy, data: Data, order: np.ndarr
             loop.state = state
             for on_batch_end in per_batch:
                 on_batch_end(int(state.step) - 1, metric_logs(state, m), loop)
+            if loop.stop_training:  # Keras: a batch hook's stop ends the epoch after this batch
+                break
         if m["bad_step"] >= 0:
             break
     m = jax.device_get(acc)
@@ -314,8 +330,10 @@ def _check_inputs(model_or_state: Any, x: Any, y: Any, *, validation_split: floa
         num_classes = output_classes(adapt(model_or_state), input_shape)
     x_arr = np.ascontiguousarray(checks.check_images(x_arr, input_shape, "x"), dtype=np.float32)
     y_arr = checks.check_labels(y, len(x_arr), num_classes, "y")
-    w = _sample_weights(y_arr, num_classes, class_weight, sample_weight, "")
+    w = _sample_weights(y_arr, num_classes, None, sample_weight, "")
     train, val = _split_validation(x_arr, y_arr, w, validation_split, validation_data, input_shape, num_classes)
+    if class_weight is not None:  # Keras weighs the training data by class, never the validation data
+        train = train._replace(w=_sample_weights(train.y, num_classes, class_weight, train.w, ""))
     return _Inputs(train, val, input_shape, num_classes)
 
 
@@ -363,7 +381,7 @@ def _fingerprint(inputs: _Inputs, state: TrainState, batch_size: int, seed: int,
 def _open_checkpoints(checkpoint_dir: Any, resume: bool, monitor: str) -> Any:
     from jaxcnn.checkpoint import TrainCheckpoints
 
-    ckpts = TrainCheckpoints(checkpoint_dir, monitor=monitor, mode="max" if "acc" in monitor else "min", asynchronous=True)
+    ckpts = TrainCheckpoints(checkpoint_dir, monitor=monitor, mode=_auto_mode(monitor, "auto", "checkpoint"), asynchronous=True)
     if ckpts.latest_epoch is not None and not resume:
         raise ConfigError(
             f"{checkpoint_dir} already holds checkpoints; pass resume=True to continue that run, "
@@ -393,6 +411,24 @@ def _restore(ckpts: Any, state: TrainState, fingerprint: dict[str, Any], n_callb
 # fit, evaluate, predict
 
 
+def _check_arrays(x: Any, y: Any, call: str, labels: bool = True) -> None:
+    """Keras-style inputs that jaxcnn does not take, refused in one line: a generator or a data
+    set object, ``(x, y)`` given as ``x``, or no labels. ``call`` is how the user calls it."""
+    import collections.abc
+    import types
+
+    if isinstance(x, (types.GeneratorType, collections.abc.Iterator)) or type(x).__module__.startswith(
+            ("tensorflow", "torch.utils.data", "grain", "datasets")):
+        raise ConfigError(
+            f"x is a {type(x).__name__}; {call} takes arrays (images (N, H, W, C) and labels (N,)), not generators or "
+            "data set objects: gather the batches first, e.g. x = np.concatenate([xb for xb, yb in batches])"
+        )
+    if labels and y is None:
+        if isinstance(x, (tuple, list)) and len(x) in (2, 3) and all(hasattr(a, "shape") for a in x):
+            raise ConfigError(f"x is a tuple of {len(x)} arrays; give the images and the labels apart: {call}")
+        raise ConfigError(f"y is missing: {call} needs the labels, integers (N,) or one-hot (N, classes)")
+
+
 def _check_settings(epochs: int, batch_size: int, initial_epoch: int, seed: Any) -> None:
     checks.check_positive_int(epochs, "epochs", minimum=0)  # Keras: epochs=0 builds the model and trains nothing
     checks.check_positive_int(initial_epoch, "initial_epoch", minimum=0)
@@ -411,7 +447,8 @@ def _announce(inputs: _Inputs, batch_size: int, epochs: int, initial_epoch: int,
 def _epoch_line(epoch: int, epochs: int, logs: dict[str, float], eta: float) -> str:
     shown = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k not in FIT_TAIL)
     left = f" - about {eta:,.0f}s left" if eta > 0 else ""
-    return f"Epoch {epoch + 1}/{epochs} - {logs['time_s']:.1f}s - {shown} - lr: {logs['learning_rate']:.4g}{left}"
+    lr = f" - lr: {logs['learning_rate']:.4g}" if "learning_rate" in logs else ""
+    return f"Epoch {epoch + 1}/{epochs} - {logs['time_s']:.1f}s - {shown}{lr}{left}"
 
 
 def fit(
@@ -431,9 +468,11 @@ def fit(
     sample_weight: Any = None,
     validation_split: float = 0.0,
     validation_data: tuple[Any, ...] | None = None,
+    validation_batch_size: int | None = None,
+    validation_freq: int = 1,
     shuffle: bool = True,
     seed: int = 0,
-    callbacks: Iterable[Callback] = (),
+    callbacks: Iterable[Callback] | Callback | None = (),
     verbose: int | str = "auto",
     initial_epoch: int = 0,
     devices: int | str | Sequence[Any] | None = "auto",
@@ -463,9 +502,14 @@ def fit(
         and metrics as Keras does (``sum(loss * w) / batch_size``).
       validation_split: hold out the last fraction of ``x``/``y`` (before shuffling), as Keras.
       validation_data: ``(x_val, y_val)`` or ``(x_val, y_val, w_val)``; takes precedence.
-      shuffle: reshuffle the training data each epoch; the order depends on (seed, epoch) only.
+      validation_batch_size: examples per validation batch (default ``batch_size``).
+      validation_freq: validate after every this many epochs (Keras's; 1, the default: every
+        epoch); the history holds NaN for the validation keys of the other epochs.
+      shuffle: reshuffle the training data each epoch; the order depends on (seed, epoch) only,
+        and, when ``fit`` continues a trained state from ``initial_epoch=0`` (``fit`` called in a
+        loop), on the state's step too, so each call sees a new order, as Keras's does.
       seed: parameter initialisation (linen), dropout and shuffling all derive from it.
-      callbacks: e.g. ``EarlyStopping``, ``LearningRateScheduler``.
+      callbacks: a list, e.g. ``[EarlyStopping(), LearningRateScheduler(f)]``, or one callback.
       verbose: 0 silent, 1 or "auto" (the default) a progress bar per epoch, 2 one line per epoch.
       devices: "auto" (on CPU, each batch cut into parts of at most 32 examples dealt out to the
         CPU devices, or for models with batch statistics one part per device of an SPMD mesh
@@ -490,6 +534,9 @@ def fit(
     """
     verbose = _check_verbose(verbose)
     _check_settings(epochs, batch_size, initial_epoch, seed)
+    validation_batch_size = checks.check_positive_int(validation_batch_size or batch_size, "validation_batch_size")
+    validation_freq = checks.check_positive_int(validation_freq, "validation_freq")
+    _check_arrays(x, y, "fit(model, x, y)")
     inputs = _check_inputs(model_or_state, x, y, validation_split=validation_split, validation_data=validation_data,
                            class_weight=class_weight, sample_weight=sample_weight)
     batch_size = min(batch_size, len(inputs.train.x))  # Keras: one batch of all the data
@@ -506,12 +553,14 @@ def fit(
         strategy = choose_strategy(devices, batch_size, state, data_on_device)
     state = _resolve_loss(state, loss, from_logits, label_smoothing, inputs.train.x, inputs.train.y, outputs)
     history = History(params={"epochs": epochs, "batch_size": batch_size, "samples": len(inputs.train.x), "seed": seed})
-    callbacks = list(callbacks)
+    callbacks = [callbacks] if isinstance(callbacks, Callback) or hasattr(callbacks, "on_epoch_end") else list(callbacks or ())
     hooks = [Hooks(cb) for cb in callbacks]  # a hook of neither jaxcnn's nor Keras's form fails here
     ckpts = None
     if checkpoint_dir is not None:
-        ckpts = _open_checkpoints(checkpoint_dir, resume, "val_loss" if inputs.val is not None else "loss")
+        ckpts = _open_checkpoints(checkpoint_dir, resume, "val_loss" if inputs.val is not None and validation_freq == 1 else "loss")
     fingerprint = _fingerprint(inputs, state, batch_size, seed, shuffle) if ckpts is not None else {}
+    # fit continuing a trained state from epoch 0 (called in a loop) shuffles anew each call
+    salt = int(model_or_state.step) if isinstance(model_or_state, TrainState) and initial_epoch == 0 else 0
     try:
         restored = _restore(ckpts, state, fingerprint, len(callbacks))
     except Exception:
@@ -537,7 +586,8 @@ def fit(
         _announce(inputs, batch_size, epochs, initial_epoch, strategy)
     try:
         _epochs(loop, strategy, inputs, callbacks, hooks, ckpts, fingerprint, epochs=epochs, batch_size=batch_size,
-                initial_epoch=initial_epoch, shuffle=shuffle, seed=seed, verbose=verbose, stop_on_nan=stop_on_nan)
+                initial_epoch=initial_epoch, shuffle=shuffle, seed=seed, verbose=verbose, stop_on_nan=stop_on_nan,
+                salt=salt, validation_batch_size=validation_batch_size, validation_freq=validation_freq)
     finally:
         if ckpts is not None:
             ckpts.close()
@@ -562,7 +612,8 @@ def _get_metrics(metrics: Sequence[Any]) -> tuple[Any, ...]:
 
 def _epochs(loop: Loop, strategy: Strategy, inputs: _Inputs, callbacks: list[Callback], hooks: list[Hooks], ckpts: Any,
             fingerprint: dict[str, Any], *, epochs: int, batch_size: int, initial_epoch: int, shuffle: bool,
-            seed: int, verbose: int, stop_on_nan: bool) -> None:
+            seed: int, verbose: int, stop_on_nan: bool, salt: int = 0, validation_batch_size: int | None = None,
+            validation_freq: int = 1) -> None:
     """The epoch loop of :func:`fit`."""
     strategy.prepare(inputs.train)
     t_start, first = time.perf_counter(), initial_epoch
@@ -572,7 +623,7 @@ def _epochs(loop: Loop, strategy: Strategy, inputs: _Inputs, callbacks: list[Cal
         t0 = time.perf_counter()
         for h in hooks:
             h.on_epoch_begin(epoch, loop)
-        order = epoch_order(len(inputs.train.x), seed, epoch, shuffle)
+        order = epoch_order(len(inputs.train.x), seed, epoch, shuffle, salt)
         try:
             loop.state, logs = run_epoch(loop.state, strategy, inputs.train, order, batch_size, epoch=epoch,
                                          verbose=verbose, desc=f"Epoch {epoch + 1}/{epochs}", loop=loop,
@@ -581,16 +632,18 @@ def _epochs(loop: Loop, strategy: Strategy, inputs: _Inputs, callbacks: list[Cal
             loop.state = e.state
             e.history = loop.history
             raise
-        if inputs.val is not None:
+        if inputs.val is not None and (epoch + 1) % validation_freq == 0:
             for h in hooks:
                 if h.on_test_begin is not None:
                     h.on_test_begin(loop)
-            val = metric_logs(loop.state, strategy.evaluate(loop.state, inputs.val, batch_size))
+            val = metric_logs(loop.state, strategy.evaluate(loop.state, inputs.val, validation_batch_size or batch_size))
             for h in hooks:
                 if h.on_test_end is not None:
                     h.on_test_end(dict(val), loop)
             logs.update({f"val_{k}": v for k, v in val.items()})
-        logs["learning_rate"] = loop.learning_rate
+        lr = loop.learning_rate
+        if not math.isnan(lr):  # an optax optimizer without inject_hyperparams does not tell its rate
+            logs["learning_rate"] = lr
         logs["time_s"] = time.perf_counter() - t0
         ordered = {k: logs[k] for k in _log_order(logs)}
         loop.history.append(epoch, ordered)
@@ -599,6 +652,7 @@ def _epochs(loop: Loop, strategy: Strategy, inputs: _Inputs, callbacks: list[Cal
             print(_epoch_line(epoch, epochs, ordered, eta), flush=True)
         for h in hooks:
             h.on_epoch_end(epoch, ordered, loop)
+        loop.history._add_late(ordered)
         if ckpts is not None:
             ckpts.save(epoch + 1, loop.state, history=loop.history, callbacks=[cb.get_state() for cb in callbacks],
                        stop_training=loop.stop_training, metrics=ordered, extra={"fit": fingerprint})
@@ -617,13 +671,17 @@ def _check_verbose(verbose: Any) -> int:
     raise ConfigError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
 
 
-def evaluate(state: TrainState, x: Any, y: Any, batch_size: int = 128, devices: Any = "auto", *,
-             sample_weight: Any = None, metrics: Sequence[Any] = (), verbose: int | str = 0) -> dict[str, float]:
+def evaluate(state: TrainState, x: Any, y: Any = None, batch_size: int = 128, devices: Any = "auto", *,
+             sample_weight: Any = None, metrics: Sequence[Any] = (), verbose: int | str = 0,
+             return_dict: bool = True) -> dict[str, float] | list[Any]:
     """Loss (with L2 terms), accuracy and the state's (or ``metrics``') metrics of ``state`` on
     images ``x`` (N, H, W, C) and labels ``y``; ``metrics=["confusion_matrix"]`` adds the
     (classes, classes) matrix, rows the true class. ``verbose`` 1, 2 or "auto" prints the
-    figures in one line, as Keras's last line of ``evaluate`` (default 0: silent)."""
+    figures in one line, as Keras's last line of ``evaluate`` (default 0: silent).
+    ``return_dict=False`` gives the values as a list in the same order (loss first), as Keras's
+    ``evaluate`` does by default."""
     verbose = _check_verbose(verbose)
+    _check_arrays(x, y, "evaluate(state, x, y)")
     t0 = time.perf_counter()
     batch_size = checks.check_positive_int(batch_size, "batch_size")
     xs = np.ascontiguousarray(checks.check_images(x, state.input_shape, "x"), np.float32)
@@ -639,7 +697,7 @@ def evaluate(state: TrainState, x: Any, y: Any, batch_size: int = 128, devices: 
     if verbose:
         figures = " - ".join(f"{k}: {float(v):.4f}" for k, v in logs.items() if np.ndim(v) == 0)
         print(f"{_plural(len(xs), 'example')} in {time.perf_counter() - t0:.1f}s - {figures}", flush=True)
-    return logs
+    return logs if return_dict else list(logs.values())
 
 
 def predict(state: TrainState, x: Any, batch_size: int = 512, output: str = "logits", *,
@@ -649,6 +707,7 @@ def predict(state: TrainState, x: Any, batch_size: int = 512, output: str = "log
     softmax output as it is) or ``"classes"`` (N,). ``verbose`` 1, 2 or "auto" prints how many
     examples and how long, when done (default 0: silent)."""
     verbose = _check_verbose(verbose)
+    _check_arrays(x, None, "predict(state, x)", labels=False)
     t0 = time.perf_counter()
     if output not in ("logits", "probs", "classes"):
         raise ConfigError(f"output must be 'logits', 'probs' or 'classes', got {output!r}")

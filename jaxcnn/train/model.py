@@ -149,6 +149,9 @@ class NNXModel:
     def from_module(cls, module: Any) -> NNXModel:
         from flax import nnx
 
+        from jaxcnn.checks import check_nnx_dropout
+
+        check_nnx_dropout(module)  # an nnx.Dropout without rngs would fail in training with Flax's raw error
         graphdef, params, stats, rest = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
         rest_pure = nnx.to_pure_dict(rest)
         return cls(graphdef, _digest(rest_pure), (params, stats, rest), rest_pure, type(module))
