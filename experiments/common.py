@@ -167,6 +167,13 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple
     return args, set(vars(quiet.parse_args(argv)))
 
 
+def _patience(value: int | None) -> int | None:
+    """``--patience``: -1 turns early stopping off (None); other negative numbers are refused."""
+    if value is not None and value < -1:
+        raise ConfigError(f"--patience must be -1 (early stopping off) or a whole number of epochs >= 0, got {value}")
+    return None if value == -1 else value
+
+
 def config_from_args(
     args: argparse.Namespace,
     defaults: RunConfig,
@@ -180,7 +187,7 @@ def config_from_args(
     only by the flags in ``explicit`` (all flags when None), which must agree with it on every
     setting in :data:`RESUME_MUST_MATCH`."""
     convert = {
-        "patience": lambda v: None if v is not None and v < 0 else v,
+        "patience": _patience,
         "devices": lambda v: int(v) if str(v).isdigit() else v,
         **(convert or {}),
     }
@@ -778,7 +785,7 @@ def run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) 
         check_out(config)
     say(f"data: {ds.name} from {ds.source}: {len(ds.x_train)} train, {len(ds.x_test)} test")
     text = jaxcnn.summary(model, ds.input_shape, name=config.model)
-    names = ds.class_names if ds.name == "cifar10" else None
+    names = ds.class_names if ds.name != "mnist" else None  # Fashion-MNIST and CIFAR-10 by name
     say(text)
 
     lr: Any = config.learning_rate
@@ -878,51 +885,56 @@ def run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) 
                 _remove_if_empty(out, existed)
             raise
 
-    # Every process computes (with several, each computation spans them all); process 0 writes.
-    hint = (
-        f"free some space or make {out} writable, then continue with --resume --out {out} (the checkpoints are kept)"
-        if config.checkpoint
-        else f"free some space or make {out} writable, and run again (--no-checkpoint kept no checkpoint to resume from)"
-    )
-    best = history.best_epoch("val_loss") if "val_loss" in history.history else history.epoch[-1]
-    if primary:
-        _write_history(out, history, hint=hint)
-        save_figure(plots.training_curves(history, best_epoch=best, title=f"{config.model} on {ds.name}"), out / "history.png", hint=hint)
-        export_model(out / "model", state, config, hint=hint)
-
-    test = jaxcnn.evaluate(state, x_test, y_test, batch_size=max(config.batch_size, 256))
-    shown = np.arange(min(9, len(x_test)))
-    probs = jaxcnn.predict(state, x_test, output="probs")
-    predicted = probs[shown].argmax(-1)
-    if primary:
-        save_figure(
-            plots.labelled_images(ds.x_test, y_test, shown, predicted=predicted, class_names=names),
-            out / "predictions.png",
-            hint=hint,
+    try:
+        # Every process computes (with several, each computation spans them all); process 0 writes.
+        hint = (
+            f"free some space or make {out} writable, then continue with --resume --out {out} (the checkpoints are kept)"
+            if config.checkpoint
+            else f"free some space or make {out} writable, and run again (--no-checkpoint kept no checkpoint to resume from)"
         )
-        save_figure(plots.predictions(ds.x_test, y_test, probs, only_mistakes=True, class_names=names), out / "mistakes.png", hint=hint)
-        save_figure(plots.confusion_matrix(y_test, probs, class_names=names, num_classes=probs.shape[-1]), out / "confusion.png", hint=hint)
-        if after is not None:
-            after(ds, out)
-    per_epoch = history.history["time_s"]
-    metrics = {
-        "test_loss": test["loss"],
-        "test_accuracy": test["accuracy"],
-        "epochs_run": len(history),
-        "best_epoch": best + 1,
-        "wall_time_s": time.perf_counter() - t_start,
-        "epoch_time_s": per_epoch,
-        "steady_epoch_time_s": float(np.median(per_epoch[1:])) if len(per_epoch) > 1 else per_epoch[0],
-        "examples_per_s": float(np.median(history.history["examples_per_s"][1:] or history.history["examples_per_s"])),
-        "last_epoch": {k: v[-1] for k, v in history.history.items()},
-        "resumed_from_epoch": resume.epoch if resume is not None else None,
-    }
-    if primary:
-        write_json(out / "metrics.json", metrics, hint=hint)
-    say(
-        f"test loss {test['loss']:.4f}, test accuracy {test['accuracy']:.4f}; {len(history)} epoch{'' if len(history) == 1 else 's'} "
-        f"(best {best + 1}), {metrics['wall_time_s']:.1f}s in all. Outputs in {out}"
-    )
+        best = history.best_epoch("val_loss") if "val_loss" in history.history else history.epoch[-1]
+        if primary:
+            _write_history(out, history, hint=hint)
+            save_figure(plots.training_curves(history, best_epoch=best, title=f"{config.model} on {ds.name}"), out / "history.png", hint=hint)
+            export_model(out / "model", state, config, hint=hint)
+
+        test = jaxcnn.evaluate(state, x_test, y_test, batch_size=max(config.batch_size, 256))
+        shown = np.arange(min(9, len(x_test)))
+        probs = jaxcnn.predict(state, x_test, output="probs")
+        predicted = probs[shown].argmax(-1)
+        if primary:
+            save_figure(
+                plots.labelled_images(ds.x_test, y_test, shown, predicted=predicted, class_names=names),
+                out / "predictions.png",
+                hint=hint,
+            )
+            save_figure(plots.predictions(ds.x_test, y_test, probs, only_mistakes=True, class_names=names), out / "mistakes.png", hint=hint)
+            save_figure(plots.confusion_matrix(y_test, probs, class_names=names, num_classes=probs.shape[-1]), out / "confusion.png", hint=hint)
+            if after is not None:
+                after(ds, out)
+        per_epoch = history.history["time_s"]
+        metrics = {
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+            "epochs_run": len(history),
+            "best_epoch": best + 1,
+            "wall_time_s": time.perf_counter() - t_start,
+            "epoch_time_s": per_epoch,
+            "steady_epoch_time_s": float(np.median(per_epoch[1:])) if len(per_epoch) > 1 else per_epoch[0],
+            "examples_per_s": float(np.median(history.history["examples_per_s"][1:] or history.history["examples_per_s"])),
+            "last_epoch": {k: v[-1] for k, v in history.history.items()},
+            "resumed_from_epoch": resume.epoch if resume is not None else None,
+        }
+        if primary:
+            write_json(out / "metrics.json", metrics, hint=hint)
+        say(
+            f"test loss {test['loss']:.4f}, test accuracy {test['accuracy']:.4f}; {len(history)} epoch{'' if len(history) == 1 else 's'} "
+            f"(best {best + 1}), {metrics['wall_time_s']:.1f}s in all. Outputs in {out}"
+        )
+    except KeyboardInterrupt:  # training had finished: the outputs come from its last checkpoint
+        how = (f"continue with: {_command()} --resume --out {out}, which writes them from the last checkpoint"
+               if config.checkpoint else "run again (--no-checkpoint kept no checkpoint to write them from)")
+        raise RunInterrupted(f"while writing the outputs, after training; {how}") from None
     return metrics
 
 

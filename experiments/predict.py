@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     test = jaxcnn.evaluate(state, x_test, ds.y_test, batch_size=256)
     shown = list(range(min(args.count, len(x_test))))
     predicted = jaxcnn.predict(state, x_test[shown], output="classes")
-    names = ds.class_names if ds.name == "cifar10" else None
+    names = ds.class_names if ds.name != "mnist" else None  # Fashion-MNIST and CIFAR-10 by name
     fig = plots.labelled_images(ds.x_test, ds.y_test, shown, predicted=predicted, class_names=names)
     save_figure(fig, out, hint="choose a writable place with --out")
     print(f"test loss {test['loss']:.4f}, test accuracy {test['accuracy']:.4f}; figure: {out}")

@@ -211,3 +211,35 @@ def test_check_nnx_dropout_names_the_dropout_without_rngs():
 def test_fit_refuses_an_nnx_dropout_without_rngs_in_one_line(small):
     with pytest.raises(ConfigError, match="built without rngs"):
         jaxcnn.fit(DropoutNoRngs(rngs=nnx.Rngs(0)), small[0][:64], small[1][:64], epochs=1, verbose=0)
+
+
+# -- a student's command-line runs ------------------------------------------------------------------
+
+
+def test_patience_below_minus_one_is_refused_before_anything_is_made(tmp_path):
+    from experiments import mnist
+
+    with pytest.raises(ConfigError, match=r"^--patience must be -1 \(early stopping off\) or a whole number of epochs >= 0, got -2$"):
+        mnist.main(["--patience", "-2", "--limit", "300", "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_while_the_outputs_are_written_says_how_to_finish_them(tmp_path, monkeypatch, capsys):
+    from experiments import mnist
+    from experiments.common import main_guard
+    from jaxcnn import plots
+
+    out = tmp_path / "run"
+    argv = ["--limit", "300", "--epochs", "1", "--verbose", "0", "--out", str(out)]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "training_curves", interrupted)
+    assert main_guard(mnist.main, argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted: while writing the outputs, after training; continue with: ") and err.endswith(
+        f"--resume --out {out}, which writes them from the last checkpoint"), err
+    monkeypatch.undo()
+    assert main_guard(mnist.main, ["--resume", "--out", str(out), "--verbose", "0"]) == 0
+    assert (out / "metrics.json").is_file() and (out / "history.png").is_file()

@@ -252,3 +252,24 @@ def test_a_device_kept_waiting_at_an_all_reduce_does_not_abort_the_process():
     short = subprocess.run([sys.executable, "-c", _STARVED, "8"], capture_output=True, text=True, timeout=120,
                            env={**env, "XLA_FLAGS": f"{base} --xla_cpu_collective_call_terminate_timeout_seconds=1"})
     assert short.returncode != 0 and "Termination timeout" in short.stderr
+
+
+def test_cpu_mesh_programs_start_only_after_the_one_before(monkeypatch):
+    """XLA:CPU's in-process all-reduce deadlocked with several mesh programs queued (docs/cpu.md):
+    each CPU mesh program waits for its inputs, the outputs of the program before, first."""
+    import jax
+
+    from jaxcnn.train import strategies
+
+    devices = jax.devices("cpu")
+    if len(devices) < 2:
+        pytest.skip("needs two CPU devices")
+    place = strategies.Placement(tuple(devices[:2]))
+    program = strategies._mesh_eval(place)
+    assert isinstance(program, strategies._OneAtATime) and program.wait
+    order = []
+    monkeypatch.setattr(jax, "block_until_ready", lambda tree: order.append("waited") or tree)
+    monkeypatch.setattr(program, "fn", lambda *args: order.append("ran") or args)
+    program(1, 2, 3)
+    assert order == ["waited", "ran"]
+    assert not strategies._OneAtATime(lambda: None, strategies.Placement(tuple(devices[:1]))).wait  # one device: no collective
