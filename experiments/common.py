@@ -958,9 +958,15 @@ def main_guard(fn: Callable[[list[str] | None], Any], argv: list[str] | None) ->
         print("interrupted", file=sys.stderr, flush=True)
         return 130
     except JaxcnnError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        print(f"error: {_on_the_command_line(e)}", file=sys.stderr, flush=True)
         return 2
     return 0
+
+
+def _on_the_command_line(error: JaxcnnError) -> str:
+    """A library message as a command-line user needs it: the data loaders' ``data_dir=...``
+    is the experiments' ``--data-dir DIR``."""
+    return str(error).replace("pass it as data_dir=...", "pass it with --data-dir DIR")
 
 
 def cli(fn: Callable[[list[str] | None], Any]) -> None:

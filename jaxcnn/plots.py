@@ -129,6 +129,8 @@ def training_curves(
     more than one value (a scheduler, ReduceLROnPlateau, a decay); True or False force it.
     """
     h: Mapping[str, Sequence[float]] = getattr(history, "history", history)
+    if not h.get("loss"):
+        raise ConfigError("the history holds no epoch (fit ran with epochs=0?): there is nothing to plot")
     epochs = list(getattr(history, "epoch", range(len(h["loss"]))))
     xs = [e + 1 for e in epochs]
     if best_epoch is None and monitor in h and not np.all(np.isnan(np.asarray(h[monitor], float))):

@@ -163,3 +163,70 @@ def test_keras_style_inputs_get_one_line_each(mnist):
     assert values == list(jaxcnn.evaluate(state, x, y).values())
     with pytest.raises(ConfigError, match="validation_freq must be a positive integer, got 0"):
         jaxcnn.fit(Small(), x, y, validation_split=0.2, validation_freq=0, verbose=0)
+
+
+class OwnError(nn.Module):
+    activation: str = "tanhh"
+
+    @nn.compact
+    def __call__(self, x):
+        if self.activation not in ("relu", "tanh"):
+            raise ValueError(f"unknown activation {self.activation!r}")
+        return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+class TracerIf(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        if x.mean() > 0.5:  # a Python if on a traced value
+            x = x * 2
+        return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+class Features(nn.Module):
+    @nn.compact
+    def __call__(self, x, return_features: bool = False):  # a bool argument that is not a mode flag
+        h = nn.Dense(16)(x.reshape(x.shape[0], -1))
+        return h if return_features else nn.Dense(10)(h)
+
+
+def test_the_models_own_errors_and_jax_tracer_errors_pass_unchanged(mnist):
+    import jax
+
+    x, y = mnist
+    with pytest.raises(ValueError, match=r"^unknown activation 'tanhh'"):
+        jaxcnn.fit(OwnError(), x, y, verbose=0)
+    with pytest.raises(jax.errors.TracerBoolConversionError):
+        jaxcnn.fit(TracerIf(), x, y, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jaxcnn.fit(Features(), x, y, epochs=1, verbose=0)  # no mode-flag warning
+
+
+def test_array_likes_pass_and_late_keys_that_are_not_numbers_are_left_out(mnist):
+    x, y = mnist
+
+    class TensorLike:  # what a tf.Tensor looks like to fit: its module, and __array__
+        __module__ = "tensorflow.python.framework.ops"
+
+        def __init__(self, a):
+            self.a = a
+
+        def __array__(self, dtype=None, copy=None):
+            return self.a
+
+    class Note(jaxcnn.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["note"] = None  # Keras's History would keep it; jaxcnn's history holds numbers
+
+    state, history = jaxcnn.fit(Small(), TensorLike(x), y, epochs=1, callbacks=[Note()], verbose=0)
+    assert "note" not in history and jaxcnn.predict(state, TensorLike(x[:4])).shape == (4, 10)
+
+
+def test_a_plot_of_an_empty_history_says_why():
+    from jaxcnn import plots
+    from jaxcnn.errors import ConfigError
+
+    _, history = jaxcnn.fit(Small(), np.zeros((4, 28, 28, 1), np.float32), np.arange(4), epochs=0, verbose=0)
+    with pytest.raises(ConfigError, match="the history holds no epoch"):
+        plots.training_curves(history)

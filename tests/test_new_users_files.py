@@ -243,3 +243,39 @@ def test_ctrl_c_while_the_outputs_are_written_says_how_to_finish_them(tmp_path, 
     monkeypatch.undo()
     assert main_guard(mnist.main, ["--resume", "--out", str(out), "--verbose", "0"]) == 0
     assert (out / "metrics.json").is_file() and (out / "history.png").is_file()
+
+
+def test_a_missing_data_set_on_the_command_line_names_the_flag(capsys):
+    from experiments.common import main_guard
+    from jaxcnn import data
+    from jaxcnn.errors import DataError
+
+    def load(argv):
+        data.load("cifar10", download=False)
+
+    try:
+        data.load("cifar10", download=False)
+    except DataError as e:
+        assert "data_dir=..." in str(e)  # the library's own wording
+    else:
+        pytest.skip("CIFAR-10 is on this machine")
+    assert main_guard(load, None) == 2
+    err = capsys.readouterr().err
+    assert "pass it with --data-dir DIR" in err and "data_dir=..." not in err
+
+
+class DropoutRngsAtCall(nnx.Module):
+    """A common NNX pattern: the Dropout gets the module's own rngs when called."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.rngs = rngs
+        self.drop = nnx.Dropout(0.5)
+        self.out = nnx.Linear(784, 10, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(self.drop(x.reshape(x.shape[0], -1), rngs=self.rngs))
+
+
+def test_an_nnx_dropout_given_its_rngs_at_call_trains(small):
+    state, history = jaxcnn.fit(DropoutRngsAtCall(nnx.Rngs(0)), small[0][:64], small[1][:64], epochs=1, verbose=0)
+    assert np.isfinite(history["loss"][0])

@@ -53,7 +53,11 @@ class History:
         """Keys that callbacks added to the last epoch's logs in ``on_epoch_end`` (Keras's History
         runs after the other callbacks, so it records them)."""
         for k, v in logs.items():
-            self.history.setdefault(k, [float("nan")] * len(self.epoch))[-1] = float(v)
+            try:
+                value = float(v)
+            except (TypeError, ValueError):  # not a number (None, a string): not a history entry, as before
+                continue
+            self.history.setdefault(k, [float("nan")] * len(self.epoch))[-1] = value
 
     def __len__(self) -> int:
         return len(self.epoch)
@@ -417,8 +421,8 @@ def _check_arrays(x: Any, y: Any, call: str, labels: bool = True) -> None:
     import collections.abc
     import types
 
-    if isinstance(x, (types.GeneratorType, collections.abc.Iterator)) or type(x).__module__.startswith(
-            ("tensorflow", "torch.utils.data", "grain", "datasets")):
+    if isinstance(x, (types.GeneratorType, collections.abc.Iterator)) or (not hasattr(x, "__array__") and type(x).__module__.startswith(
+            ("tensorflow", "torch.utils.data", "grain", "datasets"))):  # a tf.Tensor (an array) goes through
         raise ConfigError(
             f"x is a {type(x).__name__}; {call} takes arrays (images (N, H, W, C) and labels (N,)), not generators or "
             "data set objects: gather the batches first, e.g. x = np.concatenate([xb for xb, yb in batches])"

@@ -25,6 +25,7 @@ adapters compare equal when their modules do, so jitted steps are reused across 
 from __future__ import annotations
 
 import contextlib
+import re
 import hashlib
 import inspect
 import warnings
@@ -44,7 +45,9 @@ from jaxcnn.errors import ConfigError, JaxcnnError, ShapeError
 TRAIN_ARGS = ("train", "training", "deterministic")
 
 
-_WARNED_FLAGS: set[type] = set()  # module classes warned about a mode flag jaxcnn does not set
+_WARNED_FLAGS: set[type] = set()
+#: Boolean arguments that look like a mode flag (is_training, eval_mode, use_running_average...).
+_MODE_WORDS = re.compile(r"train|eval|determin|infer|test|mode|running", re.I)  # module classes warned about a mode flag jaxcnn does not set
 
 
 def _train_arg(module: nn.Module) -> str | None:
@@ -55,7 +58,7 @@ def _train_arg(module: nn.Module) -> str | None:
     for name in TRAIN_ARGS:
         if name in params:
             return name
-    flags = [p.name for p in list(params.values())[1:] if isinstance(p.default, bool)]
+    flags = [p.name for p in list(params.values())[1:] if isinstance(p.default, bool) and _MODE_WORDS.search(p.name)]
     if flags and type(module) not in _WARNED_FLAGS:  # a mode flag of another name would stay at its default
         _WARNED_FLAGS.add(type(module))
         warnings.warn(
@@ -149,9 +152,6 @@ class NNXModel:
     def from_module(cls, module: Any) -> NNXModel:
         from flax import nnx
 
-        from jaxcnn.checks import check_nnx_dropout
-
-        check_nnx_dropout(module)  # an nnx.Dropout without rngs would fail in training with Flax's raw error
         graphdef, params, stats, rest = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
         rest_pure = nnx.to_pure_dict(rest)
         return cls(graphdef, _digest(rest_pure), (params, stats, rest), rest_pure, type(module))
@@ -193,7 +193,16 @@ class NNXModel:
         tags = {node.tag for _, node in nnx.iter_graph(module) if isinstance(node, nnx.RngStream)}
         if tags:
             nnx.reseed(module, **{t: key for t in tags})
-        out = module(x)
+        try:
+            out = module(x)
+        except ValueError as e:
+            if "provided to Dropout" not in str(e):
+                raise
+            from jaxcnn.checks import check_nnx_dropout
+
+            check_nnx_dropout(module)  # names the layer
+            raise ConfigError(f"{self.module_type.__name__} has an nnx.Dropout without rngs ({e}); build it with the module's "
+                              "rngs: nnx.Dropout(rate, rngs=rngs)") from None
         if not mutable:
             return out
         updates = {}
@@ -267,12 +276,16 @@ def tracing_errors(module: Any, images: tuple[int, ...]) -> Iterator[None]:
         yield
     except JaxcnnError:  # jaxcnn's own layers' messages (ShapeError is a ValueError too)
         raise
-    except TypeError as e:
-        if "positional argument" in str(e) or "keyword argument" in str(e):
+    except (TypeError, ValueError) as e:
+        if type(e) is TypeError and ("positional argument" in str(e) or "keyword argument" in str(e)):
             raise call_error(module, e) from None
-        raise _apply_error(module, images, e) from e
-    except ValueError as e:
-        raise _apply_error(module, images, e) from e
+        if type(e) in (TypeError, ValueError) and _SHAPE_WORDS.search(str(e)):
+            raise _apply_error(module, images, e) from e
+        raise  # the model's own errors, and JAX's tracer errors, as they are
+
+
+#: What JAX's and Flax's shape checks say (not a user's own ValueError, not a tracer error).
+_SHAPE_WORDS = re.compile(r"shape|dimension|broadcast", re.I)
 
 
 def _apply_error(module: Any, images: tuple[int, ...], error: Exception) -> ShapeError:
