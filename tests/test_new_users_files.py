@@ -279,3 +279,16 @@ class DropoutRngsAtCall(nnx.Module):
 def test_an_nnx_dropout_given_its_rngs_at_call_trains(small):
     state, history = jaxcnn.fit(DropoutRngsAtCall(nnx.Rngs(0)), small[0][:64], small[1][:64], epochs=1, verbose=0)
     assert np.isfinite(history["loss"][0])
+
+
+def test_a_tpe_search_extended_draws_new_points_not_the_first_ones_again(tmp_path, small):
+    from jaxcnn.search import LogUniform
+
+    x, y = small
+    space = {"learning_rate": LogUniform(1e-4, 1e-2)}
+    kw = dict(model="search_cnn", sampler="tpe", epochs=1, batch_size=64, verbose=0, out=str(tmp_path / "tpe"))
+    first = search.random_search(x[:200], y[:200], space, trials=2, **kw)
+    more = search.random_search(x[:200], y[:200], space, trials=4, **kw)
+    rates = [t.hyperparameters["learning_rate"] for t in sorted(more.trials, key=lambda t: t.trial)]
+    assert rates[:2] == [t.hyperparameters["learning_rate"] for t in sorted(first.trials, key=lambda t: t.trial)]
+    assert len(set(rates)) == 4  # trials 3 and 4 are not trials 1 and 2 again

@@ -362,16 +362,20 @@ def _with_driver(url: str) -> str:
     return url
 
 
-def make_sampler(config: SearchConfig, worker: int = 0) -> Any:
+def make_sampler(config: SearchConfig, worker: int = 0, known: int = 0) -> Any:
     """The configured sampler: :class:`~jaxcnn.search.SeededRandomSampler` for ``"random"``,
-    ``TPESampler(seed=seed + worker)`` for ``"tpe"`` (each worker its own random start-up)."""
+    ``TPESampler(seed=seed + worker)`` for ``"tpe"`` (each worker its own random start-up). A
+    process joining a study that already holds ``known`` finished trials seeds TPE from (seed,
+    worker, known), so that a rerun or an extension draws new start-up points instead of replaying the
+    first ones."""
     import optuna
 
     if not isinstance(config.sampler, str):
         return config.sampler
     if config.sampler == "random":
         return spaces.seeded_random_sampler(config.seed)
-    return optuna.samplers.TPESampler(seed=config.seed + worker)
+    seed = config.seed + worker if not known else int(np.random.SeedSequence([config.seed, worker, known]).generate_state(1)[0])
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def make_pruner(config: SearchConfig) -> Any:
@@ -448,6 +452,9 @@ def open_study(
             study.set_user_attr(FINGERPRINT_ATTR, fp)
         _add_slots(study, 1, config, space)
         return study
+    if config.sampler == "tpe":  # joined: not the first process's start-up draws again
+        finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+        study.sampler = make_sampler(config, worker, known=finished)
     # Joining a study: wait for its creator to store the fingerprint and the slots.
     deadline = time.monotonic() + 120
     while SLOTS_ATTR not in study.user_attrs and time.monotonic() < deadline:
