@@ -39,15 +39,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import layers
-from jaxcnn.checks import _user_stacklevel
+from jaxcnn.checks import _user_stacklevel, check_nnx_dropout
 from jaxcnn.errors import ConfigError, JaxcnnError, ShapeError
 
 TRAIN_ARGS = ("train", "training", "deterministic")
 
 
-_WARNED_FLAGS: set[type] = set()
+_WARNED_FLAGS: set[type] = set()  # module classes warned about a mode flag jaxcnn does not set
 #: Boolean arguments that look like a mode flag (is_training, eval_mode, use_running_average...).
-_MODE_WORDS = re.compile(r"train|eval|determin|infer|test|mode|running", re.I)  # module classes warned about a mode flag jaxcnn does not set
+_MODE_WORDS = re.compile(r"train|eval|determin|infer|test|mode|running", re.I)
 
 
 def _train_arg(module: nn.Module) -> str | None:
@@ -198,8 +198,6 @@ class NNXModel:
         except ValueError as e:
             if "provided to Dropout" not in str(e):
                 raise
-            from jaxcnn.checks import check_nnx_dropout
-
             check_nnx_dropout(module)  # names the layer
             raise ConfigError(f"{self.module_type.__name__} has an nnx.Dropout without rngs ({e}); build it with the module's "
                               "rngs: nnx.Dropout(rate, rngs=rngs)") from None
