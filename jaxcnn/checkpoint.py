@@ -208,13 +208,17 @@ def export(directory: str | os.PathLike[str], state: Any, model_name: str | None
     return directory
 
 
+_WARNED_MAIN: set[str] = set()
+
+
 def _warn_main(spec: dict[str, Any]) -> None:
     """Warn when the exported module's class lives in ``__main__``: another process (or a script
     of another name) cannot import it, so reloading there needs the module passed in."""
     module = spec.get("module")
-    if isinstance(module, str) and module.startswith("__main__:"):
+    if isinstance(module, str) and module.startswith("__main__:") and module not in _WARNED_MAIN:
         from jaxcnn.checks import _user_stacklevel
 
+        _WARNED_MAIN.add(module)  # once per class and process: a search exports every trial
         name = module.partition(":")[2]
         warnings.warn(
             f"the exported module's class {name} is defined in __main__ (the script being run), so it cannot be imported "

@@ -35,3 +35,9 @@ class TrainingError(JaxcnnError, RuntimeError):
         super().__init__(message)
         self.state = state
         self.history = history
+
+
+class SearchError(JaxcnnError, RuntimeError):
+    """A search stopped because its trials kept failing with an error in the model or its
+    training (``max_consecutive_failed_trials`` in a row, as KerasTuner). The trials already
+    finished are kept, and a rerun of the same search trains the failed ones again."""

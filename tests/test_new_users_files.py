@@ -137,6 +137,7 @@ def main_class(monkeypatch):
     cls = type("MainNNX", (SmallNNX,), {"__module__": "__main__"})
     main.MainNNX = cls
     monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.setattr(checkpoint, "_WARNED_MAIN", set())  # the warning comes once per class and process
     return cls
 
 
@@ -145,6 +146,9 @@ def test_export_of_a_class_in_main_warns_at_the_users_line(main_class, small, tm
     with pytest.warns(UserWarning, match=r"MainNNX is defined in __main__.*load_state\(directory, model=MainNNX\(\.\.\.\)\)") as w:
         checkpoint.export(tmp_path / "m", state)
     assert [r.filename for r in w if "__main__" in str(r.message)] == [__file__]
+    with warnings.catch_warnings():  # a search exports every trial: the warning is not repeated
+        warnings.simplefilter("error")
+        checkpoint.export(tmp_path / "m2", state)
 
 
 

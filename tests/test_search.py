@@ -334,3 +334,99 @@ def test_experiment_end_to_end(tmp_path, capsys):
         exp.main(["--out", str(tmp_path / "empty"), "--resume", "--verbose", "0"])
     with pytest.raises(ConfigError, match=r"differs in epochs.*choose another study \(study_name=, or --study on the command line\) or out directory$"):
         exp.main(["--limit", "200", "--epochs", "2", "--batch-size", "64", "--out", str(out), "--trials", "3", "--verbose", "0"])
+
+
+# -- a model that raises: the trial fails, the search goes on (KerasTuner's behaviour) -----------
+
+
+class Fragile(TinyCNN):
+    """TinyCNN whose width 2 raises in its own code."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if self.features == 2:
+            raise ZeroDivisionError(f"width {self.features}")
+        return TinyCNN.__call__(self, x, train)
+
+
+class Buggy(TinyCNN):
+    """TinyCNN that raises while BROKEN (a bug, then its fix). Only this test builds it: jit's
+    caches would otherwise run an equal module's program without calling it."""
+
+    BROKEN = False
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if Buggy.BROKEN:
+            raise ZeroDivisionError(f"width {self.features}")
+        return TinyCNN.__call__(self, x, train)
+
+
+def test_a_trial_whose_model_raises_fails_and_the_search_goes_on(small, tmp_path):
+    space = {"features": Choice((2, 4))}
+    seed = next(s for s in range(200) if [search.sample(space, s, t)["features"] for t in (1, 2, 3)] == [2, 4, 2])
+    result = search.random_search(*small, space, model=Fragile, trials=3, seed=seed, out=tmp_path, **OPTS)
+    assert [t.status for t in result.trials] == ["error", "ok", "error"]
+    assert [t.state for t in result.trials] == ["FAIL", "COMPLETE", "FAIL"]
+    first = result.trials[0]
+    assert first.reason.startswith("ZeroDivisionError: width 2 (at test_search.py:") and first.reason.endswith(" in __call__)")
+    assert first.history is None and result.best is result.trials[1]
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["error"] == [1, 3] and best["best"]["trial"] == 2
+    assert [r["status"] for r in json.loads((tmp_path / "trials.json").read_text())] == ["error", "ok", "error"]
+
+
+def test_errors_in_a_row_stop_the_search_and_a_rerun_trains_them_again(small, tmp_path, monkeypatch):
+    # Every trial raises: after 2 in a row the search stops with SearchError (chained to the
+    # model's error), the tables are written, and trials 1 and 2 wait again. Fixed, the same
+    # search trains all 3 and keeps nothing of the failed attempts but their count.
+    from jaxcnn.errors import SearchError
+
+    space = {"features": Choice((4,))}
+    monkeypatch.setattr(Buggy, "BROKEN", True)
+    with pytest.raises(SearchError, match=r"^search stopped: trials 1 and 2 failed in a row .*\(the last: ZeroDivisionError: "
+                       r"width 4 \(at test_search\.py:\d+ in __call__\)\); fix it, or raise jaxcnn\.errors\.ConfigError") as e:
+        search.random_search(*small, space, model=Buggy, trials=3, out=tmp_path, max_consecutive_failed_trials=2, **OPTS)
+    assert isinstance(e.value.__cause__, ZeroDivisionError)
+    rows = json.loads((tmp_path / "trials.json").read_text())
+    assert [(r["status"], r["features"]) for r in rows] == [("error", 4), ("error", 4), ("waiting", 4)]
+    monkeypatch.setattr(Buggy, "BROKEN", False)
+    result = search.random_search(*small, space, model=Buggy, trials=3, out=tmp_path, max_consecutive_failed_trials=2, **OPTS)
+    assert [t.status for t in result.trials] == ["ok"] * 3 and result.trained_here == 3
+    assert [t.attempts for t in result.trials] == [2, 2, 1]
+    assert json.loads((tmp_path / "best.json").read_text())["error"] == []
+    with pytest.raises(ConfigError, match="max_consecutive_failed_trials must be a positive integer, got 0"):
+        search.random_search(*small, space, model=Buggy, trials=3, max_consecutive_failed_trials=0, **OPTS)
+
+
+class Interrupting(TinyCNN):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_in_a_trial_stops_the_search_and_the_slot_waits_again(small, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        search.random_search(*small, {"features": Choice((4,))}, model=Interrupting, trials=2, out=tmp_path, **OPTS)
+    study = optuna.load_study(study_name=search.DEFAULT_STUDY, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    states = [(t.user_attrs.get("trial"), t.state, t.user_attrs.get("status")) for t in study.trials]
+    assert states == [(1, TrialState.FAIL, "interrupted"), (2, TrialState.WAITING, None), (1, TrialState.WAITING, None)]
+
+
+class AlwaysRaises(TinyCNN):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        raise ZeroDivisionError("always")
+
+
+def test_worker_processes_stop_together_and_the_parent_raises(small, tmp_path):
+    from jaxcnn.errors import SearchError
+
+    with pytest.raises(SearchError, match=r"^search stopped: trials .* failed in a row .*ZeroDivisionError: always"):
+        search.random_search(*small, {"features": Choice((4,))}, model=AlwaysRaises, trials=6, out=tmp_path, workers=2,
+                             max_consecutive_failed_trials=2, **OPTS)
+    rows = json.loads((tmp_path / "trials.json").read_text())
+    assert {r["status"] for r in rows} <= {"error", "waiting"} and sum(r["status"] == "error" for r in rows) in (2, 3, 4)
+    study = optuna.load_study(study_name=search.DEFAULT_STUDY, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    waiting = [t.user_attrs["trial"] for t in study.trials if t.state == TrialState.WAITING]
+    assert sorted(waiting) == list(range(1, 7))  # every slot is there to train again, once

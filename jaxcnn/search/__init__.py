@@ -14,7 +14,9 @@ The defaults are the report's task 1.5: 10 trials of ``search_cnn`` over :data:`
   workers; ``"tpe"``), an optional pruner (``"median"``, ``"halving"``, ``"hyperband"``) that
   acts mid-trial (each epoch reports its ``metric`` to the trial), and storage. A trial that
   cannot be built (``search_cnn`` with k = 10) is recorded as ``"invalid"``, one whose loss
-  becomes NaN as ``"diverged"``, both with their reason, and never count as the best.
+  becomes NaN as ``"diverged"``, one whose model or training raises as ``"error"``, all with
+  their reason, and never count as the best. After ``max_consecutive_failed_trials`` (3) errors
+  in a row the search stops with ``SearchError`` (as KerasTuner); a rerun trains them again.
 * **Model.** ``model`` is a registry name, a Flax module class (or ``functools.partial`` of one,
   or a linen instance) that gets the space's values as attributes (an NNX class as its constructor's
   arguments: ``Class(**values, rngs=nnx.Rngs(trial seed))``), or a function ``trial -> module``
@@ -58,9 +60,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxcnn.errors import ConfigError, ShapeError
+from jaxcnn.errors import ConfigError, SearchError, ShapeError
 from jaxcnn.search.engine import (
-    DB_FILE, MAX_RETRY, PRUNERS, SAMPLERS, TRAINING_PARAMS, Data, SearchConfig, check_space_names, describe_model,
+    DB_FILE, MAX_RETRY, PRUNERS, SAMPLERS, STOP_ATTR, TRAINING_PARAMS, Data, SearchConfig, check_space_names, describe_model,
     fingerprint, open_storage, open_study, storage_url, work,
 )
 from jaxcnn.search.space import (
@@ -86,7 +88,8 @@ class Trial:
 
     ``status`` is ``"ok"``, ``"pruned"``, ``"invalid"`` (the model cannot be built; ``reason``
     says why), ``"diverged"`` (the loss became NaN; the history stops at the last finished
-    epoch) or ``"failed"``; ``state`` is Optuna's (COMPLETE, PRUNED, FAIL). ``results`` holds
+    epoch), ``"error"`` (the model or its training raised; ``reason`` names the error and the
+    line of the user's code) or ``"failed"``; ``state`` is Optuna's (COMPLETE, PRUNED, FAIL). ``results`` holds
     the last epoch's loss, accuracy, val_loss and val_accuracy (the report's ``model_results``).
     ``params``/``batch_stats`` are the trained variables when this process trained the trial or
     its ``out/trials/NNN/model`` holds them. ``attempts`` counts tries (a killed worker's too).
@@ -216,11 +219,22 @@ def random_search(
     where = f"study {study_name!r} in {_hide_password(url) if url else 'memory'}"
     say(f"Search: {config.trials} trials, {_sampler_name(config)} sampler, pruner {_pruner_name(config)}; {where}")
     local: dict[int, dict[str, Any]] = {}
-    if workers == 1:
-        trained = work(study, db, data, config, space, run_dir, say, on_trial=lambda r: local.__setitem__(r["trial"], r))
-    else:
-        trained = _run_workers(workers, data, config, space, run_dir, url, study_name, fp)
-        trained += work(study, db, data, config, space, run_dir, say)  # a dead worker's trial, if any
+    if study.user_attrs.get(STOP_ATTR):  # stopped by failing trials before: they are queued again
+        study.set_user_attr(STOP_ATTR, None)
+    stopped: SearchError | None = None
+    trained = 0
+    try:
+        if workers == 1:
+            trained = work(study, db, data, config, space, run_dir, say, on_trial=lambda r: local.__setitem__(r["trial"], r))
+        else:
+            trained = _run_workers(workers, data, config, space, run_dir, url, study_name, fp)
+            if not study.user_attrs.get(STOP_ATTR):
+                trained += work(study, db, data, config, space, run_dir, say)  # a dead worker's trial, if any
+            if study.user_attrs.get(STOP_ATTR):
+                raise SearchError(study.user_attrs[STOP_ATTR])
+    except SearchError as e:
+        stopped = e  # the tables below still get written, with the failed trials in them
+        trained += getattr(e, "trained", 0)
     result = collect(study, config, space, run_dir, local)
     result.wall_time_s = time.perf_counter() - t_start
     result.trained_here = trained
@@ -237,6 +251,8 @@ def random_search(
                 f"{b.results.get(config.metric, float('nan')):.4f}; search took {result.wall_time_s:.1f} s")
         else:
             say("No trial finished with a usable result")
+    if stopped is not None:
+        raise stopped
     return result
 
 
@@ -409,7 +425,15 @@ def _worker_main(index: int, paths: dict[str, str], config: SearchConfig, space:
     study = open_study(db, study_name, config, space, print, worker=index, fp=fp, create=False)
     prefix = f"[worker {index}] "
     say = (lambda s: print(prefix + s, flush=True)) if config.verbose else (lambda s: None)
-    counts.put(work(study, db, data, config, space, out, say, bars=False))
+    try:
+        counts.put(work(study, db, data, config, space, out, say, bars=False))
+    except SearchError as e:  # the study is marked stopped: the parent raises the error
+        import traceback
+
+        if e.__cause__ is not None:
+            print(prefix + "the last failed trial's error:", file=sys.stderr)
+            traceback.print_exception(e.__cause__, file=sys.stderr)
+        counts.put(getattr(e, "trained", 0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -438,7 +462,8 @@ def collect(study: Any, config: SearchConfig, space: dict[str, Any], out: Path |
             final = attempts[-1]
             status = "failed" if final.state == TrialState.FAIL else final.state.name.lower()
             reason = f"its worker stopped ({len(attempts)} attempt(s), the last {final.state.name})"
-            trials.append(Trial(t, dict(final.params), trial_seed(config.seed, t), describe_model(config.model),
+            params = dict(final.params) or dict(final.system_attrs.get("fixed_params") or {})  # a waiting slot's draws
+            trials.append(Trial(t, params, trial_seed(config.seed, t), describe_model(config.model),
                                 status=status, reason=reason, state=final.state.name, number=final.number, attempts=len(attempts)))
             continue
         ft = done[-1]
@@ -527,6 +552,7 @@ def save_results(result: SearchResult, out: str | os.PathLike[str]) -> Path:
         "pruned": [t.trial for t in result.trials if t.status == "pruned"],
         "invalid": [t.trial for t in result.trials if t.status == "invalid"],
         "diverged": [t.trial for t in result.trials if t.status == "diverged"],
+        "error": [t.trial for t in result.trials if t.status == "error"],
         "failed": [t.trial for t in result.trials if t.status == "failed"],
         "importances": importances,
         "study": result.study.study_name,

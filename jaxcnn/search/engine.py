@@ -6,8 +6,15 @@ with the random sampler their declarative parameters are fixed to :func:`~jaxcnn
 ``(space, seed, t)``). A worker takes the lowest waiting slot (its state set ``WAITING ->
 RUNNING`` in one locked transaction), trains it with :func:`jaxcnn.fit`, and finishes it:
 ``COMPLETE`` (its value is the last epoch's metric), ``PRUNED``, or ``FAIL`` with
-``user_attrs["status"]`` ``"invalid"`` (the model cannot be built) or ``"diverged"``. A worker
-never creates a trial of its own, so the study ends with exactly the ``N`` trials asked for.
+``user_attrs["status"]`` ``"invalid"`` (the model cannot be built), ``"diverged"`` or
+``"error"`` (the model or its training raised). A worker never creates a trial of its own, so the
+study ends with exactly the ``N`` trials asked for.
+
+A trial that raises is recorded and the search goes on, as KerasTuner's; after
+``max_consecutive_failed_trials`` such trials in a row the worker puts every trial whose last
+attempt raised back in the queue, marks the study stopped (``STOP_ATTR``, which the other workers
+read before taking a slot) and raises :class:`~jaxcnn.errors.SearchError`. A rerun clears the
+mark and trains those trials again.
 
 While it trains, a worker records a heartbeat in the database every ``heartbeat_interval``
 seconds. Before taking a slot, every worker fails the running trials whose heartbeat is older
@@ -37,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from jaxcnn.callbacks import Callback
-from jaxcnn.errors import ConfigError, ShapeError, TrainingError
+from jaxcnn.errors import ConfigError, SearchError, ShapeError, TrainingError
 from jaxcnn.search import space as spaces
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,9 +81,12 @@ class SearchConfig:
     heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (databases only)
     grace_period: int | None = None  # heartbeat age that marks a trial's worker dead (None: 3 x interval)
     verbose: int = 1  # 0 silent, 1 trial lines + an epoch bar, 2 trial lines + one line per epoch
+    # Trials in a row whose model or training raised (a bug, not values it cannot take) before
+    # the search stops with SearchError; KerasTuner's name and default.
+    max_consecutive_failed_trials: int = 3
 
     def check(self) -> SearchConfig:
-        for name in ("trials", "epochs", "batch_size", "heartbeat_interval"):
+        for name in ("trials", "epochs", "batch_size", "heartbeat_interval", "max_consecutive_failed_trials"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
@@ -590,7 +600,11 @@ def work(
     done = 0
     poll = min(2.0, config.heartbeat_interval / 2)
     total = slot_count(study) or config.trials
+    errors: list[dict[str, Any]] = []  # this worker's latest trials that raised, in a row
     while True:
+        if study.user_attrs.get(STOP_ATTR):  # another worker stopped the search
+            _requeue_errors(study)  # one of ours may have failed after it queued the others
+            return done
         fail_stale(study)
         trial = take_slot(study, storage)
         if trial is None:
@@ -604,6 +618,70 @@ def work(
         done += 1
         if on_trial is not None:
             on_trial(record)
+        if record["status"] != "error":
+            errors.clear()
+            continue
+        errors.append(record)
+        if len(errors) >= config.max_consecutive_failed_trials:
+            err = stop_search(study, errors)
+            err.trained = done  # type: ignore[attr-defined]  # what this worker trained before it stopped
+            raise err from errors[-1].get("exception")
+
+
+#: The study's user attribute that marks it stopped (its value: the SearchError's message; a
+#: rerun sets it to None).
+STOP_ATTR = "jaxcnn_stopped"
+
+
+def stop_search(study: optuna.Study, errors: list[dict[str, Any]]) -> SearchError:
+    """Put every trial whose last attempt raised back in the queue (a rerun trains it again),
+    mark the study stopped, and return the error to raise."""
+    from optuna.trial import TrialState
+
+    if study.user_attrs.get(STOP_ATTR):  # another worker stopped it first
+        _requeue_errors(study)
+        return SearchError(study.user_attrs[STOP_ATTR])
+    _requeue_errors(study)
+    ts = [r["trial"] for r in errors]
+    listed = ", ".join(map(str, ts[:-1])) + f" and {ts[-1]}" if len(ts) > 1 else str(ts[0])
+    message = (
+        f"search stopped: trials {listed} failed in a row with an error in the model or its training "
+        f"(the last: {errors[-1]['reason']}); fix it, or raise jaxcnn.errors.ConfigError in the model for values it "
+        "cannot take (the trial is then recorded as invalid), and run the same search again: the failed trials "
+        "run again and the finished ones are kept"
+    )
+    study.set_user_attr(STOP_ATTR, message)
+    return SearchError(message)
+
+
+def _requeue_errors(study: optuna.Study) -> None:
+    """A waiting copy of every slot whose last attempt raised (status ``"error"``)."""
+    from optuna.trial import TrialState
+
+    last: dict[int, Any] = {}
+    for ft in study.get_trials(deepcopy=False):
+        if "trial" in ft.user_attrs:
+            last[int(ft.user_attrs["trial"])] = ft
+    for ft in last.values():
+        if ft.state == TrialState.FAIL and ft.user_attrs.get("status") == "error":
+            _enqueue_again(study, ft)
+
+
+def error_reason(e: BaseException) -> str:
+    """``"ZeroDivisionError: division by zero (at mycnn.py:14 in __call__)"``: the error's first
+    line and the innermost frame of the user's code that raised it (not JAX's, Flax's or jaxcnn's)."""
+    import traceback
+
+    text = str(e).strip().splitlines()
+    reason = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    frames = traceback.extract_tb(e.__traceback__)
+    skip = (os.sep + "jax" + os.sep, os.sep + "jaxlib" + os.sep, os.sep + "flax" + os.sep, os.sep + "optax" + os.sep,
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep)
+    own = [f for f in frames if not any(part in os.path.abspath(f.filename) for part in skip)]
+    if own:
+        f = own[-1]
+        reason += f" (at {os.path.basename(f.filename)}:{f.lineno} in {f.name})"
+    return reason
 
 
 # ----------------------------------------------------------------------------------------------
@@ -681,7 +759,7 @@ def run_trial(
     t0 = time.perf_counter()
     record: dict[str, Any] = {"trial": t, "number": trial.number, "seed": seed, "worker": worker_name()}
     state = history = None
-    module = kwargs = None
+    module = kwargs = bar = None
     status, reason = "ok", ""
     try:
         declared = {name: spaces.suggest(trial, name, dim) for name, dim in space.items()}
@@ -712,8 +790,6 @@ def run_trial(
                 verbose=2 if config.verbose == 2 else 0, devices="auto",
             )
         except TrainingError as e:
-            if bar is not None:
-                bar.close()
             state, history = getattr(e, "state", None), getattr(e, "history", None)
             status, reason = "diverged", str(e)
         if status == "ok" and reporter.pruned_at is not None:
@@ -721,10 +797,17 @@ def run_trial(
     except (ShapeError, ConfigError) as e:  # this trial's hyperparameters cannot be built or run
         hp = dict(trial.params)
         status, reason = "invalid", str(e)
+    except Exception as e:  # noqa: BLE001 (the model or its training raised: recorded, and the search goes on)
+        hp = dict(trial.params)
+        status, reason = "error", error_reason(e)
+        record["exception"] = e
     except BaseException as e:
-        # A bug or an interruption: this attempt fails and the slot waits for another worker.
+        # An interruption (Ctrl-C): this attempt fails and the slot waits for another worker.
         _requeue(study, trial, f"{type(e).__name__}: {e}")
         raise
+    finally:
+        if bar is not None:
+            bar.close()
     record.update(hyperparameters=hp, status=status, reason=reason)
     record["history"] = history.to_dict() if history is not None and len(history) else None
     results = {k: history.history[k][-1] for k in METRICS if history is not None and history.history.get(k)}
@@ -749,7 +832,7 @@ def run_trial(
             trial.set_user_attr("reason", reason)
         study.tell(trial, state=TrialState.FAIL)
     record["state"] = {"ok": "COMPLETE", "pruned": "PRUNED"}.get(status, "FAIL")
-    record["module"], record["state_obj"] = module, state
+    record["module"], record["state_obj"] = module, state  # not stored (nor "exception")
     if config.verbose:
         shown = " - ".join(f"{k}: {results[k]:.4f}" for k in METRICS if k in results) or "no epoch finished"
         epochs = len(history) if history is not None else 0
@@ -768,17 +851,24 @@ def _requeue(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
         trial.set_user_attr("status", "interrupted")
         trial.set_user_attr("reason", reason)
         study.tell(trial, state=TrialState.FAIL)
-        frozen = study.get_trials(deepcopy=True)[trial.number]
-        attrs = {k: v for k, v in frozen.user_attrs.items() if k == "trial"}
-        system = {k: v for k, v in frozen.system_attrs.items() if k == "fixed_params"}
-        study.add_trial(
-            optuna.trial.create_trial(
-                state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
-                user_attrs=attrs, system_attrs=system,
-            )
-        )
+        _enqueue_again(study, study.get_trials(deepcopy=True)[trial.number])
     except Exception as e:  # noqa: BLE001 (keep the original error)
         print(f"warning: could not put trial back in the queue: {e}", file=sys.stderr)
+
+
+def _enqueue_again(study: optuna.Study, frozen: Any) -> None:
+    """A waiting copy of a finished attempt: the same slot, parameters and fixed draws."""
+    import optuna
+    from optuna.trial import TrialState
+
+    attrs = {k: v for k, v in frozen.user_attrs.items() if k == "trial"}
+    system = {k: v for k, v in frozen.system_attrs.items() if k == "fixed_params"}
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
+            user_attrs=attrs, system_attrs=system,
+        )
+    )
 
 
 def trial_dir(out: Path, t: int) -> Path:
@@ -794,7 +884,7 @@ def _save_trial(out: Path, record: dict[str, Any], state: Any, model: Any, kwarg
     export_model(d / "model", state, model, kwargs)
     if record.get("history"):
         checkpoint.atomic_write(d / "history.csv", train.History.from_dict(record["history"]).to_csv())
-    keep = {k: v for k, v in record.items() if k not in ("module", "state_obj")}
+    keep = {k: v for k, v in record.items() if k not in ("module", "state_obj", "exception")}
     checkpoint.atomic_write(d / "result.json", json.dumps(keep, indent=2, default=float) + "\n")
 
 

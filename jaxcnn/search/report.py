@@ -32,6 +32,7 @@ _STYLE = {  # status -> (marker, colour, label)
     "pruned": ("s", "tab:orange", "pruned (last reported value)"),
     "diverged": ("X", "tab:red", "diverged"),
     "invalid": ("x", "tab:gray", "invalid (cannot be built)"),
+    "error": ("x", "tab:brown", "error (the model raised)"),
     "failed": ("x", "tab:purple", "failed"),
 }
 
@@ -102,6 +103,11 @@ def history_figure(rows: Sequence[Mapping[str, Any]], metric: str, mode: str = "
     if xs:
         ax.step(xs, ys, where="post", color="tab:green", label="best so far")
     _mark_missing(ax, [(r["trial"], r.get("status"), r["trial"]) for r in rows if _value(r, metric) is None])
+    if rows and not any(_value(r, metric) is not None for r in rows):
+        # Nothing finished (a stopped search): axes for the markers alone, which set no limits.
+        trials = [r["trial"] for r in rows]
+        ax.set_xlim(min(trials) - 0.5, max(trials) + 0.5)
+        ax.set_ylim(0, 1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel(f"{metric} (last epoch)")
@@ -115,6 +121,7 @@ def history_figure(rows: Sequence[Mapping[str, Any]], metric: str, mode: str = "
 def _mark_missing(ax: Any, points: Sequence[tuple[Any, str | None, Any]]) -> None:
     """Trials without a metric (invalid, or diverged before an epoch ended): a marker at the
     bottom edge of the axis, labelled by status."""
+    points = [p for p in points if p[1] not in ("waiting", "running")]  # not trained yet: no result to mark
     if not points:
         return
     trans = ax.get_xaxis_transform()  # x in data, y in axis fraction
