@@ -256,12 +256,19 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def _takes_train(model: nn.Module) -> bool:
-    try:
-        params = inspect.signature(type(model).__call__).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return True
-    return "train" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+def _mode_kwargs(model: nn.Module, train: bool) -> dict[str, bool]:
+    """The keyword that puts ``model`` in training or evaluation mode, found as ``fit`` finds it
+    (``train``, ``training`` or ``deterministic``; ``train`` for a ``**kwargs`` signature), or none."""
+    from jaxcnn.train.model import LinenModel, _train_arg
+
+    arg = _train_arg(model)
+    if arg is None:
+        try:
+            params = inspect.signature(type(model).__call__).parameters
+        except (TypeError, ValueError):  # pragma: no cover
+            params = {}
+        arg = "train" if any(p.kind == p.VAR_KEYWORD for p in params.values()) else None
+    return LinenModel(model, arg).call_kwargs(train)
 
 
 class Augmented(nn.Module):
@@ -270,7 +277,8 @@ class Augmented(nn.Module):
     The model's parameters and batch statistics keep their own names (``conv2d``, ...: it shares
     this module's scope), so a state trained with augmentation exports, reloads and summarises as
     the bare model; the layers show in ``jaxcnn.summary`` as ``random_flip`` etc. with no
-    parameters. ``train`` goes to the model too when its ``__call__`` takes one.
+    parameters. ``train`` goes to the model too when its ``__call__`` takes a mode flag: ``train``,
+    ``training``, or ``deterministic`` (given ``not train``), as ``fit`` sets it on a bare model.
     Input: (N, H, W, C); output: the model's.
     """
 
@@ -294,7 +302,7 @@ class Augmented(nn.Module):
             name = base if base not in seen else f"{base}_{seen[base]}"
             seen[base] = seen.get(base, 0) + 1
             x = layer.clone(parent=self, name=name)(x, train=train)
-        return self.model(x, train=train) if _takes_train(self.model) else self.model(x)
+        return self.model(x, **_mode_kwargs(self.model, train))
 
 
 def cifar_augmentation() -> tuple[nn.Module, ...]:

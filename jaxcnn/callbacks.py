@@ -97,10 +97,12 @@ def _defined(cb: Any, attr: str | None) -> Callable[..., Any] | None:
     if attr is None:
         return None
     own = getattr(type(cb), attr, None)
-    if own is not None:
-        return getattr(cb, attr) if own is not getattr(Callback, attr, None) else None
+    if own is not None and own is getattr(Callback, attr, None):
+        return None
     fn = getattr(cb, attr, None)
-    return fn if callable(fn) else None
+    # keras.callbacks.Callback's own empty hooks are marked `_is_default` (Keras skips them too):
+    # a Keras subclass that does not override on_train_batch_end costs no sync per step.
+    return fn if callable(fn) and not getattr(fn, "_is_default", False) else None
 
 
 def has_hook(cb: Any, name: str) -> bool:
@@ -123,9 +125,13 @@ def hook(cb: Any, name: str) -> Callable[..., Any]:
     0 in each epoch, where jaxcnn's form gets the global step); ``on_train_begin(logs)``,
     ``on_epoch_begin(epoch, logs)`` and ``on_train_end(logs)``, whose last argument is named
     ``logs``, get the logs (empty at a beginning, the last epoch's at the end) instead of the loop.
-    A hook that takes neither form is refused with a :class:`ConfigError` before training."""
+    A hook that takes neither form is refused with a :class:`ConfigError` before training; a hook
+    the callback does not have at all (an object that is no :class:`Callback` and defines only
+    ``on_epoch_end``) does nothing, as the base class's."""
     # Keras: on_batch_end is on_train_batch_end's alias, used when the hook itself is not defined
-    fn = _defined(cb, name) or _defined(cb, OPTIONAL_HOOKS.get(name)) or getattr(cb, name)
+    fn = _defined(cb, name) or _defined(cb, OPTIONAL_HOOKS.get(name)) or getattr(cb, name, None)
+    if fn is None:
+        return _no_op
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # a builtin: call it as it is
@@ -150,11 +156,60 @@ def hook(cb: Any, name: str) -> Callable[..., Any]:
     )
 
 
+def _no_op(*args: Any) -> None:
+    """A hook a duck-typed callback does not define."""
+
+
+#: Keras's own callbacks that jaxcnn.fit runs as Keras does: the base class (no hooks) and
+#: LambdaCallback (the user's functions, with Keras's arguments).
+_KERAS_ACCEPTED = ("Callback", "LambdaCallback")
+
+#: Keras's callbacks with a jaxcnn callback of the same name and the same arguments.
+_KERAS_SAME = ("EarlyStopping", "ReduceLROnPlateau", "ModelCheckpoint", "CSVLogger", "LearningRateScheduler", "TerminateOnNaN")
+
+#: What to do instead of the other Keras callbacks.
+_KERAS_INSTEAD = {
+    "TensorBoard": "pass jaxcnn.callbacks.TensorBoard(log_dir, histogram_freq, update_freq) instead",
+    "BackupAndRestore": "drop it and call fit(..., checkpoint_dir=backup_dir, resume=True) instead",
+    "OrbaxCheckpoint": "pass jaxcnn.callbacks.ModelCheckpoint, or fit(..., checkpoint_dir=...) for the whole training state, instead",
+    "History": "drop it: fit returns the history (fit(...).history)",
+    "ProgbarLogger": "drop it: fit(..., verbose=1) prints the progress bar",
+}
+
+
+def refuse_keras_callback(cb: Any) -> None:
+    """Refuse one of Keras's own callbacks (``keras.callbacks.EarlyStopping(...)`` and the like)
+    with the jaxcnn callback to pass instead: they reach into a Keras model (its optimizer,
+    ``get_weights``, ``save_weights``, ``metrics``), which jaxcnn's running :class:`Loop` is not,
+    and so fail partway through training. Accepted: ``keras.callbacks.LambdaCallback``, the bare
+    ``keras.callbacks.Callback`` and the user's own subclasses of it, whose hooks get Keras's
+    arguments (see :func:`hook`); a user's subclass of another Keras callback is refused as that
+    callback is."""
+    from jaxcnn.losses import is_keras_object
+
+    cls = cb if isinstance(cb, type) else type(cb)
+    keras_cls = next((c for c in cls.__mro__ if is_keras_object(c)), None)  # the first of Keras's classes
+    if keras_cls is None or keras_cls.__name__ in _KERAS_ACCEPTED:
+        return
+    name = keras_cls.__name__
+    if name in _KERAS_SAME:
+        instead = f"pass jaxcnn.callbacks.{name} with the same arguments instead"
+    else:
+        instead = _KERAS_INSTEAD.get(name, "write a jaxcnn.callbacks.Callback that does the same "
+                                           "(its hooks get the running loop: state, history, learning_rate, stop_training)")
+    what = name if keras_cls is cls else f"{cls.__name__} (a subclass of Keras's {name})"
+    raise ConfigError(
+        f"{what} is a Keras callback, and Keras's own callbacks need a Keras model, which jaxcnn's training loop is not; {instead}"
+    )
+
+
 class Hooks:
     """A callback's hooks, each as :func:`hook` adapts it (checked once, before training); an
-    optional hook the callback does not define is None."""
+    optional hook the callback does not define is None. One of Keras's own callbacks other than
+    LambdaCallback is refused here (:func:`refuse_keras_callback`)."""
 
     def __init__(self, cb: Any):
+        refuse_keras_callback(cb)
         self.callback = cb
         for name in _HOOK_ARGS:
             if name in OPTIONAL_HOOKS and not has_hook(cb, name):
@@ -294,8 +349,8 @@ class LearningRateScheduler(Callback):
         except (TypeError, ValueError):  # no signature (a builtin): Keras's way
             takes_lr = True
         lr = float(self.schedule(epoch, loop.learning_rate) if takes_lr else self.schedule(epoch))
-        if not math.isfinite(lr) or lr <= 0:
-            raise ConfigError(f"the learning-rate schedule returned {lr} at epoch {epoch}; it must be positive")
+        if not math.isfinite(lr) or lr < 0:  # 0 is a rate (a warm-up's first epoch), as Keras takes it
+            raise ConfigError(f"the learning-rate schedule returned {lr} at epoch {epoch}; it must be a finite number >= 0")
         loop.learning_rate = lr
         self._last_lr = lr
         if self.verbose:
@@ -457,10 +512,13 @@ class ModelCheckpoint(_MonitorMixin, Callback):
 
     At each epoch end (``save_freq="epoch"``), or every ``save_freq`` training steps (an int),
     the path is ``filepath.format(epoch=epoch + 1, **logs)`` (e.g. ``"ckpt/{epoch:02d}-{val_loss:.4f}"``;
-    per-step saves also get ``batch``, the global step + 1). Without ``save_best_only`` every
-    save is written. With it, a save is written only when ``logs[monitor]`` improves on the best
-    so far (``initial_value_threshold`` to start from, else the first value always counts); a
-    missing monitor warns and saves, as Keras.
+    per-step saves also get ``batch``, the batch's 1-based number within its epoch, Keras's
+    ``batch + 1``). The steps saved at are counted across epochs, as Keras's: every
+    ``save_freq``-th global step, so with ``save_freq=2`` and 3 steps an epoch
+    ``"w-{epoch}-{batch}"`` names w-1-2, w-2-1, w-2-3. Without ``save_best_only`` every save is
+    written. With it, a save is written only when ``logs[monitor]`` improves on the best so far
+    (``initial_value_threshold`` to start from, else the first value always counts); a missing
+    monitor warns and saves, as Keras.
 
     What is written: the whole model as a :func:`jaxcnn.checkpoint.export` directory
     (``params.msgpack`` + ``model.json``; reload with :func:`jaxcnn.checkpoint.load_state`), or,
@@ -544,7 +602,7 @@ class ModelCheckpoint(_MonitorMixin, Callback):
             if name not in fields and alias in fields:
                 fields[name] = fields[alias]
         if batch is not None:
-            fields["batch"] = batch + 1
+            fields["batch"] = batch + 1  # Keras's _get_file_path: the 0-based batch of the epoch, + 1
         try:
             return self.filepath.format(epoch=epoch + 1, **fields)
         except (KeyError, IndexError, ValueError) as e:
@@ -607,11 +665,12 @@ class ModelCheckpoint(_MonitorMixin, Callback):
 
 
 class _ModelCheckpointPerStep(ModelCheckpoint):
-    """ModelCheckpoint with an int ``save_freq``: saves every ``save_freq`` global steps."""
+    """ModelCheckpoint with an int ``save_freq``: saves every ``save_freq`` global steps, the
+    file named with the batch's number within its epoch."""
 
     def on_train_batch_end(self, step: int, logs: dict[str, float], loop: Loop) -> None:
         if (step + 1) % int(self.save_freq) == 0:
-            self._save(self._epoch, step, logs, loop)
+            self._save(self._epoch, step - loop.epoch_first_step, logs, loop)
 
 
 class ReduceLROnPlateau(_MonitorMixin, Callback):
@@ -720,9 +779,14 @@ class ReduceLROnPlateau(_MonitorMixin, Callback):
 class CSVLogger(Callback):
     """Stream each epoch's logs to a CSV file, as ``keras.callbacks.CSVLogger``.
 
-    Columns: ``epoch`` (0-based, as Keras) and the log keys sorted by name (with ``val_`` copies
-    when no validation key is logged); ``"NA"`` where a value is missing. The file is flushed
-    after every row. ``append=True`` continues an existing file (no second header).
+    Columns: ``epoch`` (0-based, as Keras) and the log keys sorted by name, ``"NA"`` where a value
+    is missing. When no validation key is logged, Keras adds ``val_`` copies of the keys (empty
+    columns for a later run with validation); here only of the metrics, not of fit's
+    ``learning_rate``, ``time_s``, ``examples_per_s`` and ``train_time_s``
+    (:data:`jaxcnn.metrics.FIT_TAIL`), which have no validation value. The file is flushed after
+    every row. ``append=True`` continues an existing file: a non-empty one keeps its header, and
+    the rows take its columns (``"NA"`` for a column this run does not log; a key the header lacks
+    is left out), so the file stays one table whatever the runs logged.
 
     On a resumed run (``set_state`` from a checkpoint) the file is continued whatever ``append``
     says: rows written after the checkpoint by the interrupted run are dropped first, so the file
@@ -767,8 +831,11 @@ class CSVLogger(Callback):
                 csv.writer(f, delimiter=self.sep).writerows(keep)
             header = not keep
         elif self.append and exists:
-            with open(self.filename) as f:
-                header = not f.readline()
+            with open(self.filename, newline="") as f:
+                first = next(csv.reader(f, delimiter=self.sep), [])
+            header = not first
+            if first:  # the file's columns, whatever this run logs (Keras would write its own under them)
+                self.keys = first[1:]
         mode = "a" if (self._resumed or self.append) and exists else "w"
         self._file = open(self.filename, mode, newline="")
         self._write_header = header
@@ -776,12 +843,14 @@ class CSVLogger(Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, float], loop: Loop) -> None:
         import csv
 
+        from jaxcnn.metrics import FIT_TAIL
+
+        if _is_primary() and self._file is None:
+            self._open()  # on a resumed run, drops the rows after self.last_epoch (the checkpoint's)
         if self.keys is None:
             self.keys = sorted(logs)
             if self.keys and not any(k.startswith("val_") for k in self.keys):
-                self.keys.extend(f"val_{k}" for k in list(self.keys))
-        if _is_primary() and self._file is None:
-            self._open()  # on a resumed run, drops the rows after self.last_epoch (the checkpoint's)
+                self.keys.extend(f"val_{k}" for k in list(self.keys) if k not in FIT_TAIL)
         self.last_epoch = epoch
         if not _is_primary():
             return

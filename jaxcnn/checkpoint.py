@@ -236,6 +236,8 @@ def _metric_spec(metric: Any) -> dict[str, Any]:
     from jaxcnn import metrics
 
     cls = type(metric)
+    if isinstance(metric, metrics.Weighted):
+        return {"class": "Weighted", "name": metric.name, "metric": _metric_spec(metric.metric)}
     if cls.__module__ == metrics.__name__ and cls is not metrics.MeanMetricWrapper and dataclasses.is_dataclass(metric):
         fields = {f.name: getattr(metric, f.name) for f in dataclasses.fields(metric)}
         if all(isinstance(v, (str, int, float, bool, type(None))) for v in fields.values()):
@@ -250,6 +252,11 @@ def _metrics_from(specs: Any, directory: Any) -> tuple[Any, ...]:
     out, lost = [], []
     for spec in specs if isinstance(specs, list) else []:
         cls = getattr(metrics, str(spec.get("class")), None) if isinstance(spec, dict) else None
+        if cls is metrics.Weighted:
+            inner = _metrics_from([spec.get("metric")], directory)  # warns itself when it cannot
+            if inner:
+                out.append(metrics.Weighted(inner[0], name=spec.get("name")))
+            continue
         if isinstance(cls, type) and issubclass(cls, metrics.Metric):
             try:
                 out.append(cls(**{k: v for k, v in spec.items() if k != "class"}))

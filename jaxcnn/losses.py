@@ -147,6 +147,11 @@ def get_loss(loss: str | Loss | Callable[[Array, Array], Array] | None = None, *
         loss = "sparse_categorical_crossentropy"
     if isinstance(loss, str):
         cls = _NAMES.get(loss)
+        if cls is None and loss.lower().replace("_", "") in ("binarycrossentropy", "bce", "binaryfocalcrossentropy"):
+            raise ConfigError(
+                f"loss {loss!r}: jaxcnn trains classifiers with one output per class, so for two classes end the model "
+                "with Dense(2) (logits, or a softmax) and keep the default loss, sparse_categorical_crossentropy, with labels 0 and 1"
+            )
         if cls is None:
             close = difflib.get_close_matches(loss, list(_NAMES), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
@@ -197,10 +202,20 @@ def check_custom(loss: Loss, num_classes: int, labels: Any) -> None:
 
 
 def looks_like_probabilities(outputs: Any) -> bool:
-    """Whether every row of ``outputs`` (B, C) is a probability distribution (a softmax output)."""
+    """Whether every row of ``outputs`` (B, C) is a probability distribution (a softmax output):
+    non-negative, summing to 1 within 1e-3, or within what rounding to a low-precision output
+    dtype leaves (bfloat16's rows of 10 sum to 1 within about 4e-3)."""
     import numpy as np
 
+    import jax.numpy as jnp
+
+    dtype = getattr(outputs, "dtype", None)
+    try:
+        eps = float(jnp.finfo(dtype).eps) if dtype is not None else 0.0  # jnp's knows bfloat16
+    except (TypeError, ValueError):  # an integer output: not probabilities' dtype
+        eps = 0.0
     out = np.asarray(outputs, np.float64)
     if out.ndim != 2 or out.shape[1] < 2 or not np.all(np.isfinite(out)):
         return False
-    return bool(np.all(out >= 0) and np.all(np.abs(out.sum(-1) - 1.0) < 1e-3))
+    tolerance = max(1e-3, 2 * eps)  # each rounded p_i is off by p_i * eps / 2 at most: the sum by eps / 2
+    return bool(np.all(out >= 0) and np.all(np.abs(out.sum(-1) - 1.0) < tolerance))

@@ -14,9 +14,18 @@ merges by addition, so parts of a batch, devices and batches combine exactly. On
 
 ``update(state, outputs, labels, weights)`` takes ``outputs`` ``(B, C)`` (logits or
 probabilities: every metric here depends only on the ranking of the classes), ``labels`` ``(B,)``
-int32 class indices and ``weights`` ``(B,)`` float32: 0 for padding rows, otherwise the sample
-weight. As in Keras, a sample weight multiplies the example's contribution to every count, so
-accuracy is ``sum(w * correct) / sum(w)`` and precision is ``sum(w * tp) / sum(w * (tp + fp))``.
+int32 class indices and ``weights`` ``(B,)`` float32: 0 for padding rows, otherwise 1, or the
+sample weight for a :class:`Weighted` metric. A weight multiplies the example's contribution to
+every count, so weighted accuracy is ``sum(w * correct) / sum(w)`` and precision is
+``sum(w * tp) / sum(w * (tp + fp))``.
+
+**Sample and class weights, as Keras.** ``fit``'s and ``evaluate``'s ``sample_weight`` and
+``class_weight`` weigh the loss, and only the metrics asked for as ``weighted_metrics``: the
+always-logged ``accuracy`` and ``metrics=`` are counted unweighted, as Keras's ``compile(metrics=)``
+(``keras/src/trainers/compile_utils.py``: ``CompileMetrics.update_state`` passes the sample
+weights to ``weighted_metrics`` only). A weighted metric is logged under its own name, or
+``weighted_<name>`` when that name is taken (``weighted_metrics=["accuracy"]`` logs
+``weighted_accuracy`` beside ``accuracy``), as Keras names them.
 
 Names for :func:`get_metrics` and their result keys:
 
@@ -50,7 +59,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +86,9 @@ class Metric:
     """
 
     name: str
+    #: Whether the step gives it the sample weights (Keras's ``weighted_metrics``), or only the
+    #: padding mask (Keras's ``metrics``).
+    weighted: ClassVar[bool] = False
 
     def init(self, num_classes: int) -> Any:
         """The zero state for ``num_classes`` classes: a pytree of ``jnp`` zeros."""
@@ -386,6 +398,49 @@ def get_metrics(metrics: Sequence[str | Metric | Callable[..., Any]] | None) -> 
     if dupes:
         raise ConfigError(f"metrics {dupes} are given more than once; give each metric once (or distinct names)")
     return out
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class Weighted(Metric):
+    """``metric`` counted with the sample and class weights (Keras's ``weighted_metrics``),
+    logged as ``name`` (default: the metric's own name). ``fit(weighted_metrics=[...])`` makes
+    these, naming one ``weighted_<name>`` when its name is taken, as Keras does."""
+
+    metric: Metric
+    weighted: ClassVar[bool] = True
+
+    def __init__(self, metric: str | Metric | Callable[..., Any], name: str | None = None):
+        inner = get_metric(metric)
+        if isinstance(inner, Weighted):
+            inner = inner.metric
+        object.__setattr__(self, "metric", inner)
+        object.__setattr__(self, "name", name or inner.name)
+
+    def init(self, num_classes: int) -> Any:
+        return self.metric.init(num_classes)
+
+    def update(self, state, outputs, labels, weights):
+        return self.metric.update(state, outputs, labels, weights)
+
+    def result(self, state: Any) -> dict[str, Any]:
+        inner = self.metric.name
+        return {(self.name + k[len(inner):] if k.startswith(inner) else k): v for k, v in self.metric.result(state).items()}
+
+
+def with_weighted(metrics: Sequence[Any] | None, weighted_metrics: Sequence[Any] | None) -> tuple[Metric, ...]:
+    """``metrics`` (counted unweighted) then ``weighted_metrics`` as :class:`Weighted`, each
+    named ``weighted_<name>`` where ``loss``, ``accuracy`` or a metric has its name (Keras's
+    naming). Accuracy in ``metrics`` is left out: ``fit`` always logs it."""
+    plain = tuple(m for m in get_metrics(metrics) if m.name not in ("accuracy", "acc"))
+    taken = {"loss", "accuracy", *(m.name for m in plain)}
+    out = list(plain)
+    for m in get_metrics(weighted_metrics):
+        inner = m.metric if isinstance(m, Weighted) else m
+        name = "accuracy" if m.name == "acc" else m.name
+        name = f"weighted_{name}" if name in taken else name
+        taken.add(name)
+        out.append(Weighted(inner, name=name))
+    return tuple(out)
 
 
 # -- host helpers ------------------------------------------------------------------------------

@@ -515,7 +515,10 @@ def set_learning_rate(opt_state: Any, learning_rate: float) -> Any:
             "this optimizer's learning rate is a schedule, recomputed at every step, so it cannot be set; "
             "give the optimizer a float learning rate to use LearningRateScheduler, or drop the scheduler"
         )
-    learning_rate = _check_lr(learning_rate)
+    if isinstance(learning_rate, (int, float)) and not isinstance(learning_rate, bool) and learning_rate == 0.0:
+        learning_rate = 0.0  # a callback may set 0 (a warm-up's first epoch, a schedule's end), as Keras's
+    else:
+        learning_rate = _check_lr(learning_rate)
     old = hp["learning_rate"]
     new_hp = dict(hp)
     new = jnp.asarray(learning_rate, dtype=jnp.asarray(old).dtype)

@@ -232,6 +232,30 @@ def test_a_dropout_model_behind_the_layers_is_untouched_in_evaluation(images):
     assert not np.allclose(trained, np.asarray(base.apply(variables, x, train=True, rngs=rngs)))
 
 
+class _Training(nn.Module):
+    @nn.compact
+    def __call__(self, x, training: bool = False):
+        return nn.Dense(3)(x.reshape(x.shape[0], -1)) + (1.0 if training else 0.0)
+
+
+class _Deterministic(nn.Module):
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True):
+        return nn.Dense(3)(x.reshape(x.shape[0], -1)) + (0.0 if deterministic else 1.0)
+
+
+@pytest.mark.parametrize("model", [_Training(), _Deterministic()], ids=["training", "deterministic"])
+def test_augmented_sets_the_models_own_mode_flag_as_fit_does(model):
+    # Before: only a flag named train reached the model; `training` and `deterministic` kept
+    # their defaults inside Augmented, so BatchNorm and Dropout never trained (silently).
+    x = jnp.ones((2, 4, 4, 1))
+    wrapped = A.Augmented(model, layers=(A.RandomFlip("horizontal"),))
+    variables = wrapped.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)
+    rngs = {"dropout": jax.random.key(2)}
+    on, off = (wrapped.apply(variables, x, train=t, rngs=rngs) for t in (True, False))
+    np.testing.assert_allclose(on - off, 1.0, rtol=1e-6)
+
+
 def test_cifar10_experiment_with_augment_and_tensorboard(tmp_path, isolated_data, monkeypatch):
     """``python -m experiments.cifar10 --augment --tensorboard DIR`` on a tiny CIFAR-10 in the
     official binary format (random pixels): the summary lists the layers, the export reloads as

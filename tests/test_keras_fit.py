@@ -60,7 +60,10 @@ def test_fit_matches_keras_fit(keras, case):
                                 L.Dense(10, activation="softmax" if c.get("softmax") else None)])
     variables = _copy_keras_weights(k_model, np.random.default_rng(0))
     name, kw = c["loss"]
-    k_model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1), loss=getattr(keras.losses, name)(**kw))
+    # Keras counts compile(metrics=) without the sample weights and weighted_metrics with them,
+    # naming the second "weighted_accuracy" beside the first.
+    k_model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1), loss=getattr(keras.losses, name)(**kw),
+                    metrics=["accuracy"], weighted_metrics=["accuracy"])
     batch = c.get("batch", 16)
     with _allow_rank_promotion():
         k_hist = k_model.fit(x, labels, batch_size=batch, epochs=2, shuffle=False, verbose=0,
@@ -68,13 +71,24 @@ def test_fit_matches_keras_fit(keras, case):
     state = train.create_train_state(Small(softmax=bool(c.get("softmax"))), (28, 28, 1), "sgd", 0.1)
     state = state.replace(params=jax.tree.map(jnp.asarray, variables["params"]))
     result = jaxcnn.fit(state, x, labels, epochs=2, batch_size=batch, shuffle=False, verbose=0, devices=None,
-                        class_weight=c.get("class_weight"), sample_weight=sw, **c["ours"])
+                        class_weight=c.get("class_weight"), sample_weight=sw, weighted_metrics=["accuracy"], **c["ours"])
     ours = jax.device_get(result.state.params)
     theirs = k_model.get_weights()
     for got, want in zip([ours["conv2d"]["kernel"], ours["conv2d"]["bias"], ours["dense"]["kernel"], ours["dense"]["bias"]], theirs):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert not np.allclose(theirs[2], variables["params"]["dense"]["kernel"], atol=1e-4)  # it trained
     np.testing.assert_allclose(result.history.history["loss"], k_hist["loss"], rtol=1e-5)
+    for key in ("accuracy", "weighted_accuracy"):
+        np.testing.assert_allclose(result.history.history[key], k_hist[key], rtol=1e-6, err_msg=key)
+    if sw is not None or c.get("class_weight"):
+        assert not np.allclose(k_hist["accuracy"], k_hist["weighted_accuracy"])  # the weights count in one only
+    if sw is not None:
+        with _allow_rank_promotion():
+            k_eval = k_model.evaluate(x, labels, sample_weight=sw, verbose=0, return_dict=True)
+        ours_eval = jaxcnn.evaluate(result.state, x, labels, sample_weight=sw, weighted_metrics=["accuracy"])
+        assert set(ours_eval) == set(k_eval)
+        for key, value in k_eval.items():
+            assert ours_eval[key] == pytest.approx(float(value), rel=1e-5), key
     if c.get("softmax"):
         assert result.state.outputs_are_probs
 

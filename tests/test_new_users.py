@@ -230,3 +230,51 @@ def test_a_plot_of_an_empty_history_says_why():
     _, history = jaxcnn.fit(Small(), np.zeros((4, 28, 28, 1), np.float32), np.arange(4), epochs=0, verbose=0)
     with pytest.raises(ConfigError, match="the history holds no epoch"):
         plots.training_curves(history)
+
+
+# -- a researcher's own models and set-up (found by a new user, 2026-12-04) ----------------------
+
+
+class SoftmaxOut(nn.Module):
+    dtype: object = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(nn.Conv(4, (3, 3), dtype=self.dtype)(x)).reshape(x.shape[0], -1)
+        return nn.softmax(nn.Dense(10, dtype=self.dtype)(x))
+
+
+def test_a_bfloat16_softmax_output_is_taken_as_probabilities(mnist):
+    # Its rows sum to 1 only within bfloat16's rounding (about 4e-3): they were taken for logits
+    # and softmaxed again, by the loss and by predict(output="probs").
+    import jax.numpy as jnp
+
+    x, y = mnist
+    state, _ = jaxcnn.fit(SoftmaxOut(jnp.bfloat16), x, y, epochs=0, verbose=0)
+    assert state.outputs_are_probs
+    raw = jaxcnn.predict(state, x[:8])
+    np.testing.assert_array_equal(jaxcnn.predict(state, x[:8], output="probs"), raw)
+    from jaxcnn import losses
+
+    assert not losses.looks_like_probabilities(np.full((2, 10), 0.1006, np.float32))  # float32: within 1e-3 only
+    assert losses.looks_like_probabilities(np.full((2, 10), 0.1006, jnp.bfloat16))  # rows off by 6e-3
+
+
+def test_a_softmax_state_from_create_train_state_predicts_and_evaluates_as_fit_would(mnist):
+    from jaxcnn import train
+
+    x, y = mnist
+    built = train.create_train_state(SoftmaxOut(), (28, 28, 1))  # fit never resolved its loss
+    fitted, _ = jaxcnn.fit(SoftmaxOut(), x, y, epochs=0, verbose=0)
+    np.testing.assert_array_equal(jaxcnn.predict(built, x[:8], output="probs"), jaxcnn.predict(built, x[:8]))
+    assert jaxcnn.evaluate(built, x, y) == pytest.approx(jaxcnn.evaluate(fitted, x, y), rel=1e-6)
+
+
+def test_class_and_sample_weights_together_and_a_binary_loss_are_refused_with_what_to_do(mnist):
+    from jaxcnn.errors import ConfigError
+
+    x, y = mnist
+    with pytest.raises(ConfigError, match=r"^class_weight and sample_weight cannot both be given \(as in Keras\); fold"):
+        jaxcnn.fit(Small(), x, y, class_weight={0: 2.0}, sample_weight=np.ones(len(x)), verbose=0)
+    with pytest.raises(ConfigError, match=r"^loss 'binary_crossentropy': .*end the model with Dense\(2\)"):
+        jaxcnn.fit(Small(), x, y, loss="binary_crossentropy", verbose=0)

@@ -296,3 +296,20 @@ def test_a_tpe_search_extended_draws_new_points_not_the_first_ones_again(tmp_pat
     rates = [t.hyperparameters["learning_rate"] for t in sorted(more.trials, key=lambda t: t.trial)]
     assert rates[:2] == [t.hyperparameters["learning_rate"] for t in sorted(first.trials, key=lambda t: t.trial)]
     assert len(set(rates)) == 4  # trials 3 and 4 are not trials 1 and 2 again
+
+
+def test_weighted_metrics_export_reload_and_stay_weighted(small, tmp_path):
+    from jaxcnn import metrics
+
+    x, y = small
+    w = np.linspace(0.1, 2.0, len(x)).astype(np.float32)
+    state, history = jaxcnn.fit(SmallNNX(2, rngs=nnx.Rngs(0)), x, y, epochs=1, batch_size=64, verbose=0,
+                                sample_weight=w, metrics=["f1"], weighted_metrics=["accuracy", "f1"])
+    assert {"accuracy", "weighted_accuracy", "f1", "weighted_f1", "weighted_f1_0"} <= set(history.history)
+    checkpoint.export(tmp_path / "m", state)
+    reloaded = checkpoint.load_state(tmp_path / "m")
+    assert reloaded.metrics == state.metrics and isinstance(reloaded.metrics[-1], metrics.Weighted)
+    ours, again = (jaxcnn.evaluate(s, x, y, sample_weight=w) for s in (state, reloaded))
+    assert ours == again and ours["weighted_accuracy"] != ours["accuracy"]
+    hits = np.argmax(jaxcnn.predict(state, x), -1) == y
+    assert ours["accuracy"] == pytest.approx(hits.mean()) and ours["weighted_accuracy"] == pytest.approx((w * hits).sum() / w.sum())

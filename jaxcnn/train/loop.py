@@ -323,6 +323,9 @@ def _split_validation(x, y, w, validation_split, validation_data, input_shape, n
 def _check_inputs(model_or_state: Any, x: Any, y: Any, *, validation_split: float, validation_data: Any,
                   class_weight: Any, sample_weight: Any) -> _Inputs:
     """Every input check, before anything compiles (the model's own shapes by tracing only)."""
+    if class_weight is not None and sample_weight is not None:  # Keras's data adapter refuses it too
+        raise ConfigError("class_weight and sample_weight cannot both be given (as in Keras); fold the class weights "
+                          "into the sample weights: sample_weight * np.array([class_weight.get(c, 1.0) for c in y])")
     x_arr = checks.as_array(x, "x")  # a ragged list: ShapeError, not NumPy's ValueError
     if isinstance(model_or_state, TrainState):
         input_shape, num_classes = model_or_state.input_shape, model_or_state.num_classes
@@ -468,6 +471,7 @@ def fit(
     from_logits: bool | None = None,
     label_smoothing: float = 0.0,
     metrics: Sequence[Any] = (),
+    weighted_metrics: Sequence[Any] = (),
     class_weight: dict[int, float] | None = None,
     sample_weight: Any = None,
     validation_split: float = 0.0,
@@ -501,9 +505,14 @@ def fit(
         ``(outputs, labels) -> (B,)``. ``from_logits=None`` decides from the model's outputs:
         a softmax output is used as probabilities, as Keras does, never softmaxed twice.
       label_smoothing: Keras's label smoothing for the cross-entropies.
-      metrics: extra metrics beside loss and accuracy (:mod:`jaxcnn.metrics` names or objects).
+      metrics: extra metrics beside loss and accuracy (:mod:`jaxcnn.metrics` names or objects),
+        counted without the sample weights, as Keras's ``compile(metrics=)``.
+      weighted_metrics: metrics counted with the sample and class weights (Keras's
+        ``weighted_metrics``), logged as ``weighted_<name>`` where the name is taken
+        (``["accuracy"]``: ``weighted_accuracy``).
       class_weight: ``{class: weight}``, and ``sample_weight`` (N,): weigh each example's loss
-        and metrics as Keras does (``sum(loss * w) / batch_size``).
+        (``sum(loss * w) / batch_size``) and the ``weighted_metrics``, as Keras does; accuracy
+        and ``metrics`` count every example once.
       validation_split: hold out the last fraction of ``x``/``y`` (before shuffling), as Keras.
       validation_data: ``(x_val, y_val)`` or ``(x_val, y_val, w_val)``; takes precedence.
       validation_batch_size: examples per validation batch (default ``batch_size``).
@@ -541,6 +550,8 @@ def fit(
     validation_batch_size = checks.check_positive_int(validation_batch_size or batch_size, "validation_batch_size")
     validation_freq = checks.check_positive_int(validation_freq, "validation_freq")
     _check_arrays(x, y, "fit(model, x, y)")
+    callbacks = [callbacks] if isinstance(callbacks, Callback) or hasattr(callbacks, "on_epoch_end") else list(callbacks or ())
+    hooks = [Hooks(cb) for cb in callbacks]  # a Keras callback, a hook of neither jaxcnn's nor Keras's form: refused here
     inputs = _check_inputs(model_or_state, x, y, validation_split=validation_split, validation_data=validation_data,
                            class_weight=class_weight, sample_weight=sample_weight)
     batch_size = min(batch_size, len(inputs.train.x))  # Keras: one batch of all the data
@@ -549,16 +560,14 @@ def fit(
     outputs = None  # the model's outputs on the first training images, when building the state gave them
     if isinstance(model_or_state, TrainState):
         state = model_or_state
-        if metrics:
-            state = state.replace(metrics=tuple(_get_metrics(metrics)))
+        if metrics or weighted_metrics:
+            state = state.replace(metrics=_get_metrics(metrics, weighted_metrics))
     else:
         state, outputs = start_state(model_or_state, inputs.input_shape, optimizer, learning_rate, seed,
-                                     metrics=_get_metrics(metrics), sample=inputs.train.x[: state_mod.SAMPLE])
+                                     metrics=_get_metrics(metrics, weighted_metrics), sample=inputs.train.x[: state_mod.SAMPLE])
         strategy = choose_strategy(devices, batch_size, state, data_on_device)
     state = _resolve_loss(state, loss, from_logits, label_smoothing, inputs.train.x, inputs.train.y, outputs)
     history = History(params={"epochs": epochs, "batch_size": batch_size, "samples": len(inputs.train.x), "seed": seed})
-    callbacks = [callbacks] if isinstance(callbacks, Callback) or hasattr(callbacks, "on_epoch_end") else list(callbacks or ())
-    hooks = [Hooks(cb) for cb in callbacks]  # a hook of neither jaxcnn's nor Keras's form fails here
     ckpts = None
     if checkpoint_dir is not None:
         ckpts = _open_checkpoints(checkpoint_dir, resume, "val_loss" if inputs.val is not None and validation_freq == 1 else "loss")
@@ -584,7 +593,8 @@ def fit(
         h.on_train_begin(loop)
     if restored is not None:
         for cb, cb_state in zip(callbacks, restored.callbacks):
-            cb.set_state(cb_state)
+            if callable(getattr(cb, "set_state", None)):  # a Keras or duck-typed callback keeps none
+                cb.set_state(cb_state)
         loop.stop_training = restored.stop_training
     if verbose and not loop.stop_training and initial_epoch < epochs:
         _announce(inputs, batch_size, epochs, initial_epoch, strategy)
@@ -606,12 +616,12 @@ def fit(
     return FitResult(state, history)
 
 
-def _get_metrics(metrics: Sequence[Any]) -> tuple[Any, ...]:
-    if not metrics:
+def _get_metrics(metrics: Sequence[Any], weighted_metrics: Sequence[Any] = ()) -> tuple[Any, ...]:
+    if not metrics and not weighted_metrics:
         return ()
     from jaxcnn import metrics as metrics_module
 
-    return tuple(m for m in metrics_module.get_metrics(metrics) if getattr(m, "name", None) not in ("accuracy", "acc"))
+    return metrics_module.with_weighted(metrics, weighted_metrics)
 
 
 def _epochs(loop: Loop, strategy: Strategy, inputs: _Inputs, callbacks: list[Callback], hooks: list[Hooks], ckpts: Any,
@@ -658,7 +668,7 @@ def _epochs(loop: Loop, strategy: Strategy, inputs: _Inputs, callbacks: list[Cal
             h.on_epoch_end(epoch, ordered, loop)
         loop.history._add_late(ordered)
         if ckpts is not None:
-            ckpts.save(epoch + 1, loop.state, history=loop.history, callbacks=[cb.get_state() for cb in callbacks],
+            ckpts.save(epoch + 1, loop.state, history=loop.history, callbacks=[getattr(cb, "get_state", dict)() for cb in callbacks],
                        stop_training=loop.stop_training, metrics=ordered, extra={"fit": fingerprint})
 
 
@@ -676,22 +686,25 @@ def _check_verbose(verbose: Any) -> int:
 
 
 def evaluate(state: TrainState, x: Any, y: Any = None, batch_size: int = 128, devices: Any = "auto", *,
-             sample_weight: Any = None, metrics: Sequence[Any] = (), verbose: int | str = 0,
-             return_dict: bool = True) -> dict[str, float] | list[Any]:
+             sample_weight: Any = None, metrics: Sequence[Any] = (), weighted_metrics: Sequence[Any] = (),
+             verbose: int | str = 0, return_dict: bool = True) -> dict[str, float] | list[Any]:
     """Loss (with L2 terms), accuracy and the state's (or ``metrics``') metrics of ``state`` on
     images ``x`` (N, H, W, C) and labels ``y``; ``metrics=["confusion_matrix"]`` adds the
     (classes, classes) matrix, rows the true class. ``verbose`` 1, 2 or "auto" prints the
     figures in one line, as Keras's last line of ``evaluate`` (default 0: silent).
     ``return_dict=False`` gives the values as a list in the same order (loss first), as Keras's
-    ``evaluate`` does by default."""
+    ``evaluate`` does by default. ``sample_weight`` weighs the loss and ``weighted_metrics``
+    (Keras's), not accuracy or ``metrics``."""
     verbose = _check_verbose(verbose)
     _check_arrays(x, y, "evaluate(state, x, y)")
     t0 = time.perf_counter()
     batch_size = checks.check_positive_int(batch_size, "batch_size")
     xs = np.ascontiguousarray(checks.check_images(x, state.input_shape, "x"), np.float32)
     ys = checks.check_labels(y, len(xs), state.num_classes, "y")
-    if metrics:
-        state = state.replace(metrics=_get_metrics(metrics))
+    if metrics or weighted_metrics:
+        state = state.replace(metrics=_get_metrics(metrics, weighted_metrics))
+    if state.loss.from_logits is None:  # a state fit never resolved (create_train_state): as fit would
+        state = _resolve_loss(state, None, None, 0.0, xs, ys)
     w = _sample_weights(ys, state.num_classes, None, sample_weight, "")
     batch_size = min(batch_size, len(xs))
     # "auto" evaluates a BatchNorm model on the CPU mesh of parts, as fit's validation does.
@@ -727,5 +740,7 @@ def predict(state: TrainState, x: Any, batch_size: int = 512, output: str = "log
     if output == "classes":
         return raw.argmax(-1)
     if output == "probs" and not state.outputs_are_probs:
+        if state.loss.from_logits is None and losses.looks_like_probabilities(raw):
+            return raw  # a state fit never resolved (create_train_state): its softmax output as it is
         return np.asarray(jax.nn.softmax(raw, axis=-1))
     return raw

@@ -14,8 +14,9 @@ every execution strategy (:mod:`jaxcnn.train.strategies`).
   remembers the first such step, after which no step moves the weights, and ``fit`` stops with
   the weights of the last good step.
 
-Metrics are summed over the batch (``loss_sum``, ``correct`` and ``weight`` weighted by the
-sample weights, ``count``), so that batches and parts of any size add up.
+Metrics are summed over the batch (``loss_sum`` weighted by the sample weights, ``correct`` and
+``weight`` not, as Keras's accuracy, ``count``; the state's metrics each as it asks), so that
+batches and parts of any size add up.
 """
 
 from __future__ import annotations
@@ -79,17 +80,17 @@ def zero_metrics(state: TrainState) -> dict[str, Any]:
 def batch_metrics(state: TrainState, outputs: Array, batch: Batch, loss_sum: Array, mask: Array | None = None) -> dict[str, Any]:
     """A batch's summed metrics; ``mask`` (B,) zeroes padding rows."""
     y = batch["y"]
-    w = batch.get("w", jnp.ones(y.shape[:1], jnp.float32))
-    if mask is not None:
-        w = w * mask
+    real = jnp.ones(y.shape[:1], jnp.float32) if mask is None else mask  # Keras's metrics: unweighted
+    w = real * batch["w"] if "w" in batch else real  # its weighted_metrics (and the loss): weighted
     labels = class_labels(y)
     hit = (jnp.argmax(outputs, -1) == labels).astype(jnp.float32)
     return {
         "loss_sum": loss_sum,
-        "correct": jnp.sum(hit * w),
-        "weight": jnp.sum(w),
+        "correct": jnp.sum(hit * real),
+        "weight": jnp.sum(real),
         "count": jnp.asarray(y.shape[0], jnp.float32) if mask is None else jnp.sum(mask),
-        "extra": tuple(m.update(m.init(state.num_classes), outputs, labels, w) for m in state.metrics),
+        "extra": tuple(m.update(m.init(state.num_classes), outputs, labels, w if getattr(m, "weighted", False) else real)
+                       for m in state.metrics),
     }
 
 
