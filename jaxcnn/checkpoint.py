@@ -316,14 +316,16 @@ def _rebuild(meta: dict[str, Any], where: Path) -> Any:
 
 
 def load(directory: str | os.PathLike[str], model: Any = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """Read an :func:`export` directory: ``(module, variables, meta)``, ready for
-    ``module.apply`` (linen). ``model`` rebuilds the module yourself (any module that
+    """Read an :func:`export` directory (or one holding it as ``model/``: a search's ``best/``
+    or ``trials/NNN/``): ``(module, variables, meta)``, ready for ``module.apply`` (linen). ``model`` rebuilds the module yourself (any module that
     :func:`export` could not describe, e.g. one defined in ``__main__``)."""
     directory = Path(directory)
     if directory.is_file():
         raise CheckpointError(
             f"{directory} is a file, not a directory; point to the directory an export wrote (it holds {MODEL_FILE} and {PARAMS_FILE})"
         )
+    if not (directory / MODEL_FILE).is_file() and (directory / "model" / MODEL_FILE).is_file():
+        directory = directory / "model"  # a search's best/ or trials/NNN/: the export is in model/
     meta_path, params_path = directory / MODEL_FILE, directory / PARAMS_FILE
     for p in (meta_path, params_path):
         if not p.is_file():

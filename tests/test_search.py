@@ -150,6 +150,7 @@ def test_custom_model_class_with_dropout_and_training_hyperparameters(small, tmp
         np.testing.assert_allclose(t.history["learning_rate"][0], t.hyperparameters["learning_rate"], rtol=1e-6)
     assert result.best is max(result.trials, key=lambda t: t.results["val_accuracy"])
     module, variables, _ = jaxcnn.checkpoint.load(tmp_path / "trials/002/model")  # the class, rebuilt
+    assert jaxcnn.checkpoint.load_state(tmp_path / "best").step == jaxcnn.checkpoint.load_state(tmp_path / "best/model").step
     assert type(module).__name__ == "TinyCNN" and module.features == result.trials[1].hyperparameters["features"]
     jax.tree.map(np.testing.assert_array_equal, variables["params"], result.trials[1].params)
     rows = json.loads((tmp_path / "trials.json").read_text())
@@ -430,3 +431,43 @@ def test_worker_processes_stop_together_and_the_parent_raises(small, tmp_path):
     study = optuna.load_study(study_name=search.DEFAULT_STUDY, storage=f"sqlite:///{tmp_path / 'study.db'}")
     waiting = [t.user_attrs["trial"] for t in study.trials if t.state == TrialState.WAITING]
     assert sorted(waiting) == list(range(1, 7))  # every slot is there to train again, once
+
+
+class _AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial):
+        return True
+
+
+def test_a_pruner_stops_a_trial_before_its_last_epoch_never_after_it(small):
+    one = search.random_search(*small, {"features": Choice((4,))}, model=TinyCNN, trials=1, pruner=_AlwaysPrune(), **OPTS)
+    assert [t.status for t in one.trials] == ["ok"] and one.best is one.trials[0]  # its only epoch is its last
+    two = search.random_search(*small, {"features": Choice((4,))}, model=TinyCNN, trials=1, pruner=_AlwaysPrune(),
+                               **{**OPTS, "epochs": 2})
+    assert [t.status for t in two.trials] == ["pruned"] and len(two.trials[0].history) == 1
+
+
+def test_a_batch_size_dimension_must_give_whole_numbers(small):
+    for dim in (Uniform(32.0, 64.0), LogUniform(16.0, 128.0), Choice((32, 48.5))):
+        with pytest.raises(ConfigError, match=r"^search space entry 'batch_size': .* not whole numbers; use IntRange"):
+            search.random_search(*small, {"batch_size": dim}, model=TinyCNN, trials=1, **OPTS)
+
+
+def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
+    # Worker processes import the user's script; one that calls the search at its top level got
+    # "study ... holds a different search (it differs in model)" from each worker.
+    import subprocess
+    import sys
+
+    script = tmp_path / "noguard.py"
+    script.write_text(
+        "import flax.linen as nn\nimport jaxcnn\nfrom jaxcnn import search\n"
+        "class Net(nn.Module):\n    @nn.compact\n    def __call__(self, x, train: bool = False):\n"
+        "        return nn.Dense(10)(x.reshape(x.shape[0], -1))\n"
+        "ds = jaxcnn.data.load('mnist')\n"
+        "search.random_search(jaxcnn.data.to_float(ds.x_train[:100]), ds.y_train[:100], {'batch_size': search.Choice((20,))},"
+        f" model=Net, trials=2, epochs=1, verbose=0, out={str(tmp_path / 'out')!r}, workers=2)\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**__import__("os").environ, "JAXCNN_OFFLINE": "1"})
+    assert "put the search under if __name__ == \"__main__\": in the script" in proc.stderr, proc.stderr[-2000:]
+    assert "differs in model" not in proc.stderr

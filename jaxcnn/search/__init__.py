@@ -190,6 +190,7 @@ def random_search(
     training anything.
     """
     t_start = time.perf_counter()
+    _refuse_in_a_worker_import()
     space = check_space(REPORT_SPACE if space is None else space)
     try:
         config = dataclasses.replace(config or SearchConfig(), **overrides).check()
@@ -254,6 +255,21 @@ def random_search(
     if stopped is not None:
         raise stopped
     return result
+
+
+def _refuse_in_a_worker_import() -> None:
+    """A worker process starts by importing the user's script (multiprocessing's spawn, as
+    ``workers=N`` uses): a script that calls the search at its top level would run it again in
+    every worker. Say what to do, rather than the study's "differs in model" that would follow."""
+    import multiprocessing
+
+    # spawn's _main sets _inheriting while it imports the parent's __main__ (the flag behind
+    # multiprocessing's own "bootstrapping phase" error).
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise ConfigError(
+            "random_search was called while a worker process was importing your script (each worker starts by importing "
+            "it, as Python's multiprocessing does); put the search under if __name__ == \"__main__\": in the script"
+        )
 
 
 def _saved_trials(run_dir: Path) -> int | None:

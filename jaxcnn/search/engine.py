@@ -692,15 +692,17 @@ class _Reporter(Callback):
     """A fit callback: reports ``metric`` to the trial after each epoch, and stops training
     (``loop.stop_training``) when the pruner says so."""
 
-    def __init__(self, trial: optuna.Trial, metric: str):
-        self.trial, self.metric, self.pruned_at = trial, metric, None
+    def __init__(self, trial: optuna.Trial, metric: str, epochs: int):
+        self.trial, self.metric, self.epochs, self.pruned_at = trial, metric, epochs, None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float], loop) -> None:
         value = logs.get(self.metric)
         if value is None or not math.isfinite(value):
             return
         self.trial.report(float(value), epoch)
-        if self.trial.should_prune():
+        # After the last epoch there is nothing left to save: the trial finishes with its value
+        # (a prune there would throw away a whole trial's result).
+        if epoch + 1 < self.epochs and self.trial.should_prune():
             self.pruned_at = epoch
             loop.stop_training = True
 
@@ -776,7 +778,7 @@ def run_trial(
         from jaxcnn import optim
 
         optimizer = optim.get_optimizer(opt, lr, **opt_kwargs) if opt_kwargs else opt
-        reporter = _Reporter(trial, config.metric)
+        reporter = _Reporter(trial, config.metric, config.epochs)
         callbacks: list[Any] = [reporter]
         bar = _EpochBar(config.epochs, f"Trial {t}") if config.verbose == 1 and bars else None
         if bar is not None:

@@ -139,6 +139,12 @@ def check_space(space: Space | None) -> dict[str, Dimension]:
                 f"search space entry {name!r}: {dim!r} is not a dimension; use IntRange, Uniform, "
                 "LogUniform or Choice"
             )
+        whole = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0  # noqa: E731
+        if name == "batch_size" and not (isinstance(dim, IntRange) or (isinstance(dim, Choice) and all(map(whole, dim.options)))):
+            raise ConfigError(
+                f"search space entry 'batch_size': {dim!r} gives batch sizes that are not whole numbers; "
+                "use IntRange(low, high) or Choice of positive integers, e.g. Choice((64, 128, 256))"
+            )
     return dict(space)
 
 
