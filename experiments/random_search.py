@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.common import RunInterrupted, cli, parse_args, write_json
-from jaxcnn.errors import ConfigError
+from jaxcnn.errors import ConfigError, SearchError
 from jaxcnn.search import DB_FILE, DEFAULT_STUDY, PRUNERS, REPORT_SPACE, SAMPLERS, SearchConfig
 
 
@@ -138,6 +138,8 @@ def run(config: RandomSearchRun) -> dict[str, Any]:
         raise RunInterrupted(_interrupted(config, out)) from None
     except ConfigError as e:
         raise ConfigError(as_flags(str(e))) from None
+    except SearchError as e:  # trials kept failing: they are queued again; say how to continue
+        raise SearchError(f"{e}; continue with: {resume_command(config, out)}") from e.__cause__
     finally:
         _write_settings(config, out, started)
     if config.search.verbose:

@@ -258,6 +258,27 @@ def test_random_search_ctrl_c_says_what_is_kept_and_how_to_continue(tmp_path, mo
     assert capsys.readouterr().err.strip() == "interrupted: before the search started; nothing was kept"
 
 
+def test_random_search_stopped_by_failing_trials_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    from experiments import random_search as exp
+    from experiments.common import main_guard
+    from jaxcnn import search
+    from jaxcnn.errors import SearchError
+
+    out = tmp_path / "rs"
+
+    def stopped(*args, **kwargs):
+        out.mkdir(parents=True)
+        (out / "search.json").write_text("{}")  # the study took the settings
+        raise SearchError("search stopped: trials 1, 2 and 3 failed in a row ...")
+
+    monkeypatch.setattr(search, "random_search", stopped)
+    assert main_guard(exp.main, ["--limit", "200", "--trials", "4", "--verbose", "0", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: search stopped: trials 1, 2 and 3 failed in a row ...; continue with: python -m experiments.random_search "
+        f"--out {out} --trials 4 --limit 200 --verbose 0"
+    )
+
+
 def test_random_search_resume_takes_the_searchs_own_settings(tmp_path):
     import json
 
