@@ -565,6 +565,17 @@ class ModelCheckpoint(_MonitorMixin, Callback):
             raise ConfigError("ModelCheckpoint filepath is empty; give a path such as 'checkpoints/{epoch:02d}'")
         if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq <= 0):
             raise ConfigError(f"ModelCheckpoint save_freq must be 'epoch' or a positive number of steps, got {save_freq!r}")
+        if self.filepath.lower().endswith((".keras", ".h5")):  # Keras's formats: not what is written here
+            from jaxcnn.checks import _user_stacklevel
+
+            if save_weights_only:
+                what, fix = "a Flax msgpack file of the weights", "name it .msgpack, and read it with flax.serialization.from_bytes"
+            else:
+                what, fix = "an export directory (model.json, params.msgpack)", "name it without the extension, and reload it with jaxcnn.checkpoint.load_state"
+            warnings.warn(
+                f"ModelCheckpoint({self.filepath!r}) writes {what}, not Keras's {os.path.splitext(self.filepath)[1]} format; {fix}",
+                UserWarning, stacklevel=_user_stacklevel(),
+            )
         self.monitor, self.verbose = monitor, verbose
         self.mode = _auto_mode(monitor, mode, "ModelCheckpoint")
         self.min_delta = 0.0

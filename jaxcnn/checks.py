@@ -154,6 +154,11 @@ def check_image_shape(x: Any, expected: tuple[int, ...] = (), what: str = "x") -
             f"{what} has shape {x.shape}, which looks channels-first (N, C, H, W), but the model takes "
             f"channels-last images, NHWC (N, H, W, C) = (N, {h}, {w}, {c}); use {_name(what)}.transpose(0, 2, 3, 1)"
         )
+    if x.ndim == 3 and expected and tuple(x.shape) == expected:
+        raise ShapeError(
+            f"{what} has shape {x.shape}, one image; the model takes a batch (N, {', '.join(map(str, expected))}): "
+            f"give it as a batch of one, {_name(what)}[None]"
+        )
     if x.ndim != 4 or (expected and tuple(x.shape[1:]) != expected):
         shape = f"(N, {', '.join(map(str, expected))})" if expected else "(N, H, W, C)"
         raise ShapeError(f"{what} has shape {x.shape} but the model takes images of shape {shape}")
@@ -190,6 +195,8 @@ def check_labels(y: Any, n: int, num_classes: int, what: str = "y") -> np.ndarra
         return y.astype(np.float32)
     if y.ndim != 1:
         raise ShapeError(f"{what} has shape {y.shape}; expected integer labels (N,) or one-hot (N, {num_classes})")
+    if y.dtype == np.bool_:
+        y = y.astype(np.int32)  # False/True as classes 0/1, as Keras takes them
     if len(y) != n:
         raise ShapeError(f"{what} has {len(y)} labels for {n} images; they must match one to one")
     if np.issubdtype(y.dtype, np.floating):
@@ -208,7 +215,7 @@ def check_labels(y: Any, n: int, num_classes: int, what: str = "y") -> np.ndarra
     if bad.size:
         raise ShapeError(
             f"{what} holds label {int(y[bad[0]])} at index {int(bad[0])}, outside 0..{num_classes - 1} "
-            f"({bad.size} labels out of range); the model has {num_classes} classes"
+            f"({bad.size} label{'s' if bad.size != 1 else ''} out of range); the model has {num_classes} classes"
         )
     y = y.astype(np.int32)
     return y

@@ -64,7 +64,7 @@ def test_labels_out_of_range_or_miscounted(state, xy):
     x, y = xy
     with pytest.raises(ShapeError, match=r"y holds label 10 at index 0, outside 0\.\.9 \(64 labels out of range\); the model has 10 classes"):
         jaxcnn.fit(state, x, y + 10, verbose=0)
-    with pytest.raises(ShapeError, match=r"y holds label -1 at index 3, outside 0\.\.9 \(1 labels out of range\)"):
+    with pytest.raises(ShapeError, match=r"y holds label -1 at index 3, outside 0\.\.9 \(1 label out of range\)"):
         jaxcnn.fit(state, x, np.where(np.arange(64) == 3, -1, y), verbose=0)
     with pytest.raises(ShapeError, match=r"y has 63 labels for 64 images; they must match one to one"):
         jaxcnn.fit(state, x, y[:63], verbose=0)

@@ -238,3 +238,21 @@ def test_a_schedule_may_return_a_learning_rate_of_0_as_in_keras(mnist96):
     assert history["learning_rate"] == pytest.approx([0.0, 0.05])
     with pytest.raises(ConfigError, match=r"returned -0\.1 at epoch 0; it must be a finite number >= 0"):
         jaxcnn.fit(tiny_state(), x, y, epochs=1, verbose=0, callbacks=[jaxcnn.callbacks.LearningRateScheduler(lambda e: -0.1)])
+
+
+def test_keras_file_names_for_model_checkpoint_warn_what_is_written(tmp_path):
+    with pytest.warns(UserWarning, match=r"ModelCheckpoint\('m\.keras'\) writes an export directory .* not Keras's \.keras format; "
+                                         r"name it without the extension"):
+        jaxcnn.callbacks.ModelCheckpoint("m.keras", model_name="mnist_cnn")
+    with pytest.warns(UserWarning, match=r"writes a Flax msgpack file of the weights, not Keras's \.h5 format; name it \.msgpack"):
+        jaxcnn.callbacks.ModelCheckpoint("m.weights.h5", save_weights_only=True)
+
+
+def test_bool_labels_one_image_and_counts_read_as_keras_users_expect(mnist96):
+    from jaxcnn.errors import ShapeError
+
+    x, y = mnist96
+    state, _ = jaxcnn.fit(tiny_state(), x, y % 2 == 0, epochs=1, verbose=0)  # bools are classes 0 and 1, as Keras
+    with pytest.raises(ShapeError, match=r"^x has shape \(28, 28, 1\), one image; the model takes a batch \(N, 28, 28, 1\): "
+                                         r"give it as a batch of one, x\[None\]$"):
+        jaxcnn.predict(state, x[0])

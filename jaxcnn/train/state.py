@@ -66,7 +66,7 @@ def _output_classes(adapter: Model, input_shape: tuple[int, ...]) -> int:
     if isinstance(out, (tuple, list, dict)):
         kind = type(out).__name__
         raise ShapeError(
-            f"{model_name(adapter)} returns a {kind} ({len(out)} items); jaxcnn trains a model that returns one array of "
+            f"{model_name(adapter)} returns a {kind} ({len(out)} item{'s' if len(out) != 1 else ''}); jaxcnn trains a model that returns one array of "
             "outputs (B, classes): return only those (logits or probabilities), and keep anything else out of __call__ "
             "(or sow it: self.sow('intermediates', name, value))"
         )
