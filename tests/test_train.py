@@ -140,6 +140,7 @@ def test_validation_split_takes_last_fraction(mnist_small):
     x, y = mnist_small
     _, hist = jaxcnn.fit(tiny_model(), x[:100], y[:100], epochs=1, batch_size=20, validation_split=0.2, verbose=0)
     assert hist.params["samples"] == 80
+    assert {k: hist.params[k] for k in ("verbose", "epochs", "steps")} == {"verbose": 0, "epochs": 1, "steps": 4}  # Keras's keys
     assert "val_loss" in hist.history and "val_accuracy" in hist.history
 
 

@@ -567,7 +567,8 @@ def fit(
                                      metrics=_get_metrics(metrics, weighted_metrics), sample=inputs.train.x[: state_mod.SAMPLE])
         strategy = choose_strategy(devices, batch_size, state, data_on_device)
     state = _resolve_loss(state, loss, from_logits, label_smoothing, inputs.train.x, inputs.train.y, outputs)
-    history = History(params={"epochs": epochs, "batch_size": batch_size, "samples": len(inputs.train.x), "seed": seed})
+    history = History(params={"verbose": verbose, "epochs": epochs, "steps": -(-len(inputs.train.x) // batch_size),  # Keras's three
+                              "batch_size": batch_size, "samples": len(inputs.train.x), "seed": seed})
     ckpts = None
     if checkpoint_dir is not None:
         ckpts = _open_checkpoints(checkpoint_dir, resume, "val_loss" if inputs.val is not None and validation_freq == 1 else "loss")
