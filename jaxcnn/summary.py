@@ -106,7 +106,7 @@ def model_summary(
     adapter = adapt(model)
     with tracing_errors(model, (1, *tuple(input_shape))):
         if adapter.kind == "nnx":
-            return _nnx_summary(model, input_shape, name, dtype)
+            return _nnx_summary(model, input_shape, name, dtype, adapter.call_kwargs(False))
         return _linen_summary(model, adapter, input_shape, name, dtype)
 
 
@@ -150,7 +150,7 @@ def _linen_summary(model: nn.Module, adapter: Any, input_shape: Sequence[int], n
     return Summary(name or getattr(model, "name", None) or type(model).__name__, tuple(rows))
 
 
-def _nnx_summary(model: Any, input_shape: Sequence[int], name: str | None, dtype: Any) -> Summary:
+def _nnx_summary(model: Any, input_shape: Sequence[int], name: str | None, dtype: Any, mode: dict[str, bool] | None = None) -> Summary:
     """One row per direct sub-module of an NNX module (in attribute order), output shapes from
     tracing each call with ``jax.eval_shape``."""
     from flax import nnx
@@ -172,7 +172,7 @@ def _nnx_summary(model: Any, input_shape: Sequence[int], name: str | None, dtype
                 return out
 
             setattr(m, k, _Recorder(child, wrapped))
-        return m(x)
+        return m(x, **(mode or {}))  # its mode flag in evaluation, as fit's evaluation sets it
 
     try:
         jax.eval_shape(run, jax.ShapeDtypeStruct((1, *tuple(input_shape)), dtype))

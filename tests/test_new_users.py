@@ -278,3 +278,56 @@ def test_class_and_sample_weights_together_and_a_binary_loss_are_refused_with_wh
         jaxcnn.fit(Small(), x, y, class_weight={0: 2.0}, sample_weight=np.ones(len(x)), verbose=0)
     with pytest.raises(ConfigError, match=r"^loss 'binary_crossentropy': .*end the model with Dense\(2\)"):
         jaxcnn.fit(Small(), x, y, loss="binary_crossentropy", verbose=0)
+
+
+class NNXFlagged(nnx.Module):
+    """BatchNorm and Dropout driven by __call__'s own train flag (the NNX habit of passing it on)."""
+
+    def __init__(self, rate: float = 0.5, *, rngs: nnx.Rngs):
+        self.bn = nnx.BatchNorm(784, rngs=rngs)
+        self.drop = nnx.Dropout(rate, rngs=rngs)
+        self.out = nnx.Linear(784, 10, rngs=rngs)
+
+    def __call__(self, x, train: bool = False):
+        h = self.bn(x.reshape(x.shape[0], -1), use_running_average=not train)
+        return self.out(self.drop(h, deterministic=not train))
+
+
+class NNXDeterministic(nnx.Module):
+    def __init__(self, rate: float, *, rngs: nnx.Rngs):
+        self.drop = nnx.Dropout(rate, rngs=rngs)
+        self.out = nnx.Linear(784, 10, rngs=rngs)
+
+    def __call__(self, x, deterministic: bool = True):
+        return self.out(self.drop(x.reshape(x.shape[0], -1), deterministic=deterministic))
+
+
+def test_an_nnx_modules_own_mode_flag_is_set_as_for_linen(mnist):
+    # jaxcnn called NNX modules as module(x): a train flag kept its default, so BatchNorm never
+    # updated its statistics and Dropout never dropped, silently.
+    x, y = mnist
+    state, _ = jaxcnn.fit(NNXFlagged(rngs=nnx.Rngs(0)), x, y, epochs=1, batch_size=32, verbose=0, devices=None)
+    assert float(np.abs(np.asarray(state.batch_stats["bn"]["mean"])).max()) > 0
+    summary = jaxcnn.summary(NNXFlagged(rngs=nnx.Rngs(0)), (28, 28, 1))
+    assert "7,850" in str(summary)
+    _, dropped = jaxcnn.fit(NNXDeterministic(0.9, rngs=nnx.Rngs(0)), x, y, epochs=1, batch_size=32, verbose=0, devices=None)
+    _, kept = jaxcnn.fit(NNXDeterministic(0.0, rngs=nnx.Rngs(0)), x, y, epochs=1, batch_size=32, verbose=0, devices=None)
+    assert dropped.history["loss"] != kept.history["loss"]  # equal to the last bit before: no dropout at all
+
+
+def test_an_nnx_variable_the_step_does_not_carry_warns(mnist):
+    class Count(nnx.Variable):
+        pass
+
+    class Counting(nnx.Module):
+        def __init__(self, *, rngs: nnx.Rngs):
+            self.out = nnx.Linear(784, 10, rngs=rngs)
+            self.n = Count(np.zeros((), np.float32))
+
+        def __call__(self, x):
+            return self.out(x.reshape(x.shape[0], -1))
+
+    x, y = mnist
+    with pytest.warns(UserWarning, match=r"^Counting\.n is a Count variable, which jaxcnn's training step does not carry .* "
+                                         r"Make it an nnx\.BatchStat"):
+        jaxcnn.fit(Counting(rngs=nnx.Rngs(0)), x, y, epochs=1, verbose=0)

@@ -199,8 +199,14 @@ r = jaxcnn.fit(jaxcnn.get_model("mnist_cnn", filters=8, dense_units=16), x, y, e
                validation_split=0.25, seed=0, verbose=0, devices="all")
 leaf = jax.tree.leaves(r.state.params)[0]
 outputs = jaxcnn.predict(r.state, x[:40], batch_size=16)  # every process, on the state spread over both
-print(json.dumps({"devices": len(leaf.sharding.device_set), "history": {k: r.history[k] for k in ("loss", "val_loss", "val_accuracy")},
-                  "outputs": outputs.tolist()}))
+scores = jaxcnn.evaluate(r.state, x[:40], y[:40], batch_size=16)  # "auto": every process takes part (process 1 crashed)
+try:
+    jaxcnn.evaluate(r.state, x[:40], y[:40], devices=None)
+    refused = ""
+except jaxcnn.errors.ConfigError as e:
+    refused = str(e)
+print(json.dumps({"refused": refused, "devices": len(leaf.sharding.device_set), "history": {k: r.history[k] for k in ("loss", "val_loss", "val_accuracy")},
+                  "outputs": outputs.tolist(), "scores": scores}))
 """
 
 
@@ -210,11 +216,15 @@ def test_fit_over_two_processes_matches_one_process():
     single = _python(FIT_WORKER, _env(4))
     assert single.returncode == 0, single.stderr[-3000:]
     ref = json.loads(single.stdout.strip().splitlines()[-1])
+    assert ref["refused"] == ""  # one process: devices=None is one device
     for got in _two_processes(FIT_WORKER, timeout=120):
         assert got["devices"] == ref["devices"] == 4
+        assert got["refused"].startswith("devices=None runs the model on one device, but this job has 2 processes and each must take part")
         for k, v in ref["history"].items():
             np.testing.assert_allclose(got["history"][k], v, rtol=1e-5, atol=1e-6, err_msg=k)
         np.testing.assert_allclose(got["outputs"], ref["outputs"], rtol=1e-5, atol=1e-6)
+        for k, v in ref["scores"].items():
+            np.testing.assert_allclose(got["scores"][k], v, rtol=1e-5, atol=1e-6, err_msg=k)
 
 
 _STARVED = r"""

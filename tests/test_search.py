@@ -390,7 +390,8 @@ def test_errors_in_a_row_stop_the_search_and_a_rerun_trains_them_again(small, tm
         search.random_search(*small, space, model=Buggy, trials=3, out=tmp_path, max_consecutive_failed_trials=2, **OPTS)
     assert isinstance(e.value.__cause__, ZeroDivisionError)
     rows = json.loads((tmp_path / "trials.json").read_text())
-    assert [(r["status"], r["features"]) for r in rows] == [("error", 4), ("error", 4), ("waiting", 4)]
+    assert [(r["status"], r["features"], r["attempts"]) for r in rows] == [("error", 4, 1), ("error", 4, 1), ("waiting", 4, 0)]
+    assert rows[2]["reason"] == "not trained yet"
     monkeypatch.setattr(Buggy, "BROKEN", False)
     result = search.random_search(*small, space, model=Buggy, trials=3, out=tmp_path, max_consecutive_failed_trials=2, **OPTS)
     assert [t.status for t in result.trials] == ["ok"] * 3 and result.trained_here == 3

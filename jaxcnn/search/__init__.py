@@ -63,7 +63,7 @@ import numpy as np
 from jaxcnn.errors import ConfigError, SearchError, ShapeError
 from jaxcnn.search.engine import (
     DB_FILE, MAX_RETRY, PRUNERS, SAMPLERS, STOP_ATTR, TRAINING_PARAMS, Data, SearchConfig, check_space_names, describe_model,
-    fingerprint, open_storage, open_study, storage_url, work,
+    fingerprint, open_storage, open_study, slot_count, storage_url, work,
 )
 from jaxcnn.search.space import (
     REPORT_SPACE, Choice, Dimension, IntRange, LogUniform, Space, Uniform, check_space, draw, sample,
@@ -218,7 +218,7 @@ def random_search(
     if run_dir is not None:
         _write_json(run_dir / "search.json", {"storage": _hide_password(url), "study": study_name, **fp})
     where = f"study {study_name!r} in {_hide_password(url) if url else 'memory'}"
-    say(f"Search: {config.trials} trials, {_sampler_name(config)} sampler, pruner {_pruner_name(config)}; {where}")
+    say(f"Search: {max(config.trials, slot_count(study))} trials, {_sampler_name(config)} sampler, pruner {_pruner_name(config)}; {where}")
     local: dict[int, dict[str, Any]] = {}
     if study.user_attrs.get(STOP_ATTR):  # stopped by failing trials before: they are queued again
         study.set_user_attr(STOP_ATTR, None)
@@ -422,7 +422,8 @@ def _run_workers(n: int, data: Data, config: SearchConfig, space: dict[str, Any]
             total += counts.get()
         bad = [f"worker {i + 1} exited with status {p.exitcode}" for i, p in enumerate(procs) if p.exitcode]
         if bad:
-            print(f"warning: {'; '.join(bad)}; its trial goes back to the queue", file=sys.stderr)
+            print(f"warning: {'; '.join(bad)}; {'its trial goes' if len(bad) == 1 else 'their trials go'} back to the queue",
+                  file=sys.stderr)
         return total
     finally:
         import shutil
@@ -474,13 +475,17 @@ def collect(study: Any, config: SearchConfig, space: dict[str, Any], out: Path |
     for t in sorted(by_t):
         attempts = by_t[t]
         done = [ft for ft in attempts if ft.state.is_finished() and ft.user_attrs.get("status") not in (None, "interrupted")]
+        tried = sum(ft.state.is_finished() for ft in attempts)  # a waiting copy is no attempt yet
         if not done:
             final = attempts[-1]
             status = "failed" if final.state == TrialState.FAIL else final.state.name.lower()
-            reason = f"its worker stopped ({len(attempts)} attempt(s), the last {final.state.name})"
+            if final.state == TrialState.WAITING:
+                reason = "not trained yet" + (f" ({tried} attempt(s) interrupted)" if tried else "")
+            else:
+                reason = f"its worker stopped ({tried} attempt(s), the last {final.state.name})"
             params = dict(final.params) or dict(final.system_attrs.get("fixed_params") or {})  # a waiting slot's draws
             trials.append(Trial(t, params, trial_seed(config.seed, t), describe_model(config.model),
-                                status=status, reason=reason, state=final.state.name, number=final.number, attempts=len(attempts)))
+                                status=status, reason=reason, state=final.state.name, number=final.number, attempts=tried))
             continue
         ft = done[-1]
         ua = ft.user_attrs
@@ -489,7 +494,7 @@ def collect(study: Any, config: SearchConfig, space: dict[str, Any], out: Path |
             trial=t, hyperparameters=dict(ft.params), seed=ua.get("seed", trial_seed(config.seed, t)),
             model_name=describe_model(config.model), status=ua.get("status", "failed"), reason=ua.get("reason", ""),
             state=ft.state.name, number=ft.number, history=history, results=dict(ua.get("results") or {}),
-            wall_time_s=float(ua.get("wall_time_s") or 0.0), attempts=len(attempts), worker=ua.get("worker", ""),
+            wall_time_s=float(ua.get("wall_time_s") or 0.0), attempts=tried, worker=ua.get("worker", ""),
             model_kwargs=dict(ua.get("model_kwargs") or {}),
         )
         rec = local.get(t)

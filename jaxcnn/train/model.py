@@ -145,6 +145,7 @@ class NNXModel:
     templates: tuple[Any, Any, Any] = field(compare=False, hash=False)  # (Param, BatchStat, rest) states
     rest: Any = field(compare=False, hash=False)  # the rest as a pure dict of arrays
     module_type: type = field(compare=False, hash=False, default=object)
+    train_arg: str | None = None  # __call__'s mode flag (train, training, deterministic), set as for linen
 
     kind = "nnx"
 
@@ -153,8 +154,13 @@ class NNXModel:
         from flax import nnx
 
         graphdef, params, stats, rest = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
+        _warn_kept_variables(module, rest)
         rest_pure = nnx.to_pure_dict(rest)
-        return cls(graphdef, _digest(rest_pure), (params, stats, rest), rest_pure, type(module))
+        return cls(graphdef, _digest(rest_pure), (params, stats, rest), rest_pure, type(module), _train_arg(module))
+
+    def call_kwargs(self, train: bool) -> dict[str, bool]:
+        """The mode flag for ``__call__``, when it takes one (besides ``.train()``/``.eval()``)."""
+        return LinenModel.call_kwargs(self, train)  # type: ignore[arg-type]  # same rule, same field
 
     def initial_variables(self) -> dict[str, Any]:
         from flax import nnx
@@ -194,7 +200,7 @@ class NNXModel:
         if tags:
             nnx.reseed(module, **{t: key for t in tags})
         try:
-            out = module(x)
+            out = module(x, **self.call_kwargs(train))
         except ValueError as e:
             if "provided to Dropout" not in str(e):
                 raise
@@ -210,6 +216,29 @@ class NNXModel:
 
 
 Model = LinenModel | NNXModel
+
+_WARNED_VARIABLES: set[type] = set()  # NNX module classes warned about variables that stay fixed
+
+
+def _warn_kept_variables(module: Any, rest: Any) -> None:
+    """Warn (once per class) about an NNX module's own variables that are neither parameters,
+    batch statistics nor random streams: the training step carries only nnx.Param and
+    nnx.BatchStat from one step to the next, so updates to them in ``__call__`` are lost."""
+    from flax import nnx
+
+    if type(module) in _WARNED_VARIABLES:
+        return
+    kept = [(path, v) for path, v in nnx.to_flat_state(rest) if not isinstance(v, nnx.RngState)]
+    if kept:
+        _WARNED_VARIABLES.add(type(module))
+        path, v = kept[0]
+        where = ".".join(map(str, (type(module).__name__, *path)))
+        warnings.warn(
+            f"{where} is a {type(v).__name__} variable, which jaxcnn's training step does not carry from one step to the next "
+            "(only nnx.Param and nnx.BatchStat are): updates to it in __call__ are lost. Make it an nnx.BatchStat "
+            "(or a subclass) to have it updated in training and kept in evaluation",
+            UserWarning, stacklevel=_user_stacklevel(),
+        )
 
 
 def _with_fast_paths(run: Any, module_type: type) -> Any:

@@ -120,12 +120,20 @@ class Placement:
 
 def placement(devices: int | str | Sequence[Any] | None = None) -> Placement:
     """Resolve ``devices``: None, 1 or "auto" (one device), "all", a count, or a list of jax devices.
+    Across processes "auto" is "all" (each process must take part), and None or 1 is refused.
 
     "all" is every local device, except on a CPU that jaxcnn split into devices itself
     (:func:`jaxcnn.use_cpu_devices`): there it is one device per core (:func:`cpu_workers`)."""
     # Across hosts (jax.distributed.initialize), "all" means every device of every process.
     local = jax.local_devices() if jax.process_count() == 1 else jax.devices()
-    if devices is None or devices == "auto":
+    if (devices is None or devices == 1) and jax.process_count() > 1:
+        raise ConfigError(
+            f"devices={devices} runs the model on one device, but this job has {jax.process_count()} processes and each "
+            "must take part; use devices='all' (or 'auto', which is 'all' across processes)"
+        )
+    if devices == "auto" and jax.process_count() > 1:
+        chosen = local  # every process runs the same program: a device of one process alone would leave the others out
+    elif devices is None or devices == "auto":
         chosen = local[:1]
     elif devices == "all":
         # On a CPU that jaxcnn split into more devices than cores, "all" means one per core.
