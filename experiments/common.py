@@ -143,7 +143,7 @@ def build_parser(description: str, defaults: RunConfig, *, model_and_dataset: bo
     p.add_argument("--limit", type=int, default=None, help="use only the first N training examples, for quick runs")
     p.add_argument("--data-dir", default=None, help="directory with the data files (default: cache, bundled copy, download)")
     p.add_argument("--out", default=None, help=f"run directory (default runs/{defaults.name}-<time>)")
-    p.add_argument("--devices", default=defaults.devices, help="'auto' (default: data parallel over one XLA device per CPU core; one GPU), 'all', or '1'")
+    p.add_argument("--devices", default=defaults.devices, help="'auto' (default: data parallel over one XLA device per CPU core; one GPU), 'all', or a number of devices (1: one device)")
     p.add_argument("--verbose", type=int, default=defaults.verbose, choices=(0, 1, 2), help="0 silent, 1 progress bars, 2 one line per epoch")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=defaults.precision, help="bf16: bfloat16 compute with float32 parameters (default %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint, with the settings in its config.json (other flags are optional)")

@@ -26,7 +26,7 @@ importances.png, params.png (validation accuracy against each hyperparameter) an
 (summary.txt, history.json/.csv/.png, and model/, which ``python -m experiments.predict
 <out>/best`` reloads). A rerun with the same --out trains only the trials not yet finished; a
 larger --trials extends the search with the same first trials. ``--resume --out DIR`` alone takes
-the search's settings from DIR/config.json (written when the search starts to train, and kept
+the search's settings from DIR/config.json (written once the study has taken them, and kept
 after Ctrl-C or a fault). Ctrl-C stops the
 search (exit status 130) and prints how many trials the study keeps and the command that
 continues it.

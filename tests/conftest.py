@@ -7,10 +7,16 @@ import os
 os.environ.setdefault("MPLBACKEND", "Agg")
 # Tests never download: a missing file must produce our own error, not a network attempt.
 os.environ.setdefault("JAXCNN_OFFLINE", "1")
-# The experiments keep compiled programs between runs; tests keep theirs in one fresh folder.
+# The experiments keep compiled programs between runs; tests keep theirs in one fresh folder,
+# made by the process that starts the run (pytest-xdist's workers and the tests' subprocesses
+# inherit it) and removed when that process ends, so runs leave nothing in /tmp.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
-os.environ.setdefault("JAXCNN_COMPILE_CACHE", tempfile.mkdtemp(prefix="jaxcnn-test-xla-"))
+if "JAXCNN_COMPILE_CACHE" not in os.environ:
+    os.environ["JAXCNN_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="jaxcnn-test-xla-")
+    atexit.register(shutil.rmtree, os.environ["JAXCNN_COMPILE_CACHE"], True)
 
 # Tests run small models for a step or two, so compiling dominates: LLVM's lowest optimisation
 # level compiles 1.5 to 2x faster here and gives the same results (only the machine code is less
