@@ -62,7 +62,7 @@ import numpy as np
 
 from jaxcnn.errors import ConfigError, SearchError, ShapeError
 from jaxcnn.search.engine import (
-    DB_FILE, MAX_RETRY, PRUNERS, SAMPLERS, STOP_ATTR, TRAINING_PARAMS, Data, SearchConfig, check_space_names, describe_model,
+    DB_FILE, MAX_RETRY, PRUNERS, SAMPLERS, STOP_ATTR, TRAINING_PARAMS, Data, attempts_by_slot, SearchConfig, check_space_names, describe_model,
     fingerprint, open_storage, open_study, slot_count, storage_url, work,
 )
 from jaxcnn.search.space import (
@@ -467,10 +467,7 @@ def collect(study: Any, config: SearchConfig, space: dict[str, Any], out: Path |
     from jaxcnn import train
 
     local = local or {}
-    by_t: dict[int, list[Any]] = {}
-    for ft in study.get_trials(deepcopy=False):
-        if "trial" in ft.user_attrs:
-            by_t.setdefault(int(ft.user_attrs["trial"]), []).append(ft)
+    by_t = attempts_by_slot(study)
     trials = []
     for t in sorted(by_t):
         attempts = by_t[t]

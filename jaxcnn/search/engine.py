@@ -636,12 +636,9 @@ STOP_ATTR = "jaxcnn_stopped"
 def stop_search(study: optuna.Study, errors: list[dict[str, Any]]) -> SearchError:
     """Put every trial whose last attempt raised back in the queue (a rerun trains it again),
     mark the study stopped, and return the error to raise."""
-    from optuna.trial import TrialState
-
-    if study.user_attrs.get(STOP_ATTR):  # another worker stopped it first
-        _requeue_errors(study)
-        return SearchError(study.user_attrs[STOP_ATTR])
     _requeue_errors(study)
+    if study.user_attrs.get(STOP_ATTR):  # another worker stopped it first
+        return SearchError(study.user_attrs[STOP_ATTR])
     ts = [r["trial"] for r in errors]
     listed = ", ".join(map(str, ts[:-1])) + f" and {ts[-1]}" if len(ts) > 1 else str(ts[0])
     message = (
@@ -658,13 +655,19 @@ def _requeue_errors(study: optuna.Study) -> None:
     """A waiting copy of every slot whose last attempt raised (status ``"error"``)."""
     from optuna.trial import TrialState
 
-    last: dict[int, Any] = {}
+    for attempts in attempts_by_slot(study).values():
+        if attempts[-1].state == TrialState.FAIL and attempts[-1].user_attrs.get("status") == "error":
+            _enqueue_again(study, attempts[-1])
+
+
+def attempts_by_slot(study: optuna.Study) -> dict[int, list[Any]]:
+    """The study's trials grouped by jaxcnn trial number (``user_attrs["trial"]``), each slot's
+    attempts in Optuna's order (the last is the latest)."""
+    by_t: dict[int, list[Any]] = {}
     for ft in study.get_trials(deepcopy=False):
         if "trial" in ft.user_attrs:
-            last[int(ft.user_attrs["trial"])] = ft
-    for ft in last.values():
-        if ft.state == TrialState.FAIL and ft.user_attrs.get("status") == "error":
-            _enqueue_again(study, ft)
+            by_t.setdefault(int(ft.user_attrs["trial"]), []).append(ft)
+    return by_t
 
 
 def error_reason(e: BaseException) -> str:
