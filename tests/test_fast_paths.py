@@ -32,10 +32,12 @@ def _assert_same_history(a, b, rtol=1e-5, keys=("loss", "accuracy", "val_loss", 
 
 @pytest.mark.parametrize("model_name", ["mnist_cnn"])  # BN and dropout: tests/test_engine.py's matrix
 def test_device_resident_scan_equals_host_loop(mnist_small, model_name):
-    x, y = mnist_small[0][:240], mnist_small[1][:240]
+    # Four batches an epoch, one scan chunk. Small: at the suite's XLA level 0 (tests/conftest.py)
+    # this model's scan ran about 5x slower than at the default level; the host loop did not.
+    x, y = mnist_small[0][:120], mnist_small[1][:120]
     # SGD: RMSprop turns float noise in near-zero gradients into +-lr steps, which would hide a
     # real difference behind rounding.
-    kw = dict(epochs=2, batch_size=48, validation_split=0.2, verbose=0, devices=1, seed=1, optimizer="sgd")
+    kw = dict(epochs=2, batch_size=24, validation_split=0.2, verbose=0, devices=1, seed=1, optimizer="sgd")
     plain = jaxcnn.fit(jaxcnn.get_model(model_name), x, y, data_on_device=False, **kw)
     fast = jaxcnn.fit(jaxcnn.get_model(model_name), x, y, data_on_device=True, **kw)
     assert int(plain.state.step) == int(fast.state.step)

@@ -49,8 +49,12 @@ def _env(tmp: Path) -> dict[str, str]:
     wrapper = bin_dir / "python"  # a wrapper, not a symlink: a venv's python must keep its own path
     wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     wrapper.chmod(0o755)
+    # XLA's default optimisation level, as a reader runs them: the README trains on thousands of
+    # examples, where the suite's level 0 (tests/conftest.py) costs more in running than it saves
+    # in compiling (110 s against 77 s for the python blocks here).
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_backend_optimization_level" not in f)
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT),
-            "MPLBACKEND": "Agg", "JAXCNN_OFFLINE": "1"}
+            "MPLBACKEND": "Agg", "JAXCNN_OFFLINE": "1", "XLA_FLAGS": flags}
 
 
 def test_the_setup_commands_are_what_ci_runs():
