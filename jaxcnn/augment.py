@@ -259,7 +259,7 @@ def _snake(name: str) -> str:
 def _mode_kwargs(model: nn.Module, train: bool) -> dict[str, bool]:
     """The keyword that puts ``model`` in training or evaluation mode, found as ``fit`` finds it
     (``train``, ``training`` or ``deterministic``; ``train`` for a ``**kwargs`` signature), or none."""
-    from jaxcnn.train.model import LinenModel, _train_arg
+    from jaxcnn.train.model import _train_arg, mode_kwargs
 
     arg = _train_arg(model)
     if arg is None:
@@ -268,7 +268,7 @@ def _mode_kwargs(model: nn.Module, train: bool) -> dict[str, bool]:
         except (TypeError, ValueError):  # pragma: no cover
             params = {}
         arg = "train" if any(p.kind == p.VAR_KEYWORD for p in params.values()) else None
-    return LinenModel(model, arg).call_kwargs(train)
+    return mode_kwargs(arg, train)
 
 
 class Augmented(nn.Module):

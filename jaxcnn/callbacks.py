@@ -217,6 +217,18 @@ class Hooks:
                 continue
             setattr(self, name, hook(cb, name))
 
+    def get_state(self) -> dict[str, Any]:
+        """The callback's ``get_state()`` for a checkpoint, or ``{}`` for one that keeps no
+        state (a Keras or duck-typed callback)."""
+        get = getattr(self.callback, "get_state", None)
+        return get() if callable(get) else {}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Give back what :meth:`get_state` returned, to a callback that keeps state."""
+        put = getattr(self.callback, "set_state", None)
+        if callable(put):
+            put(state)
+
 
 class EarlyStopping(Callback):
     """Stop when ``monitor`` stops improving, with the semantics of ``keras.callbacks.EarlyStopping``
@@ -426,7 +438,7 @@ class BackupAndRestore(Callback):
         loop.history.history = {k: list(v) for k, v in self.resume.history.history.items()}
         loop.history.epoch = list(self.resume.history.epoch)
         for cb, state in zip(self.callbacks, self.resume.callbacks):
-            cb.set_state(state)
+            Hooks(cb).set_state(state)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float], loop: Loop) -> None:
         if self.checkpoints is None:  # restore only
@@ -436,7 +448,7 @@ class BackupAndRestore(Callback):
             epoch + 1,
             loop.state,
             history=loop.history,
-            callbacks=[cb.get_state() for cb in self.callbacks],
+            callbacks=[Hooks(cb).get_state() for cb in self.callbacks],
             stop_training=loop.stop_training,
             metrics={self.monitor: current} if current is not None else None,
         )

@@ -593,14 +593,13 @@ def fit(
     for h in hooks:
         h.on_train_begin(loop)
     if restored is not None:
-        for cb, cb_state in zip(callbacks, restored.callbacks):
-            if callable(getattr(cb, "set_state", None)):  # a Keras or duck-typed callback keeps none
-                cb.set_state(cb_state)
+        for h, cb_state in zip(hooks, restored.callbacks):
+            h.set_state(cb_state)
         loop.stop_training = restored.stop_training
     if verbose and not loop.stop_training and initial_epoch < epochs:
         _announce(inputs, batch_size, epochs, initial_epoch, strategy)
     try:
-        _epochs(loop, strategy, inputs, callbacks, hooks, ckpts, fingerprint, epochs=epochs, batch_size=batch_size,
+        _epochs(loop, strategy, inputs, hooks, ckpts, fingerprint, epochs=epochs, batch_size=batch_size,
                 initial_epoch=initial_epoch, shuffle=shuffle, seed=seed, verbose=verbose, stop_on_nan=stop_on_nan,
                 salt=salt, validation_batch_size=validation_batch_size, validation_freq=validation_freq)
     finally:
@@ -625,7 +624,7 @@ def _get_metrics(metrics: Sequence[Any], weighted_metrics: Sequence[Any] = ()) -
     return metrics_module.with_weighted(metrics, weighted_metrics)
 
 
-def _epochs(loop: Loop, strategy: Strategy, inputs: _Inputs, callbacks: list[Callback], hooks: list[Hooks], ckpts: Any,
+def _epochs(loop: Loop, strategy: Strategy, inputs: _Inputs, hooks: list[Hooks], ckpts: Any,
             fingerprint: dict[str, Any], *, epochs: int, batch_size: int, initial_epoch: int, shuffle: bool,
             seed: int, verbose: int, stop_on_nan: bool, salt: int = 0, validation_batch_size: int | None = None,
             validation_freq: int = 1) -> None:
@@ -669,7 +668,7 @@ def _epochs(loop: Loop, strategy: Strategy, inputs: _Inputs, callbacks: list[Cal
             h.on_epoch_end(epoch, ordered, loop)
         loop.history._add_late(ordered)
         if ckpts is not None:
-            ckpts.save(epoch + 1, loop.state, history=loop.history, callbacks=[getattr(cb, "get_state", dict)() for cb in callbacks],
+            ckpts.save(epoch + 1, loop.state, history=loop.history, callbacks=[h.get_state() for h in hooks],
                        stop_training=loop.stop_training, metrics=ordered, extra={"fit": fingerprint})
 
 

@@ -50,6 +50,15 @@ _WARNED_FLAGS: set[type] = set()  # module classes warned about a mode flag jaxc
 _MODE_WORDS = re.compile(r"train|eval|determin|infer|test|mode|running", re.I)
 
 
+def mode_kwargs(train_arg: str | None, train: bool) -> dict[str, bool]:
+    """The keyword arguments that put a module whose ``__call__`` takes the mode flag
+    ``train_arg`` (``train``, ``training`` or ``deterministic``; ``None``: no flag) in training
+    or evaluation mode. The one rule for linen, NNX and :class:`jaxcnn.augment.Augmented`."""
+    if train_arg is None:
+        return {}
+    return {train_arg: (not train) if train_arg == "deterministic" else train}
+
+
 def _train_arg(module: nn.Module) -> str | None:
     try:
         params = inspect.signature(module.__call__).parameters
@@ -102,9 +111,7 @@ class LinenModel:
 
     def call_kwargs(self, train: bool) -> dict[str, bool]:
         """The keyword arguments that put the module in training or evaluation mode."""
-        if self.train_arg is None:
-            return {}
-        return {self.train_arg: (not train) if self.train_arg == "deterministic" else train}
+        return mode_kwargs(self.train_arg, train)
 
     def init(self, key: jax.Array, dropout_key: jax.Array, x: jax.Array) -> dict[str, Any]:
         variables = self.module.init({"params": key, "dropout": dropout_key}, x, **self.call_kwargs(False))
@@ -160,7 +167,7 @@ class NNXModel:
 
     def call_kwargs(self, train: bool) -> dict[str, bool]:
         """The mode flag for ``__call__``, when it takes one (besides ``.train()``/``.eval()``)."""
-        return LinenModel.call_kwargs(self, train)  # type: ignore[arg-type]  # same rule, same field
+        return mode_kwargs(self.train_arg, train)
 
     def initial_variables(self) -> dict[str, Any]:
         from flax import nnx
