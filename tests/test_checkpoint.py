@@ -159,13 +159,24 @@ def test_orbax_checkpoint_of_another_model_or_truncated_gets_checkpoint_error(tm
             ckpts.restore(state)
 
 
+class _Seen:
+    """A duck-typed callback (a hook, no get_state/set_state): it keeps no state to save."""
+
+    def __init__(self):
+        self.epochs = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
 def test_fit_resumed_with_backup_and_restore_equals_uninterrupted(tmp_path, mnist_small):
-    """Callbacks' state survives: EarlyStopping (with its best weights) and the scheduled rate."""
+    """Callbacks' state survives: EarlyStopping (with its best weights) and the scheduled rate;
+    a duck-typed callback without state is saved as {} and given nothing back."""
     x, y = mnist_small
     kw = dict(batch_size=32, validation_split=0.25, seed=3, verbose=0)
 
     def cbs():
-        return [EarlyStopping(patience=5, restore_best_weights=True), LearningRateScheduler(keep_then_decay(1, 0.1))]
+        return [EarlyStopping(patience=5, restore_best_weights=True), LearningRateScheduler(keep_then_decay(1, 0.1)), _Seen()]
 
     c = cbs()
     ref = jaxcnn.fit(_template(), x, y, epochs=3, callbacks=c, **kw)
@@ -178,13 +189,13 @@ def test_fit_resumed_with_backup_and_restore_equals_uninterrupted(tmp_path, mnis
 
     ckpts = checkpoint.TrainCheckpoints(tmp_path / "ck")
     resume = ckpts.restore(_template())
-    assert resume.epoch == 1 and "best_state" in resume.callbacks[0]
+    assert resume.epoch == 1 and "best_state" in resume.callbacks[0] and resume.callbacks[2] == {}
     c = cbs()
     got = jaxcnn.fit(resume.state, x, y, epochs=3, initial_epoch=resume.epoch, callbacks=[*c, BackupAndRestore(ckpts, c, resume)], **kw)
     ckpts.close()
     for k in COMPARED:
         assert got.history[k] == ref.history[k], k
-    assert got.history.epoch == [0, 1, 2]
+    assert got.history.epoch == [0, 1, 2] and c[2].epochs == [1, 2]
     _assert_trees_equal(got.state.params, ref.state.params)
     _assert_trees_equal(got.state.opt_state, ref.state.opt_state)
     assert {k: v for k, v in c[0].get_state().items() if k != "best_state"} == {k: v for k, v in ref_es.items() if k != "best_state"}
