@@ -100,6 +100,17 @@ def test_the_python_blocks_run_in_order(tmp_path):
     assert proc.returncode == 0, proc.stderr[-5000:]
 
 
+def test_the_error_rows_are_those_of_docs_errors_md():
+    """The README shows the commonest errors; docs/errors.md has the whole table. A README row
+    is a copy of a docs row, so that the two cannot drift apart."""
+    section = README[README.index("## Bad input and what it gets"):]
+    section = section[: section.index("\n## ")]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith(("| bad input", "| ---"))]
+    docs = set((ROOT / "docs" / "errors.md").read_text().splitlines())
+    assert len(rows) >= 5
+    assert [row for row in rows if row not in docs] == []
+
+
 INLINE = sorted(set(re.findall(r"`(python -m experiments\.\w+[^`]*)`", README)))
 
 
