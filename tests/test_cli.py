@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["--limit", "2000", "--epochs", "3", "--verbose", "0"]
+QUICK = ["--limit", "1000", "--epochs", "3", "--verbose", "0"]
 
 
 def _env(**extra: str) -> dict[str, str]:

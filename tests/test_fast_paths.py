@@ -224,12 +224,15 @@ def test_im2col_convolution_equals_xla(k, size, cin, padding):
         np.testing.assert_allclose(got, ref, atol=0.02 * scale)
 
 
-@pytest.mark.parametrize("k, size, cin, padding", [(5, 16, 8, "same"), (5, 8, 16, "same"), (5, 11, 6, "valid"), (5, 5, 5, "valid"),
-                                                   (3, 13, 8, "valid"), (3, 6, 5, "same"), (3, 3, 5, "valid")])
+# 5x5 and 3x3 kernels; "same" and "valid"; sizes that are not multiples of the 4x4 tiles (11, 13,
+# 6); an output smaller than one tile (3 -> 1).
+@pytest.mark.parametrize("k, size, cin, padding", [(5, 16, 8, "same"), (5, 11, 6, "valid"), (3, 13, 8, "valid"),
+                                                   (3, 6, 5, "same"), (3, 3, 5, "valid")])
 def test_winograd_convolution_equals_xla(k, size, cin, padding):
-    """conv2d's Winograd convolution (CPU, 5x5 kernels of parts by default) gives XLA's values and
-    gradients to float rounding, for sizes that are not multiples of its 4x4 tiles too, and its
-    second-order reverse-mode derivatives; forward mode is not defined (documented)."""
+    """conv2d's Winograd convolution (CPU, 5x5 kernels of parts, when JAXCNN_WINOGRAD=1 asks for
+    it) gives XLA's values and gradients to float rounding, for sizes that are not multiples of
+    its 4x4 tiles too, and its second-order reverse-mode derivatives; forward mode is not defined
+    (documented)."""
     from jaxcnn import winograd
     from jaxcnn.layers import conv2d
 

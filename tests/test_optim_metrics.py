@@ -224,3 +224,31 @@ def test_fit_logs_a_plain_function_metric_alike_on_any_devices():
         np.testing.assert_allclose(h["val_my_mean_acc"], h["val_accuracy"], rtol=1e-6)
     for k in ("my_acc", "my_mean_acc", "val_my_acc", "val_my_mean_acc", "loss"):
         np.testing.assert_allclose(runs["auto"][k], runs[None][k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_weighted_metrics_are_alike_on_one_device_parts_and_a_mesh():
+    """``weighted_metrics`` take the class weights on every execution strategy: one device,
+    parts dealt to the CPU devices (a short last batch, padded validation batches) and a mesh."""
+    import flax.linen as nn
+
+    import jaxcnn
+
+    class Tiny(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+    rng = np.random.default_rng(1)
+    x = rng.random((130, 6, 6, 1)).astype(np.float32)
+    y = rng.integers(0, 3, size=130).astype(np.int32)
+    keys = ("loss", "accuracy", "weighted_accuracy", "val_loss", "val_accuracy", "val_weighted_accuracy")
+    runs = {}
+    for devices in (None, "auto", "all"):
+        runs[devices] = jaxcnn.fit(Tiny(), x, y, epochs=2, batch_size=64, validation_split=0.25, verbose=0, seed=1,
+                                   optimizer="sgd", learning_rate=0.1, class_weight={0: 3.0, 1: 1.0, 2: 0.5},
+                                   weighted_metrics=["accuracy"], devices=devices).history
+    base = runs[None]
+    assert base["weighted_accuracy"] != base["accuracy"]  # the weights count
+    for devices in ("auto", "all"):
+        for k in keys:
+            np.testing.assert_allclose(runs[devices][k], base[k], rtol=1e-5, atol=1e-6, err_msg=f"{devices} {k}")
