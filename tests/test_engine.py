@@ -182,6 +182,24 @@ def test_every_strategy_equals_the_single_device_step(mnist, name):
     assert (jaxcnn.predict(base.state, x[:5], output="classes") == probs.argmax(-1)).all()
 
 
+@pytest.mark.parametrize("make", [lambda: NNXNet(rngs=nnx.Rngs(0)), lambda: NNXDrop(rngs=nnx.Rngs(0))], ids=["bn_dropout", "dropout"])
+def test_an_nnx_module_stays_usable_after_fit_and_trains_again_alike(mnist, make):
+    """fit trains copies of an NNX module's arrays: the training step donates its state's buffers,
+    and donating the module's own deleted them (model(x) then raised "Array has been deleted")."""
+    x, y = mnist
+    model = make()
+    before = [np.array(a) for a in jax.tree.leaves(nnx.state(model, nnx.Param))]
+    first = _fit(model, x, y, devices="auto")
+    model.eval()
+    assert model(x[:2]).shape == (2, 10)
+    for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)), before, strict=True):  # left as it was
+        np.testing.assert_array_equal(np.array(a), b)
+    model.train()
+    again = _fit(model, x, y, devices="auto")
+    for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert again.history[k] == first.history[k], k
+
+
 @pytest.mark.parametrize("name", ["flax_pool_bn", "nnx_pool"])
 def test_fast_paths_leave_a_users_fit_as_written(mnist, monkeypatch, name):
     """jaxcnn's own convolution and max-pool in place of Flax's (jaxcnn.layers.fast_paths) leave

@@ -176,7 +176,9 @@ class NNXModel:
         return {"params": nnx.to_pure_dict(params), "batch_stats": nnx.to_pure_dict(stats)}
 
     def init(self, key: jax.Array, dropout_key: jax.Array, x: jax.Array) -> dict[str, Any]:
-        return jax.tree.map(jnp.asarray, self.initial_variables())
+        # Copies: the training step donates the state's buffers, and these are the user's module's
+        # own arrays, which must stay usable (model(x), a second fit of the same instance).
+        return jax.tree.map(lambda a: jnp.array(a, copy=True), self.initial_variables())
 
     def _merge(self, variables: Any) -> Any:
         from flax import nnx

@@ -221,8 +221,8 @@ def _seed_keys(seed: int) -> tuple[Array, Array]:
 
 
 def _init_variables(adapter: Model, input_shape: tuple[int, ...], init_key: Array, dropout_key: Array) -> Any:
-    if adapter.kind == "nnx":
-        return jax.tree.map(jnp.asarray, adapter.initial_variables())
+    if adapter.kind == "nnx":  # copies of the module's own arrays (NNXModel.init)
+        return adapter.init(init_key, dropout_key, None)
     init = _init_jitted_once if jax.default_backend() == "cpu" else _init_jitted
     return init(adapter, input_shape, init_key, dropout_key)
 
