@@ -331,3 +331,39 @@ def test_an_nnx_variable_the_step_does_not_carry_warns(mnist):
     with pytest.warns(UserWarning, match=r"^Counting\.n is a Count variable, which jaxcnn's training step does not carry .* "
                                          r"Make it an nnx\.BatchStat"):
         jaxcnn.fit(Counting(rngs=nnx.Rngs(0)), x, y, epochs=1, verbose=0)
+
+
+# -- a PyTorch researcher's habits (session 18) -------------------------------------------------
+
+
+class _Flat(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+def test_numpy_and_none_batch_sizes_and_labels_inside_x(mnist, tmp_path):
+    x, y = mnist
+    # A NumPy integer reached the checkpoint's JSON and failed after the first epoch had trained.
+    r = jaxcnn.fit(_Flat(), x, y, epochs=1, batch_size=np.int64(64), verbose=0, checkpoint_dir=tmp_path / "ck")
+    assert type(r.history.params["batch_size"]) is int and (tmp_path / "ck" / "1").is_dir()
+    # None is Keras's default batch, 32 (fit), and the default for evaluate and predict.
+    again = jaxcnn.fit(_Flat(), x, y, epochs=1, batch_size=None, verbose=0)
+    assert again.history.params["batch_size"] == 32
+    assert set(jaxcnn.evaluate(again.state, x, y, batch_size=None)) == {"loss", "accuracy"}
+    assert jaxcnn.predict(again.state, x[:3], batch_size=None).shape == (3, 10)
+    # (x, y) as x: the promised message, not Python's "missing 1 required positional argument: 'y'".
+    with pytest.raises(jaxcnn.errors.ConfigError, match=r"x is a tuple of 2 arrays; give the images and the labels apart"):
+        jaxcnn.fit(_Flat(), (x, y), epochs=1)
+
+
+def test_a_state_refuses_an_optimizer_or_rate_it_would_ignore(mnist):
+    x, y = mnist
+    state = jaxcnn.fit(_Flat(), x, y, epochs=1, verbose=0).state
+    for kw in ({"learning_rate": 1.0}, {"optimizer": "sgd"}):
+        with pytest.raises(jaxcnn.errors.ConfigError, match=rf"fit\(state, \.\.\., {next(iter(kw))}=\.\.\.\): a TrainState trains on "
+                                                          "with the optimizer it was built with"):
+            jaxcnn.fit(state, x, y, epochs=1, verbose=0, **kw)
+    # What the message suggests works: the new rate is the one logged.
+    state = state.replace(opt_state=jaxcnn.optim.set_learning_rate(state.opt_state, 1e-4))
+    assert jaxcnn.fit(state, x, y, epochs=1, verbose=0).history["learning_rate"] == [pytest.approx(1e-4)]

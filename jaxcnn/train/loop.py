@@ -436,11 +436,13 @@ def _check_arrays(x: Any, y: Any, call: str, labels: bool = True) -> None:
         raise ConfigError(f"y is missing: {call} needs the labels, integers (N,) or one-hot (N, classes)")
 
 
-def _check_settings(epochs: int, batch_size: int, initial_epoch: int, seed: Any) -> None:
-    checks.check_positive_int(epochs, "epochs", minimum=0)  # Keras: epochs=0 builds the model and trains nothing
-    checks.check_positive_int(initial_epoch, "initial_epoch", minimum=0)
-    checks.check_positive_int(batch_size, "batch_size")
-    checks.check_seed(seed)
+def _check_settings(epochs: Any, batch_size: Any, initial_epoch: Any, seed: Any) -> tuple[int, int, int, int]:
+    """The settings as plain ints (a NumPy integer would reach the checkpoint's JSON), or a
+    ConfigError; ``batch_size=None`` is Keras's default, 32."""
+    return (checks.check_positive_int(epochs, "epochs", minimum=0),  # Keras: epochs=0 builds the model and trains nothing
+            checks.check_positive_int(32 if batch_size is None else batch_size, "batch_size"),
+            checks.check_positive_int(initial_epoch, "initial_epoch", minimum=0),
+            checks.check_seed(seed))
 
 
 def _announce(inputs: _Inputs, batch_size: int, epochs: int, initial_epoch: int, strategy: Strategy) -> None:
@@ -461,11 +463,11 @@ def _epoch_line(epoch: int, epochs: int, logs: dict[str, float], eta: float) -> 
 def fit(
     model_or_state: Any,
     x: Any,
-    y: Any,
+    y: Any = None,
     *,
     epochs: int = 1,
-    batch_size: int = 32,
-    optimizer: str | optax.GradientTransformation = "rmsprop",
+    batch_size: int | None = 32,
+    optimizer: str | optax.GradientTransformation | None = None,
     learning_rate: optim.LearningRate | None = None,
     loss: str | Callable[..., Any] | None = None,
     from_logits: bool | None = None,
@@ -498,8 +500,11 @@ def fit(
       x: float images (N, H, W, C), e.g. ``jaxcnn.data.to_float(images)``.
       y: integer labels (N,), or one-hot or soft targets (N, classes), kept as distributions.
       epochs: train until this epoch (counting from ``initial_epoch``); 0 only builds the state.
-      batch_size: examples per step; the last, partial batch of an epoch is trained on too. A
-        batch larger than the data trains on all of it in one step, as in Keras.
+      batch_size: examples per step (``None``: 32, as Keras); the last, partial batch of an epoch
+        is trained on too. A batch larger than the data trains on all of it in one step, as in Keras.
+      optimizer, learning_rate: for a model, the optimizer (a name, default "rmsprop", or an optax
+        transformation; ``jaxcnn.optim.get_optimizer``) and its rate (a number or a schedule;
+        default the optimizer's). A state trains on with its own, and refuses either.
       loss: None or "sparse_categorical_crossentropy" / "categorical_crossentropy" (both take
         integer or distribution labels), a :mod:`jaxcnn.losses` object, or a function
         ``(outputs, labels) -> (B,)``. ``from_logits=None`` decides from the model's outputs:
@@ -546,7 +551,14 @@ def fit(
     (its ``state`` and ``history`` those of the last good step) if the loss becomes NaN.
     """
     verbose = _check_verbose(verbose)
-    _check_settings(epochs, batch_size, initial_epoch, seed)
+    epochs, batch_size, initial_epoch, seed = _check_settings(epochs, batch_size, initial_epoch, seed)
+    if isinstance(model_or_state, TrainState) and (optimizer is not None or learning_rate is not None):
+        given = "optimizer" if optimizer is not None else "learning_rate"
+        raise ConfigError(
+            f"fit(state, ..., {given}=...): a TrainState trains on with the optimizer it was built with, so {given} would be "
+            "ignored; drop it, set a new rate with state.replace(opt_state=jaxcnn.optim.set_learning_rate(state.opt_state, 1e-4)) "
+            "or a LearningRateScheduler callback, or start from the model for another optimizer: fit(model, x, y, optimizer=...)"
+        )
     validation_batch_size = checks.check_positive_int(validation_batch_size or batch_size, "validation_batch_size")
     validation_freq = checks.check_positive_int(validation_freq, "validation_freq")
     _check_arrays(x, y, "fit(model, x, y)")
@@ -563,7 +575,7 @@ def fit(
         if metrics or weighted_metrics:
             state = state.replace(metrics=_get_metrics(metrics, weighted_metrics))
     else:
-        state, outputs = start_state(model_or_state, inputs.input_shape, optimizer, learning_rate, seed,
+        state, outputs = start_state(model_or_state, inputs.input_shape, "rmsprop" if optimizer is None else optimizer, learning_rate, seed,
                                      metrics=_get_metrics(metrics, weighted_metrics), sample=inputs.train.x[: state_mod.SAMPLE])
         strategy = choose_strategy(devices, batch_size, state, data_on_device)
     state = _resolve_loss(state, loss, from_logits, label_smoothing, inputs.train.x, inputs.train.y, outputs)
@@ -685,7 +697,7 @@ def _check_verbose(verbose: Any) -> int:
     raise ConfigError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
 
 
-def evaluate(state: TrainState, x: Any, y: Any = None, batch_size: int = 128, devices: Any = "auto", *,
+def evaluate(state: TrainState, x: Any, y: Any = None, batch_size: int | None = 128, devices: Any = "auto", *,
              sample_weight: Any = None, metrics: Sequence[Any] = (), weighted_metrics: Sequence[Any] = (),
              verbose: int | str = 0, return_dict: bool = True) -> dict[str, float] | list[Any]:
     """Loss (with L2 terms), accuracy and the state's (or ``metrics``') metrics of ``state`` on
@@ -698,7 +710,7 @@ def evaluate(state: TrainState, x: Any, y: Any = None, batch_size: int = 128, de
     verbose = _check_verbose(verbose)
     _check_arrays(x, y, "evaluate(state, x, y)")
     t0 = time.perf_counter()
-    batch_size = checks.check_positive_int(batch_size, "batch_size")
+    batch_size = checks.check_positive_int(128 if batch_size is None else batch_size, "batch_size")  # None: the default
     xs = np.ascontiguousarray(checks.check_images(x, state.input_shape, "x"), np.float32)
     ys = checks.check_labels(y, len(xs), state.num_classes, "y")
     if metrics or weighted_metrics:
@@ -717,7 +729,7 @@ def evaluate(state: TrainState, x: Any, y: Any = None, batch_size: int = 128, de
     return logs if return_dict else list(logs.values())
 
 
-def predict(state: TrainState, x: Any, batch_size: int = 512, output: str = "logits", *,
+def predict(state: TrainState, x: Any, batch_size: int | None = 512, output: str = "logits", *,
             verbose: int | str = 0) -> np.ndarray:
     """Model outputs for ``x`` (N, H, W, C): ``"logits"`` (the raw outputs (N, classes): logits,
     or the probabilities of a model that ends in a softmax), ``"probs"`` (softmax of logits; a
@@ -729,7 +741,7 @@ def predict(state: TrainState, x: Any, batch_size: int = 512, output: str = "log
     if output not in ("logits", "probs", "classes"):
         raise ConfigError(f"output must be 'logits', 'probs' or 'classes', got {output!r}")
     xs = np.ascontiguousarray(checks.check_images(x, state.input_shape, "x"), np.float32)
-    batch_size = checks.check_positive_int(batch_size, "batch_size")
+    batch_size = checks.check_positive_int(512 if batch_size is None else batch_size, "batch_size")  # None: the default
     if jax.process_count() > 1:  # every process runs the same program on the state where it is
         raw = predict_batches(lambda i, images: jit_predict(state, images), xs, batch_size)
     else:  # where fit would run the model: parts dealt to the CPU devices, the mesh for BatchNorm
