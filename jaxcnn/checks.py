@@ -53,13 +53,14 @@ def as_array(x: Any, what: str = "x") -> np.ndarray:
 
 def _channels_first(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
     """Whether a 4-axis ``shape`` looks like (N, C, H, W): it is the model's (H, W, C) with the
-    channel axis moved first, or (with no model shape yet) 1 or 3 channels before two image axes."""
+    channel axis moved first, or (with no model shape yet) 1, 3 or 4 (RGBA) channels before two
+    image axes of at least 8 pixels."""
     if len(shape) != 4:
         return False
     if expected:
         h, w, c = expected
         return tuple(shape[1:]) == (c, h, w) and tuple(shape[1:]) != tuple(expected)
-    return shape[1] in (1, 3) and shape[2] >= 8 and shape[3] >= 8 and shape[3] not in (1, 3, 4)
+    return shape[1] in (1, 3, 4) and shape[2] >= 8 and shape[3] >= 8 and shape[3] not in (1, 3, 4)
 
 
 def check_finite(x: np.ndarray, what: str = "x") -> float | None:
@@ -139,6 +140,7 @@ def check_images(x: Any, expected: tuple[int, ...], what: str = "x") -> np.ndarr
 def check_image_shape(x: Any, expected: tuple[int, ...] = (), what: str = "x") -> np.ndarray:
     """The shape and dtype part of :func:`check_images` (no pass over the pixels): cheap enough
     to run on a fresh model's input before the model is traced for that shape."""
+    torch = type(x).__module__.split(".")[0] == "torch"  # a tensor: the fix it can run is permute
     x = as_array(x, what)
     if x.size == 0 or x.ndim == 0 or len(x) == 0:
         raise ShapeError(f"{what} is empty: there is nothing to train or evaluate on")
@@ -152,7 +154,7 @@ def check_image_shape(x: Any, expected: tuple[int, ...] = (), what: str = "x") -
         n, c, h, w = x.shape
         raise ShapeError(
             f"{what} has shape {x.shape}, which looks channels-first (N, C, H, W), but the model takes "
-            f"channels-last images, NHWC (N, H, W, C) = (N, {h}, {w}, {c}); use {_name(what)}.transpose(0, 2, 3, 1)"
+            f"channels-last images, NHWC (N, H, W, C) = (N, {h}, {w}, {c}); use {_name(what)}.{'permute' if torch else 'transpose'}(0, 2, 3, 1)"
         )
     if x.ndim == 3 and expected and tuple(x.shape) == expected:
         raise ShapeError(

@@ -253,7 +253,7 @@ def test_numpy_learning_rates_are_accepted_and_recorded_as_floats(mnist64):
 # --------------------------------------------------------------------------- issue 15: hints
 
 
-@pytest.mark.parametrize("shape", [(4, 1, 28, 28), (4, 3, 32, 32)])
+@pytest.mark.parametrize("shape", [(4, 1, 28, 28), (4, 3, 32, 32), (4, 4, 32, 32)])  # grey, RGB, RGBA
 def test_channels_first_input_names_nhwc_and_the_transpose(shape):
     model = jaxcnn.get_model("mnist_cnn" if shape[1] == 1 else "cifar_cnn1")
     n, c, h, w = shape
@@ -261,6 +261,24 @@ def test_channels_first_input_names_nhwc_and_the_transpose(shape):
            rf"channels-last images, NHWC \(N, H, W, C\) = \(N, {h}, {w}, {c}\); use x\.transpose\(0, 2, 3, 1\)$")
     with pytest.raises(ShapeError, match=msg):  # a fresh module: before it is traced for that shape
         jaxcnn.fit(model, np.zeros(shape, np.float32), np.zeros(n, np.int32), verbose=0)
+
+
+class _Tensor:
+    """What the check sees of a PyTorch tensor: its module's name and ``__array__``."""
+
+    __module__ = "torch"
+
+    def __init__(self, a):
+        self.a = a
+
+    def __array__(self, dtype=None, copy=None):
+        return self.a
+
+
+def test_channels_first_tensor_gets_the_permute_it_can_run():
+    # A tensor's transpose takes two axes; permute is the call that reorders all four.
+    with pytest.raises(ShapeError, match=r"\(N, 28, 28, 1\); use x\.permute\(0, 2, 3, 1\)$"):
+        checks.check_images(_Tensor(np.zeros((2, 1, 28, 28), np.float32)), ())
 
 
 def test_channels_first_into_a_built_model(state):
