@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 
 import flax.linen as nn
 import jax
@@ -194,12 +195,17 @@ def test_define_by_run_search_and_pruning(small):
 def test_invalid_and_diverged_trials_are_recorded_and_never_best(small):
     # Trial 1 cannot be built (k = 10); trial 2's learning rate makes the loss infinite.
     space = {"kernel_size": Choice((10,)), "learning_rate": Choice((1e30,))}
-    result = search.random_search(*small, space, trials=1, **OPTS)
+    with pytest.warns(UserWarning, match=r"^every trial of the search was invalid, so result.best is None: .*kernel 10x10 does not "
+                      r"fit its 9x9 input.*; check that the model takes the data's images") as record:
+        result = search.random_search(*small, space, trials=1, **OPTS)
+    assert record[0].filename == __file__  # at the caller's line
     (invalid,) = result.trials
     assert invalid.status == "invalid" and invalid.state == "FAIL" and invalid.history is None
     assert "conv2d_1: kernel 10x10 does not fit its 9x9 input" in invalid.reason
     space = {"kernel_size": Choice((3,)), "learning_rate": Choice((1e30,))}
-    result = search.random_search(*small, space, trials=1, **OPTS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a diverged trial is not a misconfigured search
+        result = search.random_search(*small, space, trials=1, **OPTS)
     (diverged,) = result.trials
     assert diverged.status == "diverged" and diverged.state == "FAIL", diverged.reason
     assert "NaN or infinite" in diverged.reason and result.best is None

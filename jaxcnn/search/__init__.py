@@ -238,6 +238,7 @@ def random_search(
         trained += getattr(e, "trained", 0)
     result = collect(study, config, space, run_dir, local)
     result.wall_time_s = time.perf_counter() - t_start
+    _warn_all_invalid(result)
     result.trained_here = trained
     if run_dir is not None and not (trained == 0 and _saved_trials(run_dir) == len(result.trials)):
         save_results(result, run_dir)  # a rerun that trained nothing keeps the files (and times) already written
@@ -255,6 +256,24 @@ def random_search(
     if stopped is not None:
         raise stopped
     return result
+
+
+def _warn_all_invalid(result: SearchResult) -> None:
+    """Warn when every trial was invalid: the model cannot take the data (or the space's values)
+    at all, so ``result.best`` is None and more trials would not help."""
+    if result.best is not None or not result.trials or any(t.status != "invalid" for t in result.trials):
+        return
+    import warnings
+
+    from jaxcnn.checks import _user_stacklevel
+
+    reasons = sorted({t.reason for t in result.trials})
+    more = f" (and {len(reasons) - 1} other reasons, in trials.csv)" if len(reasons) > 1 else ""
+    warnings.warn(
+        f"every trial of the search was invalid, so result.best is None: {reasons[0]}{more}; check that the model "
+        "takes the data's images (e.g. its input channels) and the space's values",
+        UserWarning, stacklevel=_user_stacklevel(),
+    )
 
 
 def _refuse_in_a_worker_import() -> None:
