@@ -798,7 +798,8 @@ def run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) 
     else:
         fit_kwargs["validation_data"] = (x_test, y_test)
     # The same initial state fit(model, ...) would build; also the template a checkpoint fills.
-    state = create_train_state(model, ds.input_shape, optim.get_optimizer(config.optimizer, lr), seed=config.seed)
+    # By name, so that model.json records the optimizer (a schedule cannot be: load_state says so).
+    state = create_train_state(model, ds.input_shape, config.optimizer, lr, seed=config.seed)
     callbacks = _callbacks(config)
 
     resume = _peek_checkpoint(out, state) if config.resume and out is not None else None

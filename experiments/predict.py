@@ -87,7 +87,11 @@ def main(argv: list[str] | None = None) -> dict:
     import jaxcnn
     from jaxcnn import checkpoint, data, plots
 
-    state = checkpoint.load_state(model_dir)
+    import warnings
+
+    with warnings.catch_warnings():  # it only predicts: which optimizer would train on does not matter here
+        warnings.filterwarnings("ignore", message=".* was trained with an optimizer its model.json cannot record")
+        state = checkpoint.load_state(model_dir)
     dataset = args.dataset or config.get("dataset") or _dataset_for(state.input_shape)
     ds = data.load(dataset, args.data_dir or config.get("data_dir"))
     x_test = data.to_float(ds.x_test)

@@ -370,8 +370,9 @@ def _check_shapes(template: Any, variables: Any, path: Path, name: str) -> None:
 def load_state(directory: str | os.PathLike[str], model: Any = None, optimizer: Any = None, loss: Any = None):
     """Rebuild a :class:`~jaxcnn.train.TrainState` from an export, for :func:`jaxcnn.predict`,
     :func:`jaxcnn.evaluate`, or to train on: the module (or ``model``), its weights, the loss,
-    and the optimizer it was trained with when it was given by name (a fresh optimizer state;
-    otherwise ``optimizer``, default RMSprop), and the metrics ``fit`` logged (jaxcnn's own; a
+    and the optimizer it was trained with when it was given by name with a number rate (a fresh
+    optimizer state; otherwise ``optimizer``, default RMSprop, with a warning when the export
+    names none), and the metrics ``fit`` logged (jaxcnn's own; a
     function metric is left out, with a warning). A loss function of your own cannot be rebuilt
     from the export: pass it as ``loss`` (as Keras asks for ``custom_objects``); without it the
     state gets sparse categorical cross-entropy, with a warning."""
@@ -380,6 +381,12 @@ def load_state(directory: str | os.PathLike[str], model: Any = None, optimizer: 
 
     module, variables, meta = load(directory, model)
     opt = meta.get("optimizer") or {}
+    if optimizer is None and "optimizer" in meta and meta["optimizer"] is None:
+        warnings.warn(
+            f"{directory} was trained with an optimizer its model.json cannot record (an optax transformation, or a "
+            "learning-rate schedule); the reloaded state trains on with RMSprop at 0.001 (predict and evaluate do not "
+            "use it). Pass yours to train on with it: load_state(..., optimizer=...)", stacklevel=2,
+        )
     if optimizer is None:
         optimizer = opt.get("name", "rmsprop") if isinstance(opt, dict) else "rmsprop"
         learning_rate = opt.get("learning_rate") if isinstance(opt, dict) else None

@@ -385,3 +385,27 @@ def test_an_export_keeps_fits_metrics_and_says_which_it_cannot(mnist, tmp_path):
     got = jaxcnn.evaluate(reloaded, x, y)
     assert set(want) - set(got) == {"my_hits"}
     assert got["top_3_accuracy"] == want["top_3_accuracy"] and got["f1"] == pytest.approx(want["f1"])
+
+
+def test_an_export_whose_optimizer_cannot_be_recorded_says_so_on_reload(mnist, tmp_path):
+    """An optax optimizer (or a rate schedule) cannot be written to model.json: load_state says
+    the reloaded state trains on with RMSprop, and how to keep one's own; a named one reloads."""
+    import optax
+
+    x, y = mnist
+    for name, kw in (("optax", {"optimizer": optax.sgd(0.5, momentum=0.9)}),
+                     ("schedule", {"optimizer": "adam", "learning_rate": optax.cosine_decay_schedule(1e-3, 10)})):
+        state, _ = _fit(Tiny(), x, y, epochs=1, **kw)
+        checkpoint.export(tmp_path / name, state)
+        assert json.loads((tmp_path / name / "model.json").read_text())["optimizer"] is None
+        with pytest.warns(UserWarning, match=r"was trained with an optimizer its model\.json cannot record .* trains on with "
+                          r"RMSprop at 0\.001 .* load_state\(\.\.\., optimizer=\.\.\.\)$"):
+            checkpoint.load_state(tmp_path / name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            checkpoint.load_state(tmp_path / name, optimizer=kw["optimizer"])  # given: nothing to say
+    state, _ = _fit(Tiny(), x, y, epochs=1, optimizer="adam", learning_rate=0.002)
+    checkpoint.export(tmp_path / "named", state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert checkpoint.load_state(tmp_path / "named").optimizer_spec == state.optimizer_spec

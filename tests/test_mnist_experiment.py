@@ -35,6 +35,8 @@ def test_writes_every_promised_file(run_dir):
     assert (out / "history.csv").read_text().splitlines()[0].startswith("epoch,loss,accuracy,val_loss,val_accuracy")
     config = json.loads((out / "config.json").read_text())
     assert (config["optimizer"], config["batch_size"], config["limit"]) == ("rmsprop", 64, 600)
+    # The exported model names its optimizer, so checkpoint.load_state trains on with the same one.
+    assert json.loads((out / "model" / "model.json").read_text())["optimizer"] == {"name": "rmsprop", "learning_rate": 0.001}
 
 
 def test_predict_reloads_the_model(run_dir, capsys):
