@@ -124,7 +124,12 @@ def _user_stacklevel() -> int:
     return level
 
 
-def check_images(x: Any, expected: tuple[int, ...], what: str = "x") -> np.ndarray:
+def is_tensor(x: Any) -> bool:
+    """Whether ``x`` is a PyTorch tensor (a channels-first fix it can run is ``permute``)."""
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def check_images(x: Any, expected: tuple[int, ...], what: str = "x", tensor: bool | None = None) -> np.ndarray:
     """``x`` as an array of float images (N, H, W, C), checked against ``expected`` (H, W, C)
     (empty: any shape), every pixel finite. Warns (``UserWarning``) for pixels above 1.5.
 
@@ -132,15 +137,16 @@ def check_images(x: Any, expected: tuple[int, ...], what: str = "x") -> np.ndarr
     (N, C, H, W) (the message shows ``x.transpose(0, 2, 3, 1)``), another shape than the
     model's, integer pixels, or a NaN or infinite pixel (the message names the first one's index).
     """
-    x = check_image_shape(x, expected, what)
+    x = check_image_shape(x, expected, what, tensor)
     _warn_unscaled(check_finite(x, what), what)
     return x
 
 
-def check_image_shape(x: Any, expected: tuple[int, ...] = (), what: str = "x") -> np.ndarray:
+def check_image_shape(x: Any, expected: tuple[int, ...] = (), what: str = "x", tensor: bool | None = None) -> np.ndarray:
     """The shape and dtype part of :func:`check_images` (no pass over the pixels): cheap enough
-    to run on a fresh model's input before the model is traced for that shape."""
-    torch = type(x).__module__.split(".")[0] == "torch"  # a tensor: the fix it can run is permute
+    to run on a fresh model's input before the model is traced for that shape. ``tensor``: whether
+    the caller's ``x`` was a PyTorch tensor (default: whether this ``x`` is one)."""
+    torch = is_tensor(x) if tensor is None else tensor
     x = as_array(x, what)
     if x.size == 0 or x.ndim == 0 or len(x) == 0:
         raise ShapeError(f"{what} is empty: there is nothing to train or evaluate on")

@@ -275,10 +275,18 @@ class _Tensor:
         return self.a
 
 
-def test_channels_first_tensor_gets_the_permute_it_can_run():
+def test_channels_first_tensor_gets_the_permute_it_can_run(state):
     # A tensor's transpose takes two axes; permute is the call that reorders all four.
+    nchw, labels = _Tensor(np.zeros((2, 1, 28, 28), np.float32)), np.zeros(2, np.int32)
     with pytest.raises(ShapeError, match=r"\(N, 28, 28, 1\); use x\.permute\(0, 2, 3, 1\)$"):
-        checks.check_images(_Tensor(np.zeros((2, 1, 28, 28), np.float32)), ())
+        checks.check_images(nchw, ())
+    for call in (lambda: jaxcnn.fit(jaxcnn.get_model("mnist_cnn"), nchw, labels, verbose=0),  # a fresh module
+                 lambda: jaxcnn.fit(state, nchw, labels, verbose=0), lambda: jaxcnn.predict(state, nchw)):
+        with pytest.raises(ShapeError, match=r"; use x\.permute\(0, 2, 3, 1\)$"):
+            call()
+    nhwc = np.zeros((2, 28, 28, 1), np.float32)
+    with pytest.raises(ShapeError, match=r"; use x_val\.permute\(0, 2, 3, 1\)$"):
+        jaxcnn.fit(state, nhwc, labels, validation_data=(nchw, labels), verbose=0)
 
 
 def test_channels_first_into_a_built_model(state):

@@ -427,6 +427,20 @@ class AlwaysRaises(TinyCNN):
         raise ZeroDivisionError("always")
 
 
+def test_a_search_whose_every_trial_raised_warns_and_one_stopped_only_raises(small):
+    with pytest.warns(UserWarning, match=r"^every trial of the search raised an error, so result.best is None: ZeroDivisionError: "
+                      r"always .*; check that the model takes the data's images"):
+        result = search.random_search(*small, {"features": Choice((4,))}, model=AlwaysRaises, trials=1, **OPTS)
+    assert [t.status for t in result.trials] == ["error"] and result.best is None
+    from jaxcnn.errors import SearchError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # stopped: the SearchError says it all
+        with pytest.raises(SearchError):
+            search.random_search(*small, {"features": Choice((4,))}, model=AlwaysRaises, trials=2,
+                                 max_consecutive_failed_trials=2, **OPTS)
+
+
 def test_worker_processes_stop_together_and_the_parent_raises(small, tmp_path):
     from jaxcnn.errors import SearchError
 

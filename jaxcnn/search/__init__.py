@@ -238,7 +238,8 @@ def random_search(
         trained += getattr(e, "trained", 0)
     result = collect(study, config, space, run_dir, local)
     result.wall_time_s = time.perf_counter() - t_start
-    _warn_all_invalid(result)
+    if stopped is None:  # a stopped search says why in its SearchError
+        _warn_none_usable(result)
     result.trained_here = trained
     if run_dir is not None and not (trained == 0 and _saved_trials(run_dir) == len(result.trials)):
         save_results(result, run_dir)  # a rerun that trained nothing keeps the files (and times) already written
@@ -258,19 +259,21 @@ def random_search(
     return result
 
 
-def _warn_all_invalid(result: SearchResult) -> None:
-    """Warn when every trial was invalid: the model cannot take the data (or the space's values)
-    at all, so ``result.best`` is None and more trials would not help."""
-    if result.best is not None or not result.trials or any(t.status != "invalid" for t in result.trials):
+def _warn_none_usable(result: SearchResult) -> None:
+    """Warn when every trial was invalid or raised: the model cannot take the data (or the
+    space's values) at all, so ``result.best`` is None and more trials would not help."""
+    kinds = {t.status for t in result.trials}
+    if result.best is not None or not kinds or not kinds <= {"invalid", "error"}:
         return
     import warnings
 
     from jaxcnn.checks import _user_stacklevel
 
+    what = {frozenset({"invalid"}): "was invalid", frozenset({"error"}): "raised an error"}.get(frozenset(kinds), "was invalid or raised an error")
     reasons = sorted({t.reason for t in result.trials})
     more = f" (and {len(reasons) - 1} other reasons, in trials.csv)" if len(reasons) > 1 else ""
     warnings.warn(
-        f"every trial of the search was invalid, so result.best is None: {reasons[0]}{more}; check that the model "
+        f"every trial of the search {what}, so result.best is None: {reasons[0]}{more}; check that the model "
         "takes the data's images (e.g. its input channels) and the space's values",
         UserWarning, stacklevel=_user_stacklevel(),
     )

@@ -326,6 +326,7 @@ def _check_inputs(model_or_state: Any, x: Any, y: Any, *, validation_split: floa
     if class_weight is not None and sample_weight is not None:  # Keras's data adapter refuses it too
         raise ConfigError("class_weight and sample_weight cannot both be given (as in Keras); fold the class weights "
                           "into the sample weights: sample_weight * np.array([class_weight.get(c, 1.0) for c in y])")
+    tensor = checks.is_tensor(x)  # what a channels-first message suggests
     x_arr = checks.as_array(x, "x")  # a ragged list: ShapeError, not NumPy's ValueError
     if isinstance(model_or_state, TrainState):
         input_shape, num_classes = model_or_state.input_shape, model_or_state.num_classes
@@ -333,9 +334,9 @@ def _check_inputs(model_or_state: Any, x: Any, y: Any, *, validation_split: floa
         if x_arr.ndim != 4:
             hint = "; add the channel axis with x[..., None]" if x_arr.ndim == 3 else ""
             raise ShapeError(f"x has shape {x_arr.shape}; the model takes a batch of images (N, H, W, C){hint}")
-        input_shape = tuple(checks.check_image_shape(x_arr, (), "x").shape[1:])  # channels-first, dtype: before tracing
+        input_shape = tuple(checks.check_image_shape(x_arr, (), "x", tensor).shape[1:])  # channels-first, dtype: before tracing
         num_classes = output_classes(adapt(model_or_state), input_shape)
-    x_arr = np.ascontiguousarray(checks.check_images(x_arr, input_shape, "x"), dtype=np.float32)
+    x_arr = np.ascontiguousarray(checks.check_images(x_arr, input_shape, "x", tensor), dtype=np.float32)
     y_arr = checks.check_labels(y, len(x_arr), num_classes, "y")
     w = _sample_weights(y_arr, num_classes, None, sample_weight, "")
     train, val = _split_validation(x_arr, y_arr, w, validation_split, validation_data, input_shape, num_classes)
