@@ -196,22 +196,27 @@ def test_a_plain_function_is_a_weighted_mean_metric():
         metrics.get_metrics([accuracy])
 
 
-def test_fit_logs_a_plain_function_metric_alike_on_any_devices():
+def _tiny():
+    """A three-class linear model (flax imported here, as the tests above need none of it)."""
     import flax.linen as nn
-
-    import jaxcnn
 
     class Tiny(nn.Module):
         @nn.compact
         def __call__(self, x, train: bool = False):
             return nn.Dense(3)(x.reshape(x.shape[0], -1))
 
+    return Tiny()
+
+
+def test_fit_logs_a_plain_function_metric_alike_on_any_devices():
+    import jaxcnn
+
     rng = np.random.default_rng(0)
     x = rng.random((130, 6, 6, 1)).astype(np.float32)
     y = rng.integers(0, 3, size=130).astype(np.int32)
     runs = {}
     for devices in (None, "auto"):
-        runs[devices] = jaxcnn.fit(Tiny(), x, y, epochs=2, batch_size=64, validation_split=0.25, verbose=0, seed=1,
+        runs[devices] = jaxcnn.fit(_tiny(), x, y, epochs=2, batch_size=64, validation_split=0.25, verbose=0, seed=1,
                                    optimizer="sgd", learning_rate=0.1, metrics=[my_acc, my_mean_acc], devices=devices).history
     for h in runs.values():
         for k in ("my_acc", "my_mean_acc", "val_my_acc", "val_my_mean_acc"):
@@ -229,14 +234,7 @@ def test_fit_logs_a_plain_function_metric_alike_on_any_devices():
 def test_weighted_metrics_are_alike_on_one_device_parts_and_a_mesh():
     """``weighted_metrics`` take the class weights on every execution strategy: one device,
     parts dealt to the CPU devices (a short last batch, padded validation batches) and a mesh."""
-    import flax.linen as nn
-
     import jaxcnn
-
-    class Tiny(nn.Module):
-        @nn.compact
-        def __call__(self, x, train: bool = False):
-            return nn.Dense(3)(x.reshape(x.shape[0], -1))
 
     rng = np.random.default_rng(1)
     x = rng.random((130, 6, 6, 1)).astype(np.float32)
@@ -244,7 +242,7 @@ def test_weighted_metrics_are_alike_on_one_device_parts_and_a_mesh():
     keys = ("loss", "accuracy", "weighted_accuracy", "val_loss", "val_accuracy", "val_weighted_accuracy")
     runs = {}
     for devices in (None, "auto", "all"):
-        runs[devices] = jaxcnn.fit(Tiny(), x, y, epochs=2, batch_size=64, validation_split=0.25, verbose=0, seed=1,
+        runs[devices] = jaxcnn.fit(_tiny(), x, y, epochs=2, batch_size=64, validation_split=0.25, verbose=0, seed=1,
                                    optimizer="sgd", learning_rate=0.1, class_weight={0: 3.0, 1: 1.0, 2: 0.5},
                                    weighted_metrics=["accuracy"], devices=devices).history
     base = runs[None]
