@@ -433,12 +433,13 @@ class BackupAndRestore(Callback):
             )
 
     def on_train_begin(self, loop: Loop) -> None:
+        self._hooks = [Hooks(cb) for cb in self.callbacks]  # their get_state/set_state, once per run
         if self.resume is None:
             return
         loop.history.history = {k: list(v) for k, v in self.resume.history.history.items()}
         loop.history.epoch = list(self.resume.history.epoch)
-        for cb, state in zip(self.callbacks, self.resume.callbacks):
-            Hooks(cb).set_state(state)
+        for h, state in zip(self._hooks, self.resume.callbacks):
+            h.set_state(state)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float], loop: Loop) -> None:
         if self.checkpoints is None:  # restore only
@@ -448,7 +449,7 @@ class BackupAndRestore(Callback):
             epoch + 1,
             loop.state,
             history=loop.history,
-            callbacks=[Hooks(cb).get_state() for cb in self.callbacks],
+            callbacks=[h.get_state() for h in self._hooks],
             stop_training=loop.stop_training,
             metrics={self.monitor: current} if current is not None else None,
         )

@@ -62,8 +62,8 @@ import numpy as np
 
 from jaxcnn.errors import ConfigError, SearchError, ShapeError
 from jaxcnn.search.engine import (
-    DB_FILE, MAX_RETRY, PRUNERS, SAMPLERS, STOP_ATTR, TRAINING_PARAMS, Data, attempts_by_slot, SearchConfig, check_space_names, describe_model,
-    fingerprint, open_storage, open_study, slot_count, storage_url, work,
+    DB_FILE, MAX_RETRY, PRUNERS, SAMPLERS, STOP_ATTR, TRAINING_PARAMS, Data, SearchConfig, attempts_by_slot, check_space_names,
+    describe_model, fingerprint, open_storage, open_study, slot_count, storage_url, work,
 )
 from jaxcnn.search.space import (
     REPORT_SPACE, Choice, Dimension, IntRange, LogUniform, Space, Uniform, check_space, draw, sample,

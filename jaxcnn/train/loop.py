@@ -698,7 +698,11 @@ def _check_verbose(verbose: Any) -> int:
     raise ConfigError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
 
 
-def evaluate(state: TrainState, x: Any, y: Any = None, batch_size: int | None = 128, devices: Any = "auto", *,
+#: evaluate's and predict's batch when none is given (``batch_size=None`` too).
+EVALUATE_BATCH, PREDICT_BATCH = 128, 512
+
+
+def evaluate(state: TrainState, x: Any, y: Any = None, batch_size: int | None = EVALUATE_BATCH, devices: Any = "auto", *,
              sample_weight: Any = None, metrics: Sequence[Any] = (), weighted_metrics: Sequence[Any] = (),
              verbose: int | str = 0, return_dict: bool = True) -> dict[str, float] | list[Any]:
     """Loss (with L2 terms), accuracy and the state's (or ``metrics``') metrics of ``state`` on
@@ -711,7 +715,7 @@ def evaluate(state: TrainState, x: Any, y: Any = None, batch_size: int | None = 
     verbose = _check_verbose(verbose)
     _check_arrays(x, y, "evaluate(state, x, y)")
     t0 = time.perf_counter()
-    batch_size = checks.check_positive_int(128 if batch_size is None else batch_size, "batch_size")  # None: the default
+    batch_size = checks.check_positive_int(EVALUATE_BATCH if batch_size is None else batch_size, "batch_size")
     xs = np.ascontiguousarray(checks.check_images(x, state.input_shape, "x"), np.float32)
     ys = checks.check_labels(y, len(xs), state.num_classes, "y")
     if metrics or weighted_metrics:
@@ -730,7 +734,7 @@ def evaluate(state: TrainState, x: Any, y: Any = None, batch_size: int | None = 
     return logs if return_dict else list(logs.values())
 
 
-def predict(state: TrainState, x: Any, batch_size: int | None = 512, output: str = "logits", *,
+def predict(state: TrainState, x: Any, batch_size: int | None = PREDICT_BATCH, output: str = "logits", *,
             verbose: int | str = 0) -> np.ndarray:
     """Model outputs for ``x`` (N, H, W, C): ``"logits"`` (the raw outputs (N, classes): logits,
     or the probabilities of a model that ends in a softmax), ``"probs"`` (softmax of logits; a
@@ -742,7 +746,7 @@ def predict(state: TrainState, x: Any, batch_size: int | None = 512, output: str
     if output not in ("logits", "probs", "classes"):
         raise ConfigError(f"output must be 'logits', 'probs' or 'classes', got {output!r}")
     xs = np.ascontiguousarray(checks.check_images(x, state.input_shape, "x"), np.float32)
-    batch_size = checks.check_positive_int(512 if batch_size is None else batch_size, "batch_size")  # None: the default
+    batch_size = checks.check_positive_int(PREDICT_BATCH if batch_size is None else batch_size, "batch_size")
     if jax.process_count() > 1:  # every process runs the same program on the state where it is
         raw = predict_batches(lambda i, images: jit_predict(state, images), xs, batch_size)
     else:  # where fit would run the model: parts dealt to the CPU devices, the mesh for BatchNorm
