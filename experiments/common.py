@@ -89,6 +89,7 @@ class RunConfig:
     patience: int | None = 5  # EarlyStopping(monitor="val_loss") patience; None = no early stopping
     seed: int = 0  # parameters, dropout and shuffling all derive from it
     limit: int | None = None  # use only the first N training examples (before the split)
+    test_limit: int | None = None  # evaluate (and with validation_split 0, validate) on the first N test examples
     data_dir: str | None = None  # where the data files are; None = cache / bundled / download
     out: str | None = None  # run directory; None = runs/<name>-<time>
     devices: str | int | None = None  # None: jaxcnn.fit's default ("auto"); "all", "auto" or a count of local devices
@@ -141,6 +142,8 @@ def build_parser(description: str, defaults: RunConfig, *, model_and_dataset: bo
     p.add_argument("--patience", type=int, default=defaults.patience, help="early-stopping patience on val_loss; -1 turns it off (default %(default)s)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="random seed, 0 to 2**32-1 (default %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training examples, for quick runs")
+    p.add_argument("--test-limit", type=int, default=None,
+                   help="test (and, where the run validates on the test split, validate) on only the first N test examples, for quick runs")
     p.add_argument("--data-dir", default=None, help="directory with the data files (default: cache, bundled copy, download)")
     p.add_argument("--out", default=None, help=f"run directory (default runs/{defaults.name}-<time>)")
     p.add_argument("--devices", default=defaults.devices, help="'auto' (default: data parallel over one XLA device per CPU core; one GPU), 'all', or a number of devices (1: one device)")
@@ -451,8 +454,11 @@ def _callbacks(config: RunConfig) -> list[Any]:
 #: :func:`devices_note`).
 RESUME_MUST_MATCH = (
     "dataset", "model", "model_kwargs", "optimizer", "learning_rate", "lr_decay", "lr_schedule_after",
-    "batch_size", "validation_split", "patience", "seed", "limit", "precision", "augment",
+    "batch_size", "validation_split", "patience", "seed", "limit", "test_limit", "precision", "augment",
 )
+#: Settings of RESUME_MUST_MATCH added after runs had been written: a config.json without one
+#: holds None, and while None it is left out of the settings' SHA-256, so those runs resume.
+ADDED_LATER = ("test_limit",)
 
 MAX_SEED = 2**32 - 1
 
@@ -530,8 +536,9 @@ def validate_config(config: RunConfig) -> None:
     for what, value in (("--epochs", config.epochs), ("--batch-size", config.batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ConfigError(f"{what} must be a positive integer, got {value!r}")
-    if config.limit is not None and config.limit <= 0:
-        raise ConfigError(f"--limit must be positive, got {config.limit}")
+    for flag, value in (("--limit", config.limit), ("--test-limit", config.test_limit)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ConfigError(f"{flag} must be positive, got {value}")
     if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed <= MAX_SEED:
         raise ConfigError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {config.seed!r}")
     if not 0.0 <= config.validation_split < 1.0:
@@ -567,7 +574,7 @@ def _json(value: Any) -> Any:
 
 def settings_fingerprint(config: RunConfig) -> str:
     """SHA-256 of the settings :data:`RESUME_MUST_MATCH` names, as config.json holds them."""
-    settings = {k: _json(getattr(config, k)) for k in RESUME_MUST_MATCH}
+    settings = {k: _json(getattr(config, k)) for k in RESUME_MUST_MATCH if k not in ADDED_LATER or getattr(config, k) is not None}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -589,7 +596,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "dataset": (str,), "model": (str,), "model_kwargs": (dict,), "optimizer": (str,),
     "learning_rate": _NUM, "lr_decay": (list, type(None)), "lr_schedule_after": (int, type(None)),
     "epochs": (int,), "batch_size": (int,), "validation_split": _NUM, "patience": (int, type(None)),
-    "seed": (int,), "limit": (int, type(None)), "data_dir": (str, type(None)), "out": (str, type(None)),
+    "seed": (int,), "limit": (int, type(None)), "test_limit": (int, type(None)), "data_dir": (str, type(None)), "out": (str, type(None)),
     "devices": (str, int, type(None)), "verbose": (int,), "precision": (str,), "resume": (bool,),
     "checkpoint": (bool,), "coordinator": (str, type(None)), "num_processes": (int, type(None)),
     "process_id": (int, type(None)),
@@ -606,7 +613,7 @@ def config_from_json(raw: Any, path: Path) -> RunConfig:
     values: dict[str, Any] = {}
     for f in dataclasses.fields(RunConfig):
         if f.name not in raw:
-            if f.name in RESUME_MUST_MATCH or f.name == "epochs":
+            if (f.name in RESUME_MUST_MATCH and f.name not in ADDED_LATER) or f.name == "epochs":
                 raise ConfigError(f"{path} has no {f.name!r}; {fix}")
             continue
         value, types = raw[f.name], _FIELD_TYPES.get(f.name)
@@ -763,8 +770,8 @@ def run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) 
 
         model = Augmented(model, cifar_augmentation())
     ds = data.load(config.dataset, config.data_dir)
-    if config.limit is not None:
-        ds = ds.limit(config.limit)
+    if config.limit is not None or config.test_limit is not None:
+        ds = ds.limit(config.limit, test=config.test_limit)
     primary = _is_primary()
     if not config.out and jax_process_count() > 1:
         raise ConfigError("several processes need --out: a run directory on a file system every process reaches")

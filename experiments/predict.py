@@ -5,7 +5,7 @@ test images.
     python -m experiments.predict my-export --dataset mnist --out predictions.png
 
 RUN_DIR is a run directory written by a training experiment (it holds model/ and config.json; the
-data set and data folder come from its config.json), or a directory written by
+data set, data folder and ``--test-limit`` come from its config.json), or a directory written by
 ``jaxcnn.checkpoint.export`` (params.msgpack + model.json; give ``--dataset``, or it is inferred
 from the model's input shape: 28x28x1 MNIST, 32x32x3 CIFAR-10). Evaluates the model on the test
 split and writes ``reloaded-predictions.png`` into that directory (or ``--out``) with "Actual,
@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
         state = checkpoint.load_state(model_dir)
     dataset = args.dataset or config.get("dataset") or _dataset_for(state.input_shape)
     ds = data.load(dataset, args.data_dir or config.get("data_dir"))
+    limited = bool(config.get("test_limit")) and dataset == config.get("dataset")
+    if limited:  # the run's test examples, as it was tested
+        ds = ds.limit(test=config["test_limit"])
     x_test = data.to_float(ds.x_test)
     test = jaxcnn.evaluate(state, x_test, ds.y_test, batch_size=256)
     shown = list(range(min(args.count, len(x_test))))
@@ -101,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     names = ds.class_names if ds.name != "mnist" else None  # Fashion-MNIST and CIFAR-10 by name
     fig = plots.labelled_images(ds.x_test, ds.y_test, shown, predicted=predicted, class_names=names)
     save_figure(fig, out, hint="choose a writable place with --out")
-    print(f"test loss {test['loss']:.4f}, test accuracy {test['accuracy']:.4f}; figure: {out}")
+    on = f" on the first {len(x_test)} test examples (the run's --test-limit)" if limited else ""
+    print(f"test loss {test['loss']:.4f}, test accuracy {test['accuracy']:.4f}{on}; figure: {out}")
     return test
 
 

@@ -218,7 +218,7 @@ def _env(cache: Path) -> dict[str, str]:
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_run(tmp_path):
     env = _env(tmp_path / "jax-cache")
-    args = [sys.executable, "-m", "experiments.mnist", "--limit", "1000", "--epochs", "4", "--batch-size", "8",
+    args = [sys.executable, "-m", "experiments.mnist", "--limit", "1000", "--test-limit", "500", "--epochs", "4", "--batch-size", "8",
             "--verbose", "0", "--seed", "1"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run([*args, "--out", str(whole)], env=env, cwd=ROOT, check=True, timeout=120)
@@ -261,7 +261,7 @@ def test_nan_loss_keeps_last_good_checkpoint_and_history(tmp_path, monkeypatch, 
     original = common._callbacks
     monkeypatch.setattr(common, "_callbacks", lambda config: [*original(config), explode])
     out = tmp_path / "run"
-    argv = ["--limit", "400", "--epochs", "3", "--batch-size", "32", "--verbose", "0", "--out", str(out)]
+    argv = ["--limit", "400", "--test-limit", "500", "--epochs", "3", "--batch-size", "32", "--verbose", "0", "--out", str(out)]
     assert common.main_guard(mnist.main, argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err

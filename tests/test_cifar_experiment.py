@@ -272,7 +272,7 @@ def test_a_users_batchnorm_module_trains_on_the_stats_mesh(tmp_path):
     (tmp_path / "bnmod.py").write_text(BN_MODULE)
     env = {k: v for k, v in os.environ.items() if k not in ("JAXCNN_CPU_DEVICES", "JAX_PLATFORMS")}
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
-    proc = subprocess.run([sys.executable, "-m", "experiments.mnist", "--model", "bnmod:TinyBN", "--limit", "200", "--batch-size", "128",
+    proc = subprocess.run([sys.executable, "-m", "experiments.mnist", "--model", "bnmod:TinyBN", "--limit", "200", "--test-limit", "500", "--batch-size", "128",
                            "--epochs", "1", "--verbose", "2", "--no-checkpoint", "--out", str(tmp_path / "run")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

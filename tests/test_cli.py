@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["--limit", "1000", "--epochs", "3", "--verbose", "0"]
+QUICK = ["--limit", "1000", "--test-limit", "500", "--epochs", "3", "--verbose", "0"]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -382,8 +382,8 @@ def test_cli_refusals_a_new_user_met(tmp_path, monkeypatch):
     ]
     for argv, message in cases:
         with pytest.raises(ConfigError, match=message):
-            mnist.main([*argv, "--out", str(out), "--limit", "200", "--epochs", "1", "--verbose", "0"])
+            mnist.main([*argv, "--out", str(out), "--limit", "200", "--test-limit", "200", "--epochs", "1", "--verbose", "0"])
         assert not out.exists(), argv
-    mnist.main(["--model", "userpkg.nets:Net", "--out", str(out), "--limit", "200", "--epochs", "1", "--verbose", "0"])
+    mnist.main(["--model", "userpkg.nets:Net", "--out", str(out), "--limit", "200", "--test-limit", "200", "--epochs", "1", "--verbose", "0"])
     with pytest.raises(ConfigError, match="started without --tensorboard, and its checkpoints hold the callbacks it had"):
         mnist.main(["--resume", "--out", str(out), "--epochs", "2", "--tensorboard", str(tmp_path / "tb")])

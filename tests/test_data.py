@@ -509,6 +509,16 @@ def test_dataset_limit_and_checks():
     assert "first 100 training examples" in small.source
     with pytest.raises(ConfigError):
         ds.limit(0)
+    # test= keeps the first test examples (the experiments' --test-limit); training untouched.
+    both = ds.limit(100, test=30)
+    assert both.x_train.shape[0] == 100 and both.x_test.shape == (30, 28, 28, 1)
+    np.testing.assert_array_equal(both.y_test, ds.y_test[:30])
+    assert "first 100 training and first 30 test examples" in both.source
+    only_test = ds.limit(test=30)
+    assert only_test.x_train is ds.x_train and only_test.x_test.shape[0] == 30
+    assert ds.limit(test=10**6) is ds
+    with pytest.raises(ConfigError, match="test must be a positive integer"):
+        ds.limit(100, test=0)
     x, y = np.zeros((3, 28, 28, 1), np.uint8), np.zeros(3, np.int32)
     names = tuple("0123456789")
     with pytest.raises(ShapeError, match="x_train must be a uint8"):

@@ -127,7 +127,7 @@ def test_resume_after_an_edited_history_is_a_one_line_error(tmp_path):
     """A real --resume: the run's checkpoint history is edited by hand, the resume refuses it and
     leaves every file as it was."""
     out = tmp_path / "run"
-    args = ["--limit", "160", "--batch-size", "32", "--verbose", "0", "--out", str(out)]
+    args = ["--limit", "160", "--test-limit", "500", "--batch-size", "32", "--verbose", "0", "--out", str(out)]
     mnist.main([*args, "--epochs", "1"])  # in-process: shares this session's compiled steps
     _edit_meta(out / "checkpoints", 1, lambda m: m["history"]["history"]["val_accuracy"].__setitem__(0, 0.99))
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}

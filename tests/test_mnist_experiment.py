@@ -12,7 +12,8 @@ from experiments import mnist, predict
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("mnist") / "run"
-    metrics = mnist.main(["--limit", "600", "--epochs", "2", "--batch-size", "64", "--out", str(out), "--verbose", "0"])
+    # --test-limit: the test split's first 2,000 images (a quick run's; all 10,000 cost seconds more).
+    metrics = mnist.main(["--limit", "600", "--test-limit", "2000", "--epochs", "2", "--batch-size", "64", "--out", str(out), "--verbose", "0"])
     return out, metrics
 
 
@@ -34,7 +35,7 @@ def test_writes_every_promised_file(run_dir):
     assert len(history["history"]["val_loss"]) == 2
     assert (out / "history.csv").read_text().splitlines()[0].startswith("epoch,loss,accuracy,val_loss,val_accuracy")
     config = json.loads((out / "config.json").read_text())
-    assert (config["optimizer"], config["batch_size"], config["limit"]) == ("rmsprop", 64, 600)
+    assert (config["optimizer"], config["batch_size"], config["limit"], config["test_limit"]) == ("rmsprop", 64, 600, 2000)
     # The exported model names its optimizer, so checkpoint.load_state trains on with the same one.
     assert json.loads((out / "model" / "model.json").read_text())["optimizer"] == {"name": "rmsprop", "learning_rate": 0.001}
 
@@ -42,7 +43,8 @@ def test_writes_every_promised_file(run_dir):
 def test_predict_reloads_the_model(run_dir, capsys):
     out, metrics = run_dir
     test = predict.main([str(out), "--count", "4"])
-    assert test["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    assert test["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)  # on the run's --test-limit
+    assert "on the first 2000 test examples (the run's --test-limit)" in capsys.readouterr().out
     assert (out / "reloaded-predictions.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -90,6 +92,8 @@ def test_resume_with_another_setting_is_refused(run_dir, capsys):
     out, _ = run_dir
     assert main_guard(mnist.main, ["--resume", "--out", str(out), "--batch-size", "16"]) == 2
     assert "was started with batch_size=64, not 16" in _one_error(capsys)
+    assert main_guard(mnist.main, ["--resume", "--out", str(out), "--test-limit", "100"]) == 2
+    assert "was started with test_limit=2000, not 100" in _one_error(capsys)
     assert main_guard(mnist.main, ["--resume", "--out", str(out), "--batch-size", "64", "--limit", "600"]) == 0  # the same: fine
 
 
@@ -147,6 +151,22 @@ def test_resume_refuses_an_edited_config(run_dir, tmp_path, capsys):
     assert "has checkpoints but no config.json" in _one_error(capsys)
 
 
+def test_a_config_written_before_test_limit_still_resumes(tmp_path):
+    """Runs started before --test-limit existed have no "test_limit" in config.json, and their
+    settings' SHA-256 covered the other settings alone: they read as test_limit None, unchanged."""
+    import hashlib
+
+    from experiments.common import ADDED_LATER, RESUME_MUST_MATCH, RUN_FORMAT, RunConfig, _json, config_from_json, settings_fingerprint
+
+    config = RunConfig(limit=600, epochs=2)
+    old = {k: _json(getattr(config, k)) for k in RESUME_MUST_MATCH if k not in ADDED_LATER}
+    old_sha = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
+    assert settings_fingerprint(config) == old_sha
+    raw = {"jaxcnn_run": RUN_FORMAT, **old, "epochs": 2, "settings_sha256": old_sha}
+    assert config_from_json(raw, tmp_path / "config.json").test_limit is None
+    assert settings_fingerprint(RunConfig(limit=600, test_limit=50)) != old_sha
+
+
 def test_resume_into_a_folder_that_is_not_a_run_changes_nothing(tmp_path, capsys):
     folder = tmp_path / "U"
     folder.mkdir()
@@ -168,6 +188,7 @@ def test_resume_into_a_folder_that_is_not_a_run_changes_nothing(tmp_path, capsys
     (["--dataset", "fashon_mnist"], "did you mean 'fashion_mnist'?"),
     (["--model", "no_such_module_xyz:Net"], "cannot import 'no_such_module_xyz'"),
     (["--epochs", "0"], "--epochs must be a positive integer, got 0"),
+    (["--test-limit", "0"], "--test-limit must be positive, got 0"),
 ])
 def test_bad_flags_fail_before_the_run_directory(tmp_path, capsys, flags, message):
     out = tmp_path / "never-made"
@@ -207,7 +228,14 @@ def test_predict_on_an_exported_model_directory(run_dir, tmp_path, capsys):
     export = tmp_path / "export"
     shutil.copytree(out / "model", export)  # what jaxcnn.checkpoint.export wrote: no run config
     test = predict.main([str(export), "--count", "2"])  # the data set from the model's input shape
-    assert test["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    # No run config, so no --test-limit: the whole test split.
+    import jaxcnn
+    from jaxcnn import checkpoint, data
+
+    ds = data.load("mnist")
+    whole = jaxcnn.evaluate(checkpoint.load_state(out / "model"), data.to_float(ds.x_test), ds.y_test, batch_size=256)
+    assert test["accuracy"] == pytest.approx(whole["accuracy"], abs=1e-6)
+    assert "--test-limit" not in capsys.readouterr().out
     assert (export / "reloaded-predictions.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -81,7 +81,7 @@ def test_a_resume_on_other_devices_prints_a_note(tmp_path, capsys):
     from experiments.common import main_guard
 
     out = tmp_path / "run"
-    base = ["--limit", "300", "--batch-size", "64", "--out", str(out)]
+    base = ["--limit", "300", "--test-limit", "500", "--batch-size", "64", "--out", str(out)]
     assert main_guard(mnist.main, [*base, "--epochs", "1", "--verbose", "0"]) == 0
     capsys.readouterr()
     same = tmp_path / "same"
@@ -234,7 +234,7 @@ def test_ctrl_c_while_the_outputs_are_written_says_how_to_finish_them(tmp_path, 
     from jaxcnn import plots
 
     out = tmp_path / "run"
-    argv = ["--limit", "300", "--epochs", "1", "--verbose", "0", "--out", str(out)]
+    argv = ["--limit", "300", "--test-limit", "500", "--epochs", "1", "--verbose", "0", "--out", str(out)]
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -77,23 +77,28 @@ class Dataset:
         h, w, c = self.x_train.shape[1:]
         return (int(h), int(w), int(c))
 
-    def limit(self, n: int) -> Dataset:
-        """A copy of this data set with only the first ``n`` training examples (test untouched).
+    def limit(self, n: int | None = None, *, test: int | None = None) -> Dataset:
+        """A copy of this data set with only the first ``n`` training examples and, when ``test``
+        is given, the first ``test`` test examples (None: all of that split).
 
-        The arrays are views of the original ones (no pixel is copied). ``n`` larger than the
-        training set keeps all of it.
+        The arrays are views of the original ones (no pixel is copied). A number larger than its
+        split keeps all of it.
         """
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ConfigError(f"Dataset.limit(n): n must be a positive integer, got {n!r}.")
-        n = int(n)
-        if n >= self.x_train.shape[0]:
+        for what, k in (("n", n), ("test", test)):
+            if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+                raise ConfigError(f"Dataset.limit({what}=...): {what} must be a positive integer or None, got {k!r}.")
+        n = self.x_train.shape[0] if n is None else min(int(n), self.x_train.shape[0])
+        test = self.x_test.shape[0] if test is None else min(int(test), self.x_test.shape[0])
+        if n == self.x_train.shape[0] and test == self.x_test.shape[0]:
             return self
-        return dataclasses.replace(
-            self,
-            x_train=self.x_train[:n],
-            y_train=self.y_train[:n],
-            source=f"{self.source} (first {n} training examples)",
-        )
+        kept, arrays = [], {}
+        if n < self.x_train.shape[0]:
+            kept.append(f"first {n} training")
+            arrays.update(x_train=self.x_train[:n], y_train=self.y_train[:n])
+        if test < self.x_test.shape[0]:
+            kept.append(f"first {test} test")
+            arrays.update(x_test=self.x_test[:test], y_test=self.y_test[:test])
+        return dataclasses.replace(self, **arrays, source=f"{self.source} ({' and '.join(kept)} examples)")
 
     def __repr__(self) -> str:
         return (
