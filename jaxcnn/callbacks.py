@@ -49,14 +49,21 @@ class Callback:
     (or Keras's aliases ``on_batch_begin`` / ``on_batch_end``), and ``on_test_begin`` /
     ``on_test_end`` around each epoch's validation (``on_test_end`` gets the validation figures
     without the ``val_`` prefix, as Keras's). ``self.model`` is the running :class:`Loop`, as
-    Keras's ``set_model`` sets it, so ``self.model.stop_training = True`` stops training.
+    Keras's ``set_model`` sets it, so ``self.model.stop_training = True`` stops training and
+    ``self.model.optimizer.learning_rate`` is the rate; ``self.params`` holds Keras's
+    ``{"verbose", "epochs", "steps"}`` (``set_params``).
     """
 
     model: Loop | None = None
+    params: dict[str, Any] | None = None
 
     def set_model(self, model: Loop) -> None:
         """Called by ``fit`` before training, as Keras does: ``model`` is the running loop."""
         self.model = model
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        """Called by ``fit`` before training, as Keras does: the epochs, steps per epoch and verbose."""
+        self.params = params
 
     def on_train_begin(self, loop: Loop) -> None:
         pass
@@ -600,7 +607,8 @@ class ModelCheckpoint(_MonitorMixin, Callback):
         self._epoch = 0
 
     def on_train_begin(self, loop: Loop) -> None:
-        self.best = self.initial_value_threshold
+        # The best value is not reset: as Keras's, one ModelCheckpoint passed to a second fit
+        # (training on) writes only what beats the first fit's best.
         if not self.save_weights_only and self.model_name is None:
             import inspect
 

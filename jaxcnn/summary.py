@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcnn import layers as L
 from jaxcnn.errors import ConfigError
@@ -258,6 +259,23 @@ def format_summary(s: Summary, explain: bool = True) -> str:
     return "\n".join(out)
 
 
+def image_shape(input_shape: Any) -> tuple[int, int, int]:
+    """``input_shape`` as (H, W, C): a leading batch axis, None or a number (Keras's
+    ``(None, 28, 28, 1)``, or ``x.shape``), is dropped; anything else but three positive whole
+    numbers is refused, saying what to give."""
+    try:
+        dims = tuple(input_shape)
+    except TypeError:
+        raise ConfigError(f"input_shape must be (H, W, C), e.g. (28, 28, 1), got {input_shape!r}") from None
+    if len(dims) == 4:  # (batch, H, W, C)
+        dims = dims[1:]
+    ok = len(dims) == 3 and all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in dims)
+    if not ok:
+        hint = f"; images need a channel axis, e.g. ({dims[0]}, {dims[1]}, 1) for grayscale" if len(dims) == 2 else ""
+        raise ConfigError(f"input_shape must be (H, W, C) of one image, e.g. (28, 28, 1), got {tuple(input_shape)!r}{hint}")
+    return tuple(int(d) for d in dims)
+
+
 def _module_of(model: Any, input_shape: Sequence[int] | None) -> tuple[Any, Sequence[int]]:
     """``model`` and its input shape; a trained :class:`~jaxcnn.train.TrainState` gives its module
     and the shape it was built for (Keras's ``model.summary()`` after ``fit``)."""
@@ -269,17 +287,18 @@ def _module_of(model: Any, input_shape: Sequence[int] | None) -> tuple[Any, Sequ
             module = nnx.merge(adapter.graphdef, *adapter.templates)
         else:
             module = adapter.module
-        return module, tuple(input_shape) if input_shape is not None else tuple(model.input_shape)
+        return module, image_shape(input_shape) if input_shape is not None else tuple(model.input_shape)
     if input_shape is None:
         raise ConfigError("summary needs input_shape = (H, W, C) for a module, e.g. summary(model, (28, 28, 1))")
-    return model, input_shape
+    return model, image_shape(input_shape)
 
 
 def summary(
     model: Any, input_shape: Sequence[int] | None = None, *, name: str | None = None, explain: bool = True, print_fn=None
 ) -> str:
     """Keras-style summary of ``model`` (a module, or a trained state) for one input of
-    ``input_shape`` = (H, W, C) (a state's own by default).
+    ``input_shape`` = (H, W, C) (a state's own by default; a leading batch axis, as in
+    ``(None, 28, 28, 1)`` or ``x.shape``, is dropped).
 
     Returns the table as a string (and passes it to ``print_fn`` when given). Each row lists a
     layer, its output shape, its parameter count and, with ``explain``, how the count arises:

@@ -137,6 +137,34 @@ def test_model_checkpoint_saves_when_keras_saves(tmp_path, kwargs, logs):
     assert sorted(p.name for p in tmp_path.glob("j-*")) == [os.path.basename(p) for p in ours.saved]
 
 
+def test_model_checkpoint_passed_to_a_second_fit_keeps_its_best_as_keras(tmp_path):
+    """Training on with the same callback: Keras keeps ``best`` (no reset at on_train_begin), so a
+    worse second fit never overwrites the best file."""
+    k = keras()
+    model = keras_model(k)
+    keras_saved = []
+    model.save = lambda path, overwrite=True: keras_saved.append(path)
+    theirs = k.callbacks.ModelCheckpoint(str(tmp_path / "k-{epoch:02d}.keras"), save_best_only=True)
+    theirs.set_model(model)
+
+    class Loop:
+        pass
+
+    loop = Loop()
+    loop.state = jaxcnn.create_train_state(tiny_model(), (28, 28, 1))
+    ours = ModelCheckpoint(tmp_path / "j-{epoch:02d}.msgpack", save_weights_only=True, save_best_only=True)
+    for values in ([1.0, 0.8], [2.3, 0.9, 0.7]):  # two fits; the second starts worse
+        theirs.on_train_begin()
+        ours.on_train_begin(loop)
+        for epoch, v in enumerate(values):
+            theirs.on_epoch_begin(epoch)
+            theirs.on_epoch_end(epoch, {"val_loss": v})
+            ours.on_epoch_begin(epoch, loop)
+            ours.on_epoch_end(epoch, {"val_loss": v}, loop)
+    assert [os.path.basename(p)[2:4] for p in ours.saved] == [os.path.basename(p)[2:4] for p in keras_saved] == ["01", "02", "03"]
+    assert ours.best == pytest.approx(0.7)
+
+
 # -- every callback in a real fit -------------------------------------------------------------
 
 

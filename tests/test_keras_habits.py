@@ -409,3 +409,86 @@ def test_an_export_whose_optimizer_cannot_be_recorded_says_so_on_reload(mnist, t
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert checkpoint.load_state(tmp_path / "named").optimizer_spec == state.optimizer_spec
+
+
+# -- a Keras tutorial ported (session 19) --------------------------------------------------------
+
+
+def test_summary_takes_keras_shapes_with_a_batch_axis_and_refuses_others_in_one_line():
+    """Given x.shape, the summary used to trace a 5-D input and print 31 million parameters;
+    (None, 28, 28, 1) failed inside JAX and (28, 28) with ZeroDivisionError."""
+    text = jaxcnn.summary(Tiny(), (28, 28, 1))
+    assert jaxcnn.summary(Tiny(), (None, 28, 28, 1)) == text == jaxcnn.summary(Tiny(), np.zeros((2000, 28, 28, 1)).shape)
+    with pytest.raises(ConfigError, match=r"^input_shape must be \(H, W, C\) of one image, .*got \(28, 28\); images need a channel axis, e\.g\. \(28, 28, 1\)"):
+        jaxcnn.summary(Tiny(), (28, 28))
+    with pytest.raises(ConfigError, match=r"got \(28, 28, 0\)$"):
+        jaxcnn.summary(Tiny(), (28, 28, 0))
+
+
+def test_a_callback_written_for_keras_reads_params_and_the_optimizers_rate(mnist):
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    import keras
+
+    x, y = mnist
+    seen = []
+
+    class Progress(keras.callbacks.Callback):  # Keras's own base class, as a tutorial writes it
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((epoch + 1, self.params["epochs"], self.params["steps"], float(self.model.optimizer.learning_rate)))
+            self.model.optimizer.learning_rate = 0.5 * float(self.model.optimizer.learning_rate)
+
+    _, history = _fit(Tiny(), x, y, epochs=2, optimizer="sgd", learning_rate=0.1, callbacks=[Progress()])
+    assert [s[:3] for s in seen] == [(1, 2, 3), (2, 2, 3)]
+    assert [s[3] for s in seen] == pytest.approx([0.1, 0.05])
+    assert history["learning_rate"] == pytest.approx([0.1, 0.05])  # the rate each epoch trained with
+
+
+class FieldMode(nn.Module):
+    """The mode as a field (CNN(train=True)), a common Flax pattern jaxcnn cannot switch."""
+
+    train: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (3, 3), strides=2)(x))
+        x = nn.Dropout(0.5, deterministic=not self.train)(x.reshape(x.shape[0], -1))
+        return nn.Dense(10)(x)
+
+
+def test_a_mode_kept_as_a_field_warns_that_it_stays_fixed(mnist):
+    x, y = mnist
+    with pytest.warns(UserWarning, match=r"^FieldMode\.train is a field, fixed when the module is built, .* keep train=False in both\. "
+                                         r"Take the mode as a __call__ argument instead"):
+        _fit(FieldMode(), x, y, epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a module with a train argument, and Tiny: no such warning
+        _fit(Tiny(), x, y, epochs=1)
+
+
+class SigmoidOut(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(nn.Conv(4, (3, 3), strides=2)(x))
+        return nn.sigmoid(nn.Dense(10)(x.reshape(x.shape[0], -1)))
+
+
+def test_sigmoid_outputs_train_as_keras_with_from_logits_false_and_warn_by_default(mnist):
+    """Keras's categorical cross-entropy (from_logits=False) divides non-negative outputs by their
+    sums; jaxcnn refused that, and by default took a sigmoid's outputs as logits without a word."""
+    x, y = mnist
+    onehot = np.eye(10, dtype=np.float32)[y]
+    with pytest.warns(UserWarning, match=r"^SigmoidOut's outputs are each between 0 and 1 but do not sum to 1 \(a sigmoid\?\), "
+                                         r"so the loss takes them as logits .* pass from_logits=False"):
+        state, _ = _fit(SigmoidOut(), x, onehot, epochs=1, loss="categorical_crossentropy")
+    assert state.loss.from_logits is True
+    state, history = _fit(SigmoidOut(), x, onehot, epochs=1, loss="categorical_crossentropy", from_logits=False)
+    assert state.loss.from_logits is False and np.isfinite(history["loss"][0])
+    # The loss is Keras's: the outputs over their row sums, clipped, then the cross-entropy.
+    out = np.asarray(jaxcnn.predict(state, x[:64]), np.float64)
+    p = np.clip(out / out.sum(-1, keepdims=True), 1e-7, 1 - 1e-7)
+    expected = -np.mean(np.log(p[np.arange(64), y[:64]]))
+    assert jaxcnn.evaluate(state, x[:64], y[:64])["loss"] == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ConfigError, match=r"outputs are logits \(not probabilities\) but the loss has from_logits=False"):
+        _fit(Tiny(), x, onehot, epochs=1, loss="categorical_crossentropy", from_logits=False)  # negative outputs

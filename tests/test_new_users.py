@@ -367,3 +367,8 @@ def test_a_state_refuses_an_optimizer_or_rate_it_would_ignore(mnist):
     # What the message suggests works: the new rate is the one logged.
     state = state.replace(opt_state=jaxcnn.optim.set_learning_rate(state.opt_state, 1e-4))
     assert jaxcnn.fit(state, x, y, epochs=1, verbose=0).history["learning_rate"] == [pytest.approx(1e-4)]
+    # An optax transformation has its own rate: a learning_rate beside it was silently dropped.
+    tx = jaxcnn.optim.get_optimizer("sgd", 0.01, momentum=0.9)
+    with pytest.raises(jaxcnn.errors.ConfigError, match=r"the transformation has its own rate, so learning_rate would be ignored"):
+        jaxcnn.fit(_Flat(), x, y, epochs=1, verbose=0, optimizer=tx, learning_rate=0.5)
+    assert jaxcnn.fit(_Flat(), x, y, epochs=1, verbose=0, optimizer=tx).history["learning_rate"] == [pytest.approx(0.01)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from jaxcnn.callbacks import Callback, Hooks, _auto_mode
 from jaxcnn.errors import ConfigError, ShapeError, TrainingError
 from jaxcnn.metrics import FIT_TAIL
 from jaxcnn.train import step as steps
-from jaxcnn.train.model import adapt
+from jaxcnn.train.model import adapt, model_name
 from jaxcnn.train import state as state_mod
 from jaxcnn.train.state import TrainState, output_classes, start_state
 from jaxcnn.train.strategies import Data, StatsMesh, Strategy, choose_strategy, jit_predict, predict_batches
@@ -101,13 +102,20 @@ class FitResult(NamedTuple):
 
 class Loop:
     """What callbacks see: the running ``state``, the ``history`` so far, ``stop_training``, and
-    ``learning_rate`` (settable when the optimizer's rate is a number)."""
+    ``learning_rate`` (settable when the optimizer's rate is a number; also as Keras's
+    ``optimizer.learning_rate``)."""
 
     def __init__(self, state: TrainState, history: History):
         self.state = state
         self.history = history
         self.stop_training = False
         self.epoch_first_step = 0  # the global step at which the running epoch began
+
+    @property
+    def optimizer(self) -> Loop:
+        """Keras's ``self.model.optimizer``, as far as callbacks use it: its ``learning_rate``
+        (read and set) is the loop's."""
+        return self
 
     @property
     def learning_rate(self) -> float:
@@ -357,9 +365,22 @@ def _resolve_loss(state: TrainState, loss: Any, from_logits: bool | None, label_
     if outputs is None:
         outputs = jit_predict(state, x[: state_mod.SAMPLE])
     probs = losses.looks_like_probabilities(outputs)
+    out = np.asarray(outputs, np.float64)
+    # Each output in (0, 1), rows not summing to 1: a sigmoid's, which Keras's default loss
+    # (from_logits=False) divides by the row sums; fit's default takes them as logits.
+    sigmoid = not probs and out.size > 0 and bool(np.all((out > 0) & (out < 1)))
     if resolved.from_logits is None:
         resolved = resolved.with_from_logits(not probs)
+        if sigmoid and isinstance(resolved, losses.CategoricalCrossentropy):
+            warnings.warn(
+                f"{model_name(state.model)}'s outputs are each between 0 and 1 but do not sum to 1 (a sigmoid?), so the loss "
+                "takes them as logits (a softmax of a sigmoid trains slowly). Keras's default loss divides such outputs by their sum: "
+                "pass from_logits=False for that, or end the model with a softmax",
+                UserWarning, stacklevel=checks._user_stacklevel(),
+            )
     elif isinstance(resolved, losses.CategoricalCrossentropy) and bool(resolved.from_logits) == probs:
+        if resolved.from_logits is False and bool(np.all(out >= 0)) and np.all(out.sum(-1) > 0):
+            return state.replace(loss=resolved)  # non-negative: divided by their sums, as Keras's loss does
         what = "probabilities (a softmax output)" if probs else "logits (not probabilities)"
         fix = "from_logits=False, or drop the softmax" if probs else "from_logits=True, or end the model with a softmax"
         raise ConfigError(f"the model's outputs are {what} but the loss has from_logits={resolved.from_logits}; use {fix}")
@@ -560,6 +581,12 @@ def fit(
             "ignored; drop it, set a new rate with state.replace(opt_state=jaxcnn.optim.set_learning_rate(state.opt_state, 1e-4)) "
             "or a LearningRateScheduler callback, or start from the model for another optimizer: fit(model, x, y, optimizer=...)"
         )
+    if learning_rate is not None and optimizer is not None and not isinstance(optimizer, str):
+        raise ConfigError(
+            "fit(model, ..., optimizer=<an optax transformation>, learning_rate=...): the transformation has its own rate, so "
+            "learning_rate would be ignored; build it with the rate (e.g. jaxcnn.optim.get_optimizer('sgd', 0.5, momentum=0.9)), "
+            "or name the optimizer: optimizer='sgd', learning_rate=0.5"
+        )
     validation_batch_size = checks.check_positive_int(validation_batch_size or batch_size, "validation_batch_size")
     validation_freq = checks.check_positive_int(validation_freq, "validation_freq")
     _check_arrays(x, y, "fit(model, x, y)")
@@ -603,6 +630,8 @@ def fit(
     for cb in callbacks:  # Keras's set_model: self.model is the running loop (self.model.stop_training = True)
         if callable(getattr(cb, "set_model", None)):
             cb.set_model(loop)
+        if callable(getattr(cb, "set_params", None)):  # and set_params: self.params["epochs"], "steps", "verbose"
+            cb.set_params(dict(loop.history.params))
     for h in hooks:
         h.on_train_begin(loop)
     if restored is not None:

@@ -25,9 +25,10 @@ adapters compare equal when their modules do, so jitted steps are reused across 
 from __future__ import annotations
 
 import contextlib
-import re
+import dataclasses
 import hashlib
 import inspect
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -74,6 +75,17 @@ def _train_arg(module: nn.Module) -> str | None:
             f"{type(module).__name__}.__call__ takes {flags[0]!r}, which jaxcnn never sets: its Dropout and BatchNorm "
             f"keep {flags[0]}={params[flags[0]].default} in training and evaluation alike. Name the mode flag train, "
             "training or deterministic (jaxcnn sets it), or give it no default if it is not one",
+            UserWarning, stacklevel=_user_stacklevel(),
+        )
+        return None
+    fields = [f.name for f in dataclasses.fields(module) if f.name in TRAIN_ARGS or _MODE_WORDS.search(f.name)] if dataclasses.is_dataclass(module) else []
+    fields = [f for f in fields if isinstance(getattr(module, f, None), bool)]
+    if fields and type(module) not in _WARNED_FLAGS:  # a mode kept as a field: fixed when the module was built
+        _WARNED_FLAGS.add(type(module))
+        warnings.warn(
+            f"{type(module).__name__}.{fields[0]} is a field, fixed when the module is built, so jaxcnn cannot switch it "
+            f"between training and evaluation: its Dropout and BatchNorm keep {fields[0]}={getattr(module, fields[0])} in both. "
+            "Take the mode as a __call__ argument instead: def __call__(self, x, train: bool = False)",
             UserWarning, stacklevel=_user_stacklevel(),
         )
     return None
