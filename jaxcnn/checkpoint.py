@@ -182,7 +182,9 @@ def export(directory: str | os.PathLike[str], state: Any, model_name: str | None
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"{directory} is a file, not a directory; export writes two files into a directory: choose a directory")
-    state = bare_state(state)
+    from jaxcnn.train.loop import state_of
+
+    state = bare_state(state_of(state, "export"))
     spec = model_spec(state, model_name, model_kwargs)
     _warn_main(spec)
     try:

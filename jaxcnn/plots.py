@@ -123,12 +123,19 @@ def training_curves(
     """Loss and accuracy per epoch, training and validation, with the best epoch marked, and the
     learning rate in a third panel (log scale) when it changed during the run.
 
-    ``history`` is a :class:`jaxcnn.train.History` or a Keras-style ``{"loss": [...], ...}``
-    mapping. ``best_epoch`` (0-based) defaults to the best ``monitor`` epoch when present.
+    ``history`` is a :class:`jaxcnn.train.History`, what ``fit`` returned, or a Keras-style
+    ``{"loss": [...], ...}`` mapping (Keras's older ``acc``/``val_acc`` are accuracy). ``best_epoch`` (0-based) defaults to the best ``monitor`` epoch when present.
     ``learning_rate``: None (default) shows the panel when the logged ``learning_rate`` takes
     more than one value (a scheduler, ReduceLROnPlateau, a decay); True or False force it.
     """
+    if hasattr(history, "state") and hasattr(history, "history"):  # fit's result: (state, history)
+        history = history.history
     h: Mapping[str, Sequence[float]] = getattr(history, "history", history)
+    if not isinstance(h, Mapping):
+        raise ConfigError(f"training_curves takes the history fit returned (or a {{'loss': [...], ...}} mapping), got a {type(history).__name__}")
+    keras2 = {"acc": "accuracy", "val_acc": "val_accuracy"}
+    if any(k in h for k in keras2):  # Keras 2's names
+        h = {keras2.get(k, k): v for k, v in h.items()}
     if not h.get("loss"):
         raise ConfigError("the history holds no epoch (fit ran with epochs=0?): there is nothing to plot")
     epochs = list(getattr(history, "epoch", range(len(h["loss"]))))

@@ -508,6 +508,9 @@ def test_loss_weight_and_scheduler_errors_say_what_to_do(mnist):
         _fit(DropNoBN(), x, y, loss="sparse_crossentropy")
     with pytest.raises(ConfigError, match="class_weight has class 12; classes are 0..9"):
         _fit(DropNoBN(), x, y, class_weight={12: 1.0})
+    for bad in (-1.0, float("nan"), "x"):  # as sample_weight's: a negative weight trained, NaN failed after compiling
+        with pytest.raises(ConfigError, match=r"class_weight\[0\] is .*; class weights must be finite numbers >= 0"):
+            _fit(DropNoBN(), x, y, class_weight={0: bad})
     with pytest.raises(jaxcnn.errors.ShapeError, match=r"sample_weight has shape \(10,\); it needs one weight per example, \(96,\)"):
         _fit(DropNoBN(), x, y, sample_weight=np.ones(10))
     scheduler = [jaxcnn.LearningRateScheduler(lambda epoch: 0.01)]

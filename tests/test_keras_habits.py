@@ -492,3 +492,23 @@ def test_sigmoid_outputs_train_as_keras_with_from_logits_false_and_warn_by_defau
     assert jaxcnn.evaluate(state, x[:64], y[:64])["loss"] == pytest.approx(expected, rel=1e-4)
     with pytest.raises(ConfigError, match=r"outputs are logits \(not probabilities\) but the loss has from_logits=False"):
         _fit(Tiny(), x, onehot, epochs=1, loss="categorical_crossentropy", from_logits=False)  # negative outputs
+
+
+def test_what_fit_returned_is_taken_where_the_state_or_history_is_and_a_module_is_refused(mnist, tmp_path):
+    x, y = mnist
+    result = _fit(Tiny(), x, y, epochs=1)
+    assert jaxcnn.evaluate(result, x, y) == jaxcnn.evaluate(result.state, x, y)
+    np.testing.assert_array_equal(jaxcnn.predict(result, x[:4]), jaxcnn.predict(result.state, x[:4]))
+    checkpoint.export(tmp_path / "m", result)
+    assert checkpoint.load_state(tmp_path / "m").num_classes == 10
+    for call, what in ((lambda: jaxcnn.evaluate(Tiny(), x, y), "evaluate"), (lambda: jaxcnn.predict(Tiny(), x), "predict"),
+                       (lambda: checkpoint.export(tmp_path / "n", Tiny()), "export")):
+        with pytest.raises(ConfigError, match=rf"^{what} takes the trained state that fit returns, not a module, which holds no weights: "
+                                              r"state, history = jaxcnn\.fit\(model, x, y, \.\.\.\)"):
+            call()
+    assert not (tmp_path / "n").exists()
+    # plots.training_curves takes fit's result, and Keras 2's acc / val_acc names.
+    two = plots.training_curves(result).axes[1].get_lines()
+    assert [tuple(line.get_ydata()) for line in two[:1]] == [tuple(result.history["accuracy"])]
+    keras2 = plots.training_curves({"loss": [1.0, 0.5], "acc": [0.5, 0.7], "val_loss": [1.1, 0.9], "val_acc": [0.4, 0.6]})
+    assert [line.get_label() for line in keras2.axes[1].get_lines()][:2] == ["training accuracy", "validation accuracy"]

@@ -100,6 +100,20 @@ class FitResult(NamedTuple):
     history: History
 
 
+def state_of(obj: Any, what: str) -> TrainState:
+    """The trained state in ``obj``: a :class:`TrainState`, or what ``fit`` returned (a
+    :class:`FitResult`); a module or anything else is refused in one line, saying what to pass."""
+    if isinstance(obj, FitResult):
+        return obj.state
+    if isinstance(obj, TrainState):
+        return obj
+    kind = "a module, which holds no weights" if hasattr(obj, "__call__") and type(obj).__module__.split(".")[0] != "builtins" else f"a {type(obj).__name__}"
+    raise ConfigError(
+        f"{what} takes the trained state that fit returns, not {kind}: state, history = jaxcnn.fit(model, x, y, ...), then pass "
+        "state (or jaxcnn.checkpoint.load_state(directory), a saved model's)"
+    )
+
+
 class Loop:
     """What callbacks see: the running ``state``, the ``history`` so far, ``stop_training``, and
     ``learning_rate`` (settable when the optimizer's rate is a number; also as Keras's
@@ -303,7 +317,12 @@ def _sample_weights(y: np.ndarray, num_classes: int, class_weight: dict[int, flo
         for c, v in class_weight.items():
             if not isinstance(c, (int, np.integer)) or not 0 <= int(c) < num_classes:
                 raise ConfigError(f"class_weight has class {c!r}; classes are 0..{num_classes - 1}")
-            table[int(c)] = float(v)
+            try:
+                table[int(c)] = float(v)
+            except (TypeError, ValueError):
+                table[int(c)] = np.nan
+            if not np.isfinite(table[int(c)]) or table[int(c)] < 0:
+                raise ConfigError(f"class_weight[{c!r}] is {v!r}; class weights must be finite numbers >= 0, as sample weights")
         labels = y if y.ndim == 1 else y.argmax(-1)
         cw = table[labels]
         w = cw if w is None else w * cw
@@ -741,6 +760,7 @@ def evaluate(state: TrainState, x: Any, y: Any = None, batch_size: int | None = 
     ``return_dict=False`` gives the values as a list in the same order (loss first), as Keras's
     ``evaluate`` does by default. ``sample_weight`` weighs the loss and ``weighted_metrics``
     (Keras's), not accuracy or ``metrics``."""
+    state = state_of(state, "evaluate")
     verbose = _check_verbose(verbose)
     _check_arrays(x, y, "evaluate(state, x, y)")
     t0 = time.perf_counter()
@@ -769,6 +789,7 @@ def predict(state: TrainState, x: Any, batch_size: int | None = PREDICT_BATCH, o
     or the probabilities of a model that ends in a softmax), ``"probs"`` (softmax of logits; a
     softmax output as it is) or ``"classes"`` (N,). ``verbose`` 1, 2 or "auto" prints how many
     examples and how long, when done (default 0: silent)."""
+    state = state_of(state, "predict")
     verbose = _check_verbose(verbose)
     _check_arrays(x, None, "predict(state, x)", labels=False)
     t0 = time.perf_counter()
