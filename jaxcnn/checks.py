@@ -161,6 +161,8 @@ def check_image_shape(x: Any, expected: tuple[int, ...] = (), what: str = "x", t
         raise ShapeError(
             f"{what} has shape {x.shape}, which looks channels-first (N, C, H, W), but the model takes "
             f"channels-last images, NHWC (N, H, W, C) = (N, {h}, {w}, {c}); use {_name(what)}.{'permute' if torch else 'transpose'}(0, 2, 3, 1)"
+            + ("" if expected or h == w else f" (if they are channels-last, {x.shape[1:]} = (H, W, C), build the state for that shape and fit it: "
+                                   f"jaxcnn.fit(jaxcnn.create_train_state(model, {tuple(x.shape[1:])}), ...))")
         )
     if x.ndim == 3 and expected and tuple(x.shape) == expected:
         raise ShapeError(

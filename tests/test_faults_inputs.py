@@ -263,6 +263,23 @@ def test_channels_first_input_names_nhwc_and_the_transpose(shape):
         jaxcnn.fit(model, np.zeros(shape, np.float32), np.zeros(n, np.int32), verbose=0)
 
 
+def test_a_channels_first_guess_on_non_square_images_says_how_to_fit_them_as_they_are():
+    """(N, 1, 200, 12) may be 1-pixel-high images of 12 channels (a signal's leads): the message
+    says how to train on them as channels-last, which works."""
+    import flax.linen as nn
+
+    class Flat(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+    x, y = np.random.default_rng(0).random((16, 1, 200, 12), np.float32), np.arange(16) % 3
+    with pytest.raises(ShapeError, match=r"use x\.transpose\(0, 2, 3, 1\) \(if they are channels-last, \(1, 200, 12\) = \(H, W, C\), "
+                                         r"build the state for that shape and fit it: jaxcnn\.fit\(jaxcnn\.create_train_state\(model, \(1, 200, 12\)\), \.\.\.\)\)$"):
+        jaxcnn.fit(Flat(), x, y, verbose=0)
+    assert np.isfinite(jaxcnn.fit(jaxcnn.create_train_state(Flat(), (1, 200, 12)), x, y, epochs=1, verbose=0).history["loss"][0])
+
+
 class _Tensor:
     """What the check sees of a PyTorch tensor: its module's name and ``__array__``."""
 
