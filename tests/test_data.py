@@ -464,6 +464,11 @@ def test_to_float_and_one_hot():
     np.testing.assert_allclose(f, [[0.0, 0.2, 1.0]], rtol=0, atol=1e-7)
     with pytest.raises(ShapeError, match="already scaled"):
         data.to_float(f)
+    np.testing.assert_allclose(data.to_float(x.astype(np.int64)), f)  # any integer type holding 0..255
+    with pytest.raises(ShapeError, match=r"got uint16 integers from 0 to 1000 \(16-bit images\?\); scale such data yourself"):
+        data.to_float(np.array([0, 1000], np.uint16))
+    with pytest.raises(ShapeError, match=r"got booleans"):
+        data.to_float(np.array([True, False]))
     oh = data.one_hot(np.array([2, 0, 1], dtype=np.int32), 3)
     assert oh.dtype == np.float32 and oh.shape == (3, 3)
     np.testing.assert_array_equal(oh, [[0, 0, 1], [1, 0, 0], [0, 1, 0]])

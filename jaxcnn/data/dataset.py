@@ -119,8 +119,8 @@ def to_float(x: Any) -> np.ndarray:
         A new float32 array of the same shape.
 
     Raises:
-        ShapeError: floats already in [0, 1] (dividing by 255 twice), or floats outside 0..255
-            or not finite.
+        ShapeError: floats already in [0, 1] (dividing by 255 twice), numbers outside 0..255
+            or not finite, or booleans.
     """
     a = np.asarray(x)
     if np.issubdtype(a.dtype, np.floating):
@@ -134,8 +134,15 @@ def to_float(x: Any) -> np.ndarray:
                 f"to_float expects pixels 0..255, got floats from {lo:g} to {hi:g}: "
                 "the array looks already scaled; do not divide by 255 twice."
             )
-    elif not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
+    elif a.dtype == np.bool_:
+        raise ShapeError("to_float expects pixels 0..255, got booleans (True would become 1/255); use x.astype(np.float32) for 0 and 1")
+    elif not np.issubdtype(a.dtype, np.integer):
         raise ShapeError(f"to_float expects integer pixels 0..255 (uint8), got dtype {a.dtype}")
+    elif a.dtype != np.uint8 and a.size and (int(a.min()) < 0 or int(a.max()) > 255):
+        raise ShapeError(
+            f"to_float expects pixels 0..255, got {a.dtype} integers from {int(a.min())} to {int(a.max())} (16-bit images?); "
+            "scale such data yourself, e.g. x.astype(np.float32) / x.max()"
+        )
     return a.astype(np.float32) / np.float32(255.0)
 
 
