@@ -53,7 +53,9 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
 def model_spec(state: Any, model_name: str | None = None, model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """How to rebuild ``state``'s module, as JSON: a registry name and its overrides
     (``{"model": name, "model_kwargs": {...}}``), or an importable class and its attributes
-    (``{"module": "package.module:Class", "module_kwargs": {...}, "kind": "linen" | "nnx"}``)."""
+    (``{"module": "package.module:Class", "module_kwargs": {...}, "kind": "linen" | "nnx"}``).
+    For an NNX module, ``model_kwargs`` without ``model_name`` are constructor arguments known to
+    the caller (those it built the module with), recorded over what the module keeps."""
     if model_name is not None:
         if model_name not in models.MODELS:
             raise ConfigError(
@@ -71,15 +73,17 @@ def model_spec(state: Any, model_name: str | None = None, model_kwargs: dict[str
             return {"model": found[0], "model_kwargs": _json_kwargs(found[1])}
         attrs = models._attributes(module)  # noqa: SLF001 - same package
         return {"module": _class_path(type(module)), "module_kwargs": _json_kwargs(attrs), "kind": "linen"}
-    return {"module": _class_path(adapter.module_type), "module_kwargs": _nnx_kwargs(adapter), "kind": "nnx"}
+    known = _json_kwargs(dict(model_kwargs or {}))
+    return {"module": _class_path(adapter.module_type), "module_kwargs": {**_nnx_kwargs(adapter, set(known)), **known}, "kind": "nnx"}
 
 
-def _nnx_kwargs(adapter: Any) -> dict[str, Any]:
+def _nnx_kwargs(adapter: Any, known: set[str] = frozenset()) -> dict[str, Any]:
     """An NNX module's constructor arguments, as far as it keeps them: each argument of
     ``__init__`` (but ``rngs``) that the module holds as an attribute of the same name with a
     JSON value (``self.act = act``). A required argument it does not keep is recorded as
     unsaved, so that reloading asks for the module; an optional one is warned about, since the
-    reload would rebuild it with its default."""
+    reload would rebuild it with its default (unless it is among the ``known`` arguments, which the
+    caller records itself)."""
     import inspect
     import warnings
 
@@ -93,7 +97,7 @@ def _nnx_kwargs(adapter: Any) -> dict[str, Any]:
     module = nnx.merge(adapter.graphdef, *adapter.templates)
     out: dict[str, Any] = {}
     for p in params:
-        if p.name == "rngs" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+        if p.name == "rngs" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in known:
             continue
         if hasattr(module, p.name):
             saved = _json_kwargs({p.name: getattr(module, p.name)})[p.name]

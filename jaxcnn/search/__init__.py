@@ -11,7 +11,8 @@ The defaults are the report's task 1.5: 10 trials of ``search_cnn`` over :data:`
 
 * **Engine.** An Optuna study (``optuna.Study``): a sampler (``"random"``, the default: trial
   ``t`` gets the same hyperparameters whether it runs first or last, alone or beside other
-  workers; ``"tpe"``), an optional pruner (``"median"``, ``"halving"``, ``"hyperband"``) that
+  workers; ``"tpe"``; or an Optuna sampler object, but ``GridSampler`` and ``BruteForceSampler``,
+  which need ``study.optimize``), an optional pruner (``"median"``, ``"halving"``, ``"hyperband"``) that
   acts mid-trial (each epoch reports its ``metric`` to the trial), and storage. A trial that
   cannot be built (``search_cnn`` with k = 10) is recorded as ``"invalid"``, one whose loss
   becomes NaN as ``"diverged"``, one whose model or training raises as ``"error"``, all with
@@ -20,12 +21,15 @@ The defaults are the report's task 1.5: 10 trials of ``search_cnn`` over :data:`
 * **Model.** ``model`` is a registry name, a Flax module class (or ``functools.partial`` of one,
   or a linen instance) that gets the space's values as attributes (an NNX class as its constructor's
   arguments: ``Class(**values, rngs=nnx.Rngs(trial seed))``), or a function ``trial -> module``
-  that calls Optuna's ``trial.suggest_*`` itself (define-by-run). ``learning_rate``,
-  ``optimizer`` and ``batch_size`` go to training; ``weight_decay`` goes to the model when it
-  has that attribute (the report's Keras-style L2), else to the optimizer (Keras's
-  ``weight_decay``).
+  (linen or NNX) that calls Optuna's ``trial.suggest_*`` itself (define-by-run). ``learning_rate``,
+  ``optimizer`` and ``batch_size`` go to training, declared or suggested; ``weight_decay`` goes to
+  the model when it has that attribute (the report's Keras-style L2), else to the optimizer
+  (Keras's ``weight_decay``); ``epochs`` is fixed per search (``epochs=``) and cannot be searched.
+* **Metric.** The last epoch's ``metric`` is the trial's value; ``mode="auto"`` minimises a loss
+  and maximises an accuracy (the rule of ``jaxcnn.callbacks``), or ``"min"``/``"max"``.
 * **Space.** Declarative dimensions (:class:`IntRange`, :class:`Uniform`,
-  :class:`LogUniform`, :class:`Choice`), or none at all with a define-by-run model.
+  :class:`LogUniform`, :class:`Choice`), or none at all with a define-by-run model (then the
+  default; :data:`REPORT_SPACE` is the default for the other models).
 * **Storage and workers.** With ``out``, the study is SQLite in ``out/study.db``; a rerun with
   the same ``out`` continues it. ``storage`` takes any URL Optuna supports
   (``postgresql://user@host/db``), ``study_name`` names the study: every process that runs the
@@ -63,7 +67,7 @@ import numpy as np
 from jaxcnn.errors import ConfigError, SearchError, ShapeError
 from jaxcnn.search.engine import (
     DB_FILE, MAX_RETRY, PRUNERS, SAMPLERS, STOP_ATTR, TRAINING_PARAMS, Data, SearchConfig, attempts_by_slot, check_space_names,
-    describe_model, fingerprint, open_storage, open_study, slot_count, storage_url, work,
+    describe_model, fingerprint, is_define_by_run, open_storage, open_study, slot_count, storage_url, work,
 )
 from jaxcnn.search.space import (
     REPORT_SPACE, Choice, Dimension, IntRange, LogUniform, Space, Uniform, check_space, draw, sample,
@@ -113,13 +117,13 @@ class Trial:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     module: Any = None  # the Flax module, when this process built it
 
-    def best_epoch(self, metric: str = "val_accuracy", mode: str = "max") -> int | None:
+    def best_epoch(self, metric: str = "val_accuracy", mode: str = "auto") -> int | None:
         """0-based epoch with the best ``metric``, or None without a history."""
         if self.history is None or not self.history.history.get(metric):
             return None
         return self.history.best_epoch(metric, mode)
 
-    def row(self, metric: str = "val_accuracy", mode: str = "max") -> dict[str, Any]:
+    def row(self, metric: str = "val_accuracy", mode: str = "auto") -> dict[str, Any]:
         """One flat row of the results table."""
         row: dict[str, Any] = {"trial": self.trial, **self.hyperparameters, "seed": self.seed,
                                "status": self.status, "state": self.state}
@@ -151,7 +155,7 @@ class SearchResult:
     trained_here: int = 0  # trials this process (or its workers) trained in this call
 
     def rows(self) -> list[dict[str, Any]]:
-        return [t.row(self.config.metric, self.config.mode) for t in self.trials]
+        return [t.row(self.config.metric, self.config.resolved_mode) for t in self.trials]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,11 +195,13 @@ def random_search(
     """
     t_start = time.perf_counter()
     _refuse_in_a_worker_import()
-    space = check_space(REPORT_SPACE if space is None else space)
-    try:
-        config = dataclasses.replace(config or SearchConfig(), **overrides).check()
-    except TypeError as e:
-        raise ConfigError(f"random_search got an unknown option: {e}") from None
+    _refuse_unknown_options(overrides)
+    if config is not None and not isinstance(config, SearchConfig):
+        raise ConfigError(f"config must be a jaxcnn.search.SearchConfig, got {type(config).__name__}; or give its fields as keywords (trials=3, ...)")
+    config = dataclasses.replace(config or SearchConfig(), **overrides).check()
+    if space is None:  # a define-by-run model suggests its own values: none are added
+        space = {} if is_define_by_run(config.model) else REPORT_SPACE
+    space = check_space(space)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     if workers > 1 and storage is None and out is None:
@@ -257,6 +263,34 @@ def random_search(
     if stopped is not None:
         raise stopped
     return result
+
+
+#: Optuna's names for settings (``study.optimize``, ``create_study``) and what the search takes instead.
+_OPTUNA_OPTIONS = {
+    "n_trials": "random_search takes trials= (the number of trials, Optuna's n_trials), not n_trials=",
+    "timeout": ("random_search has no timeout= (Optuna's time budget): it runs trials= trials of epochs= epochs each; "
+                "bound it with fewer trials or epochs, or pruner=\"median\", or stop it with Ctrl-C and run it again with "
+                "the same out= to continue"),
+    "n_jobs": "random_search takes workers= (worker processes, each with its share of the CPU cores), not Optuna's n_jobs=",
+    "direction": ("random_search takes mode= ('auto', the default: minimise a loss, maximise an accuracy; or 'min', "
+                  "'max'), not Optuna's direction="),
+}
+
+
+def _refuse_unknown_options(overrides: Mapping[str, Any]) -> None:
+    """One line for a keyword that is no :class:`SearchConfig` field: Optuna's names say what
+    to use instead, a misspelling the closest field."""
+    import difflib
+
+    names = [f.name for f in dataclasses.fields(SearchConfig)]
+    for key in overrides:
+        if key in names:
+            continue
+        if key in _OPTUNA_OPTIONS:
+            raise ConfigError(_OPTUNA_OPTIONS[key])
+        close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"random_search got an unknown option {key!r}; {hint}its options are {', '.join(names)}")
 
 
 def _warn_none_usable(result: SearchResult) -> None:
@@ -536,7 +570,7 @@ def _best(trials, config: SearchConfig) -> Trial | None:
         value = trial.results.get(config.metric)
         if trial.status != "ok" or value is None or not math.isfinite(value):
             continue
-        if best is None or (value > best_value if config.mode == "max" else value < best_value):
+        if best is None or (value > best_value if config.resolved_mode == "max" else value < best_value):
             best, best_value = trial, value
     return best
 
@@ -578,15 +612,15 @@ def save_results(result: SearchResult, out: str | os.PathLike[str]) -> Path:
     _write_json(out / "trials.json", rows)
     kinds = report.kinds_of(_distributions(result))
     plots.save(report.params_figure(rows, names, config.metric, kinds), out / "params.png")
-    plots.save(report.history_figure(rows, config.metric, config.mode), out / "history.png")
+    plots.save(report.history_figure(rows, config.metric, config.resolved_mode), out / "history.png")
     importances = _importances(result)
     if importances:
         plots.save(report.importances_figure(importances, config.metric), out / "importances.png")
     best = result.best
     summary_record = {
         "metric": config.metric,
-        "mode": config.mode,
-        "best": None if best is None else best.row(config.metric, config.mode),
+        "mode": config.resolved_mode,
+        "best": None if best is None else best.row(config.metric, config.resolved_mode),
         "trials": len(result.trials),
         "finished": sum(t.status == "ok" for t in result.trials),
         "pruned": [t.trial for t in result.trials if t.status == "pruned"],

@@ -69,14 +69,16 @@ class SearchConfig:
     validation_split: float = 0.2  # last fraction of the training arrays, as Keras
     # A registry name, a Flax module class (or functools.partial of one, or a linen instance) built
     # with the space's model attributes (an NNX class also with rngs=nnx.Rngs(trial seed)), or a
-    # function optuna.Trial -> module (define-by-run).
+    # function optuna.Trial -> module (linen or NNX; define-by-run).
     model: Any = "search_cnn"
     optimizer: str = "rmsprop"  # unless the space has "optimizer"; jaxcnn.optim name
     learning_rate: float | None = None  # unless the space has "learning_rate"; None = default
     seed: int = 0  # trial t's random hyperparameters and seed derive from (seed, t) only
     metric: str = "val_accuracy"  # the last epoch's metric is the trial's value; reported each epoch
-    mode: str = "max"  # "max" or "min" for metric
-    sampler: Any = "random"  # "random" (seeded per trial), "tpe", or an optuna sampler
+    # "auto" (minimise a loss, maximise an accuracy: jaxcnn.callbacks' rule, as EarlyStopping's),
+    # "max" or "min" for metric; resolved_mode says which "auto" is.
+    mode: str = "auto"
+    sampler: Any = "random"  # "random" (seeded per trial), "tpe", or an optuna sampler (not Grid/BruteForce)
     pruner: Any = "none"  # "none", "median", "halving", "hyperband", or an optuna pruner
     heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (databases only)
     grace_period: int | None = None  # heartbeat age that marks a trial's worker dead (None: 3 x interval)
@@ -100,10 +102,14 @@ class SearchConfig:
             raise ConfigError(
                 f"metric must be one of {', '.join(METRICS)} (the last epoch's value is the trial's), got {self.metric!r}"
             )
-        if self.mode not in ("max", "min"):
-            raise ConfigError(f"mode must be 'max' or 'min', got {self.mode!r}")
+        if self.mode not in ("auto", "max", "min"):
+            raise ConfigError(
+                f"mode must be 'auto' (minimise a loss, maximise an accuracy), 'max' or 'min', got {self.mode!r}"
+            )
         if isinstance(self.sampler, str) and self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)} or an optuna sampler, got {self.sampler!r}")
+        if not isinstance(self.sampler, str):
+            _check_sampler(self.sampler)
         if isinstance(self.pruner, str) and self.pruner not in PRUNERS:
             raise ConfigError(f"pruner must be one of {', '.join(PRUNERS)} or an optuna pruner, got {self.pruner!r}")
         if self.verbose not in (0, 1, 2):
@@ -129,6 +135,43 @@ class SearchConfig:
     @property
     def grace(self) -> int:
         return self.grace_period or 3 * self.heartbeat_interval
+
+    @property
+    def resolved_mode(self) -> str:
+        """``mode`` with "auto" decided for ``metric`` as jaxcnn's callbacks decide it
+        (``jaxcnn.callbacks._auto_mode``): "min" for a loss, "max" for an accuracy."""
+        from jaxcnn.callbacks import _auto_mode
+
+        return _auto_mode(self.metric, self.mode, "SearchConfig")
+
+
+#: Optuna samplers that need ``study.optimize`` to create their trials: GridSampler gives an
+#: enqueued trial no grid point (every trial fails), BruteForceSampler calls ``study.stop()``,
+#: which raises outside ``optimize``. The search's slots are enqueued up front and run outside it.
+_SLOT_BLIND_SAMPLERS = ("GridSampler", "BruteForceSampler")
+
+
+def _check_sampler(sampler: Any) -> None:
+    """Refuse a sampler object the search cannot run: not an Optuna sampler, or one of
+    :data:`_SLOT_BLIND_SAMPLERS` (every trial would fail, or Optuna would raise mid-search)."""
+    import optuna
+
+    inner = sampler
+    while isinstance(inner, optuna.samplers.PartialFixedSampler):
+        inner = inner._base_sampler  # noqa: SLF001 (Optuna keeps the wrapped sampler there)
+    if not isinstance(sampler, optuna.samplers.BaseSampler):
+        raise ConfigError(
+            f"sampler must be one of {', '.join(SAMPLERS)} or an optuna sampler (optuna.samplers.BaseSampler), "
+            f"got {type(sampler).__name__}"
+        )
+    names = {c.__name__ for c in type(inner).__mro__}
+    for bad in _SLOT_BLIND_SAMPLERS:
+        if bad in names:
+            raise ConfigError(
+                f"sampler {bad} does not work in jaxcnn's search (its trials are enqueued up front and run outside Optuna's "
+                f"study.optimize, which {bad} needs); use sampler=\"random\" or \"tpe\", or an optuna RandomSampler, "
+                "TPESampler or QMCSampler"
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,14 +226,52 @@ def _init_arguments(cls: type) -> frozenset[str] | None:
     )
 
 
+def is_define_by_run(model: Any) -> bool:
+    """Whether ``model`` is a function ``trial -> module`` (not a registry name, a Flax class, a
+    partial of one, or a module instance)."""
+    return not isinstance(model, str) and not _is_module(model) and not _is_nnx_module(model) and _module_class(model) is None
+
+
+def _stable_repr(value: Any) -> str:
+    """``repr(value)`` without memory addresses (``<function f at 0x7f...>``), which differ in
+    every process and would make a rerun's fingerprint differ."""
+    import re
+
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
+
+
+def _instance_fields(module: Any) -> str:
+    """A linen instance's attributes that differ from its class's defaults, as ``k=v, ...``."""
+    parts = []
+    for f in dataclasses.fields(module):
+        if not f.init or f.name in ("parent", "name"):
+            continue
+        value = getattr(module, f.name)
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        try:
+            same = default is not dataclasses.MISSING and bool(value == default)
+        except Exception:  # noqa: BLE001 (an array or a value without a plain ==)
+            same = False
+        if not same:
+            parts.append(f"{f.name}={' '.join(_stable_repr(value).split())}")  # one line
+    return ", ".join(parts)
+
+
 def describe_model(model: Any) -> str:
-    """A stable one-line name for ``model`` (the study's fingerprint and the tables)."""
+    """A stable one-line name for ``model`` (the study's fingerprint and the tables); a linen
+    instance with the attributes it sets (a rerun with other values is another search, as with a
+    ``functools.partial``)."""
     if isinstance(model, str):
         return model
     if _is_module(model):
-        return f"{type(model).__module__}.{type(model).__qualname__} instance"
+        return f"{type(model).__module__}.{type(model).__qualname__}({_instance_fields(model)}) instance"
     if isinstance(model, functools.partial):
-        args = ", ".join([*map(repr, model.args), *(f"{k}={v!r}" for k, v in sorted(model.keywords.items()))])
+        args = ", ".join([*map(_stable_repr, model.args), *(f"{k}={_stable_repr(v)}" for k, v in sorted(model.keywords.items()))])
         return f"partial({describe_model(model.func)}, {args})"
     return f"{getattr(model, '__module__', '?')}.{getattr(model, '__qualname__', repr(model))}"
 
@@ -244,6 +325,8 @@ def check_space_names(space: dict[str, Any], model: Any) -> None:
     import difflib
 
     accepted = model_arguments(model)
+    if "epochs" in space and (is_define_by_run(model) or (accepted is not None and "epochs" not in accepted)):
+        raise ConfigError(f"search space key 'epochs' cannot be searched: {EPOCHS_FIXED}")
     if accepted is None:
         return
     training = (*TRAINING_PARAMS, "weight_decay")
@@ -263,20 +346,28 @@ def check_space_names(space: dict[str, Any], model: Any) -> None:
     )
 
 
+#: Why ``epochs`` cannot be a searched value (a declarative key, or a define-by-run suggestion).
+EPOCHS_FIXED = ("epochs is fixed per search, the same for every trial: set it with epochs= "
+                "(pruner=\"median\" stops poor trials early)")
+
+
 def build_model(model: Any, trial: optuna.Trial, params: dict[str, Any], seed: int = 0) -> tuple[Any, dict[str, Any]]:
     """The trial's module and the keyword arguments it was built with.
 
     ``params`` (the declarative space's values) minus the training hyperparameters go to the
     model: ``models.get_model(name, **kw)``, ``cls(**kw)``, ``instance.clone(**kw)``, an NNX class
     ``cls(**kw, rngs=nnx.Rngs(seed))`` (the trial's seed: its initial weights); a define-by-run
-    function gets the trial and suggests its own parameters.
+    function gets the trial and suggests its own parameters, and returns a linen or NNX module.
     """
     from jaxcnn import models
 
-    if _module_class(model) is None and not _is_module(model) and not isinstance(model, str):
+    if is_define_by_run(model):
         module = model(trial)  # define-by-run
-        if not _is_module(module):
-            raise ConfigError(f"the model function {describe_model(model)} returned {type(module).__name__}, not a Flax module")
+        if not (_is_module(module) or _is_nnx_module(module)):
+            raise ConfigError(
+                f"the model function {describe_model(model)} returned {type(module).__name__}, not a Flax module; "
+                "return a module instance (flax.linen, or flax.nnx built with its rngs)"
+            )
         return module, {}
     kwargs = {k: v for k, v in params.items() if k not in TRAINING_PARAMS}
     if "weight_decay" in kwargs and not _takes(model, "weight_decay"):
@@ -421,7 +512,7 @@ def fingerprint(config: SearchConfig, space: dict[str, Any], data: tuple[np.ndar
         "optimizer": config.optimizer,
         "learning_rate": config.learning_rate,
         "metric": config.metric,
-        "mode": config.mode,
+        "mode": config.resolved_mode,
         "sampler": config.sampler if isinstance(config.sampler, str) else type(config.sampler).__name__,
         "input_shape": [int(d) for d in data[0].shape[1:]],
         "data": {"train": len(data[0]), "validation": len(data[2]), "sha256": h.hexdigest()},
@@ -446,7 +537,7 @@ def open_study(
     search (``fp``), adding slots when ``config.trials`` grew. Returns the study."""
     import optuna
 
-    direction = "maximize" if config.mode == "max" else "minimize"
+    direction = "maximize" if config.resolved_mode == "max" else "minimize"
     kwargs = dict(storage=storage, sampler=make_sampler(config, worker), pruner=make_pruner(config))
     created = False
     if create:
@@ -774,7 +865,14 @@ def run_trial(
         opt = hp.get("optimizer", config.optimizer)
         batch_size = int(hp.get("batch_size", config.batch_size))
         opt_kwargs = {}
-        if "weight_decay" in declared and "weight_decay" not in kwargs:
+        if is_define_by_run(config.model):
+            if "epochs" in hp:  # fit would not see it: the trial would train config.epochs epochs
+                raise ConfigError(f"the model function {describe_model(config.model)} suggested 'epochs', which cannot be searched: {EPOCHS_FIXED}")
+            if "weight_decay" in hp:
+                module, to_optimizer = _own_weight_decay(module, hp["weight_decay"])
+                if to_optimizer:
+                    opt_kwargs["weight_decay"] = hp["weight_decay"]
+        elif "weight_decay" in declared and "weight_decay" not in kwargs:
             opt_kwargs["weight_decay"] = declared["weight_decay"]  # Keras: the optimizer's own decay
         if config.verbose:
             print_(f"Trial {t}/{total}: {_hp_text(hp)} (seed {seed})")
@@ -846,6 +944,25 @@ def run_trial(
     return record
 
 
+def _own_weight_decay(module: Any, weight_decay: Any) -> tuple[Any, bool]:
+    """Where a define-by-run trial's ``weight_decay`` goes, as the declarative space's does: to
+    the model when it has that attribute (a linen module that the function built with another
+    value is cloned with this one), else to the optimizer. Returns ``(module, to_optimizer)``."""
+    if _is_module(module):
+        if not hasattr(module, "weight_decay"):
+            return module, True
+        return (module if module.weight_decay == weight_decay else module.clone(weight_decay=weight_decay)), False
+    # NNX: the function built it, and an NNX module cannot be rebuilt with another value.
+    if hasattr(module, "weight_decay"):
+        if module.weight_decay != weight_decay:
+            raise ConfigError(
+                f"the model function suggested weight_decay={weight_decay!r} but returned {type(module).__name__} with "
+                f"weight_decay={module.weight_decay!r}; pass the suggested value to the module"
+            )
+        return module, False
+    return module, "weight_decay" not in (_init_arguments(type(module)) or ())
+
+
 def _requeue(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
     """Fail this attempt and enqueue the slot again with the same parameters (as Optuna's retry
     callback does for a dead worker)."""
@@ -896,9 +1013,42 @@ def _save_trial(out: Path, record: dict[str, Any], state: Any, model: Any, kwarg
 def export_model(directory: Path, state: Any, model: Any, kwargs: dict[str, Any]) -> Path:
     """Export the trained ``state`` with :func:`jaxcnn.checkpoint.export`: under the registry
     name and the trial's attributes for a registry model, else with the module's importable
-    class and attributes (``jaxcnn.checkpoint.load`` rebuilds either)."""
+    class and attributes (``jaxcnn.checkpoint.load`` rebuilds either). An NNX class's export
+    records the constructor arguments the search built it with (``kwargs``, and a partial's
+    own), which the module need not keep as attributes of the same names."""
     from jaxcnn import checkpoint
 
     if isinstance(model, str):
         return checkpoint.export(directory, state, model, kwargs)
-    return checkpoint.export(directory, state)
+    if not _nnx_class(model):
+        return checkpoint.export(directory, state)
+    with warnings.catch_warnings():
+        # "... which the module does not keep as a plain attribute": the search built it with the
+        # arguments given here, and the others at their defaults, as the reload does.
+        warnings.filterwarnings("ignore", message=r".*does not keep as a plain attribute")
+        return checkpoint.export(directory, state, model_kwargs={**_partial_arguments(model), **kwargs})
+
+
+def _partial_arguments(model: Any) -> dict[str, Any]:
+    """The constructor arguments that ``functools.partial`` (layers of it) around a class fixes,
+    positional ones by name; ``{}`` for a bare class."""
+    import inspect
+
+    layers = []
+    while isinstance(model, functools.partial):
+        layers.append(model)
+        model = model.func
+    args: list[Any] = []
+    keywords: dict[str, Any] = {}
+    for p in reversed(layers):  # innermost first: its positional arguments come first
+        args += p.args
+        keywords.update(p.keywords)
+    out: dict[str, Any] = {}
+    if args:
+        try:
+            names = [q.name for q in list(inspect.signature(model.__init__).parameters.values())[1:]]
+        except (TypeError, ValueError):
+            names = []
+        out.update(zip(names, args))
+    out.update(keywords)
+    return out
