@@ -18,7 +18,7 @@ from flax import nnx
 import jaxcnn
 from jaxcnn import checkpoint, search
 from jaxcnn.errors import ConfigError
-from jaxcnn.search import Choice, IntRange
+from jaxcnn.search import Choice, IntRange, Uniform
 
 OPTS = dict(epochs=1, batch_size=32, verbose=0)
 
@@ -222,3 +222,17 @@ def test_optuna_option_names_say_what_to_use(small, tmp_path, option, says):
         search.random_search(*small, {"features": Choice((2,))}, model=Tiny, out=out, **OPTS, **option)
     _one_line(e)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"optimizer": Choice(("adma",))}, r"^search space entry 'optimizer': 'adma' is not an optimizer; use Choice of 'rmsprop'"),
+    ({"learning_rate": Uniform(-1.0, 0.0)}, r"^search space entry 'learning_rate': .* gives rates of 0 or below"),
+    ({"batch_size": IntRange(0, 8)}, r"^search space entry 'batch_size': .* not positive whole numbers"),
+    ({"weight_decay": Uniform(-0.1, 0.1)}, r"^search space entry 'weight_decay': .* gives negative"),
+])
+def test_training_values_no_trial_could_use_are_refused_before_any_trial(space, message, tmp_path):
+    """Each was an invalid trial, with a warning only when every trial was."""
+    x, y = np.zeros((40, 8, 8, 1), np.float32), np.arange(40) % 3
+    with pytest.raises(ConfigError, match=message):
+        search.random_search(x, y, space, model=lambda trial: None, trials=2, epochs=1, out=tmp_path / "s")
+    assert not (tmp_path / "s").exists()

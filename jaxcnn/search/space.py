@@ -140,12 +140,33 @@ def check_space(space: Space | None) -> dict[str, Dimension]:
                 "LogUniform or Choice"
             )
         whole = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0  # noqa: E731
-        if name == "batch_size" and not (isinstance(dim, IntRange) or (isinstance(dim, Choice) and all(map(whole, dim.options)))):
+        if name == "batch_size" and not ((isinstance(dim, IntRange) and dim.low >= 1) or (isinstance(dim, Choice) and all(map(whole, dim.options)))):
             raise ConfigError(
-                f"search space entry 'batch_size': {dim!r} gives batch sizes that are not whole numbers; "
-                "use IntRange(low, high) or Choice of positive integers, e.g. Choice((64, 128, 256))"
+                f"search space entry 'batch_size': {dim!r} gives batch sizes that are not positive whole numbers; "
+                "use IntRange(low, high) with low >= 1 or Choice of positive integers, e.g. Choice((64, 128, 256))"
             )
+        _check_training_values(name, dim)
     return dict(space)
+
+
+def _check_training_values(name: str, dim: Dimension) -> None:
+    """Values of a training hyperparameter that no trial could train with, refused before any
+    trial (each would otherwise be an ``invalid`` trial): an unknown optimizer name, a learning
+    rate of 0 or below, a negative weight decay."""
+    values = list(dim.options) if isinstance(dim, Choice) else [dim.low, dim.high]
+    if name == "optimizer":
+        from jaxcnn.optim import OPTIMIZERS
+
+        bad = [v for v in values if not isinstance(v, str) or v.lower() not in OPTIMIZERS]
+        if bad:
+            raise ConfigError(f"search space entry 'optimizer': {bad[0]!r} is not an optimizer; use Choice of {', '.join(map(repr, OPTIMIZERS))}")
+    elif name == "learning_rate" and (isinstance(dim, Choice) or not isinstance(dim, LogUniform)):
+        low = min(v for v in values if isinstance(v, (int, float))) if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) else None
+        if low is None or low <= 0:
+            raise ConfigError(f"search space entry 'learning_rate': {dim!r} gives rates of 0 or below; rates must be positive, e.g. LogUniform(1e-4, 1e-2)")
+    elif name == "weight_decay":
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values):
+            raise ConfigError(f"search space entry 'weight_decay': {dim!r} gives negative (or non-numeric) weight decays; use values >= 0")
 
 
 def space_to_dict(space: Space) -> dict[str, dict[str, Any]]:
