@@ -236,3 +236,18 @@ def test_training_values_no_trial_could_use_are_refused_before_any_trial(space, 
     with pytest.raises(ConfigError, match=message):
         search.random_search(x, y, space, model=lambda trial: None, trials=2, epochs=1, out=tmp_path / "s")
     assert not (tmp_path / "s").exists()
+
+
+def test_a_trial_with_an_optimizers_weight_decay_reloads_with_that_optimizer(small, tmp_path, recwarn):
+    """Its model.json recorded "optimizer": null, so load_state warned and fell back to RMSprop."""
+    space = {"weight_decay": Choice((0.05,)), "optimizer": Choice(("adamw",)), "learning_rate": Choice((0.01,))}
+    result = search.random_search(*small, space, model=Tiny, trials=1, out=tmp_path, **OPTS)
+    assert result.trials[0].status == "ok", result.trials[0].reason
+    directory = tmp_path / "trials" / "001" / "model"
+    meta = json.loads((directory / "model.json").read_text())
+    assert meta["optimizer"] == {"name": "adamw", "learning_rate": 0.01, "kwargs": {"weight_decay": 0.05}}
+    state = checkpoint.load_state(directory)
+    assert not [w for w in recwarn if "cannot record" in str(w.message)]
+    assert json.loads(state.optimizer_spec) == meta["optimizer"]  # a re-export records it again
+    hyper = state.opt_state.hyperparams
+    assert float(hyper["learning_rate"]) == pytest.approx(0.01) and float(hyper["weight_decay"]) == pytest.approx(0.05)

@@ -895,6 +895,9 @@ def run_trial(
         except TrainingError as e:
             state, history = getattr(e, "state", None), getattr(e, "history", None)
             status, reason = "diverged", str(e)
+        if opt_kwargs and state is not None and isinstance(lr, (int, float, type(None))):
+            # Built by name with a weight decay: the export records all of it, so load_state rebuilds it.
+            state = state.replace(optimizer_spec=json.dumps({"name": opt, "learning_rate": lr, "kwargs": opt_kwargs}))
         if status == "ok" and reporter.pruned_at is not None:
             status, reason = "pruned", f"pruned by {type(study.pruner).__name__} after epoch {reporter.pruned_at + 1}"
     except (ShapeError, ConfigError) as e:  # this trial's hyperparameters cannot be built or run
