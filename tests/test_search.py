@@ -469,7 +469,7 @@ def test_a_pruner_stops_a_trial_before_its_last_epoch_never_after_it(small):
 
 def test_a_batch_size_dimension_must_give_whole_numbers(small):
     for dim in (Uniform(32.0, 64.0), LogUniform(16.0, 128.0), Choice((32, 48.5))):
-        with pytest.raises(ConfigError, match=r"^search space entry 'batch_size': .* not whole numbers; use IntRange"):
+        with pytest.raises(ConfigError, match=r"^search space entry 'batch_size': .* not positive whole numbers; use IntRange"):
             search.random_search(*small, {"batch_size": dim}, model=TinyCNN, trials=1, **OPTS)
 
 

@@ -251,3 +251,23 @@ def test_a_trial_with_an_optimizers_weight_decay_reloads_with_that_optimizer(sma
     assert json.loads(state.optimizer_spec) == meta["optimizer"]  # a re-export records it again
     hyper = state.opt_state.hyperparams
     assert float(hyper["learning_rate"]) == pytest.approx(0.01) and float(hyper["weight_decay"]) == pytest.approx(0.05)
+
+
+def test_a_retried_slot_is_taken_before_the_slots_after_it():
+    """After Ctrl-C in trial 3, the rerun trained 4, 5, 6 and then 3 (its copy has a later Optuna
+    number); a pruner then judged trial 3 against trials it had not seen."""
+    from optuna.trial import TrialState
+
+    from jaxcnn.search import engine
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage)
+    for t in (1, 2, 3):
+        study.enqueue_trial({}, user_attrs={"trial": t})
+    first = engine.take_slot(study, storage)
+    assert first.user_attrs["trial"] == 1
+    first.set_user_attr("status", "interrupted")
+    study.tell(first, state=TrialState.FAIL)
+    engine._enqueue_again(study, study.get_trials(deepcopy=True)[first.number])
+    assert [engine.take_slot(study, storage).user_attrs["trial"] for _ in range(3)] == [1, 2, 3]
+    assert engine.take_slot(study, storage) is None

@@ -647,7 +647,10 @@ def take_slot(study: optuna.Study, storage: Any) -> optuna.Trial | None:
     from optuna.trial import TrialState
 
     sid = _study_id(storage, study)
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    # By slot: a retried slot's copy has a later Optuna number than the slots never started, and
+    # goes first, as an uninterrupted search would have run it.
+    for frozen in sorted(waiting, key=lambda ft: (int(ft.user_attrs.get("trial", 1 << 62)), ft.number)):
         trial_id = storage.get_trial_id_from_study_id_trial_number(sid, frozen.number)
         try:
             if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
