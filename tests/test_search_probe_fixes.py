@@ -271,3 +271,16 @@ def test_a_retried_slot_is_taken_before_the_slots_after_it():
     engine._enqueue_again(study, study.get_trials(deepcopy=True)[first.number])
     assert [engine.take_slot(study, storage).user_attrs["trial"] for _ in range(3)] == [1, 2, 3]
     assert engine.take_slot(study, storage) is None
+
+
+def test_a_model_function_that_suggests_its_batch_size_is_not_held_to_the_default(small):
+    """The default batch_size (256) is larger than these 96 training examples: a model function
+    that suggests its own was refused up front by a check that did not apply to it."""
+
+    def build(trial):
+        trial.suggest_categorical("batch_size", [16, 32])
+        return Tiny()
+
+    result = search.random_search(*small, model=build, trials=1, epochs=1, verbose=0)
+    assert result.trials[0].status == "ok", result.trials[0].reason
+    assert result.trials[0].hyperparameters["batch_size"] in (16, 32)

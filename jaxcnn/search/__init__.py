@@ -211,7 +211,8 @@ def random_search(
     check_space_names(space, config.model)  # a misspelled key would make every trial invalid
     say = print if config.verbose else (lambda *a, **k: None)
     data = _prepare_data(x, y, validation_data, config)
-    if "batch_size" not in space and config.batch_size > len(data.x_train):
+    # A model function may suggest its own batch_size (then batch_size= is not used): not checked here.
+    if "batch_size" not in space and not is_define_by_run(config.model) and config.batch_size > len(data.x_train):
         raise ConfigError(
             f"batch_size {config.batch_size} is larger than the {len(data.x_train)} training examples; "
             f"use batch_size <= {len(data.x_train)} or more data"
