@@ -69,26 +69,26 @@ def _train_arg(module: nn.Module) -> str | None:
         if name in params:
             return name
     flags = [p.name for p in list(params.values())[1:] if isinstance(p.default, bool) and _MODE_WORDS.search(p.name)]
-    if flags and type(module) not in _WARNED_FLAGS:  # a mode flag of another name would stay at its default
-        _WARNED_FLAGS.add(type(module))
-        warnings.warn(
-            f"{type(module).__name__}.__call__ takes {flags[0]!r}, which jaxcnn never sets: its Dropout and BatchNorm "
-            f"keep {flags[0]}={params[flags[0]].default} in training and evaluation alike. Name the mode flag train, "
-            "training or deterministic (jaxcnn sets it), or give it no default if it is not one",
-            UserWarning, stacklevel=_user_stacklevel(),
-        )
+    if flags:  # a mode flag of another name would stay at its default
+        _warn_mode_once(module, f"{type(module).__name__}.__call__ takes {flags[0]!r}, which jaxcnn never sets: its Dropout and "
+                                f"BatchNorm keep {flags[0]}={params[flags[0]].default} in training and evaluation alike. Name the mode "
+                                "flag train, training or deterministic (jaxcnn sets it), or give it no default if it is not one")
         return None
     fields = [f.name for f in dataclasses.fields(module) if f.name in TRAIN_ARGS or _MODE_WORDS.search(f.name)] if dataclasses.is_dataclass(module) else []
     fields = [f for f in fields if isinstance(getattr(module, f, None), bool)]
-    if fields and type(module) not in _WARNED_FLAGS:  # a mode kept as a field: fixed when the module was built
-        _WARNED_FLAGS.add(type(module))
-        warnings.warn(
-            f"{type(module).__name__}.{fields[0]} is a field, fixed when the module is built, so jaxcnn cannot switch it "
-            f"between training and evaluation: its Dropout and BatchNorm keep {fields[0]}={getattr(module, fields[0])} in both. "
-            "Take the mode as a __call__ argument instead: def __call__(self, x, train: bool = False)",
-            UserWarning, stacklevel=_user_stacklevel(),
-        )
+    if fields:  # a mode kept as a field: fixed when the module was built
+        _warn_mode_once(module, f"{type(module).__name__}.{fields[0]} is a field, fixed when the module is built, so jaxcnn cannot "
+                                f"switch it between training and evaluation: its Dropout and BatchNorm keep "
+                                f"{fields[0]}={getattr(module, fields[0])} in both. Take the mode as a __call__ argument instead: "
+                                "def __call__(self, x, train: bool = False)")
     return None
+
+
+def _warn_mode_once(module: Any, message: str) -> None:
+    """Warn about a mode jaxcnn cannot set, once per module class."""
+    if type(module) not in _WARNED_FLAGS:
+        _WARNED_FLAGS.add(type(module))
+        warnings.warn(message, UserWarning, stacklevel=_user_stacklevel())
 
 
 @dataclass(frozen=True)
