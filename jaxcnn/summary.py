@@ -259,20 +259,18 @@ def format_summary(s: Summary, explain: bool = True) -> str:
     return "\n".join(out)
 
 
-def image_shape(input_shape: Any) -> tuple[int, int, int]:
-    """``input_shape`` as (H, W, C): a leading batch axis, None or a number (Keras's
-    ``(None, 28, 28, 1)``, or ``x.shape``), is dropped; anything else but three positive whole
-    numbers is refused, saying what to give."""
+def image_shape(input_shape: Any) -> tuple[int, ...]:
+    """``input_shape``, the shape of one input ((H, W, C) for images), checked: a leading batch
+    axis, None (Keras's ``(None, 28, 28, 1)``) or a number in a 4-axis shape (``x.shape``), is
+    dropped; anything but positive whole numbers is refused, saying what to give."""
     try:
         dims = tuple(input_shape)
     except TypeError:
-        raise ConfigError(f"input_shape must be (H, W, C), e.g. (28, 28, 1), got {input_shape!r}") from None
-    if len(dims) == 4:  # (batch, H, W, C)
+        raise ConfigError(f"input_shape must be the shape of one input, e.g. (28, 28, 1), got {input_shape!r}") from None
+    if len(dims) == 4 or (dims and dims[0] is None):  # (batch, H, W, C)
         dims = dims[1:]
-    ok = len(dims) == 3 and all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in dims)
-    if not ok:
-        hint = f"; images need a channel axis, e.g. ({dims[0]}, {dims[1]}, 1) for grayscale" if len(dims) == 2 else ""
-        raise ConfigError(f"input_shape must be (H, W, C) of one image, e.g. (28, 28, 1), got {tuple(input_shape)!r}{hint}")
+    if not dims or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in dims):
+        raise ConfigError(f"input_shape must be the shape of one input, e.g. (28, 28, 1), got {tuple(input_shape)!r}")
     return tuple(int(d) for d in dims)
 
 
@@ -298,7 +296,7 @@ def summary(
 ) -> str:
     """Keras-style summary of ``model`` (a module, or a trained state) for one input of
     ``input_shape`` = (H, W, C) (a state's own by default; a leading batch axis, as in
-    ``(None, 28, 28, 1)`` or ``x.shape``, is dropped).
+    ``(None, 28, 28, 1)`` or a batch's ``x.shape``, is dropped).
 
     Returns the table as a string (and passes it to ``print_fn`` when given). Each row lists a
     layer, its output shape, its parameter count and, with ``explain``, how the count arises:

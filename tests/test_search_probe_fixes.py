@@ -284,3 +284,21 @@ def test_a_model_function_that_suggests_its_batch_size_is_not_held_to_the_defaul
     result = search.random_search(*small, model=build, trials=1, epochs=1, verbose=0)
     assert result.trials[0].status == "ok", result.trials[0].reason
     assert result.trials[0].hyperparameters["batch_size"] in (16, 32)
+
+
+def test_regressions_a_probe_found_in_these_fixes():
+    """A linen instance at its defaults keeps the name studies made before had; a Choice's None
+    (the default) and a rate range from 0 are not refused."""
+    from jaxcnn.search import engine
+    from jaxcnn.search.space import check_space
+
+    assert engine.describe_model(Tiny()).endswith(".Tiny instance")
+    assert engine.describe_model(Tiny(features=3)).endswith(".Tiny(features=3) instance")
+    check_space({"optimizer": Choice((None, "adam")), "learning_rate": Choice((None, 1e-3)), "weight_decay": Choice((None, 1e-4))})
+    check_space({"learning_rate": Uniform(0.0, 0.01)})
+
+
+def test_a_study_made_under_an_old_default_says_how_to_continue_it(small, tmp_path):
+    search.random_search(*small, {"features": Choice((2,))}, model=Tiny, trials=1, metric="val_loss", mode="max", out=tmp_path, **OPTS)
+    with pytest.raises(ConfigError, match=r"differs in mode.*; mode='max' continues a study made when a loss metric was maximised by default$"):
+        search.random_search(*small, {"features": Choice((2,))}, model=Tiny, trials=1, metric="val_loss", out=tmp_path, **OPTS)

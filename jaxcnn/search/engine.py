@@ -269,7 +269,8 @@ def describe_model(model: Any) -> str:
     if isinstance(model, str):
         return model
     if _is_module(model):
-        return f"{type(model).__module__}.{type(model).__qualname__}({_instance_fields(model)}) instance"
+        fields = _instance_fields(model)  # none: the name studies made before had
+        return f"{type(model).__module__}.{type(model).__qualname__}{f'({fields})' if fields else ''} instance"
     if isinstance(model, functools.partial):
         args = ", ".join([*map(_stable_repr, model.args), *(f"{k}={_stable_repr(v)}" for k, v in sorted(model.keywords.items()))])
         return f"partial({describe_model(model.func)}, {args})"
@@ -564,9 +565,13 @@ def open_study(
     if fp is not None and attrs.get(FINGERPRINT_ATTR) not in (None, fp):
         old = attrs[FINGERPRINT_ATTR]
         diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
+        # Defaults that changed (2026-12-04): a study made before them resumes with the old value given.
+        hints = {"mode": "mode='max' continues a study made when a loss metric was maximised by default",
+                 "space": "space=REPORT_SPACE continues a define-by-run study made when that was the default space"}
+        changed = "".join(f"; {hints[k]}" for k in diff if k in hints)
         raise ConfigError(
             f"study {study_name!r} holds a different search (it differs in {', '.join(diff)}); join it with the "
-            "same settings and data, or choose another study (study_name=, or --study on the command line) or out directory"
+            f"same settings and data, or choose another study (study_name=, or --study on the command line) or out directory{changed}"
         )
     if study.directions[0] != optuna.study.StudyDirection(1 if direction == "minimize" else 2):
         raise ConfigError(f"study {study_name!r} goes the other way (direction); use another study (study_name=, or --study on the command line)")

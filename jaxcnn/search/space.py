@@ -151,21 +151,23 @@ def check_space(space: Space | None) -> dict[str, Dimension]:
 
 def _check_training_values(name: str, dim: Dimension) -> None:
     """Values of a training hyperparameter that no trial could train with, refused before any
-    trial (each would otherwise be an ``invalid`` trial): an unknown optimizer name, a learning
-    rate of 0 or below, a negative weight decay."""
-    values = list(dim.options) if isinstance(dim, Choice) else [dim.low, dim.high]
+    trial (each would otherwise be an ``invalid`` trial): an unknown optimizer name, a negative
+    learning rate (or none above 0), a negative weight decay. A Choice's None (the default) is
+    fine."""
+    number = lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)  # noqa: E731
+    values = [v for v in dim.options if v is not None] if isinstance(dim, Choice) else [dim.low, dim.high]
     if name == "optimizer":
         from jaxcnn.optim import OPTIMIZERS
 
         bad = [v for v in values if not isinstance(v, str) or v.lower() not in OPTIMIZERS]
         if bad:
             raise ConfigError(f"search space entry 'optimizer': {bad[0]!r} is not an optimizer; use Choice of {', '.join(map(repr, OPTIMIZERS))}")
-    elif name == "learning_rate" and (isinstance(dim, Choice) or not isinstance(dim, LogUniform)):
-        low = min(v for v in values if isinstance(v, (int, float))) if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) else None
-        if low is None or low <= 0:
+    elif name == "learning_rate":
+        ok = all(map(number, values)) and (not values or (min(values) >= 0 and max(values) > 0)) and (0 not in values or not isinstance(dim, Choice))
+        if not ok:
             raise ConfigError(f"search space entry 'learning_rate': {dim!r} gives rates of 0 or below; rates must be positive, e.g. LogUniform(1e-4, 1e-2)")
     elif name == "weight_decay":
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values):
+        if not all(number(v) and v >= 0 for v in values):
             raise ConfigError(f"search space entry 'weight_decay': {dim!r} gives negative (or non-numeric) weight decays; use values >= 0")
 
 

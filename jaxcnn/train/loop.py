@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from jaxcnn.callbacks import Callback, Hooks, _auto_mode
 from jaxcnn.errors import ConfigError, ShapeError, TrainingError
 from jaxcnn.metrics import FIT_TAIL
 from jaxcnn.train import step as steps
-from jaxcnn.train.model import adapt, model_name
+from jaxcnn.train.model import adapt
 from jaxcnn.train import state as state_mod
 from jaxcnn.train.state import TrainState, output_classes, start_state
 from jaxcnn.train.strategies import Data, StatsMesh, Strategy, choose_strategy, jit_predict, predict_batches
@@ -385,18 +384,8 @@ def _resolve_loss(state: TrainState, loss: Any, from_logits: bool | None, label_
         outputs = jit_predict(state, x[: state_mod.SAMPLE])
     probs = losses.looks_like_probabilities(outputs)
     out = np.asarray(outputs, np.float64)
-    # Each output in (0, 1), rows not summing to 1: a sigmoid's, which Keras's default loss
-    # (from_logits=False) divides by the row sums; fit's default takes them as logits.
-    sigmoid = not probs and out.size > 0 and bool(np.all((out > 0) & (out < 1)))
     if resolved.from_logits is None:
         resolved = resolved.with_from_logits(not probs)
-        if sigmoid and isinstance(resolved, losses.CategoricalCrossentropy):
-            warnings.warn(
-                f"{model_name(state.model)}'s outputs are each between 0 and 1 but do not sum to 1 (a sigmoid?), so the loss "
-                "takes them as logits (a softmax of a sigmoid trains slowly). Keras's default loss divides such outputs by their sum: "
-                "pass from_logits=False for that, or end the model with a softmax",
-                UserWarning, stacklevel=checks._user_stacklevel(),
-            )
     elif isinstance(resolved, losses.CategoricalCrossentropy) and bool(resolved.from_logits) == probs:
         if resolved.from_logits is False and bool(np.all(out >= 0)) and np.all(out.sum(-1) > 0):
             return state.replace(loss=resolved)  # non-negative: divided by their sums, as Keras's loss does
@@ -649,8 +638,14 @@ def fit(
     for cb in callbacks:  # Keras's set_model: self.model is the running loop (self.model.stop_training = True)
         if callable(getattr(cb, "set_model", None)):
             cb.set_model(loop)
-        if callable(getattr(cb, "set_params", None)):  # and set_params: self.params["epochs"], "steps", "verbose"
+        # and set_params (self.params["epochs"], "steps", "verbose"), unless the callback keeps a
+        # params of its own (in JAX code often weights)
+        if callable(getattr(cb, "set_params", None)) and (getattr(cb, "params", None) is None or getattr(cb, "_fit_params", False)):
             cb.set_params(dict(loop.history.params))
+            try:
+                cb._fit_params = True
+            except AttributeError:  # a callback with __slots__
+                pass
     for h in hooks:
         h.on_train_begin(loop)
     if restored is not None:

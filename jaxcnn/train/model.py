@@ -48,6 +48,9 @@ TRAIN_ARGS = ("train", "training", "deterministic")
 
 _WARNED_FLAGS: set[type] = set()  # module classes warned about a mode flag jaxcnn does not set
 #: Boolean arguments that look like a mode flag (is_training, eval_mode, use_running_average...).
+#: Module fields that hold a train/eval mode (CNN(train=True), a common Flax pattern), which
+#: jaxcnn cannot switch; other boolean fields (pretrained, use_bias...) are left alone.
+MODE_FIELDS = (*TRAIN_ARGS, "is_training", "is_train", "train_mode", "eval_mode", "evaluation", "inference", "use_running_average")
 _MODE_WORDS = re.compile(r"train|eval|determin|infer|test|mode|running", re.I)
 
 
@@ -74,7 +77,7 @@ def _train_arg(module: nn.Module) -> str | None:
                                 f"BatchNorm keep {flags[0]}={params[flags[0]].default} in training and evaluation alike. Name the mode "
                                 "flag train, training or deterministic (jaxcnn sets it), or give it no default if it is not one")
         return None
-    fields = [f.name for f in dataclasses.fields(module) if f.name in TRAIN_ARGS or _MODE_WORDS.search(f.name)] if dataclasses.is_dataclass(module) else []
+    fields = [f.name for f in dataclasses.fields(module) if f.name in MODE_FIELDS] if dataclasses.is_dataclass(module) else []
     fields = [f for f in fields if isinstance(getattr(module, f, None), bool)]
     if fields:  # a mode kept as a field: fixed when the module was built
         _warn_mode_once(module, f"{type(module).__name__}.{fields[0]} is a field, fixed when the module is built, so jaxcnn cannot "
