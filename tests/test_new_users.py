@@ -159,6 +159,24 @@ def test_keras_style_inputs_get_one_line_each(mnist):
     state, _ = jaxcnn.fit(Small(), x, y, epochs=1, verbose=0)
     with pytest.raises(ConfigError, match=r"^x is a list_iterator; predict\(state, x\) takes arrays"):
         jaxcnn.predict(state, iter([x]))
+    # A list of (x, y) batches, and a Keras PyDataset: "y is missing" and "a ragged list" before.
+    with pytest.raises(ConfigError, match=r"^x is a list of \(x, y\) batches; fit\(model, x, y\) takes arrays .* not generators or data set objects"):
+        jaxcnn.fit(Small(), [(x[:32], y[:32]), (x[32:64], y[32:64])], verbose=0)
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return x[32 * i: 32 * (i + 1)], y[32 * i: 32 * (i + 1)]
+
+    for call in (lambda: jaxcnn.fit(Small(), Batches(), verbose=0), lambda: jaxcnn.predict(state, Batches())):
+        with pytest.raises(ConfigError, match=r"^x is a Batches; .* takes arrays .* not generators or data set objects"):
+            call()
     values = jaxcnn.evaluate(state, x, y, return_dict=False)  # Keras's list, loss first
     assert values == list(jaxcnn.evaluate(state, x, y).values())
     with pytest.raises(ConfigError, match="validation_freq must be a positive integer, got 0"):

@@ -454,10 +454,12 @@ def _check_arrays(x: Any, y: Any, call: str, labels: bool = True) -> None:
     import collections.abc
     import types
 
-    if isinstance(x, (types.GeneratorType, collections.abc.Iterator)) or (not hasattr(x, "__array__") and type(x).__module__.startswith(
-            ("tensorflow", "torch.utils.data", "grain", "datasets"))):  # a tf.Tensor (an array) goes through
+    batches = isinstance(x, list) and bool(x) and isinstance(x[0], tuple) and len(x[0]) in (2, 3) and all(hasattr(a, "shape") for a in x[0])
+    libraries = ("tensorflow", "torch.utils.data", "grain", "datasets", "keras")  # a data set class of theirs, or a subclass
+    dataset = not hasattr(x, "__array__") and any(c.__module__.startswith(libraries) for c in type(x).__mro__)  # a tf.Tensor goes through
+    if batches or dataset or isinstance(x, (types.GeneratorType, collections.abc.Iterator)):
         raise ConfigError(
-            f"x is a {type(x).__name__}; {call} takes arrays (images (N, H, W, C) and labels (N,)), not generators or "
+            f"x is a {'list of (x, y) batches' if batches else type(x).__name__}; {call} takes arrays (images (N, H, W, C) and labels (N,)), not generators or "
             "data set objects: gather the batches first, e.g. x = np.concatenate([xb for xb, yb in batches])"
         )
     if labels and y is None:
