@@ -3,6 +3,7 @@ test images.
 
     python -m experiments.predict runs/mnist-20261125-120000 --count 9
     python -m experiments.predict my-export --dataset mnist --out predictions.png
+    python -m experiments.predict runs/mnist-20261125-120000 --explain grad_cam
 
 RUN_DIR is a run directory written by a training experiment (it holds model/ and config.json; the
 data set, data folder and ``--test-limit`` come from its config.json), or a directory written by
@@ -11,11 +12,14 @@ from the model's input shape: 28x28x1 MNIST, 32x32x3 CIFAR-10). Evaluates the mo
 split and writes ``reloaded-predictions.png`` into that directory (or ``--out``) with "Actual,
 Predicted" titles. Takes seconds. The figure's place is checked before anything is loaded: an
 existing ``--out`` file is refused (choose another path), and ``--count`` is at most 30.
+``--explain METHOD`` also writes ``<figure>-<METHOD>.png``: the same images with the heat map of
+why the model predicts its class (``jaxcnn.explain``: grad_cam, saliency or integrated_gradients).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 from pathlib import Path
@@ -28,6 +32,8 @@ from jaxcnn.errors import CheckpointError, ConfigError
 #: ``--count`` is capped at 10 rows (a figure 30 inches tall) rather than drawing thousands.
 COLUMNS = 3
 MAX_COUNT = 30
+#: ``--explain``'s methods (jaxcnn.explain).
+EXPLAIN = ("grad_cam", "saliency", "integrated_gradients")
 
 
 def _model_dir(path: Path) -> tuple[Path, dict]:
@@ -69,6 +75,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dataset", default=None, help="mnist, fashion_mnist or cifar10 (default: the run's, or inferred from the model)")
     p.add_argument("--data-dir", default=None, help="directory with the data files")
     p.add_argument("--out", default=None, help="figure path, a new file (default <dir>/reloaded-predictions.png)")
+    p.add_argument("--explain", choices=EXPLAIN, default=None,
+                   help="also draw why the model predicts what it does, on the same images (jaxcnn.explain): "
+                        "grad_cam (the last convolution's heat map), saliency (SmoothGrad) or integrated_gradients; "
+                        "written beside the figure as <figure>-<method>.png")
     args = p.parse_args(argv)
     if args.count < 1:
         raise ConfigError(f"--count must be a positive integer, got {args.count}")
@@ -83,6 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
     model_dir, config = _model_dir(run)
     out = Path(args.out) if args.out else run / "reloaded-predictions.png"
     validate_output_path(out, "--out" if args.out else "the run directory")
+    explained = out.with_name(f"{out.stem}-{args.explain}.png") if args.explain else None
+    if explained is not None and args.out and explained.exists():
+        raise ConfigError(f"{explained} already exists; choose another --out so that it is not overwritten")
 
     import jaxcnn
     from jaxcnn import checkpoint, data, plots
@@ -106,6 +119,16 @@ def main(argv: list[str] | None = None) -> dict:
     save_figure(fig, out, hint="choose a writable place with --out")
     on = f" on the first {len(x_test)} test examples (the run's --test-limit)" if limited else ""
     print(f"test loss {test['loss']:.4f}, test accuracy {test['accuracy']:.4f}{on}; figure: {out}")
+    if explained is not None:
+        from jaxcnn import explain
+
+        images = x_test[shown]
+        maps = {"grad_cam": explain.grad_cam, "saliency": functools.partial(explain.saliency, samples=25),
+                "integrated_gradients": explain.integrated_gradients}[args.explain](state, images)
+        fig = plots.explanations(ds.x_test[shown], maps, labels=ds.y_test[shown], predicted=predicted, class_names=names,
+                                 ncols=COLUMNS, title=f"{args.explain} of each predicted class")
+        save_figure(fig, explained, hint="choose a writable place with --out")
+        print(f"{args.explain}: {explained}")
     return test
 
 

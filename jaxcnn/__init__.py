@@ -14,7 +14,8 @@ Build, train, tune, explain and plot the convolutional networks of a Keras assig
 Modules: ``data`` (MNIST, Fashion-MNIST, CIFAR-10), ``layers``, ``models`` (the registry),
 ``optim`` (Keras-parity optimizers), ``train`` (steps, fit), ``callbacks``, ``plots``,
 ``manual`` (the hand-written convolution in pure lax), ``search`` (hyperparameter search on
-Optuna), ``checkpoint`` (export, reload, training checkpoints), ``augment``, ``metrics``.
+Optuna), ``checkpoint`` (export, reload, training checkpoints), ``augment``, ``metrics``,
+``explain`` (Grad-CAM, saliency, SmoothGrad, integrated gradients).
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ from jaxcnn.train import TrainState, create_train_state, evaluate, fit, predict,
 
 __version__ = "0.1.0"
 
-_LAZY = {"data", "plots", "manual", "search", "checkpoint", "augment", "metrics", "losses"}
+_LAZY = {"data", "explain", "plots", "manual", "search", "checkpoint", "augment", "metrics", "losses"}
 
 
 def __getattr__(name: str) -> Any:

@@ -3,7 +3,8 @@
 The figures people look at after a run: :func:`predictions` (test images titled with the
 predicted class and its confidence, wrong ones in red, optionally only the mistakes),
 :func:`confusion_matrix` (counts or row fractions, true class by predicted class) and
-:func:`training_curves` (loss and accuracy, plus the learning rate when it changed).
+:func:`training_curves` (loss and accuracy, plus the learning rate when it changed) and
+:func:`explanations` (heat maps of :mod:`jaxcnn.explain` laid over the images).
 
 Every function returns a ``matplotlib.figure.Figure`` built without pyplot's global state, so it
 works with no display; :func:`save` writes it as PNG. Matplotlib is imported on first use.
@@ -294,6 +295,55 @@ def predictions(
         titles.append(head if p == t else f"{head}\ntrue: {_label(t, class_names)}")
     fig = image_grid(images[chosen], titles, ncols=ncols, size=2.6, suptitle=title or summary)
     _mark_wrong([ax for ax in fig.axes if ax.images], [bool(predicted[i] != labels[i]) for i in chosen])
+    return fig
+
+
+def explanations(
+    images: np.ndarray,
+    maps: np.ndarray,
+    *,
+    labels: Sequence[int] | None = None,
+    predicted: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+    ncols: int = 4,
+    title: str | None = None,
+) -> Figure:
+    """Each image with its explanation laid over it (:mod:`jaxcnn.explain`): a heat map from
+    ``cmap``, ``alpha`` opaque, scaled per image to its largest value.
+
+    images: (N, H, W[, C]) uint8 or float in [0, 1]; maps: (N, H, W) (``grad_cam``,
+    ``saliency``) or (N, H, W, C) attributions (``integrated_gradients``, ``gradients``), drawn
+    as the absolute value of their sum over the channels. ``labels`` and ``predicted`` title
+    each image ("7", or "7 / true: 2" in red where they differ); ``class_names`` names them.
+    """
+    images = np.asarray(images)
+    maps = np.asarray(maps, np.float64)
+    if maps.ndim == 4:
+        maps = np.abs(maps.sum(-1))
+    if maps.ndim != 3 or len(maps) != len(images) or maps.shape[1:] != images.shape[1:3]:
+        from jaxcnn.errors import ShapeError
+
+        raise ShapeError(
+            f"explanations takes images (N, H, W[, C]) and maps (N, H, W) or (N, H, W, C) of the same N, H and W, got "
+            f"{images.shape} and {np.shape(maps)}; explain the same images you draw"
+        )
+    if not 0 <= alpha <= 1:
+        raise ConfigError(f"alpha must be in [0, 1], the heat map's opacity, got {alpha!r}")
+    titles = None
+    if predicted is not None or labels is not None:
+        shown = predicted if predicted is not None else labels
+        titles = [_label(p, class_names) for p in shown]
+        if predicted is not None and labels is not None:
+            titles = [t if int(p) == int(y) else f"{t} / true: {_label(y, class_names)}"
+                      for t, p, y in zip(titles, predicted, labels)]
+    fig = image_grid(images, titles, ncols=ncols, size=2.6, suptitle=title)
+    top = np.nanmax(maps.reshape(len(maps), -1), axis=1, initial=0.0) if len(maps) else np.zeros(0)
+    for ax, m, t in zip([ax for ax in fig.axes if ax.images], maps, top):
+        ax.imshow(m / t if t > 0 else m, cmap=cmap, alpha=alpha, vmin=0, vmax=1, interpolation="bilinear")
+    if predicted is not None and labels is not None:
+        _mark_wrong([ax for ax in fig.axes if ax.images], [int(p) != int(y) for p, y in zip(predicted, labels)])
     return fig
 
 

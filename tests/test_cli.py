@@ -122,7 +122,7 @@ def test_dir_shows_the_lazily_loaded_submodules():
     import jaxcnn
 
     listed = dir(jaxcnn)
-    for name in ("data", "plots", "search", "checkpoint", "manual", "fit", "get_model"):
+    for name in ("data", "plots", "search", "checkpoint", "manual", "explain", "fit", "get_model"):
         assert name in listed, name
     assert listed == sorted(listed)
 

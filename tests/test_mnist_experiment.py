@@ -7,6 +7,7 @@ import json
 import pytest
 
 from experiments import mnist, predict
+from jaxcnn.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,12 @@ def test_predict_reloads_the_model(run_dir, capsys):
     assert test["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)  # on the run's --test-limit
     assert "on the first 2000 test examples (the run's --test-limit)" in capsys.readouterr().out
     assert (out / "reloaded-predictions.png").read_bytes()[:4] == b"\x89PNG"
+    predict.main([str(out), "--count", "3", "--explain", "grad_cam", "--out", str(out / "few.png")])
+    assert (out / "few-grad_cam.png").read_bytes()[:4] == b"\x89PNG"
+    assert "grad_cam: " in capsys.readouterr().out
+    (out / "few.png").unlink()  # the figure is gone, its explanation is not: refused, not overwritten
+    with pytest.raises(ConfigError, match="few-grad_cam.png already exists"):
+        predict.main([str(out), "--count", "3", "--explain", "grad_cam", "--out", str(out / "few.png")])
 
 
 def test_help_lists_the_flags(capsys):
