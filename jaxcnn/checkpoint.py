@@ -393,15 +393,13 @@ def load_state(directory: str | os.PathLike[str], model: Any = None, optimizer: 
             "learning-rate schedule); the reloaded state trains on with RMSprop at 0.001 (predict and evaluate do not "
             "use it). Pass yours to train on with it: load_state(..., optimizer=...)", stacklevel=2,
         )
-    spec = None
     if optimizer is None:
         optimizer = opt.get("name", "rmsprop") if isinstance(opt, dict) else "rmsprop"
         learning_rate = opt.get("learning_rate") if isinstance(opt, dict) else None
         kwargs = opt.get("kwargs") if isinstance(opt, dict) else None
-        if isinstance(kwargs, dict) and kwargs:  # e.g. a searched weight_decay: the same optimizer, rebuilt whole
+        if isinstance(kwargs, dict) and kwargs:  # e.g. a weight_decay: the same optimizer, rebuilt whole (and recorded so)
             from jaxcnn import optim
 
-            spec = json.dumps(opt)
             optimizer, learning_rate = optim.get_optimizer(optimizer, learning_rate, **kwargs), None
     else:
         learning_rate = None
@@ -423,7 +421,7 @@ def load_state(directory: str | os.PathLike[str], model: Any = None, optimizer: 
     state = create_train_state(module, tuple(meta["input_shape"]), optimizer, learning_rate, loss=loss,
                                metrics=_metrics_from(meta.get("metrics"), directory))
     state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"] or state.batch_stats)
-    return state if spec is None else state.replace(optimizer_spec=spec)
+    return state
 
 
 # ----------------------------------------------------------------------------------------------

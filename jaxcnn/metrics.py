@@ -41,7 +41,8 @@ Names for :func:`get_metrics` and their result keys:
   ``Recall(top_k=1, class_id=c)``, ``F1Score(average=None)``). A class never predicted (or never
   present) has precision (recall) 0, as Keras's ``divide_no_nan``.
 * ``"confusion_matrix"``: :class:`ConfusionMatrix`, whose result is a ``(C, C)`` array (rows:
-  true class, columns: predicted class; weighted counts), not a float; keep it out of a history.
+  true class, columns: predicted class; integer counts, or sums of the weights as a weighted
+  metric), not a float; keep it out of a history.
 * A plain function ``fn(y_true, y_pred)``, as Keras accepts: :class:`MeanMetricWrapper`, key =
   ``fn.__name__``. ``y_true`` is the ``(B,)`` int32 class indices (one-hot or soft labels given
   to ``fit`` are argmaxed first, as for every metric here; ``MeanMetricWrapper(fn, one_hot=True)``
@@ -225,8 +226,9 @@ class F1Score(_PerClass):
 
 @dataclasses.dataclass(frozen=True)
 class ConfusionMatrix(Metric):
-    """Weighted ``(C, C)`` confusion matrix: entry ``[t, p]`` sums the weights of examples of true
-    class ``t`` predicted as ``p`` (argmax). Its result is an array, not a float."""
+    """``(C, C)`` confusion matrix: entry ``[t, p]`` counts the examples of true class ``t``
+    predicted as ``p`` (argmax), as integers; as a weighted metric (``weighted_metrics=``) it
+    sums their weights, as floats. Its result is an array, not a float."""
 
     name: str = "confusion_matrix"
 
@@ -240,6 +242,11 @@ class ConfusionMatrix(Metric):
         return state + true.T @ pred
 
     def result(self, state):
+        # every weight is 1 here (metrics= count each example once): float32 sums of ones are
+        # exact up to 2**24 examples per cell
+        return {self.name: np.rint(np.asarray(state)).astype(np.int64)}
+
+    def weighted_result(self, state):
         return {self.name: np.asarray(state)}
 
 
@@ -424,7 +431,8 @@ class Weighted(Metric):
 
     def result(self, state: Any) -> dict[str, Any]:
         inner = self.metric.name
-        return {(self.name + k[len(inner):] if k.startswith(inner) else k): v for k, v in self.metric.result(state).items()}
+        result = getattr(self.metric, "weighted_result", self.metric.result)(state)  # weighted counts stay floats
+        return {(self.name + k[len(inner):] if k.startswith(inner) else k): v for k, v in result.items()}
 
 
 def with_weighted(metrics: Sequence[Any] | None, weighted_metrics: Sequence[Any] | None) -> tuple[Metric, ...]:

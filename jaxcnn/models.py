@@ -231,10 +231,27 @@ def describe() -> dict[str, str]:
     return {name: entry[2] for name, entry in _REGISTRY.items()}
 
 
-def _attributes(module: nn.Module) -> dict[str, Any]:
+def module_fields(module: nn.Module) -> list[tuple[str, Any, Any]]:
+    """``(name, value, default)`` of each attribute a linen module is built with (its dataclass
+    fields but ``parent`` and ``name``); the default is ``dataclasses.MISSING`` where it has none."""
     import dataclasses
 
-    return {f.name: getattr(module, f.name) for f in dataclasses.fields(module) if f.init and f.name not in ("parent", "name")}
+    out = []
+    for f in dataclasses.fields(module):
+        if not f.init or f.name in ("parent", "name"):
+            continue
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        out.append((f.name, getattr(module, f.name), default))
+    return out
+
+
+def _attributes(module: nn.Module) -> dict[str, Any]:
+    return {name: value for name, value, _ in module_fields(module)}
 
 
 def find_registered(module: nn.Module) -> tuple[str, dict[str, Any]] | None:

@@ -37,7 +37,9 @@ counted from 1, ``lr`` the learning rate of this step (a schedule is evaluated a
 from __future__ import annotations
 
 import difflib
+import json
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -470,10 +472,40 @@ def get_optimizer(name: str, learning_rate: LearningRate | None = None, **kwargs
             raise ConfigError(
                 f"optimizer {name!r} does not take {key!r}{did_you_mean(key, accepted)}; it takes {', '.join(accepted)}"
             )
+    options = dict(kwargs)
     if learning_rate is not None:
-        kwargs["learning_rate"] = _check_lr(learning_rate)
+        kwargs["learning_rate"] = learning_rate = _check_lr(learning_rate)
     items = tuple(sorted(kwargs.items()))
-    return _built(factory, items, tuple(type(v) for _, v in items))  # 1 and 1.0 hash alike
+    tx = _built(factory, items, tuple(type(v) for _, v in items))  # 1 and 1.0 hash alike
+    _record_spec(tx, name.lower(), learning_rate, options)
+    return tx
+
+
+#: The JSON that rebuilds each transformation :func:`get_optimizer` built, by its update function
+#: (a transformation wrapped in another, an ``optax.chain``, has another and is not found).
+_SPECS: weakref.WeakKeyDictionary[Callable[..., Any], str] = weakref.WeakKeyDictionary()
+
+
+def _record_spec(tx: optax.GradientTransformation, name: str, learning_rate: Any, options: dict[str, Any]) -> None:
+    if learning_rate is not None and not isinstance(learning_rate, (int, float)):
+        return  # a schedule: not JSON
+    spec: dict[str, Any] = {"name": name, "learning_rate": learning_rate}
+    if options:
+        spec["kwargs"] = options
+    try:
+        _SPECS[tx.update] = json.dumps(spec, allow_nan=False)
+    except (TypeError, ValueError):  # an argument JSON cannot hold
+        pass
+
+
+def spec_of(tx: optax.GradientTransformation) -> str | None:
+    """The JSON ``{"name", "learning_rate"[, "kwargs"]}`` that rebuilds ``tx`` with
+    :func:`get_optimizer`, when ``tx`` is what it returned for a number (or no) learning rate and
+    JSON arguments; None otherwise (an optax transformation of your own, a schedule)."""
+    try:
+        return _SPECS.get(tx.update)
+    except TypeError:  # an update that cannot be weakly referenced
+        return None
 
 
 @memo_if_hashable(maxsize=64)

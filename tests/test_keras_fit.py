@@ -104,5 +104,5 @@ def test_metrics_and_weights_reach_the_history(keras):
     state = _
     report = jaxcnn.evaluate(state, x, y, metrics=["confusion_matrix"])
     cm = report["confusion_matrix"]
-    assert cm.shape == (10, 10) and cm.sum() == len(x)
+    assert cm.shape == (10, 10) and cm.sum() == len(x) and cm.dtype == np.int64  # counts, as metrics.confusion_matrix's
     assert np.trace(cm) / len(x) == pytest.approx(report["accuracy"])

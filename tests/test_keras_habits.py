@@ -411,6 +411,30 @@ def test_an_export_whose_optimizer_cannot_be_recorded_says_so_on_reload(mnist, t
         assert checkpoint.load_state(tmp_path / "named").optimizer_spec == state.optimizer_spec
 
 
+def test_an_optimizer_built_by_get_optimizer_is_recorded_whole(mnist, tmp_path):
+    """Keras's compile(optimizer=AdamW(weight_decay=...)): jaxcnn.optim.get_optimizer's
+    transformation given to fit is recorded with its arguments, and load_state rebuilds the same
+    one (it reuses the same transformation object, so it trains on as before); a chain around it
+    is not recorded."""
+    import optax
+
+    from jaxcnn import optim
+
+    x, y = mnist
+    tx = optim.get_optimizer("AdamW", 0.002, weight_decay=0.01, clipnorm=1.0)
+    state, _ = _fit(Tiny(), x, y, epochs=1, optimizer=tx)
+    checkpoint.export(tmp_path / "adamw", state)
+    assert json.loads((tmp_path / "adamw" / "model.json").read_text())["optimizer"] == {
+        "name": "adamw", "learning_rate": 0.002, "kwargs": {"weight_decay": 0.01, "clipnorm": 1.0}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reloaded = checkpoint.load_state(tmp_path / "adamw")
+    assert reloaded.tx is tx and reloaded.optimizer_spec == state.optimizer_spec
+    assert optim.spec_of(optax.chain(optax.clip(1.0), tx)) is None
+    assert optim.spec_of(optim.get_optimizer("adam", optim.exponential_decay(1e-3, 10, 0.9))) is None
+    assert json.loads(optim.spec_of(optim.get_optimizer("sgd"))) == {"name": "sgd", "learning_rate": None}
+
+
 # -- a Keras tutorial ported (session 19) --------------------------------------------------------
 
 

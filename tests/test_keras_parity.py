@@ -432,13 +432,19 @@ def test_metrics_match_keras(keras):
 
 def test_confusion_matrix_metric_and_report(keras):
     batches = _metric_batches()
-    cm = _ours(metrics.ConfusionMatrix(), batches)["confusion_matrix"]
+    cm = _ours(metrics.Weighted(metrics.ConfusionMatrix()), batches)["confusion_matrix"]  # weighted_metrics=
     y = np.concatenate([b[1] for b in batches])
     o = np.concatenate([b[0] for b in batches])
     w = np.concatenate([b[2] for b in batches])
     np.testing.assert_allclose(cm, metrics.confusion_matrix(y, o, 4, sample_weight=w), rtol=1e-5)
     counts = metrics.confusion_matrix(y, o.argmax(-1), 4)
     assert counts.sum() == len(y) and counts.dtype.kind == "i"
+    # metrics= (each example once; padding rows, weight 0, not at all): integer counts, as on the host
+    mask = [(o_, y_, (w_ > 0).astype(np.float32)) for o_, y_, w_ in batches]
+    in_step = _ours(metrics.ConfusionMatrix(), mask)["confusion_matrix"]
+    keep = w > 0
+    np.testing.assert_array_equal(in_step, metrics.confusion_matrix(y[keep], o[keep], 4))
+    assert in_step.dtype == np.int64
     # Rows are true classes, columns predictions: the diagonal over the row sums is the recall.
     recall = _ours(metrics.Recall(), [(o, y, np.ones_like(w))])
     np.testing.assert_allclose(np.diag(counts) / counts.sum(1), [recall[f"recall_{c}"] for c in range(4)], rtol=1e-6)

@@ -302,3 +302,32 @@ def test_a_study_made_under_an_old_default_says_how_to_continue_it(small, tmp_pa
     search.random_search(*small, {"features": Choice((2,))}, model=Tiny, trials=1, metric="val_loss", mode="max", out=tmp_path, **OPTS)
     with pytest.raises(ConfigError, match=r"differs in mode.*; mode='max' continues a study made when a loss metric was maximised by default$"):
         search.random_search(*small, {"features": Choice((2,))}, model=Tiny, trials=1, metric="val_loss", out=tmp_path, **OPTS)
+
+
+def test_a_worker_left_waiting_says_for_which_trial_and_how_long():
+    """After a SIGKILL, a rerun waited silently (up to the grace period) for the dead worker's
+    trial to go stale. It now says which trial it waits for, once, and when it takes it over."""
+    from jaxcnn.search import engine
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage)
+    for t in (1, 2):
+        study.enqueue_trial({}, user_attrs={"trial": t})
+    engine.take_slot(study, storage), engine.take_slot(study, storage)  # both running in "another worker"
+    lines: list[str] = []
+
+    def print_(line: str) -> None:
+        lines.append(line)
+        if len(lines) == 1:
+            study.set_user_attr(engine.STOP_ATTR, "stop")  # ends the wait at the next look
+    config = search.SearchConfig(trials=2, epochs=1, heartbeat_interval=1)
+    import threading
+
+    timer = threading.Timer(20, lambda: study.set_user_attr(engine.STOP_ATTR, "no line"))  # a silent wait ends too
+    timer.start()
+    try:
+        assert engine.work(study, storage, None, config, {}, None, print_) == 0
+    finally:
+        timer.cancel()
+    assert lines == ["waiting for trials 1 and 2, running in another worker; if that worker was stopped, its trial is "
+                     "trained again here once its heartbeat is 3 s old"]

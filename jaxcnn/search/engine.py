@@ -242,23 +242,16 @@ def _stable_repr(value: Any) -> str:
 
 def _instance_fields(module: Any) -> str:
     """A linen instance's attributes that differ from its class's defaults, as ``k=v, ...``."""
+    from jaxcnn import models
+
     parts = []
-    for f in dataclasses.fields(module):
-        if not f.init or f.name in ("parent", "name"):
-            continue
-        value = getattr(module, f.name)
-        if f.default is not dataclasses.MISSING:
-            default: Any = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = dataclasses.MISSING
+    for name, value, default in models.module_fields(module):
         try:
             same = default is not dataclasses.MISSING and bool(value == default)
         except Exception:  # noqa: BLE001 (an array or a value without a plain ==)
             same = False
         if not same:
-            parts.append(f"{f.name}={' '.join(_stable_repr(value).split())}")  # one line
+            parts.append(f"{name}={' '.join(_stable_repr(value).split())}")  # one line
     return ", ".join(parts)
 
 
@@ -700,6 +693,7 @@ def work(
     poll = min(2.0, config.heartbeat_interval / 2)
     total = slot_count(study) or config.trials
     errors: list[dict[str, Any]] = []  # this worker's latest trials that raised, in a row
+    waited_for: set[int] = set()  # the other workers' trials this worker said it waits for
     while True:
         if study.user_attrs.get(STOP_ATTR):  # another worker stopped the search
             _requeue_errors(study)  # one of ours may have failed after it queued the others
@@ -707,8 +701,13 @@ def work(
         fail_stale(study)
         trial = take_slot(study, storage)
         if trial is None:
-            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+            pending = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+            if not pending:
                 return done
+            running = {t.user_attrs.get("trial", t.number) for t in pending if t.state == TrialState.RUNNING}
+            if running - waited_for:
+                waited_for |= running
+                print_(_waiting_line(sorted(running), config))
             time.sleep(poll)
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(_study_id(storage, study), trial.number)
@@ -725,6 +724,13 @@ def work(
             err = stop_search(study, errors)
             err.trained = done  # type: ignore[attr-defined]  # what this worker trained before it stopped
             raise err from errors[-1].get("exception")
+
+
+def _waiting_line(trials: list[int], config: SearchConfig) -> str:
+    """Why a worker with nothing left to take goes on: the trials other workers run."""
+    which = f"trial {trials[0]}" if len(trials) == 1 else "trials " + ", ".join(map(str, trials[:-1])) + f" and {trials[-1]}"
+    return (f"waiting for {which}, running in another worker; if that worker was stopped, its trial is trained again here "
+            f"once its heartbeat is {config.grace} s old")
 
 
 #: The study's user attribute that marks it stopped (its value: the SearchError's message; a
@@ -903,9 +909,6 @@ def run_trial(
         except TrainingError as e:
             state, history = getattr(e, "state", None), getattr(e, "history", None)
             status, reason = "diverged", str(e)
-        if opt_kwargs and state is not None and isinstance(lr, (int, float, type(None))):
-            # Built by name with a weight decay: the export records all of it, so load_state rebuilds it.
-            state = state.replace(optimizer_spec=json.dumps({"name": opt, "learning_rate": lr, "kwargs": opt_kwargs}))
         if status == "ok" and reporter.pruned_at is not None:
             status, reason = "pruned", f"pruned by {type(study.pruner).__name__} after epoch {reporter.pruned_at + 1}"
     except (ShapeError, ConfigError) as e:  # this trial's hyperparameters cannot be built or run

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -101,16 +100,14 @@ def has_batch_stats(model: Any, input_shape: Sequence[int]) -> bool:
 
 def optimizer_from(optimizer: str | optax.GradientTransformation, learning_rate: optim.LearningRate | None,
                    ) -> tuple[optax.GradientTransformation, str | None]:
-    """The optax transformation for ``optimizer`` and, when it was given by name with a number
-    (or no) learning rate, the JSON that rebuilds it."""
+    """The optax transformation for ``optimizer`` and, when it was given by name, or built by
+    :func:`jaxcnn.optim.get_optimizer`, with a number (or no) learning rate, the JSON that rebuilds
+    it (:func:`jaxcnn.optim.spec_of`: the name, the rate and any other arguments)."""
     if isinstance(optimizer, str):
         learning_rate = checks.check_learning_rate(learning_rate)  # np.float32(0.001) -> 0.001
-        tx = optim.get_optimizer(optimizer, learning_rate)
-        lr = learning_rate if learning_rate is None or isinstance(learning_rate, (int, float)) else None
-        spec = None if learning_rate is not None and lr is None else json.dumps({"name": optimizer, "learning_rate": lr})
-        return tx, spec
+        optimizer = optim.get_optimizer(optimizer, learning_rate)
     if isinstance(optimizer, optax.GradientTransformation):
-        return optimizer, None
+        return optimizer, optim.spec_of(optimizer)
     raise ConfigError(f"optimizer must be a name (e.g. 'rmsprop') or an optax GradientTransformation, got {type(optimizer).__name__}")
 
 
