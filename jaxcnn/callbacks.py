@@ -224,6 +224,12 @@ class Hooks:
                 continue
             setattr(self, name, hook(cb, name))
 
+    @property
+    def keeps_state(self) -> bool:
+        """Whether the callback has a ``get_state`` of its own (not the base class's, which keeps nothing)."""
+        get = getattr(type(self.callback), "get_state", None)
+        return callable(get) and get is not Callback.get_state
+
     def get_state(self) -> dict[str, Any]:
         """The callback's ``get_state()`` for a checkpoint, or ``{}`` for one that keeps no
         state (a Keras or duck-typed callback)."""

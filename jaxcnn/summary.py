@@ -145,7 +145,8 @@ def _linen_summary(model: nn.Module, adapter: Any, input_shape: Sequence[int], n
                 output_shape=out_shape,
                 trainable=trainable,
                 non_trainable=non_trainable,
-                explanation=_explain(mod, flat_params, stats, trainable + non_trainable),
+                explanation=(_explain(mod, flat_params, stats, trainable + non_trainable) if flat_params is not None
+                             else _explain_parts(params, stats, trainable + non_trainable)),
             )
         )
     return Summary(name or getattr(model, "name", None) or type(model).__name__, tuple(rows))
@@ -160,10 +161,13 @@ def _nnx_summary(model: Any, input_shape: Sequence[int], name: str | None, dtype
     children = [(k, v) for k, v in vars(model).items() if isinstance(v, nnx.Module)]
     originals = {k: type(v).__call__ for k, v in children}
 
-    def run(x):
-        graphdef, state = nnx.split(model)
-        m = nnx.merge(graphdef, state)
+    def merged():
+        m = nnx.merge(*nnx.split(model))
         m.eval()
+        return m
+
+    def run(x):
+        m = merged()
         for k, child in [(k, getattr(m, k)) for k, _ in children]:
             call = originals[k]
 
@@ -175,20 +179,24 @@ def _nnx_summary(model: Any, input_shape: Sequence[int], name: str | None, dtype
             setattr(m, k, _Recorder(child, wrapped))
         return m(x, **(mode or {}))  # its mode flag in evaluation, as fit's evaluation sets it
 
+    x = jax.ShapeDtypeStruct((1, *tuple(input_shape)), dtype)
     try:
-        jax.eval_shape(run, jax.ShapeDtypeStruct((1, *tuple(input_shape)), dtype))
+        jax.eval_shape(run, x)
     except Exception:  # noqa: BLE001 - shapes are a nicety; counts come from the state
         outputs.clear()
+        # but a model that cannot take this input at all says so, as a linen model's summary does
+        jax.eval_shape(lambda x: merged()(x, **(mode or {})), x)
     rows = []
     for k, child in children:
         params = nnx.to_pure_dict(nnx.state(child, nnx.Param))
         stats = nnx.to_pure_dict(nnx.state(child, nnx.BatchStat))
-        flat = _flatten_one_level(params)
         trainable, non_trainable = _size(params), _size(stats)
         out = outputs.get(k)
         out_shape = ("None", *tuple(out.shape[1:])) if out is not None else ("?",)
+        n = trainable + non_trainable
+        flat = _flatten_one_level(params)
         rows.append(LayerRow(k, type(child).__name__, out_shape, trainable, non_trainable,
-                             _explain_shapes(flat, stats, trainable + non_trainable)))
+                             _explain_shapes(flat, stats, n) if flat is not None else _explain_parts(params, stats, n)))
     return Summary(name or type(model).__name__, tuple(rows))
 
 
@@ -221,15 +229,24 @@ def _explain_shapes(params: dict, stats: dict, n: int) -> str:
     return " + ".join(parts) + f" = {n:,}"
 
 
-def _flatten_one_level(params: dict) -> dict:
-    """BatchNorm wraps flax's own in a sub-scope: bring its leaves up for explanation."""
-    out = {}
-    for k, v in params.items():
-        if isinstance(v, dict):
-            out.update(_flatten_one_level(v))
-        else:
-            out[k] = v
-    return out
+def _flatten_one_level(params: dict) -> dict | None:
+    """The leaves of a layer whose parameters sit in one scope, perhaps nested (BatchNorm wraps
+    flax's own in a sub-scope), brought up for explanation; None for a block of several layers
+    (leaves in more than one scope), which :func:`_explain_parts` explains instead."""
+    leaves = {k: v for k, v in params.items() if not isinstance(v, dict)}
+    subs = [v for v in params.values() if isinstance(v, dict) and _size(v)]
+    if not subs:
+        return leaves
+    if leaves or len(subs) > 1:
+        return None
+    return _flatten_one_level(subs[0])
+
+
+def _explain_parts(params: dict, stats: dict, n: int) -> str:
+    """A block's count as the sum of its sub-layers' (``Conv_0 224 + Conv_1 36 = 260``)."""
+    names = list(params) + [k for k in stats if k not in params]
+    parts = [f"{k} {_size(params.get(k, {})) + _size(stats.get(k, {})):,}" for k in names]
+    return " + ".join(parts) + f" = {n:,}"
 
 
 def _shape_str(shape: tuple[Any, ...]) -> str:

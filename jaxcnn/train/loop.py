@@ -427,9 +427,10 @@ def _open_checkpoints(checkpoint_dir: Any, resume: bool, monitor: str) -> Any:
     return ckpts
 
 
-def _restore(ckpts: Any, state: TrainState, fingerprint: dict[str, Any], n_callbacks: int) -> Any:
+def _restore(ckpts: Any, state: TrainState, fingerprint: dict[str, Any], hooks: Sequence[Hooks]) -> tuple[Any, list[tuple[Hooks, Any]]]:
+    """The checkpoint to resume from (None: none) and each callback paired with its saved state."""
     if ckpts is None or ckpts.latest_epoch is None:
-        return None
+        return None, []
     restored = ckpts.restore(state)
     saved = restored.meta.get("fit")
     if saved is not None:
@@ -438,10 +439,21 @@ def _restore(ckpts: Any, state: TrainState, fingerprint: dict[str, Any], n_callb
                 what = "the training data differ from" if key == "data" else f"{key}={value!r} differs from {saved.get(key)!r} in"
                 raise ConfigError(f"cannot resume from {ckpts.directory}: {what} the run that wrote it; "
                                   "resume with the same data and settings, or start again with another checkpoint_dir")
-    if len(restored.callbacks) not in (0, n_callbacks):
-        raise ConfigError(f"the checkpoint holds the state of {len(restored.callbacks)} callbacks but {n_callbacks} were given; "
-                          "resume with the same callbacks")
-    return restored
+    return restored, _callback_pairs(hooks, restored.callbacks)
+
+
+def _callback_pairs(hooks: Sequence[Hooks], saved: Sequence[Any]) -> list[tuple[Hooks, Any]]:
+    """Each callback with its state from the checkpoint: in order when as many were given as
+    saved; else the callbacks that keep state with the saved states that are not empty (a
+    callback added or dropped that keeps none, a progress printer say, does not matter)."""
+    if len(saved) in (0, len(hooks)):
+        return list(zip(hooks, saved))
+    keeping = [h for h in hooks if h.keeps_state]
+    kept = [s for s in saved if s]
+    if len(keeping) != len(kept):
+        raise ConfigError(f"the checkpoint holds the state of {len(saved)} callbacks ({len(kept)} keeping state) but "
+                          f"{len(hooks)} were given ({len(keeping)} keeping state); resume with the same callbacks")
+    return list(zip(keeping, kept))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -604,9 +616,15 @@ def fit(
     hooks = [Hooks(cb) for cb in callbacks]  # a Keras callback, a hook of neither jaxcnn's nor Keras's form: refused here
     inputs = _check_inputs(model_or_state, x, y, validation_split=validation_split, validation_data=validation_data,
                            class_weight=class_weight, sample_weight=sample_weight)
-    batch_size = min(batch_size, len(inputs.train.x))  # Keras: one batch of all the data
+    asked, batch_size = batch_size, min(batch_size, len(inputs.train.x))  # Keras: one batch of all the data
     probe = model_or_state if isinstance(model_or_state, TrainState) else None
-    strategy = choose_strategy(devices, batch_size, probe, data_on_device)  # a bad `devices` fails before compiling
+    try:
+        strategy = choose_strategy(devices, batch_size, probe, data_on_device)  # a bad `devices` fails before compiling
+    except ConfigError as e:
+        if batch_size == asked or "does not divide" not in str(e):
+            raise
+        raise ConfigError(f"the training data has {batch_size} examples, fewer than batch_size {asked}, so its one batch of "
+                          f"{batch_size} {str(e).split(' ', 2)[2]}, or devices=None for one device") from None
     outputs = None  # the model's outputs on the first training images, when building the state gave them
     if isinstance(model_or_state, TrainState):
         state = model_or_state
@@ -626,7 +644,7 @@ def fit(
     # fit continuing a trained state from epoch 0 (called in a loop) shuffles anew each call
     salt = int(model_or_state.step) if isinstance(model_or_state, TrainState) and initial_epoch == 0 else 0
     try:
-        restored = _restore(ckpts, state, fingerprint, len(callbacks))
+        restored, callback_states = _restore(ckpts, state, fingerprint, hooks)
     except Exception:
         if ckpts is not None:
             ckpts.close()
@@ -640,6 +658,11 @@ def fit(
     for cb in callbacks:  # Keras's set_model: self.model is the running loop (self.model.stop_training = True)
         if callable(getattr(cb, "set_model", None)):
             cb.set_model(loop)
+        elif getattr(cb, "model", None) is None or isinstance(cb.model, Loop):  # a plain object: as Keras's base class sets it
+            try:
+                cb.model = loop
+            except AttributeError:  # __slots__, or a read-only property
+                pass
         # and set_params (self.params["epochs"], "steps", "verbose"), unless the callback keeps a
         # params of its own (in JAX code often weights)
         if callable(getattr(cb, "set_params", None)) and (getattr(cb, "params", None) is None or getattr(cb, "_fit_params", False)):
@@ -651,7 +674,7 @@ def fit(
     for h in hooks:
         h.on_train_begin(loop)
     if restored is not None:
-        for h, cb_state in zip(hooks, restored.callbacks):
+        for h, cb_state in callback_states:
             h.set_state(cb_state)
         loop.stop_training = restored.stop_training
     if verbose and not loop.stop_training and initial_epoch < epochs:

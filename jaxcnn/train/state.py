@@ -126,9 +126,21 @@ def create_train_state(
     ``optimizer`` is a name for :func:`jaxcnn.optim.get_optimizer` or any optax transformation.
     A linen module's parameters come from ``PRNGKey(seed)`` (Keras-style init in
     ``jaxcnn.layers``); dropout keys, for every kind, from a key split off it. ``loss`` is
-    resolved by :func:`jaxcnn.losses.get_loss`.
+    resolved by :func:`jaxcnn.losses.get_loss`; its ``from_logits=None`` (the default) is decided
+    from the model's outputs on a few random images, as ``fit`` decides it on training images,
+    so that :func:`jaxcnn.train.train_step` and ``eval_step`` take a softmax output as
+    probabilities, never softmaxing it twice.
     """
-    return start_state(model, input_shape, optimizer, learning_rate, seed, loss=loss, metrics=metrics)[0]
+    images = np.random.default_rng(0).random((SAMPLE, *tuple(int(d) for d in input_shape)), dtype=np.float32) \
+        if len(input_shape) == 3 else None
+    state, outputs = start_state(model, input_shape, optimizer, learning_rate, seed, loss=loss, metrics=metrics, sample=images)
+    if getattr(state.loss, "from_logits", False) is None and hasattr(state.loss, "with_from_logits"):
+        if outputs is None:
+            from jaxcnn.train.strategies import jit_predict
+
+            outputs = jit_predict(state, images)
+        state = state.replace(loss=state.loss.with_from_logits(not losses.looks_like_probabilities(outputs)))
+    return state
 
 
 def start_state(model: Any, input_shape: Sequence[int], optimizer: str | optax.GradientTransformation = "rmsprop",
