@@ -150,3 +150,17 @@ def test_a_resume_with_a_callback_added_that_keeps_no_state(tmp_path):
     # the wait counted in the first run's epochs 1-2 came back with the resume
     with pytest.raises(ConfigError, match=r"holds the state of 3 callbacks \(1 keeping state\) but 2 were given \(2 keeping state\)"):
         run([callbacks.ReduceLROnPlateau(patience=1), callbacks.EarlyStopping(patience=3)], 5, tmp_path / "cut")
+
+
+def test_a_run_checkpointed_before_get_optimizer_was_recorded_still_resumes():
+    # get_optimizer's transformations now carry their JSON; a checkpoint written before holds
+    # None for them (and a name as it was given, "RMSprop"): both still resume.
+    import json
+
+    from jaxcnn.train.loop import _same_optimizer
+
+    spec = json.dumps({"name": "adamw", "learning_rate": 0.001, "kwargs": {"weight_decay": 0.01}})
+    assert _same_optimizer(None, spec)
+    assert _same_optimizer(json.dumps({"name": "RMSprop", "learning_rate": 0.001}), json.dumps({"name": "rmsprop", "learning_rate": 0.001}))
+    assert not _same_optimizer(json.dumps({"name": "adamw", "learning_rate": 0.001}), spec)
+    assert not _same_optimizer(spec, None)

@@ -8,6 +8,7 @@ epochs of shuffled batches with validation, callbacks, a progress bar and a :cla
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -435,11 +436,23 @@ def _restore(ckpts: Any, state: TrainState, fingerprint: dict[str, Any], hooks: 
     saved = restored.meta.get("fit")
     if saved is not None:
         for key, value in fingerprint.items():
-            if saved.get(key) != value:
+            if saved.get(key) != value and not (key == "optimizer" and _same_optimizer(saved.get(key), value)):
                 what = "the training data differ from" if key == "data" else f"{key}={value!r} differs from {saved.get(key)!r} in"
                 raise ConfigError(f"cannot resume from {ckpts.directory}: {what} the run that wrote it; "
                                   "resume with the same data and settings, or start again with another checkpoint_dir")
     return restored, _callback_pairs(hooks, restored.callbacks)
+
+
+def _same_optimizer(saved: str | None, spec: str | None) -> bool:
+    """Whether a checkpoint's optimizer JSON and this run's name the same optimizer. One written
+    before jaxcnn recorded ``get_optimizer``'s transformations (None, as for any optax one) is
+    taken as this one, as it was then; names compare in any case (``RMSprop`` was kept as given)."""
+    if saved is None:
+        return True
+    if spec is None:
+        return False
+    a, b = json.loads(saved), json.loads(spec)
+    return {**a, "name": str(a.get("name")).lower()} == {**b, "name": str(b.get("name")).lower()}
 
 
 def _callback_pairs(hooks: Sequence[Hooks], saved: Sequence[Any]) -> list[tuple[Hooks, Any]]:
