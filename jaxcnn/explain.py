@@ -136,6 +136,9 @@ def _forward(state: Any, x: jax.Array, hook: Callable[[str, Any], Any] | None = 
     return jnp.asarray(forward(state.model, _variables(state), x, hook), jnp.float32)
 
 
+_jit_forward = jax.jit(_forward)
+
+
 def _scores(outputs: jax.Array, targets: jax.Array, probs: bool) -> jax.Array:
     """The explained score of each row: the target's logit, or its log-probability."""
     picked = jnp.take_along_axis(outputs, targets[:, None], axis=-1)[:, 0]
@@ -206,7 +209,7 @@ def _outputs_are_probs(state: Any, xs: np.ndarray) -> bool:
     from jaxcnn import losses
 
     # a state fit never resolved (create_train_state): decide from the outputs, as fit would
-    return bool(losses.looks_like_probabilities(np.asarray(jax.jit(_forward)(state, jnp.asarray(xs[:8])))))
+    return bool(losses.looks_like_probabilities(np.asarray(_jit_forward(state, jnp.asarray(xs[:8])))))
 
 
 def _prepare(state: Any, x: Any, target: Any, batch_size: int, what: str) -> tuple[Any, np.ndarray, np.ndarray, bool]:

@@ -428,7 +428,12 @@ def _open_checkpoints(checkpoint_dir: Any, resume: bool, monitor: str) -> Any:
     return ckpts
 
 
-def _restore(ckpts: Any, state: TrainState, fingerprint: dict[str, Any], hooks: Sequence[Hooks]) -> tuple[Any, list[tuple[Hooks, Any]]]:
+def _strategy_meta(strategy: Strategy) -> dict[str, Any]:
+    return {"name": strategy.name, "devices": strategy.device_count}
+
+
+def _restore(ckpts: Any, state: TrainState, fingerprint: dict[str, Any], hooks: Sequence[Hooks],
+             strategy: Strategy) -> tuple[Any, list[tuple[Hooks, Any]]]:
     """The checkpoint to resume from (None: none) and each callback paired with its saved state."""
     if ckpts is None or ckpts.latest_epoch is None:
         return None, []
@@ -440,6 +445,16 @@ def _restore(ckpts: Any, state: TrainState, fingerprint: dict[str, Any], hooks: 
                 what = "the training data differ from" if key == "data" else f"{key}={value!r} differs from {saved.get(key)!r} in"
                 raise ConfigError(f"cannot resume from {ckpts.directory}: {what} the run that wrote it; "
                                   "resume with the same data and settings, or start again with another checkpoint_dir")
+    before, now = restored.meta.get("strategy"), _strategy_meta(strategy)
+    if isinstance(before, dict) and before != now:
+        import warnings
+
+        def say(m: dict[str, Any]) -> str:
+            return f"the {m.get('name')} strategy on {_plural(int(m.get('devices') or 1), 'device')}"
+
+        warnings.warn(f"resuming a run trained with {say(before)} with {say(now)}: dropout masks and the order of float sums "
+                      "follow the strategy, so the history may differ from an uninterrupted run's; resume with the devices= it "
+                      "was started with to continue it exactly", UserWarning, stacklevel=3)
     return restored, _callback_pairs(hooks, restored.callbacks)
 
 
@@ -657,7 +672,7 @@ def fit(
     # fit continuing a trained state from epoch 0 (called in a loop) shuffles anew each call
     salt = int(model_or_state.step) if isinstance(model_or_state, TrainState) and initial_epoch == 0 else 0
     try:
-        restored, callback_states = _restore(ckpts, state, fingerprint, hooks)
+        restored, callback_states = _restore(ckpts, state, fingerprint, hooks, strategy)
     except Exception:
         if ckpts is not None:
             ckpts.close()
@@ -763,7 +778,7 @@ def _epochs(loop: Loop, strategy: Strategy, inputs: _Inputs, hooks: list[Hooks],
         loop.history._add_late(ordered)
         if ckpts is not None:
             ckpts.save(epoch + 1, loop.state, history=loop.history, callbacks=[h.get_state() for h in hooks],
-                       stop_training=loop.stop_training, metrics=ordered, extra={"fit": fingerprint})
+                       stop_training=loop.stop_training, metrics=ordered, extra={"fit": fingerprint, "strategy": _strategy_meta(strategy)})
 
 
 def _log_order(logs: dict[str, float]) -> list[str]:
