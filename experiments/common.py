@@ -23,7 +23,8 @@ data order, dropout keys and learning rate all derive from the seed, the epoch a
 state). config.json records a SHA-256 of the data and of the settings, so a resume on other data
 (another ``--data-dir``) or with an edited config is refused; ``--resume`` refuses a directory
 that is not a jaxcnn run. Ctrl-C stops the run (the checkpoint of the last finished epoch is
-kept), prints how to resume, and exits with status 130. A NaN or infinite loss stops the run with
+kept), prints how to resume, and exits with status 130; with ``--no-checkpoint`` it keeps the
+finished epochs' history.json and history.csv instead, and says there is nothing to resume from. A NaN or infinite loss stops the run with
 a one-line error (exit status 2) that names the epoch and step; the last good checkpoint and
 history.json (the epochs completed) are kept.
 
@@ -550,7 +551,6 @@ def validate_config(config: RunConfig) -> None:
     if key not in DATASETS:
         raise ConfigError(f"unknown data set {config.dataset!r}; {_close(key, DATASETS)}known data sets: {', '.join(DATASETS)}")
     optim.get_optimizer(config.optimizer, config.learning_rate)  # unknown name, non-positive rate
-    _devices(config.devices)
     try:
         import matplotlib  # noqa: F401  (reads MPLBACKEND when imported)
     except ValueError:
@@ -561,11 +561,40 @@ def validate_config(config: RunConfig) -> None:
 
 
 def _devices(value: str | int | None) -> str | int | None:
+    """``--devices`` as :func:`jaxcnn.fit` takes it: None, "all", "auto" or a count (a form that is
+    none of these raises :func:`check_devices`'s message)."""
     if value is None or value in ("all", "auto"):
         return value
     if (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.isdigit()):
         return int(value)
-    raise ConfigError(f"--devices must be 'auto', 'all' or a number of devices, got {value!r}")
+    raise _devices_error(value)
+
+
+def _device_count() -> tuple[int, str]:
+    """How many devices a count of ``--devices`` may take, as :func:`jaxcnn.fit` places them (this
+    process's, or every process's across hosts), and their kind ("CPU", "GPU"...)."""
+    import jax
+
+    local = jax.local_devices() if jax.process_count() == 1 else jax.devices()
+    return len(local), (local[0].platform.upper() if local else "")
+
+
+def _devices_error(value: Any) -> ConfigError:
+    n, kind = _device_count()
+    more = "; JAXCNN_CPU_DEVICES=N splits the CPU into N devices" if kind == "CPU" else ""
+    return ConfigError(
+        f"--devices must be 'auto', 'all' or a number of devices, got {value!r}; the number of devices must be at "
+        f"least 1 and at most {n}, the {f'{kind} ' if kind else ''}device{'' if n == 1 else 's'} this process sees{more}"
+    )
+
+
+def check_devices(value: str | int | None) -> None:
+    """Refuse a ``--devices`` that is not "auto", "all" or a count from 1 to the devices there are,
+    with one message for every bad value. Runs after :func:`initialize_distributed` (it asks JAX
+    for the devices) and before anything is printed or written."""
+    devices = _devices(value)
+    if isinstance(devices, int) and not 1 <= devices <= _device_count()[0]:
+        raise _devices_error(value)
 
 
 def _json(value: Any) -> Any:
@@ -697,14 +726,35 @@ def _write_history(out: Path, history: Any, **kwargs: Any) -> None:
 
 def _start_callback(start: Callable[[], None]) -> Any:
     """A callback whose ``on_train_begin`` calls ``start``: jaxcnn.fit calls it after every input
-    check and the checkpoint's own resume checks."""
+    check and the checkpoint's own resume checks. It keeps the running loop as ``.loop`` (its
+    ``history`` holds the finished epochs, kept on Ctrl-C with ``--no-checkpoint``)."""
     from jaxcnn.callbacks import Callback
 
     class _Start(Callback):
+        loop: Any = None
+
         def on_train_begin(self, loop: Any) -> None:
+            self.loop = loop
             start()
 
     return _Start()
+
+
+def _interrupted_without_checkpoints(out: Path, history: Any, primary: bool) -> str:
+    """What Ctrl-C kept of a ``--no-checkpoint`` run (the message after ``interrupted:``): the
+    finished epochs' history, written to history.json and history.csv as a NaN loss keeps it, and
+    no checkpoint, so that a new run starts over."""
+    done = len(history) if history is not None else 0
+    again = "--no-checkpoint saved no checkpoint to resume from; start a new run with another --out"
+    if not done:
+        return f"no epoch had finished, and {again}"
+    epochs = f"{done} epoch{'' if done == 1 else 's'} had finished"
+    try:
+        if primary:
+            _write_history(out, history)
+    except ConfigError as e:
+        return f"{epochs}, but their history could not be kept ({e}); {again}"
+    return f"{epochs}; their history is in {out / 'history.json'}, but {again}"
 
 
 def _holds_files(folder: Path) -> bool:
@@ -755,6 +805,7 @@ def run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) 
     t_start = time.perf_counter()
     validate_config(config)
     initialize_distributed(config.coordinator, config.num_processes, config.process_id)
+    check_devices(config.devices)  # 0, 99 or -3: the same one line, before the summary is printed
 
     import jaxcnn
     from jaxcnn import data, optim, plots
@@ -815,6 +866,9 @@ def run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) 
         note = devices_note(before, config)
         if note:
             say(note)
+            import warnings  # the note says it: not again as the library's warning
+
+            warnings.filterwarnings("ignore", message="resuming a run trained with the", category=UserWarning)
     elif config.resume:
         if out is not None and (out / "metrics.json").is_file():
             raise ConfigError(
@@ -855,6 +909,8 @@ def run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) 
                     shown = range(min(3, len(ds.x_train)))
                     save_figure(plots.labelled_images(ds.x_train, ds.y_train, shown, class_names=names), out / "digits.png")
 
+        starter = _start_callback(start)
+
         try:
             state, history = jaxcnn.fit(
                 state,
@@ -863,7 +919,7 @@ def run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) 
                 epochs=config.epochs,
                 batch_size=config.batch_size,
                 seed=config.seed,
-                callbacks=[_start_callback(start), *callbacks],
+                callbacks=[starter, *callbacks],
                 verbose=config.verbose if primary else 0,
                 **({} if config.devices is None else {"devices": _devices(config.devices)}),  # None: fit's default
                 checkpoint_dir=out / "checkpoints" if config.checkpoint else None,
@@ -880,11 +936,16 @@ def run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) 
                 if last is not None
                 else "no checkpoint was written before it"
             )
-            raise TrainingError(f"{e}. {kept}; the history so far is in {out / 'history.json'}") from None
+            # The library's message ends in advice ("... or add weight decay"): what was kept joins it
+            # after a semicolon, so that the lower-case clauses read as one sentence.
+            raise TrainingError(f"{str(e).rstrip('.')}; {kept}; the history so far is in {out / 'history.json'}") from None
         except KeyboardInterrupt:
             if not started:
                 _remove_if_empty(out, existed)
                 raise RunInterrupted("before training started; nothing was kept") from None
+            if not config.checkpoint:  # nothing to resume from: keep the history, and say so
+                history = getattr(starter.loop, "history", None)
+                raise RunInterrupted(_interrupted_without_checkpoints(out, history, primary)) from None
             last = _latest_epoch(out)
             kept = f"the checkpoint after epoch {last} is in {out / 'checkpoints'}" if last else "no epoch had finished"
             raise RunInterrupted(f"{kept}; continue with: {_command()} --resume --out {out}") from None
@@ -973,8 +1034,10 @@ def main_guard(fn: Callable[[list[str] | None], Any], argv: list[str] | None) ->
 
 def _on_the_command_line(error: JaxcnnError) -> str:
     """A library message as a command-line user needs it: the data loaders' ``data_dir=...``
-    is the experiments' ``--data-dir DIR``."""
-    return str(error).replace("pass it as data_dir=...", "pass it with --data-dir DIR")
+    is the experiments' ``--data-dir DIR``; a message that spans lines (a database library's, say)
+    is put on one."""
+    text = str(error).replace("pass it as data_dir=...", "pass it with --data-dir DIR")
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def cli(fn: Callable[[list[str] | None], Any]) -> None:

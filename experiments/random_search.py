@@ -45,6 +45,7 @@ none of seed 0's ten draws has a weight decay below 0.02, and the smaller ones d
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -123,7 +124,9 @@ def run(config: RandomSearchRun) -> dict[str, Any]:
         config.search.check()  # bad settings (a seed out of range...): one line, nothing created
     except ConfigError as e:
         raise ConfigError(as_flags(str(e))) from None
+    check_storage(config)  # a bad --storage URL: one line, before the run directory is made
     started = time.time_ns()
+    existed = out.exists()
     try:
         ds = data.load(config.dataset, config.data_dir)
         if config.limit is not None:
@@ -137,14 +140,56 @@ def run(config: RandomSearchRun) -> dict[str, Any]:
     except KeyboardInterrupt:
         raise RunInterrupted(_interrupted(config, out)) from None
     except ConfigError as e:
-        raise ConfigError(as_flags(str(e))) from None
+        raise ConfigError(as_flags(_one_line(str(e)))) from None
     except SearchError as e:  # trials kept failing: they are queued again; say how to continue
         raise SearchError(f"{e}; continue with: {resume_command(config, out)}") from e.__cause__
     finally:
         _write_settings(config, out, started)
+        if not existed:  # a run refused after the search made its folder: leave no empty folder behind
+            _remove_if_empty(out)
     if config.search.verbose:
         print(f"Outputs in {out}")
     return json.loads((out / "best.json").read_text())
+
+
+def _one_line(message: str) -> str:
+    """``message`` on one line (a database library's messages span several)."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def check_storage(config: RandomSearchRun) -> None:
+    """Refuse a ``--storage`` that cannot be opened, before anything is created: a SQLite file
+    whose folder is missing, a URL of no known database, a database that does not answer. Opening
+    it creates the study's tables, as the search would (a new SQLite file included)."""
+    if not config.storage:
+        return  # SQLite in the run directory, made by the search
+    from jaxcnn.search.engine import open_storage
+
+    shown = _hide(config.storage)
+    if config.storage.startswith("sqlite:///"):
+        path = config.storage[len("sqlite:///"):].split("?", 1)[0]
+        folder = Path(path).parent if path and path != ":memory:" else None
+        if folder is not None and not folder.is_dir():
+            raise ConfigError(f"--storage {shown}: the folder {folder} does not exist; create it or give another SQLite file path")
+    try:
+        db = open_storage(config.storage, config.search)
+    except ConfigError as e:
+        hidden = re.sub(r"(://[^:/@\s]+):[^@\s]+@", r"\1:***@", str(e))  # the password, in any spelling of the URL
+        raise ConfigError(_one_line(hidden)) from None
+    engine = getattr(db, "engine", None)
+    if engine is not None:
+        engine.dispose()
+
+
+def _remove_if_empty(out: Path) -> None:
+    """Remove ``out`` when it is an empty folder (``os.rmdir`` removes nothing else)."""
+    import os
+
+    try:
+        if out.is_dir() and not any(out.iterdir()):
+            os.rmdir(out)
+    except OSError:
+        pass
 
 
 def _write_settings(config: RandomSearchRun, out: Path, started: int) -> None:

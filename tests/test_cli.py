@@ -378,7 +378,7 @@ def test_cli_refusals_a_new_user_met(tmp_path, monkeypatch):
         (["--model", "userpkg.broken:X"], r"importing userpkg.broken failed \(RuntimeError: oops in my module\) \(broken.py, line 1\)"),
         (["--model", "userpkg.nets:Net", "--precision", "bf16"], "--precision bf16 builds the model with dtype=jnp.bfloat16, and Net takes no dtype"),
         (["--model", "userpkg.nets"], "for a class of your own write userpkg.nets:ClassName"),
-        (["--devices", "0"], "devices must be at least 1"),
+        (["--devices", "0"], "got 0; the number of devices must be at least 1 and at most"),
     ]
     for argv, message in cases:
         with pytest.raises(ConfigError, match=message):

@@ -188,7 +188,7 @@ def test_resume_into_a_folder_that_is_not_a_run_changes_nothing(tmp_path, capsys
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--devices", "99"], "devices=99 but this process sees"),
+    (["--devices", "99"], "--devices must be 'auto', 'all' or a number of devices, got 99; the number of devices must be at least 1 and at most"),
     (["--seed", "-1"], "--seed must be a whole number from 0 to 4294967295, got -1"),
     (["--seed", str(2**70)], f"got {2**70}"),
     (["--model", "mnist_cn"], "did you mean 'mnist_cnn'?"),
