@@ -467,31 +467,52 @@ def _as_classes(y: Any, what: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def _check_labels(t: np.ndarray, p: np.ndarray, n: int | None = None, fix: Callable[[int], str] | None = None) -> None:
+    """Refuse a class index below 0, or (``n`` given) at ``n`` or above, in one line; ``fix(needed)``
+    says what to do about one too large (``needed``: the number of classes the labels ask for)."""
+    needed = int(max(t.max(initial=-1), p.max(initial=-1))) + 1
+    for name, y in (("y_true", t), ("y_pred", p)):
+        if (y < 0).any():
+            raise ShapeError(f"{name} holds class {int(y[y < 0][0])}; class labels must be 0 or more (0..C-1): fix the labels")
+    for name, y in (("y_true", t), ("y_pred", p)):
+        if n is not None and fix is not None and (y >= n).any():
+            raise ShapeError(f"{name} holds class {int(y[y >= n][0])}, outside 0..{n - 1}; {fix(needed)}")
+
+
+def _weights(sample_weight: Any, n: int) -> np.ndarray | None:
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight, np.float64).reshape(-1)
+    if w.shape[0] != n:
+        raise ShapeError(f"sample_weight has {w.shape[0]} values for {n} labels; they must match one to one")
+    return w
+
+
+def _pair(y_true: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray]:
+    t, p = _as_classes(y_true, "y_true"), _as_classes(y_pred, "y_pred")
+    if t.shape != p.shape:
+        raise ShapeError(f"y_true has {t.shape[0]} labels and y_pred {p.shape[0]}; they must match one to one")
+    return t, p
+
+
+def _count(t: np.ndarray, p: np.ndarray, n: int, w: np.ndarray | None) -> np.ndarray:
+    out = np.zeros((n, n), np.int64 if w is None else np.float64)
+    np.add.at(out, (t, p), 1 if w is None else w)
+    return out
+
+
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int | None = None, sample_weight: Any = None) -> np.ndarray:
     """``(C, C)`` confusion matrix on the host: ``[t, p]`` counts (or sums the sample weights of)
     the examples of true class ``t`` predicted as ``p``.
 
     ``y_true`` and ``y_pred`` are class indices ``(N,)`` or scores/one-hot ``(N, C)`` (argmaxed).
     ``num_classes`` defaults to the largest class seen plus one. Integer counts without weights.
+    A class below 0, or at ``num_classes`` or above, is refused (``ShapeError``).
     """
-    t, p = _as_classes(y_true, "y_true"), _as_classes(y_pred, "y_pred")
-    if t.shape != p.shape:
-        raise ShapeError(f"y_true has {t.shape[0]} labels and y_pred {p.shape[0]}; they must match one to one")
+    t, p = _pair(y_true, y_pred)
     n = int(num_classes) if num_classes is not None else int(max(t.max(initial=-1), p.max(initial=-1)) + 1)
-    for name, y in (("y_true", t), ("y_pred", p)):
-        bad = (y < 0) | (y >= n)
-        if bad.any():
-            raise ShapeError(f"{name} holds class {int(y[bad][0])}, outside 0..{n - 1}; pass num_classes={int(y.max()) + 1} or fix the labels")
-    if sample_weight is None:
-        out = np.zeros((n, n), np.int64)
-        np.add.at(out, (t, p), 1)
-        return out
-    w = np.asarray(sample_weight, np.float64).reshape(-1)
-    if w.shape[0] != t.shape[0]:
-        raise ShapeError(f"sample_weight has {w.shape[0]} values for {t.shape[0]} labels; they must match one to one")
-    out = np.zeros((n, n), np.float64)
-    np.add.at(out, (t, p), w)
-    return out
+    _check_labels(t, p, n, lambda needed: f"pass num_classes={needed} or fix the labels")
+    return _count(t, p, n, _weights(sample_weight, t.shape[0]))
 
 
 def classification_report(
@@ -500,13 +521,36 @@ def classification_report(
     """A text table of per-class precision, recall, F1 and support, then accuracy and the macro
     and support-weighted averages (the layout of scikit-learn's ``classification_report``).
 
-    ``y_true``/``y_pred`` as in :func:`confusion_matrix`; ``class_names`` names the rows (default
-    the class indices) and fixes the number of classes.
+    ``y_true``/``y_pred`` as in :func:`confusion_matrix`. The rows, and so the macro average,
+    follow scikit-learn:
+
+    * without ``class_names``, one row per class that occurs in ``y_true`` or ``y_pred`` (their
+      sorted union, scikit-learn's ``unique_labels``), named by its index: a class seen in neither
+      has no row and does not pull the macro average down;
+    * with ``class_names``, ``class_names[i]`` names class ``i`` and every class ``0..len-1``
+      has a row, those never seen with support 0 and precision, recall and F1 0 (counted in the
+      macro average), as scikit-learn's ``classification_report(y_true, y_pred,
+      labels=range(len(class_names)), target_names=class_names)``. A class at
+      ``len(class_names)`` or above is refused (``ShapeError``): give a name per class.
+
+    Precision (recall) is 0 where nothing was predicted as (is truly) the class, as
+    scikit-learn's default ``zero_division``. With ``sample_weight`` the counts and supports are
+    sums of the weights.
     """
-    n = len(class_names) if class_names is not None else None
-    cm = confusion_matrix(y_true, y_pred, n, sample_weight).astype(np.float64)
+    t, p = _pair(y_true, y_pred)
+    w = _weights(sample_weight, t.shape[0])
+    if class_names is not None:
+        names = [str(c) for c in class_names]
+        _check_labels(t, p, len(names), lambda needed: (
+            f"classification_report has {len(names)} class_names, one per class 0..{len(names) - 1}; "
+            f"give a name per class ({needed} names, for 0..{needed - 1}) or fix the labels"))
+        cm = _count(t, p, len(names), w).astype(np.float64)
+    else:
+        _check_labels(t, p)  # negatives only
+        labels = np.union1d(t, p)  # scikit-learn's unique_labels: the classes seen, sorted
+        names = [str(int(c)) for c in labels]
+        cm = _count(np.searchsorted(labels, t), np.searchsorted(labels, p), len(labels), w).astype(np.float64)
     n = cm.shape[0]
-    names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(n)]
     tp = np.diag(cm)
     support = cm.sum(axis=1)
     precision = _divide(tp, cm.sum(axis=0))

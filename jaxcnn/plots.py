@@ -35,6 +35,34 @@ def _label(value: Any, class_names: Sequence[str] | None) -> str:
     return class_names[value] if class_names is not None else str(value)
 
 
+def _as_images(images: Any) -> np.ndarray:
+    """``images`` as an array (N, H, W) or (N, H, W, C) that matplotlib draws: channels-first
+    refused with the transpose, 0..255 floats and wider integers brought to 0..1 floats / uint8."""
+    from jaxcnn.errors import ShapeError
+
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[-1] not in (1, 3, 4):
+        if images.shape[1] in (1, 3, 4):
+            raise ShapeError(
+                f"images of shape {images.shape} look channels-first (N, C, H, W); plots take channels-last "
+                "(N, H, W, C): pass x.transpose(0, 2, 3, 1)"
+            )
+        raise ShapeError(f"images must be (N, H, W) or (N, H, W, C) with C = 1, 3 or 4 channels, got shape {images.shape}")
+    if images.ndim not in (3, 4):
+        raise ShapeError(
+            f"images must be (N, H, W) or (N, H, W, C), got shape {images.shape}; reshape flat images, e.g. "
+            "x.reshape(-1, 28, 28), and pass a single image as x[None]"
+        )
+    if images.size and images.dtype != np.uint8 and images.dtype != bool:
+        lo, hi = np.nanmin(images), np.nanmax(images)
+        if np.issubdtype(images.dtype, np.integer):
+            if lo >= 0 and hi <= 255:
+                images = images.astype(np.uint8)
+        elif np.issubdtype(images.dtype, np.floating) and lo >= 0 and 1.5 < hi <= 255:
+            images = images / 255.0  # 0..255 pixels as floats
+    return images
+
+
 def image_grid(
     images: np.ndarray,
     titles: Sequence[str] | None = None,
@@ -44,8 +72,15 @@ def image_grid(
     size: float = 2.4,
     suptitle: str | None = None,
 ) -> Figure:
-    """A grid of images (N, H, W) or (N, H, W, C), uint8 0..255 or float 0..1, one title each."""
-    images = np.asarray(images)
+    """A grid of images (N, H, W) or (N, H, W, C) with C = 1, 3 or 4 (channels last), one title each.
+
+    Pixel values: uint8 0..255, or floats 0..1. Float images whose values lie in 0..255 with some
+    above 1.5 (0..255 pixels cast to float, not divided by 255) are divided by 255 to draw, with
+    no error, instead of being clipped to white; other integer images in 0..255 draw as uint8.
+    Floats outside these ranges (standardized images) are clipped to 0..1. Channels-first images
+    (N, C, H, W) are refused (``ShapeError``) with the transpose that fixes them.
+    """
+    images = _as_images(images)
     if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
     n = len(images)
@@ -124,22 +159,36 @@ def training_curves(
     """Loss and accuracy per epoch, training and validation, with the best epoch marked, and the
     learning rate in a third panel (log scale) when it changed during the run.
 
-    ``history`` is a :class:`jaxcnn.train.History`, what ``fit`` returned, or a Keras-style
-    ``{"loss": [...], ...}`` mapping (Keras's older ``acc``/``val_acc`` are accuracy). ``best_epoch`` (0-based) defaults to the best ``monitor`` epoch when present.
+    ``history`` is a :class:`jaxcnn.train.History`, what ``fit`` returned, ``History.to_dict()``'s
+    ``{"epoch": [...], "history": {...}, "params": {...}}`` (a run's ``history.json``, loaded with
+    ``json.load``), or a Keras-style ``{"loss": [...], ...}`` mapping (Keras's older
+    ``acc``/``val_acc`` are accuracy); another mapping is refused, saying what it takes. ``best_epoch`` (0-based) defaults to the best ``monitor`` epoch when present.
     ``learning_rate``: None (default) shows the panel when the logged ``learning_rate`` takes
     more than one value (a scheduler, ReduceLROnPlateau, a decay); True or False force it.
     """
+    takes = ("training_curves takes the history fit returned, History.to_dict()'s {'epoch': [...], 'history': {...}} "
+             "(a run's history.json) or a Keras-style {'loss': [...], ...} mapping")
     if hasattr(history, "state") and hasattr(history, "history"):  # fit's result: (state, history)
         history = history.history
     h: Mapping[str, Sequence[float]] = getattr(history, "history", history)
+    epoch_list = getattr(history, "epoch", None)
+    if isinstance(h, Mapping) and "loss" not in h and isinstance(h.get("history"), Mapping):  # History.to_dict()
+        epoch_list = h.get("epoch")
+        h = h["history"]
     if not isinstance(h, Mapping):
-        raise ConfigError(f"training_curves takes the history fit returned (or a {{'loss': [...], ...}} mapping), got a {type(history).__name__}")
+        raise ConfigError(f"{takes}, got a {type(history).__name__}")
     keras2 = {"acc": "accuracy", "val_acc": "val_accuracy"}
     if any(k in h for k in keras2):  # Keras 2's names
         h = {keras2.get(k, k): v for k, v in h.items()}
+    if h and "loss" not in h:
+        keys = sorted(map(str, h))
+        shown = ", ".join(repr(k) for k in keys[:8]) + (", ..." if len(keys) > 8 else "")
+        raise ConfigError(f"{takes}; got a mapping with keys {shown} and no 'loss'")
     if not h.get("loss"):
         raise ConfigError("the history holds no epoch (fit ran with epochs=0?): there is nothing to plot")
-    epochs = list(getattr(history, "epoch", range(len(h["loss"]))))
+    if epoch_list is None or len(epoch_list) != len(h["loss"]):
+        epoch_list = range(len(h["loss"]))
+    epochs = [int(e) for e in epoch_list]
     xs = [e + 1 for e in epochs]
     if best_epoch is None and monitor in h and not np.all(np.isnan(np.asarray(h[monitor], float))):
         from jaxcnn.callbacks import _auto_mode
@@ -175,7 +224,8 @@ def training_curves(
         ax.set_ylabel(metric)
         ax.set_xticks(xs)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # a loss-only history leaves the accuracy panel empty
+            ax.legend()
     if title:
         fig.suptitle(title)
     return fig
@@ -200,10 +250,20 @@ def confusion_matrix(
     true class on the diagonal). The title gives the accuracy.
 
     ``y_true``, ``y_pred``: class indices (N,) or scores (N, C), argmaxed (see
-    :func:`jaxcnn.metrics.confusion_matrix`, which counts them).
+    :func:`jaxcnn.metrics.confusion_matrix`, which counts them). ``class_names[i]`` names class
+    ``i``: one name per class, so a label at ``len(class_names)`` or above, or a different
+    ``num_classes``, is refused.
     """
+    from jaxcnn.metrics import _check_labels, _pair
     from jaxcnn.metrics import confusion_matrix as counts_of
 
+    if class_names is not None:
+        k = len(class_names)
+        if num_classes is not None and int(num_classes) != k:
+            raise ConfigError(f"class_names has {k} names but num_classes is {num_classes}; give one name per class (or leave num_classes out)")
+        _check_labels(*_pair(y_true, y_pred), k, lambda needed: (
+            f"there are {k} class_names, one per class 0..{k - 1}; give a name per class ({needed} names, for 0..{needed - 1}) "
+            "or fix the labels"))
     n = num_classes if num_classes is not None else (len(class_names) if class_names is not None else None)
     counts = counts_of(y_true, y_pred, num_classes=n)
     k = counts.shape[0]
@@ -318,7 +378,7 @@ def explanations(
     as the absolute value of their sum over the channels. ``labels`` and ``predicted`` title
     each image ("7", or "7 / true: 2" in red where they differ); ``class_names`` names them.
     """
-    images = np.asarray(images)
+    images = _as_images(images)
     maps = np.asarray(maps, np.float64)
     if maps.ndim == 4:
         maps = np.abs(maps.sum(-1))
@@ -370,6 +430,10 @@ def metric_vs_params(rows: Sequence[Mapping[str, Any]], params: Sequence[str], m
 
 
 def save(fig: Figure, path: str | os.PathLike[str], dpi: int = 100) -> str:
-    """Write ``fig`` to ``path`` (PNG by extension) and return the path."""
+    """Write ``fig`` to ``path`` (PNG by extension), creating its missing parent folders, and
+    return the path."""
+    parent = os.path.dirname(os.fspath(path))
+    if parent:
+        os.makedirs(parent, exist_ok=True)
     fig.savefig(os.fspath(path), dpi=dpi)
     return os.fspath(path)
