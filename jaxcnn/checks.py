@@ -29,6 +29,9 @@ from jaxcnn.errors import ConfigError, ShapeError
 _CHUNK = 4096
 #: Float pixels above this draw a warning: 0..255 values that were never divided by 255.
 PIXEL_WARN_ABOVE = 1.5
+#: Data with negative values is taken as standardised (mean 0, standard deviation 1, no warning)
+#: while it stays within this many units of 0; centred 0..255 pixels reach 127.5.
+STANDARDISED_MAX = 32.0
 #: The largest seed :func:`check_seed` takes (NumPy's and JAX's 32-bit seed range).
 MAX_SEED = 2**32 - 1
 
@@ -66,7 +69,8 @@ def _channels_first(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
 def check_finite(x: np.ndarray, what: str = "x") -> float | None:
     """Raise ``ShapeError`` naming the first NaN or infinite value of ``x`` (by index), if any;
     return the largest value (``None`` for an integer or empty array, finite by construction, and
-    for one holding negative values: standardised data, not unscaled 0..255 pixels).
+    for standardised data: values below 0, none beyond :data:`STANDARDISED_MAX` either way;
+    0..255 pixels centred on 0, up to 127.5, still count).
 
     Runs over slices of ``_CHUNK`` images with a min and a max each (NumPy's propagate NaN), so a
     60,000-image set costs a few tens of milliseconds and no temporary array.
@@ -97,7 +101,7 @@ def check_finite(x: np.ndarray, what: str = "x") -> float | None:
             f"{what} holds {kind} {where} ({count} {item}{plural} NaN or infinite values); the model needs finite "
             f"inputs: fix or drop those, e.g. keep = np.isfinite({_name(what)}).reshape(len({_name(what)}), -1).all(1)"
         )
-    return top if bottom >= 0 else None
+    return top if bottom >= 0 or max(top, -bottom) > STANDARDISED_MAX else None
 
 
 def _name(what: str) -> str:

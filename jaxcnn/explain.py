@@ -160,20 +160,30 @@ def _has_params(module: Any) -> bool:
     return bool(jax.tree.leaves(module.variables.get("params", {})))
 
 
-def _candidate_layers(state: Any) -> list[tuple[str, tuple[int, ...], bool]]:
-    """(name, output shape, whether it has weights) of every layer with a (B, h, w, channels)
-    output, in the order their calls end, found by tracing one image (nothing runs)."""
+def _traced_layers(state: Any) -> tuple[list[tuple[str, tuple[int, ...], bool]], dict[str, int]]:
+    """(name, output shape, whether it has weights) of every layer called once with a (B, h, w,
+    channels) output, in the order their calls end, and how many times each layer with such an
+    output was called; found by tracing one image (nothing runs)."""
     seen: dict[str, tuple[tuple[int, ...], bool]] = {}
+    calls: dict[str, int] = {}
 
     def record(name: str, module: Any, out: Any) -> Any:
         if _is_4d(out):
-            seen.pop(name, None)  # a layer called twice counts where its last call ends
+            seen.pop(name, None)  # where its last call ends
             seen[name] = (tuple(int(d) for d in out.shape[1:]), _has_params(module))
+            calls[name] = calls.get(name, 0) + 1
         return out
 
     x = jax.ShapeDtypeStruct((1, *state.input_shape), jnp.float32)
     jax.eval_shape(lambda s, x: _forward(s, x, record), state, x)
-    return [(name, shape, weights) for name, (shape, weights) in seen.items()]
+    once = [(name, shape, weights) for name, (shape, weights) in seen.items() if calls[name] == 1]
+    return once, calls
+
+
+def _candidate_layers(state: Any) -> list[tuple[str, tuple[int, ...], bool]]:
+    """The layers Grad-CAM can use: :func:`_traced_layers`' layers called once (a layer called
+    twice has two activations, of which a heat map can show only one)."""
+    return _traced_layers(state)[0]
 
 
 def _default_layer(layers: list[tuple[str, tuple[int, ...], bool]]) -> str:
@@ -186,7 +196,8 @@ def _default_layer(layers: list[tuple[str, tuple[int, ...], bool]]) -> str:
 
 def layer_names(state: Any) -> list[str]:
     """The layers :func:`grad_cam` can explain, those whose output is a batch of feature maps
-    (B, h, w, channels), in the order their calls end. Its default is the last of them with
+    (B, h, w, channels) and are called once in a forward pass (a layer shared by two calls has
+    two activations), in the order their calls end. Its default is the last of them with
     weights that is not inside another (the last convolution, or the last block of a network
     built of blocks), or the last of them if none has weights. A linen
     layer is named by its path of module names (``"Conv_1"``, ``"block/conv"``), an NNX layer by
@@ -388,12 +399,15 @@ def grad_cam(state: Any, x: Any, target: Any = None, *, layer: str | None = None
     of the class's score over it; the weighted sum, without its negative part, is scaled
     bilinearly to the image's size and divided by its maximum (all zeros where nothing argues for
     the class). ``layer`` is one of :func:`layer_names` (default: the last convolution or block,
-    see there; Keras's Grad-CAM example names its last convolutional layer); it should be called
-    once per forward pass."""
+    see there; Keras's Grad-CAM example names its last convolutional layer), a layer called once
+    per forward pass."""
     from jaxcnn.train.model import model_name
 
     st = _state(state, "grad_cam")
-    layers = _candidate_layers(st)
+    layers, calls = _traced_layers(st)
+    if layer is not None and calls.get(layer, 0) > 1:
+        raise ConfigError(f"layer {layer!r} is called {calls[layer]} times in one forward pass, and Grad-CAM explains one "
+                          f"activation; choose a layer called once: {', '.join(n for n, _, _ in layers) or 'there is none'}")
     if not layers:
         raise ConfigError(f"grad_cam needs a layer whose output is feature maps (B, h, w, channels); "
                           f"{model_name(st.model)} has none: use saliency or integrated_gradients")

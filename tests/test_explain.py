@@ -249,3 +249,24 @@ def test_explanations_figure(tmp_path):
     assert (tmp_path / "ig.png").stat().st_size > 1000
     with pytest.raises(ShapeError, match="explain the same images you draw"):
         plots.explanations(X[:4], cams)
+
+
+class SharedConv(nn.Module):
+    """One convolution applied twice, at two sizes (a regression probe: Grad-CAM's default layer
+    was it, and the heat map's perturbation, sized for one call, failed on the other)."""
+
+    @nn.compact
+    def __call__(self, x):
+        conv = nn.Conv(4, (3, 3), name="shared")
+        a, b = conv(x), conv(nn.max_pool(x, (2, 2), (2, 2)))
+        head = nn.Conv(4, (1, 1), name="head_conv")(a)
+        return nn.Dense(4)(jnp.concatenate([head.mean((1, 2)), b.mean((1, 2))], -1))
+
+
+def test_a_layer_called_twice_is_not_a_grad_cam_layer():
+    st = state(SharedConv())
+    assert explain.layer_names(st) == ["head_conv"]
+    assert explain.grad_cam(st, X).shape == (7, 12, 12)  # the default: the layer called once
+    with pytest.raises(ConfigError, match=r"^layer 'shared' is called 2 times in one forward pass, and Grad-CAM explains one "
+                                          r"activation; choose a layer called once: head_conv$"):
+        explain.grad_cam(st, X, layer="shared")

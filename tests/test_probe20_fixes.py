@@ -105,6 +105,8 @@ def test_standardised_inputs_do_not_get_the_unscaled_pixels_warning(recwarn):
     assert not [w for w in recwarn if "pixel values up to" in str(w.message)]
     with pytest.warns(UserWarning, match="pixel values up to"):  # 0..255 floats still warn
         jaxcnn.fit(Tiny(), X * 255, Y, epochs=1, batch_size=8, verbose=0)
+    with pytest.warns(UserWarning, match="pixel values up to 127"):  # and centred ones (a regression probe)
+        jaxcnn.fit(Tiny(), X * 255 - 127.5, Y, epochs=1, batch_size=8, verbose=0)
 
 
 def test_a_plain_object_callback_gets_self_model_as_keras_gives_it():
@@ -148,8 +150,15 @@ def test_a_resume_with_a_callback_added_that_keeps_no_state(tmp_path):
         assert resumed.history[key] == whole.history[key], key
     assert whole.history["learning_rate"][3] == pytest.approx(whole.history["learning_rate"][0] / 2)  # halved after epoch 3:
     # the wait counted in the first run's epochs 1-2 came back with the resume
-    with pytest.raises(ConfigError, match=r"holds the state of 3 callbacks \(1 keeping state\) but 2 were given \(2 keeping state\)"):
+    with pytest.raises(ConfigError, match=r"^the run's callbacks that keep state were ReduceLROnPlateau\(val_loss\) but "
+                                          r"ReduceLROnPlateau\(val_loss\), EarlyStopping\(val_loss\) were given; resume with the same"):
         run([callbacks.ReduceLROnPlateau(patience=1), callbacks.EarlyStopping(patience=3)], 5, tmp_path / "cut")
+    # A regression probe: two callbacks that keep state swapped, or one dropped, got each other's state.
+    run([callbacks.ReduceLROnPlateau(monitor="loss"), Printer(), callbacks.ReduceLROnPlateau(monitor="val_loss")], 1, tmp_path / "two")
+    for given in ([callbacks.ReduceLROnPlateau(monitor="val_loss"), callbacks.ReduceLROnPlateau(monitor="loss")],
+                  [callbacks.ReduceLROnPlateau(monitor="val_loss")]):
+        with pytest.raises(ConfigError, match=r"were ReduceLROnPlateau\(loss\), ReduceLROnPlateau\(val_loss\) but"):
+            run(given, 2, tmp_path / "two")
 
 
 def test_a_run_checkpointed_before_get_optimizer_was_recorded_still_resumes():
@@ -173,9 +182,45 @@ def test_a_resume_on_another_execution_strategy_says_so(tmp_path, recwarn):
 
     if len(jax.devices("cpu")) < 2:
         pytest.skip("needs 2 CPU devices")
-    jaxcnn.fit(Tiny(), X, Y, epochs=1, batch_size=8, verbose=0, checkpoint_dir=tmp_path, resume=True)  # "auto": parts
-    jaxcnn.fit(Tiny(), X, Y, epochs=2, batch_size=8, verbose=0, checkpoint_dir=tmp_path, resume=True)  # the same: silent
+    x, y = np.concatenate([X] * 6), np.concatenate([Y] * 6)  # 96: batches of 96 cut into 3 parts
+    jaxcnn.fit(Tiny(), x, y, epochs=1, batch_size=96, verbose=0, checkpoint_dir=tmp_path, resume=True)  # "auto": parts
+    jaxcnn.fit(Tiny(), x, y, epochs=2, batch_size=96, verbose=0, checkpoint_dir=tmp_path, resume=True)  # the same: silent
     assert not [w for w in recwarn if "resuming a run" in str(w.message)]
-    with pytest.warns(UserWarning, match=r"^resuming a run trained with the parts strategy on 2 devices with the single "
-                                         r"strategy on 1 device: .* resume with the devices= it was started with"):
-        jaxcnn.fit(Tiny(), X, Y, epochs=3, batch_size=8, verbose=0, checkpoint_dir=tmp_path, resume=True, devices=None)
+    # parts dealt to 1 CPU device instead of 2 (JAXCNN_CPU_DEVICES) are the same parts: a
+    # regression probe saw a false warning
+    from jaxcnn.train.loop import _strategy_meta
+    from jaxcnn.train.strategies import Parts
+
+    state = create_train_state(Tiny(), (8, 8, 3))
+    cpus = jax.devices("cpu")
+    assert _strategy_meta(Parts(cpus[:1]), 96, state) == _strategy_meta(Parts(cpus[:2]), 96, state) == {"name": "parts", "parts": 3}
+    with pytest.warns(UserWarning, match=r"^resuming a run trained with batches cut into 3 parts \(the parts strategy\) with "
+                                         r"whole batches on one device \(the single strategy\): .* resume with the devices= it"):
+        jaxcnn.fit(Tiny(), x, y, epochs=3, batch_size=96, verbose=0, checkpoint_dir=tmp_path, resume=True, devices=None)
+    # a batch of one part is the whole batch, as on one device: no warning from parts to single
+    jaxcnn.fit(Tiny(), X, Y, epochs=1, batch_size=8, verbose=0, checkpoint_dir=tmp_path / "one", resume=True)
+    jaxcnn.fit(Tiny(), X, Y, epochs=2, batch_size=8, verbose=0, checkpoint_dir=tmp_path / "one", resume=True, devices=None)
+    assert not [w for w in recwarn if "resuming a run" in str(w.message)]
+
+
+class SoftmaxInEvaluationOnly(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Dropout(0.2, deterministic=not train)(nn.Dense(10)(x.reshape(x.shape[0], -1)))
+        return x if train else nn.softmax(x)
+
+
+def test_a_model_with_a_softmax_in_evaluation_only_is_refused():
+    # A regression probe: create_train_state took its evaluation outputs as probabilities, so
+    # train_step treated training logits as probabilities (losses 0 and 16). fit decided the same
+    # way before. One loss serves both modes: it is refused, saying what to do.
+    from jaxcnn.errors import ConfigError
+
+    message = r"^SoftmaxInEvaluationOnly returns probabilities in evaluation but not in training .* apply the softmax in both"
+    with pytest.raises(ConfigError, match=message):
+        create_train_state(SoftmaxInEvaluationOnly(), (8, 8, 3))
+    with pytest.raises(ConfigError, match=message):
+        jaxcnn.fit(SoftmaxInEvaluationOnly(), X, Y, epochs=1, batch_size=8, verbose=0)
+    # a softmax in both modes, with dropout before it, trains as probabilities
+    state, _ = jaxcnn.fit(SoftmaxOut(), X, Y, epochs=1, batch_size=8, verbose=0)
+    assert state.loss.from_logits is False

@@ -29,7 +29,8 @@ from jaxcnn.train import step as steps
 from jaxcnn.train.model import adapt
 from jaxcnn.train import state as state_mod
 from jaxcnn.train.state import TrainState, output_classes, start_state
-from jaxcnn.train.strategies import Data, StatsMesh, Strategy, choose_strategy, jit_predict, predict_batches
+from jaxcnn.train.strategies import (Data, Mesh, Parts, StatsMesh, Strategy, choose_strategy, jit_predict, max_parts,
+                                     predict_batches, split_parts)
 
 
 @dataclass
@@ -384,6 +385,8 @@ def _resolve_loss(state: TrainState, loss: Any, from_logits: bool | None, label_
     if outputs is None:
         outputs = jit_predict(state, x[: state_mod.SAMPLE])
     probs = losses.looks_like_probabilities(outputs)
+    if probs:
+        state_mod.check_probabilities_in_training(state, np.asarray(x[: state_mod.SAMPLE], np.float32))
     out = np.asarray(outputs, np.float64)
     if resolved.from_logits is None:
         resolved = resolved.with_from_logits(not probs)
@@ -428,12 +431,27 @@ def _open_checkpoints(checkpoint_dir: Any, resume: bool, monitor: str) -> Any:
     return ckpts
 
 
-def _strategy_meta(strategy: Strategy) -> dict[str, Any]:
-    return {"name": strategy.name, "devices": strategy.device_count}
+def _strategy_meta(strategy: Strategy, batch_size: int, state: TrainState) -> dict[str, Any]:
+    """What of the strategy decides a run's numbers: the parts a batch is cut into (not the
+    devices they are dealt to; one part is the whole batch, as on one device), or a mesh's size."""
+    if isinstance(strategy, Parts):
+        parts = split_parts(batch_size, strategy.part_size, max_parts(state))
+        return {"name": "parts", "parts": parts} if parts > 1 else {"name": "single"}
+    if isinstance(strategy, (StatsMesh, Mesh)):
+        return {"name": strategy.name, "devices": strategy.device_count}
+    return {"name": strategy.name}
+
+
+def _say_strategy(meta: dict[str, Any]) -> str:
+    if meta.get("name") == "parts":
+        return f"batches cut into {meta.get('parts')} parts (the parts strategy)"
+    if "devices" in meta:
+        return f"the {meta.get('name')} strategy on {_plural(int(meta.get('devices') or 1), 'device')}"
+    return f"the {meta.get('name')} strategy" if meta.get("name") != "single" else "whole batches on one device (the single strategy)"
 
 
 def _restore(ckpts: Any, state: TrainState, fingerprint: dict[str, Any], hooks: Sequence[Hooks],
-             strategy: Strategy) -> tuple[Any, list[tuple[Hooks, Any]]]:
+             strategy: Strategy, batch_size: int) -> tuple[Any, list[tuple[Hooks, Any]]]:
     """The checkpoint to resume from (None: none) and each callback paired with its saved state."""
     if ckpts is None or ckpts.latest_epoch is None:
         return None, []
@@ -445,17 +463,14 @@ def _restore(ckpts: Any, state: TrainState, fingerprint: dict[str, Any], hooks: 
                 what = "the training data differ from" if key == "data" else f"{key}={value!r} differs from {saved.get(key)!r} in"
                 raise ConfigError(f"cannot resume from {ckpts.directory}: {what} the run that wrote it; "
                                   "resume with the same data and settings, or start again with another checkpoint_dir")
-    before, now = restored.meta.get("strategy"), _strategy_meta(strategy)
+    before, now = restored.meta.get("strategy"), _strategy_meta(strategy, batch_size, state)
     if isinstance(before, dict) and before != now:
         import warnings
 
-        def say(m: dict[str, Any]) -> str:
-            return f"the {m.get('name')} strategy on {_plural(int(m.get('devices') or 1), 'device')}"
-
-        warnings.warn(f"resuming a run trained with {say(before)} with {say(now)}: dropout masks and the order of float sums "
-                      "follow the strategy, so the history may differ from an uninterrupted run's; resume with the devices= it "
-                      "was started with to continue it exactly", UserWarning, stacklevel=3)
-    return restored, _callback_pairs(hooks, restored.callbacks)
+        warnings.warn(f"resuming a run trained with {_say_strategy(before)} with {_say_strategy(now)}: dropout masks and the "
+                      "order of float sums follow the strategy, so the history may differ from an uninterrupted run's; resume "
+                      "with the devices= it was started with to continue it exactly", UserWarning, stacklevel=3)
+    return restored, _callback_pairs(hooks, restored.callbacks, restored.meta.get("callback_kinds"))
 
 
 def _same_optimizer(saved: str | None, spec: str | None) -> bool:
@@ -470,18 +485,33 @@ def _same_optimizer(saved: str | None, spec: str | None) -> bool:
     return {**a, "name": str(a.get("name")).lower()} == {**b, "name": str(b.get("name")).lower()}
 
 
-def _callback_pairs(hooks: Sequence[Hooks], saved: Sequence[Any]) -> list[tuple[Hooks, Any]]:
-    """Each callback with its state from the checkpoint: in order when as many were given as
-    saved; else the callbacks that keep state with the saved states that are not empty (a
-    callback added or dropped that keeps none, a progress printer say, does not matter)."""
-    if len(saved) in (0, len(hooks)):
+def _callback_kind(hook: Hooks) -> list[Any]:
+    """A callback as its checkpoint records it: its class (and what it monitors), and whether it keeps state."""
+    cb = hook.callback
+    monitor = getattr(cb, "monitor", None)
+    name = type(cb).__name__ + (f"({monitor})" if isinstance(monitor, str) else "")
+    return [name, hook.keeps_state]
+
+
+def _callback_pairs(hooks: Sequence[Hooks], saved: Sequence[Any], kinds: Sequence[Any] | None) -> list[tuple[Hooks, Any]]:
+    """Each callback that keeps state with its state from the checkpoint. Those that keep state
+    must be the run's, in its order (by class and monitor); callbacks that keep none (a progress
+    printer) may be added or dropped. A checkpoint written before it recorded its callbacks
+    (``kinds`` None) needs as many callbacks as it saved."""
+    if not saved:
+        return []
+    if kinds is None or len(kinds) != len(saved):
+        if len(saved) != len(hooks):
+            raise ConfigError(f"the checkpoint holds the state of {len(saved)} callbacks but {len(hooks)} were given; "
+                              "resume with the same callbacks")
         return list(zip(hooks, saved))
-    keeping = [h for h in hooks if h.keeps_state]
-    kept = [s for s in saved if s]
-    if len(keeping) != len(kept):
-        raise ConfigError(f"the checkpoint holds the state of {len(saved)} callbacks ({len(kept)} keeping state) but "
-                          f"{len(hooks)} were given ({len(keeping)} keeping state); resume with the same callbacks")
-    return list(zip(keeping, kept))
+    then = [(kind[0], s) for kind, s in zip(kinds, saved) if kind[1]]
+    now = [(h, _callback_kind(h)[0]) for h in hooks if h.keeps_state]
+    if [k for k, _ in then] != [k for _, k in now]:
+        listed = lambda ks: ", ".join(ks) or "none"  # noqa: E731
+        raise ConfigError(f"the run's callbacks that keep state were {listed([k for k, _ in then])} but {listed([k for _, k in now])} "
+                          "were given; resume with the same ones in the same order (callbacks that keep no state may change)")
+    return [(h, s) for (h, _), (_, s) in zip(now, then)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -672,7 +702,7 @@ def fit(
     # fit continuing a trained state from epoch 0 (called in a loop) shuffles anew each call
     salt = int(model_or_state.step) if isinstance(model_or_state, TrainState) and initial_epoch == 0 else 0
     try:
-        restored, callback_states = _restore(ckpts, state, fingerprint, hooks, strategy)
+        restored, callback_states = _restore(ckpts, state, fingerprint, hooks, strategy, batch_size)
     except Exception:
         if ckpts is not None:
             ckpts.close()
@@ -778,7 +808,8 @@ def _epochs(loop: Loop, strategy: Strategy, inputs: _Inputs, hooks: list[Hooks],
         loop.history._add_late(ordered)
         if ckpts is not None:
             ckpts.save(epoch + 1, loop.state, history=loop.history, callbacks=[h.get_state() for h in hooks],
-                       stop_training=loop.stop_training, metrics=ordered, extra={"fit": fingerprint, "strategy": _strategy_meta(strategy)})
+                       stop_training=loop.stop_training, metrics=ordered, extra={"fit": fingerprint, "strategy": _strategy_meta(strategy, batch_size, loop.state),
+                                                                                     "callback_kinds": [_callback_kind(h) for h in hooks]})
 
 
 def _log_order(logs: dict[str, float]) -> list[str]:

@@ -134,13 +134,30 @@ def create_train_state(
     images = np.random.default_rng(0).random((SAMPLE, *tuple(int(d) for d in input_shape)), dtype=np.float32) \
         if len(input_shape) == 3 else None
     state, outputs = start_state(model, input_shape, optimizer, learning_rate, seed, loss=loss, metrics=metrics, sample=images)
-    if getattr(state.loss, "from_logits", False) is None and hasattr(state.loss, "with_from_logits"):
+    if isinstance(state.loss, losses.CategoricalCrossentropy) and state.loss.from_logits is None:  # a loss of your own: fit checks it
         if outputs is None:
             from jaxcnn.train.strategies import jit_predict
 
             outputs = jit_predict(state, images)
-        state = state.replace(loss=state.loss.with_from_logits(not losses.looks_like_probabilities(outputs)))
+        probs = losses.looks_like_probabilities(outputs)
+        if probs:
+            check_probabilities_in_training(state, images)
+        state = state.replace(loss=state.loss.with_from_logits(not probs))
     return state
+
+
+def check_probabilities_in_training(state: TrainState, images: np.ndarray) -> None:
+    """Refuse a model whose outputs are probabilities in evaluation (``images``: a few inputs)
+    but not in training, a softmax applied only when ``train`` is False: one loss serves both
+    modes, so it would take either the training outputs or the evaluation ones wrongly."""
+    from jaxcnn.train.strategies import jit_training_outputs
+
+    if not losses.looks_like_probabilities(jit_training_outputs(state, images)):
+        raise ConfigError(
+            f"{model_name(state.model)} returns probabilities in evaluation but not in training (a softmax applied only when "
+            "train is False?); jaxcnn uses one loss for both modes: apply the softmax in both, or in neither "
+            "(predict(state, x, output='probs') gives probabilities from logits)"
+        )
 
 
 def start_state(model: Any, input_shape: Sequence[int], optimizer: str | optax.GradientTransformation = "rmsprop",

@@ -196,3 +196,8 @@ def eval_and_accumulate(state: TrainState, acc: dict[str, Any], batch: Batch) ->
 def predict_outputs(state: TrainState, x: Array) -> Array:
     """The model's outputs in evaluation mode."""
     return model_outputs(state, state.params, state.batch_stats, x, False, None)[0]
+
+
+def training_outputs(state: TrainState, x: Array) -> Array:
+    """The model's outputs in training mode (dropout on, batch statistics), nothing updated."""
+    return model_outputs(state, state.params, state.batch_stats, x, True, state.key)[0]

@@ -174,6 +174,7 @@ def padded_batches(data: Data, batch_size: int, multiple: int = 1):
 _jit_eval = jax.jit(steps.eval_and_accumulate, donate_argnums=(1,))
 #: The model's outputs in evaluation mode, on the device(s) of its inputs.
 jit_predict = jax.jit(steps.predict_outputs)
+jit_training_outputs = jax.jit(steps.training_outputs)
 
 
 def predict_batches(run: Any, x: np.ndarray, batch_size: int, multiple: int = 1) -> np.ndarray:
