@@ -1034,10 +1034,10 @@ def main_guard(fn: Callable[[list[str] | None], Any], argv: list[str] | None) ->
 
 def _on_the_command_line(error: JaxcnnError) -> str:
     """A library message as a command-line user needs it: the data loaders' ``data_dir=...``
-    is the experiments' ``--data-dir DIR``; a message that spans lines (a database library's, say)
-    is put on one."""
-    text = str(error).replace("pass it as data_dir=...", "pass it with --data-dir DIR")
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+    is the experiments' ``--data-dir DIR``. (A data set that is not found keeps its list of
+    places and fixes on lines of their own; a database's message is put on one line where the
+    search opens it.)"""
+    return str(error).replace("pass it as data_dir=...", "pass it with --data-dir DIR")
 
 
 def cli(fn: Callable[[list[str] | None], Any]) -> None:
