@@ -787,6 +787,16 @@ def _latest_epoch(out: Path | None) -> int | None:
 
 
 def run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) -> dict[str, Any]:
+    """Train and evaluate per ``config``, writing every output to its run directory (see
+    :func:`_run`); the warnings filters it sets (the strategy warning its own note replaces) end
+    with it, so a later resume in the same process (a notebook) still warns."""
+    import warnings
+
+    with warnings.catch_warnings():
+        return _run(config, after=after)
+
+
+def _run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) -> dict[str, Any]:
     """Train and evaluate per ``config``, writing every output to its run directory.
 
     With ``config.checkpoint`` (default) the whole training state is saved to
@@ -866,9 +876,9 @@ def run(config: RunConfig, *, after: Callable[[Any, Path], None] | None = None) 
         note = devices_note(before, config)
         if note:
             say(note)
-            import warnings  # the note says it: not again as the library's warning
+            import warnings  # the note says it: not again as the library's warning (until run returns)
 
-            warnings.filterwarnings("ignore", message="resuming a run trained with the", category=UserWarning)
+            warnings.filterwarnings("ignore", message="resuming a run trained with", category=UserWarning)
     elif config.resume:
         if out is not None and (out / "metrics.json").is_file():
             raise ConfigError(
