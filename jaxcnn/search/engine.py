@@ -25,6 +25,7 @@ than ``grace_period`` (a killed worker's) with Optuna's ``fail_stale_trials``, a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -757,12 +758,35 @@ def stop_search(study: optuna.Study, errors: list[dict[str, Any]]) -> SearchErro
 
 
 def _requeue_errors(study: optuna.Study) -> None:
-    """A waiting copy of every slot whose last attempt raised (status ``"error"``)."""
+    """A waiting copy of every slot whose last attempt raised (status ``"error"``). Two workers
+    that stop at once would each read the slots before the other's copies exist and queue every
+    slot twice: on SQLite the read and the copies are one step under a lock on the database file
+    (``flock``, which SQLite's own locks do not see)."""
     from optuna.trial import TrialState
 
-    for attempts in attempts_by_slot(study).values():
-        if attempts[-1].state == TrialState.FAIL and attempts[-1].user_attrs.get("status") == "error":
-            _enqueue_again(study, attempts[-1])
+    with _sqlite_lock(study):
+        for attempts in attempts_by_slot(study).values():
+            if attempts[-1].state == TrialState.FAIL and attempts[-1].user_attrs.get("status") == "error":
+                _enqueue_again(study, attempts[-1])
+
+
+@contextlib.contextmanager
+def _sqlite_lock(study: optuna.Study) -> Any:
+    """An exclusive lock on the study's SQLite file for the duration (nothing for other storages)."""
+    storage = getattr(study, "_storage", None)
+    url = getattr(getattr(storage, "_backend", storage), "url", None)
+    path = url[len("sqlite:///"):].split("?", 1)[0] if isinstance(url, str) and url.startswith("sqlite:///") else ""
+    if not path or path == ":memory:" or not os.path.isfile(path):
+        yield
+        return
+    import fcntl
+
+    with open(path, "rb") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def attempts_by_slot(study: optuna.Study) -> dict[int, list[Any]]:
