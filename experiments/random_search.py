@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.common import RunInterrupted, cli, parse_args, write_json
+from experiments.common import RunInterrupted, _remove_if_empty, cli, parse_args, write_json
 from jaxcnn.errors import ConfigError, SearchError
 from jaxcnn.search import DB_FILE, DEFAULT_STUDY, PRUNERS, REPORT_SPACE, SAMPLERS, SearchConfig
 
@@ -145,8 +145,7 @@ def run(config: RandomSearchRun) -> dict[str, Any]:
         raise SearchError(f"{e}; continue with: {resume_command(config, out)}") from e.__cause__
     finally:
         _write_settings(config, out, started)
-        if not existed:  # a run refused after the search made its folder: leave no empty folder behind
-            _remove_if_empty(out)
+        _remove_if_empty(out, existed)  # a run refused after the search made its folder: leave no empty folder behind
     if config.search.verbose:
         print(f"Outputs in {out}")
     return json.loads((out / "best.json").read_text())
@@ -163,13 +162,13 @@ def check_storage(config: RandomSearchRun) -> None:
     it creates the study's tables, as the search would (a new SQLite file included)."""
     if not config.storage:
         return  # SQLite in the run directory, made by the search
-    from jaxcnn.search.engine import open_storage
+    from jaxcnn.search.engine import open_storage, sqlite_path
 
     shown = _hide(config.storage)
-    if config.storage.startswith("sqlite:///"):
-        path = config.storage[len("sqlite:///"):].split("?", 1)[0]
-        folder = Path(path).parent if path and path != ":memory:" else None
-        if folder is not None and not folder.is_dir():
+    path = sqlite_path(config.storage)
+    if path:
+        folder = Path(path).parent
+        if not folder.is_dir():
             raise ConfigError(f"--storage {shown}: the folder {folder} does not exist; create it or give another SQLite file path")
     try:
         db = open_storage(config.storage, config.search)
@@ -179,17 +178,6 @@ def check_storage(config: RandomSearchRun) -> None:
     engine = getattr(db, "engine", None)
     if engine is not None:
         engine.dispose()
-
-
-def _remove_if_empty(out: Path) -> None:
-    """Remove ``out`` when it is an empty folder (``os.rmdir`` removes nothing else)."""
-    import os
-
-    try:
-        if out.is_dir() and not any(out.iterdir()):
-            os.rmdir(out)
-    except OSError:
-        pass
 
 
 def _write_settings(config: RandomSearchRun, out: Path, started: int) -> None:

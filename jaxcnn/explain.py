@@ -180,12 +180,6 @@ def _traced_layers(state: Any) -> tuple[list[tuple[str, tuple[int, ...], bool]],
     return once, calls
 
 
-def _candidate_layers(state: Any) -> list[tuple[str, tuple[int, ...], bool]]:
-    """The layers Grad-CAM can use: :func:`_traced_layers`' layers called once (a layer called
-    twice has two activations, of which a heat map can show only one)."""
-    return _traced_layers(state)[0]
-
-
 def _default_layer(layers: list[tuple[str, tuple[int, ...], bool]]) -> str:
     """The last layer with feature maps and weights that is not inside another such layer (the
     last convolution, or the last block of a network of blocks), else the last with feature maps."""
@@ -202,7 +196,7 @@ def layer_names(state: Any) -> list[str]:
     built of blocks), or the last of them if none has weights. A linen
     layer is named by its path of module names (``"Conv_1"``, ``"block/conv"``), an NNX layer by
     its attribute path (``"conv2"``, ``"blocks/0"``)."""
-    return [name for name, _, _ in _candidate_layers(_state(state, "layer_names"))]
+    return [name for name, _, _ in _traced_layers(_state(state, "layer_names"))[0]]
 
 
 # -- the common checks --------------------------------------------------------------------------
@@ -365,8 +359,9 @@ def integrated_gradients(state: Any, x: Any, target: Any = None, *, baseline: An
     return _batched(lambda xb, tb, bb: _integrated(state, xb, tb, bb, probs, steps), (xs, targets, np.ascontiguousarray(base)), batch_size)
 
 
-@functools.partial(jax.jit, static_argnames=("probs", "layer"))
-def _grad_cam(state: Any, x: jax.Array, targets: jax.Array, probs: bool, layer: str) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("probs", "layer", "shape"))
+def _grad_cam(state: Any, x: jax.Array, targets: jax.Array, probs: bool, layer: str, shape: tuple[int, ...]) -> jax.Array:
+    """The heat maps of ``layer``, whose output for one image has ``shape`` (h, w, channels)."""
     kept: dict[str, jax.Array] = {}
 
     def score(delta: jax.Array) -> jax.Array:
@@ -378,19 +373,13 @@ def _grad_cam(state: Any, x: jax.Array, targets: jax.Array, probs: bool, layer: 
 
         return _scores(_forward(state, x, hook), targets, probs).sum()
 
-    shape = _layer_shape(state, layer, x.shape[0])
-    grads = jax.grad(score)(jnp.zeros(shape, jnp.float32))
+    grads = jax.grad(score)(jnp.zeros((x.shape[0], *shape), jnp.float32))
     acts = jax.lax.stop_gradient(kept["a"]).astype(jnp.float32)
     weights = grads.mean(axis=(1, 2))  # each channel's mean gradient: its weight
     cam = jax.nn.relu(jnp.einsum("bhwc,bc->bhw", acts, weights))
     cam = jax.image.resize(cam, (x.shape[0], *x.shape[1:3]), "bilinear")
     top = cam.max(axis=(1, 2), keepdims=True)
     return jnp.where(top > 0, cam / jnp.where(top > 0, top, 1.0), 0.0)
-
-
-def _layer_shape(state: Any, layer: str, batch: int) -> tuple[int, ...]:
-    shape = {name: shape for name, shape, _ in _candidate_layers(state)}[layer]
-    return (batch, *shape)
 
 
 def grad_cam(state: Any, x: Any, target: Any = None, *, layer: str | None = None, batch_size: int = BATCH) -> np.ndarray:
@@ -418,4 +407,5 @@ def grad_cam(state: Any, x: Any, target: Any = None, *, layer: str | None = None
         raise ConfigError(f"layer {layer!r} is not a layer with feature maps (B, h, w, channels) in this model; choose one of "
                           f"{', '.join(names)}")
     state, xs, targets, probs = _prepare(state, x, target, batch_size, "grad_cam")
-    return _batched(lambda xb, tb: _grad_cam(state, xb, tb, probs, layer), (xs, targets), batch_size)
+    shape = next(shape for name, shape, _ in layers if name == layer)  # traced above: not again inside the program
+    return _batched(lambda xb, tb: _grad_cam(state, xb, tb, probs, layer, shape), (xs, targets), batch_size)

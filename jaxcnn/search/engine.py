@@ -770,13 +770,20 @@ def _requeue_errors(study: optuna.Study) -> None:
                 _enqueue_again(study, attempts[-1])
 
 
+def sqlite_path(url: Any) -> str | None:
+    """The file of a ``sqlite:///path`` storage URL (None for another database, or SQLite in memory)."""
+    if not isinstance(url, str) or not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///"):].split("?", 1)[0]
+    return path if path and path != ":memory:" else None
+
+
 @contextlib.contextmanager
 def _sqlite_lock(study: optuna.Study) -> Any:
     """An exclusive lock on the study's SQLite file for the duration (nothing for other storages)."""
     storage = getattr(study, "_storage", None)
-    url = getattr(getattr(storage, "_backend", storage), "url", None)
-    path = url[len("sqlite:///"):].split("?", 1)[0] if isinstance(url, str) and url.startswith("sqlite:///") else ""
-    if not path or path == ":memory:" or not os.path.isfile(path):
+    path = sqlite_path(getattr(getattr(storage, "_backend", storage), "url", None))
+    if not path or not os.path.isfile(path):
         yield
         return
     import fcntl
