@@ -136,9 +136,6 @@ def _forward(state: Any, x: jax.Array, hook: Callable[[str, Any], Any] | None = 
     return jnp.asarray(forward(state.model, _variables(state), x, hook), jnp.float32)
 
 
-_jit_forward = jax.jit(_forward)
-
-
 def _scores(outputs: jax.Array, targets: jax.Array, probs: bool) -> jax.Array:
     """The explained score of each row: the target's logit, or its log-probability."""
     picked = jnp.take_along_axis(outputs, targets[:, None], axis=-1)[:, 0]
@@ -208,15 +205,6 @@ def _state(state: Any, what: str) -> Any:
     return state_of(state, f"explain.{what}")
 
 
-def _outputs_are_probs(state: Any, xs: np.ndarray) -> bool:
-    if state.loss.from_logits is not None:
-        return state.outputs_are_probs
-    from jaxcnn import losses
-
-    # a state fit never resolved (create_train_state): decide from the outputs, as fit would
-    return bool(losses.looks_like_probabilities(np.asarray(_jit_forward(state, jnp.asarray(xs[:8])))))
-
-
 def _prepare(state: Any, x: Any, target: Any, batch_size: int, what: str) -> tuple[Any, np.ndarray, np.ndarray, bool]:
     """The state, the images (float32), one target class per image and whether the outputs are
     probabilities; every check before anything compiles."""
@@ -226,7 +214,7 @@ def _prepare(state: Any, x: Any, target: Any, batch_size: int, what: str) -> tup
     _check_arrays(x, None, f"explain.{what}(state, x)", labels=False)
     xs = np.ascontiguousarray(checks.check_images(x, state.input_shape, "x"), np.float32)
     checks.check_positive_int(batch_size, "batch_size")
-    probs = _outputs_are_probs(state, xs)
+    probs = state.outputs_are_probs
     if target is None:
         from jaxcnn.train.loop import predict
 

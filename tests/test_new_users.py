@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 
 import flax.linen as nn
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -265,8 +266,6 @@ class SoftmaxOut(nn.Module):
 def test_a_bfloat16_softmax_output_is_taken_as_probabilities(mnist):
     # Its rows sum to 1 only within bfloat16's rounding (about 4e-3): they were taken for logits
     # and softmaxed again, by the loss and by predict(output="probs").
-    import jax.numpy as jnp
-
     x, y = mnist
     state, _ = jaxcnn.fit(SoftmaxOut(jnp.bfloat16), x, y, epochs=0, verbose=0)
     assert state.outputs_are_probs
@@ -282,10 +281,17 @@ def test_a_softmax_state_from_create_train_state_predicts_and_evaluates_as_fit_w
     from jaxcnn import train
 
     x, y = mnist
-    built = train.create_train_state(SoftmaxOut(), (28, 28, 1))  # fit never resolved its loss
+    built = train.create_train_state(SoftmaxOut(), (28, 28, 1))  # decides from_logits as fit does
     fitted, _ = jaxcnn.fit(SoftmaxOut(), x, y, epochs=0, verbose=0)
     np.testing.assert_array_equal(jaxcnn.predict(built, x[:8], output="probs"), jaxcnn.predict(built, x[:8]))
     assert jaxcnn.evaluate(built, x, y) == pytest.approx(jaxcnn.evaluate(fitted, x, y), rel=1e-6)
+    # a loss function of one's own too: its from_logits only tells predict whether to softmax
+    def nll(probs, labels):
+        return -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0])
+
+    own = train.create_train_state(SoftmaxOut(), (28, 28, 1), loss=nll)
+    assert own.outputs_are_probs and not train.create_train_state(Small(), (28, 28, 1), loss=nll).outputs_are_probs
+    np.testing.assert_array_equal(jaxcnn.predict(own, x[:8], output="probs"), jaxcnn.predict(own, x[:8]))
 
 
 def test_class_and_sample_weights_together_and_a_binary_loss_are_refused_with_what_to_do(mnist):

@@ -331,37 +331,3 @@ def test_a_worker_left_waiting_says_for_which_trial_and_how_long():
         timer.cancel()
     assert lines == ["waiting for trials 1 and 2, running in another worker; if that worker was stopped, its trial is "
                      "trained again here once its heartbeat is 3 s old"]
-
-
-def test_workers_that_stop_at_once_queue_each_failed_slot_once(tmp_path):
-    """CI saw two workers stop together and each queue every failed slot again (slots 1, 1, 2,
-    2, ...): the read of the slots and the copies are now one step under a lock on the SQLite file."""
-    import threading
-
-    from optuna.trial import TrialState
-
-    from jaxcnn.search import engine
-
-    url = f"sqlite:///{tmp_path / 'study.db'}"
-    study = optuna.create_study(storage=url, study_name="s")
-    for t in range(1, 7):
-        study.enqueue_trial({}, user_attrs={"trial": t})
-    storage = study._storage
-    for _ in range(6):
-        trial = engine.take_slot(study, storage)
-        trial.set_user_attr("status", "error")
-        study.tell(trial, state=TrialState.FAIL)
-    studies = [optuna.load_study(study_name="s", storage=url) for _ in range(4)]  # four workers' connections
-    barrier = threading.Barrier(4)
-
-    def stop(s):
-        barrier.wait()
-        engine._requeue_errors(s)
-
-    threads = [threading.Thread(target=stop, args=(s,)) for s in studies]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    waiting = [t.user_attrs["trial"] for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
-    assert sorted(waiting) == [1, 2, 3, 4, 5, 6]

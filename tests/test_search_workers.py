@@ -125,7 +125,7 @@ def _pg_bin(name: str) -> str | None:
     return candidates[-1] if candidates else None
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def postgres_url():
     """A throwaway PostgreSQL cluster (initdb + pg_ctl) on a free port in a temporary directory.
     As root, the server runs as the ``postgres`` user (PostgreSQL refuses root)."""
@@ -173,3 +173,36 @@ def test_two_workers_share_one_postgresql_study(tmp_path, postgres_url):
     for o in outs:  # both write the whole study's table
         rows = json.loads((o / "trials.json").read_text())
         assert [r["status"] for r in rows] == ["ok", "invalid"]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_workers_that_stop_at_once_queue_each_failed_slot_once(tmp_path, kind, request):
+    """CI saw two workers stop together and each queue every failed slot again (slots 1, 1, 2,
+    2, ...): the read of the slots and the copies are now one step under a lock, an ``flock``
+    on the SQLite file or a PostgreSQL advisory lock. Four workers' connections at a barrier."""
+    import threading
+
+    from jaxcnn.search import engine
+
+    url = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else engine._with_driver(request.getfixturevalue("postgres_url"))
+    study = optuna.create_study(storage=url, study_name="stop-at-once")
+    for t in range(1, 7):
+        study.enqueue_trial({}, user_attrs={"trial": t})
+    for _ in range(6):
+        trial = engine.take_slot(study, study._storage)
+        trial.set_user_attr("status", "error")
+        study.tell(trial, state=TrialState.FAIL)
+    studies = [optuna.load_study(study_name="stop-at-once", storage=url) for _ in range(4)]
+    barrier = threading.Barrier(4)
+
+    def stop(s):
+        barrier.wait()
+        engine._requeue_errors(s)
+
+    threads = [threading.Thread(target=stop, args=(s,)) for s in studies]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    waiting = [t.user_attrs["trial"] for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
+    assert sorted(waiting) == [1, 2, 3, 4, 5, 6]

@@ -760,11 +760,10 @@ def stop_search(study: optuna.Study, errors: list[dict[str, Any]]) -> SearchErro
 def _requeue_errors(study: optuna.Study) -> None:
     """A waiting copy of every slot whose last attempt raised (status ``"error"``). Two workers
     that stop at once would each read the slots before the other's copies exist and queue every
-    slot twice: on SQLite the read and the copies are one step under a lock on the database file
-    (``flock``, which SQLite's own locks do not see)."""
+    slot twice: the read and the copies are one step under a lock (:func:`_storage_lock`)."""
     from optuna.trial import TrialState
 
-    with _sqlite_lock(study):
+    with _storage_lock(study):
         for attempts in attempts_by_slot(study).values():
             if attempts[-1].state == TrialState.FAIL and attempts[-1].user_attrs.get("status") == "error":
                 _enqueue_again(study, attempts[-1])
@@ -779,21 +778,33 @@ def sqlite_path(url: Any) -> str | None:
 
 
 @contextlib.contextmanager
-def _sqlite_lock(study: optuna.Study) -> Any:
-    """An exclusive lock on the study's SQLite file for the duration (nothing for other storages)."""
+def _storage_lock(study: optuna.Study) -> Any:
+    """An exclusive lock, among the study's workers, for the duration: on SQLite an ``flock`` on
+    the database file (which SQLite's own locks do not see); on PostgreSQL an advisory lock
+    named after the study, held by a transaction of its own until the block ends; nothing for
+    other storages (MySQL, in memory: one process)."""
     storage = getattr(study, "_storage", None)
-    path = sqlite_path(getattr(getattr(storage, "_backend", storage), "url", None))
-    if not path or not os.path.isfile(path):
-        yield
-        return
-    import fcntl
+    backend = getattr(storage, "_backend", storage)
+    url = getattr(backend, "url", None)
+    path = sqlite_path(url)
+    if path and os.path.isfile(path):
+        import fcntl
 
-    with open(path, "rb") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
+        with open(path, "rb") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    elif isinstance(url, str) and url.startswith("postgres") and getattr(backend, "engine", None) is not None:
+        import sqlalchemy
+
+        key = int.from_bytes(hashlib.sha256(f"jaxcnn requeue {study.study_name}".encode()).digest()[:8], "big", signed=True)
+        with backend.engine.begin() as connection:  # the lock ends with this transaction, after the block's own commits
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
             yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    else:
+        yield
 
 
 def attempts_by_slot(study: optuna.Study) -> dict[int, list[Any]]:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -465,8 +466,6 @@ def _restore(ckpts: Any, state: TrainState, fingerprint: dict[str, Any], hooks: 
                                   "resume with the same data and settings, or start again with another checkpoint_dir")
     before, now = restored.meta.get("strategy"), _strategy_meta(strategy, batch_size, state)
     if isinstance(before, dict) and before != now:
-        import warnings
-
         warnings.warn(f"resuming a run trained with {_say_strategy(before)} with {_say_strategy(now)}: dropout masks and the "
                       "order of float sums follow the strategy, so the history may differ from an uninterrupted run's; resume "
                       "with the devices= it was started with to continue it exactly", UserWarning, stacklevel=3)
@@ -676,13 +675,8 @@ def fit(
                            class_weight=class_weight, sample_weight=sample_weight)
     asked, batch_size = batch_size, min(batch_size, len(inputs.train.x))  # Keras: one batch of all the data
     probe = model_or_state if isinstance(model_or_state, TrainState) else None
-    try:
-        strategy = choose_strategy(devices, batch_size, probe, data_on_device)  # a bad `devices` fails before compiling
-    except ConfigError as e:
-        if batch_size == asked or "does not divide" not in str(e):
-            raise
-        raise ConfigError(f"the training data has {batch_size} examples, fewer than batch_size {asked}, so its one batch of "
-                          f"{batch_size} {str(e).split(' ', 2)[2]}, or devices=None for one device") from None
+    # a bad `devices` fails here, before compiling
+    strategy = choose_strategy(devices, batch_size, probe, data_on_device, asked_batch_size=asked)
     outputs = None  # the model's outputs on the first training images, when building the state gave them
     if isinstance(model_or_state, TrainState):
         state = model_or_state
@@ -709,6 +703,10 @@ def fit(
         raise
     if restored is not None:
         state, initial_epoch, history = restored.state, restored.epoch, restored.history
+        if initial_epoch > epochs:
+            warnings.warn(f"the checkpoint in {ckpts.directory} is after epoch {initial_epoch}, past epochs={epochs}: "
+                          f"nothing is trained, and fit returns the state and history of epoch {initial_epoch}; pass "
+                          f"epochs greater than {initial_epoch} to train on", UserWarning, stacklevel=2)
     # The train step donates its state buffers; copy once so the caller's state stays usable
     # (a state fit built itself is its own).
     own = not isinstance(model_or_state, TrainState) and restored is None
@@ -848,8 +846,6 @@ def evaluate(state: TrainState, x: Any, y: Any = None, batch_size: int | None = 
     ys = checks.check_labels(y, len(xs), state.num_classes, "y")
     if metrics or weighted_metrics:
         state = state.replace(metrics=_get_metrics(metrics, weighted_metrics))
-    if state.loss.from_logits is None:  # a state fit never resolved (create_train_state): as fit would
-        state = _resolve_loss(state, None, None, 0.0, xs, ys)
     w = _sample_weights(ys, state.num_classes, None, sample_weight, "")
     batch_size = min(batch_size, len(xs))
     # "auto" evaluates a BatchNorm model on the CPU mesh of parts, as fit's validation does.
@@ -886,7 +882,5 @@ def predict(state: TrainState, x: Any, batch_size: int | None = PREDICT_BATCH, o
     if output == "classes":
         return raw.argmax(-1)
     if output == "probs" and not state.outputs_are_probs:
-        if state.loss.from_logits is None and losses.looks_like_probabilities(raw):
-            return raw  # a state fit never resolved (create_train_state): its softmax output as it is
         return np.asarray(jax.nn.softmax(raw, axis=-1))
     return raw

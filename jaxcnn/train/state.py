@@ -134,7 +134,7 @@ def create_train_state(
     images = np.random.default_rng(0).random((SAMPLE, *tuple(int(d) for d in input_shape)), dtype=np.float32) \
         if len(input_shape) == 3 else None
     state, outputs = start_state(model, input_shape, optimizer, learning_rate, seed, loss=loss, metrics=metrics, sample=images)
-    if isinstance(state.loss, losses.CategoricalCrossentropy) and state.loss.from_logits is None:  # a loss of your own: fit checks it
+    if state.loss.from_logits is None:  # every loss get_loss makes (a function of your own too) is decided here, as fit does
         if outputs is None:
             from jaxcnn.train.strategies import jit_predict
 

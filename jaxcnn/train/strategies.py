@@ -497,7 +497,7 @@ def scan_units(order: np.ndarray, batch_size: int, chunk: int) -> list[tuple[np.
 
 
 def choose_strategy(devices: int | str | Sequence[Any] | None, batch_size: int, state: TrainState | None = None,
-                    data_on_device: bool | None = None) -> Strategy:
+                    data_on_device: bool | None = None, *, asked_batch_size: int | None = None) -> Strategy:
     """The one place a strategy is chosen (see the module docstring).
 
     ``devices="auto"``: on CPU, :class:`Parts` over one local CPU device per core, or for a model
@@ -505,10 +505,16 @@ def choose_strategy(devices: int | str | Sequence[Any] | None, batch_size: int, 
     by its own statistics; the mesh keeps Keras's whole-batch ones); on an accelerator one
     device, the data resident. ``None``: one
     device. "all", a count or a list: :class:`Mesh` (one device: :class:`SingleDevice`).
-    ``data_on_device`` forces the resident strategy on or off.
+    ``data_on_device`` forces the resident strategy on or off. ``asked_batch_size``: the batch
+    size the user asked for, when ``batch_size`` is smaller because the data is (Keras's one
+    batch of all the data); the error for a batch that does not divide over the devices says so.
     """
     place = placement(devices)
     if batch_size % place.size:
+        if asked_batch_size is not None and asked_batch_size != batch_size:
+            raise ConfigError(f"the training data has {batch_size} examples, fewer than batch_size {asked_batch_size}, so its "
+                              f"one batch of {batch_size} does not divide over {place.size} devices; use a multiple of "
+                              f"{place.size}, or devices=None for one device")
         raise ConfigError(f"batch_size {batch_size} does not divide over {place.size} devices; use a multiple of {place.size}")
     on_cpu = place.devices[0].platform == "cpu"
     if data_on_device is None:
