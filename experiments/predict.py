@@ -65,7 +65,11 @@ def _dataset_for(input_shape: tuple[int, ...]) -> str:
         return "mnist"
     if tuple(input_shape) == (32, 32, 3):
         return "cifar10"
-    raise ConfigError(f"the model takes images of shape {tuple(input_shape)}; give --dataset to say which data set to predict on")
+    raise ConfigError(
+        f"the model takes images of shape {tuple(input_shape)}, and no data set here has that shape (mnist and fashion_mnist: "
+        "(28, 28, 1), cifar10: (32, 32, 3)); for images of your own use the library: "
+        "jaxcnn.predict(jaxcnn.checkpoint.load_state(directory), images)"
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -40,14 +40,38 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename: a reader (or a run
     killed mid-write) sees the old file or the new one, never half of one."""
     path = Path(path)
-    if isinstance(data, str):
-        data = data.encode()
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_together(path.parent, {path.name: data})
+
+
+def write_together(directory: Path, files: dict[str, bytes | str]) -> None:
+    """Write several files into ``directory``, all or none: each to a temporary file first, and
+    only once every one is written (a full disk, Ctrl-C) are they renamed into place, one
+    after the other. A failure while writing removes the temporary files and keeps the files
+    that were there; the ``OSError`` names the file (``[Errno 28] No space left on device:
+    'm/params.msgpack'``)."""
+    written: list[Path] = []
+    try:
+        for name, data in files.items():
+            tmp = directory / f"{name}.tmp"
+            written.append(tmp)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data.encode() if isinstance(data, str) else data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                if e.filename is None:
+                    raise OSError(e.errno, e.strerror, str(directory / name)) from None
+                raise
+    except BaseException:
+        for tmp in written:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+        raise
+    for name in files:
+        os.replace(directory / f"{name}.tmp", directory / name)
 
 
 def model_spec(state: Any, model_name: str | None = None, model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -87,6 +111,8 @@ def _nnx_kwargs(adapter: Any, known: set[str] = frozenset()) -> dict[str, Any]:
     import inspect
     import warnings
 
+    from jaxcnn.checks import _user_stacklevel
+
     from flax import nnx
 
     cls = adapter.module_type
@@ -97,7 +123,13 @@ def _nnx_kwargs(adapter: Any, known: set[str] = frozenset()) -> dict[str, Any]:
     module = nnx.merge(adapter.graphdef, *adapter.templates)
     out: dict[str, Any] = {}
     for p in params:
-        if p.name == "rngs" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in known:
+        if p.kind == p.VAR_POSITIONAL and p.name not in known:  # nnx.Sequential(*layers): nothing records them
+            out[f"*{p.name}"] = {"unserializable": f"<the positional arguments *{p.name} {cls.__name__} was built with>"}
+            warnings.warn(
+                f"{cls.__name__}.__init__ takes *{p.name}, which an export cannot record; reload it with the module "
+                f"built again: jaxcnn.checkpoint.load_state(directory, model={cls.__name__}(...))", stacklevel=_user_stacklevel())
+            continue
+        if p.name == "rngs" or p.kind == p.VAR_KEYWORD or p.name in known:
             continue
         if hasattr(module, p.name):
             saved = _json_kwargs({p.name: getattr(module, p.name)})[p.name]
@@ -111,7 +143,7 @@ def _nnx_kwargs(adapter: Any, known: set[str] = frozenset()) -> dict[str, Any]:
                 f"{cls.__name__}.__init__ takes {p.name}, which the module does not keep as a plain attribute "
                 f"self.{p.name}; the export cannot record it, so loading rebuilds it with its default "
                 f"{p.default!r}. Keep it as self.{p.name}, or pass the module when loading (model=...)",
-                stacklevel=3,
+                stacklevel=_user_stacklevel(),
             )
     return out
 
@@ -132,6 +164,10 @@ def _class_path(cls: type) -> str:
 def _json_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in kwargs.items():
+        if isinstance(v, np.generic) and not isinstance(v, np.void):  # np.int64(8): the number, not its dtype
+            v = v.item()
+        elif isinstance(v, (list, tuple)):
+            v = [e.item() if isinstance(e, np.generic) else e for e in v]
         if v is None or isinstance(v, (bool, int, float, str)):
             out[k] = v
         elif isinstance(v, (list, tuple)) and all(isinstance(e, (bool, int, float, str)) for e in v):
@@ -153,7 +189,8 @@ def _from_json_kwargs(kwargs: dict[str, Any], where: Path) -> dict[str, Any]:
             out[k] = jnp.dtype(v["dtype"])
         elif isinstance(v, dict) and "unserializable" in v:
             raise CheckpointError(
-                f"{where} cannot rebuild the module: its attribute {k} = {v['unserializable']} was not saved; "
+                f"{where} cannot rebuild the module: its {'arguments' if k.startswith('*') else 'attribute'} "
+                f"{k} = {v['unserializable']} {'were' if k.startswith('*') else 'was'} not saved; "
                 "pass the module yourself: jaxcnn.checkpoint.load_state(directory, model=MyModel(...))"
             )
         else:
@@ -197,7 +234,6 @@ def export(directory: str | os.PathLike[str], state: Any, model_name: str | None
         raise CheckpointError(f"cannot create the export directory {directory} ({e.strerror or e}); choose a directory that can be created") from None
     variables = {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}
     blob = serialization.to_bytes(variables)
-    atomic_write(directory / PARAMS_FILE, blob)
     loss = getattr(state, "loss", None)
     meta = {
         **spec,
@@ -210,7 +246,8 @@ def export(directory: str | os.PathLike[str], state: Any, model_name: str | None
         "sha256": hashlib.sha256(blob).hexdigest(),
         "format": "flax.serialization msgpack: {params, batch_stats}",
     }
-    atomic_write(directory / MODEL_FILE, json.dumps(meta, indent=2).encode())
+    # both files or neither: new weights beside the old model.json would load as neither model
+    write_together(directory, {PARAMS_FILE: blob, MODEL_FILE: json.dumps(meta, indent=2)})
     return directory
 
 
@@ -668,7 +705,7 @@ class TrainCheckpoints:
         try:
             self._manager.save(int(epoch), args=self._ocp.args.Composite(**items), metrics=ranked, force=True)
         except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"cannot save a checkpoint in {self.directory}: {e}") from None
+            raise self._save_failed(e) from None
         if not self.asynchronous:
             self.wait()
 
@@ -677,7 +714,31 @@ class TrainCheckpoints:
         try:
             self._manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"cannot save a checkpoint in {self.directory}: {e}") from None
+            raise self._save_failed(e) from None
+
+    def _save_failed(self, error: Exception) -> CheckpointError:
+        """One line for a save that failed (orbax's own text runs to a few hundred characters, on
+        a full disk naming tensorstore's files): what happened, what was kept, and how to go on.
+        Orbax's half-written ``*.orbax-checkpoint-tmp`` folder is removed."""
+        import shutil
+
+        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "No space left on device" in text or "os_error_code='28'" in text:
+            text = "No space left on device"
+        elif len(text) > 300:
+            text = text[:300] + "..."
+        kept: list[int] = []
+        try:
+            for p in self.directory.iterdir():
+                if ".orbax-checkpoint-tmp" in p.name:
+                    shutil.rmtree(p, ignore_errors=True)
+                elif p.name.isdigit():
+                    kept.append(int(p.name))
+        except OSError:
+            pass
+        then = (f"the checkpoint after epoch {max(kept)} is kept, and fit(..., resume=True) continues from it"
+                if kept else "fit(..., resume=True) then starts the run again")
+        return CheckpointError(f"cannot save a checkpoint in {self.directory}: {text}; free some space or fix the cause: {then}")
 
     def restore(self, template: Any, epoch: int | None = None) -> Restored:
         """Read the checkpoint after ``epoch`` completed epochs (default: the latest) into a

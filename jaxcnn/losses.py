@@ -119,9 +119,39 @@ def is_keras_object(obj: Any) -> bool:
     return module.startswith(("keras", "tf_keras", "tensorflow.python.keras"))
 
 
+#: The first two parameter names of a loss function in Keras's order, ``(y_true, y_pred)``.
+_KERAS_ORDER = ({"y_true", "labels", "label", "target", "targets"}, {"y_pred", "outputs", "output", "logits", "preds", "predictions"})
+
+
 def _refuse_keras_loss(loss: Any) -> None:
     """A Keras loss object runs Keras's own ops on ``(y_true, y_pred)``, outside jaxcnn's
-    compiled step: refuse it with the jaxcnn loss that does the same."""
+    compiled step: refuse it with the jaxcnn loss that does the same. So are Keras's loss
+    functions (``keras.losses.categorical_crossentropy``) and a function of one's own whose
+    parameters say Keras's order: with one-hot labels both arguments have the same shape, so
+    the swap would train silently on a loss that falls below zero."""
+    fn_module = getattr(loss, "__module__", None) or ""
+    if callable(loss) and not isinstance(loss, type) and type(loss).__module__ == "builtins" \
+            and fn_module.startswith(("keras", "tf_keras", "tensorflow")):
+        name = getattr(loss, "__name__", "this function")
+        if name in _NAMES:
+            instead = f"pass loss={name!r} (with fit's from_logits= and label_smoothing=) instead"
+        else:
+            instead = "pass a jaxcnn loss name or a function (outputs, labels) -> per-example loss instead"
+        raise ConfigError(f"{fn_module}.{name} is a Keras loss function: it takes (y_true, y_pred) and Keras's "
+                          f"from_logits=False default, while jaxcnn calls a loss as loss(outputs, labels); {instead}")
+    if callable(loss) and not isinstance(loss, (type, CustomLoss)) and not is_keras_object(loss):
+        import inspect
+
+        try:
+            names = [p.name for p in inspect.signature(loss).parameters.values()][:2]
+        except (TypeError, ValueError):  # a builtin without a signature
+            names = []
+        if len(names) == 2 and names[0] in _KERAS_ORDER[0] and names[1] in _KERAS_ORDER[1]:
+            name = getattr(loss, "__name__", "the loss")
+            raise ConfigError(
+                f"{name} takes ({names[0]}, {names[1]}), Keras's order, but jaxcnn calls a loss as loss(outputs, labels); "
+                f"reorder its parameters, or pass loss=lambda outputs, labels: {name}(labels, outputs)"
+            )
     if not is_keras_object(loss):
         return
     cls = loss if isinstance(loss, type) else type(loss)
@@ -150,7 +180,9 @@ def get_loss(loss: str | Loss | Callable[[Array, Array], Array] | None = None, *
         if cls is None and loss.lower().replace("_", "") in ("binarycrossentropy", "bce", "binaryfocalcrossentropy"):
             raise ConfigError(
                 f"loss {loss!r}: jaxcnn trains classifiers with one output per class, so for two classes end the model "
-                "with Dense(2) (logits, or a softmax) and keep the default loss, sparse_categorical_crossentropy, with labels 0 and 1"
+                "with Dense(2) (logits, or a softmax) and keep the default loss, sparse_categorical_crossentropy, with labels 0 and 1; "
+                "for multi-label targets (several 0/1 labels per example) pass a function, e.g. "
+                "loss=lambda outputs, labels: optax.sigmoid_binary_cross_entropy(outputs, labels).mean(-1)"
             )
         if cls is None:
             close = difflib.get_close_matches(loss, list(_NAMES), n=1)

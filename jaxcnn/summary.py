@@ -153,13 +153,14 @@ def _linen_summary(model: nn.Module, adapter: Any, input_shape: Sequence[int], n
 
 
 def _nnx_summary(model: Any, input_shape: Sequence[int], name: str | None, dtype: Any, mode: dict[str, bool] | None = None) -> Summary:
-    """One row per direct sub-module of an NNX module (in attribute order), output shapes from
-    tracing each call with ``jax.eval_shape``."""
+    """One row per direct sub-module of an NNX module (in attribute order; the modules of an
+    ``nnx.List``, such as ``nnx.Sequential``'s layers, one by one), output shapes from tracing
+    each call with ``jax.eval_shape``."""
     from flax import nnx
 
     outputs: dict[str, Any] = {}
-    children = [(k, v) for k, v in vars(model).items() if isinstance(v, nnx.Module)]
-    originals = {k: type(v).__call__ for k, v in children}
+    children = _nnx_children(model)
+    originals = {k: type(v).__call__ for k, _, _, v in children}
 
     def merged():
         m = nnx.merge(*nnx.split(model))
@@ -168,7 +169,8 @@ def _nnx_summary(model: Any, input_shape: Sequence[int], name: str | None, dtype
 
     def run(x):
         m = merged()
-        for k, child in [(k, getattr(m, k)) for k, _ in children]:
+        for k, attr, index in [(k, attr, index) for k, attr, index, _ in children]:
+            child = getattr(m, attr) if index is None else getattr(m, attr)[index]
             call = originals[k]
 
             def wrapped(*a, _k=k, _call=call, _child=child, **kw):
@@ -176,7 +178,10 @@ def _nnx_summary(model: Any, input_shape: Sequence[int], name: str | None, dtype
                 outputs[_k] = jax.ShapeDtypeStruct(out.shape, out.dtype) if hasattr(out, "shape") else None
                 return out
 
-            setattr(m, k, _Recorder(child, wrapped))
+            if index is None:
+                setattr(m, attr, _Recorder(child, wrapped))
+            else:
+                getattr(m, attr)[index] = _Recorder(child, wrapped)
         return m(x, **(mode or {}))  # its mode flag in evaluation, as fit's evaluation sets it
 
     x = jax.ShapeDtypeStruct((1, *tuple(input_shape)), dtype)
@@ -187,7 +192,7 @@ def _nnx_summary(model: Any, input_shape: Sequence[int], name: str | None, dtype
         # but a model that cannot take this input at all says so, as a linen model's summary does
         jax.eval_shape(lambda x: merged()(x, **(mode or {})), x)
     rows = []
-    for k, child in children:
+    for k, _, _, child in children:
         params = nnx.to_pure_dict(nnx.state(child, nnx.Param))
         stats = nnx.to_pure_dict(nnx.state(child, nnx.BatchStat))
         trainable, non_trainable = _size(params), _size(stats)
@@ -198,6 +203,19 @@ def _nnx_summary(model: Any, input_shape: Sequence[int], name: str | None, dtype
         rows.append(LayerRow(k, type(child).__name__, out_shape, trainable, non_trainable,
                              _explain_shapes(flat, stats, n) if flat is not None else _explain_parts(params, stats, n)))
     return Summary(name or type(model).__name__, tuple(rows))
+
+
+def _nnx_children(model: Any) -> list[tuple[str, str, int | None, Any]]:
+    """(row name, attribute, index in it or None, sub-module) of each row of an NNX summary."""
+    from flax import nnx
+
+    out: list[tuple[str, str, int | None, Any]] = []
+    for k, v in vars(model).items():
+        if isinstance(v, nnx.List):
+            out += [(f"{k}.{i}", k, i, c) for i, c in enumerate(v) if isinstance(c, nnx.Module)]
+        elif isinstance(v, nnx.Module):
+            out.append((k, k, None, v))
+    return out
 
 
 class _Recorder:

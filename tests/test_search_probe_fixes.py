@@ -302,6 +302,11 @@ def test_a_study_made_under_an_old_default_says_how_to_continue_it(small, tmp_pa
     search.random_search(*small, {"features": Choice((2,))}, model=Tiny, trials=1, metric="val_loss", mode="max", out=tmp_path, **OPTS)
     with pytest.raises(ConfigError, match=r"differs in mode.*; mode='max' continues a study made when a loss metric was maximised by default$"):
         search.random_search(*small, {"features": Choice((2,))}, model=Tiny, trials=1, metric="val_loss", out=tmp_path, **OPTS)
+    # and only then: another declarative space is told only that it differs (the hint about
+    # define-by-run studies and REPORT_SPACE was added to any change of space)
+    with pytest.raises(ConfigError, match=r"differs in space\); join it with the same settings .* or out directory$"):
+        search.random_search(*small, {"features": Choice((2, 3))}, model=Tiny, trials=1, metric="val_loss", mode="max",
+                             out=tmp_path, **OPTS)
 
 
 def test_a_worker_left_waiting_says_for_which_trial_and_how_long():

@@ -488,8 +488,18 @@ def _run_workers(n: int, data: Data, config: SearchConfig, space: dict[str, Any]
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _worker_main(index: int, paths: dict[str, str], config: SearchConfig, space: dict[str, Any], out: Path | None,
-                 url: str, study_name: str, fp: dict[str, Any], counts: Any) -> None:
+def _worker_main(*args: Any) -> None:
+    """One spawned worker (:func:`_work_in_process`). Ctrl-C in a terminal reaches the whole
+    process group: the parent says it, on one line, so a worker exits with status 130 and
+    without multiprocessing's traceback (its trial goes back to the queue, as for any stop)."""
+    try:
+        _work_in_process(*args)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _work_in_process(index: int, paths: dict[str, str], config: SearchConfig, space: dict[str, Any], out: Path | None,
+                     url: str, study_name: str, fp: dict[str, Any], counts: Any) -> None:
     """One spawned worker: load the data, join the study, train slots until none is left."""
     import jaxcnn  # noqa: F401  (splits the CPU into this worker's devices)
 

@@ -560,9 +560,12 @@ def open_study(
         old = attrs[FINGERPRINT_ATTR]
         diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
         # Defaults that changed (2026-12-04): a study made before them resumes with the old value given.
-        hints = {"mode": "mode='max' continues a study made when a loss metric was maximised by default",
-                 "space": "space=REPORT_SPACE continues a define-by-run study made when that was the default space"}
-        changed = "".join(f"; {hints[k]}" for k in diff if k in hints)
+        # (each only where it applies: the old study has the old default, this search the new one).
+        hints = {"mode": (old.get("mode") == "max" and fp.get("mode") == "min",
+                          "mode='max' continues a study made when a loss metric was maximised by default"),
+                 "space": (old.get("space") == spaces.space_to_dict(spaces.REPORT_SPACE) and not fp.get("space"),
+                           "space=REPORT_SPACE continues a define-by-run study made when that was the default space")}
+        changed = "".join(f"; {hints[k][1]}" for k in diff if k in hints and hints[k][0])
         raise ConfigError(
             f"study {study_name!r} holds a different search (it differs in {', '.join(diff)}); join it with the "
             f"same settings and data, or choose another study (study_name=, or --study on the command line) or out directory{changed}"

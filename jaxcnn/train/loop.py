@@ -308,6 +308,8 @@ def _sample_weights(y: np.ndarray, num_classes: int, class_weight: dict[int, flo
     name = f"{what} sample_weight".strip()
     if sample_weight is not None:
         w = np.asarray(sample_weight, np.float32)
+        if w.shape == (len(y), 1):  # a column, as Keras takes it (and as labels (N, 1) are taken)
+            w = w.reshape(-1)
         if w.shape != (len(y),):
             raise ShapeError(f"{name} has shape {w.shape}; it needs one weight per example, ({len(y)},)")
         if not np.all(np.isfinite(w)) or np.any(w < 0):
@@ -383,6 +385,15 @@ def _resolve_loss(state: TrainState, loss: Any, from_logits: bool | None, label_
         return state  # a state that was resolved before
     resolved = losses.get_loss(loss if loss is not None else state.loss, from_logits=from_logits, label_smoothing=label_smoothing)
     losses.check_custom(resolved, state.num_classes, y[:2])
+    if isinstance(resolved, losses.CategoricalCrossentropy) and y.ndim == 2:
+        sums = y.sum(-1)
+        off = np.flatnonzero(np.abs(sums - 1.0) > 1e-2)
+        if off.size:  # Keras takes them too, and trains a softmax toward several classes at once
+            warnings.warn(
+                f"y's rows are meant to be one-hot or class probabilities, but {off.size} of {len(y)} do not sum to 1 "
+                f"(row {int(off[0])} sums to {float(sums[off[0]]):g}); categorical cross-entropy trains the outputs as one "
+                "softmax. For multi-label targets pass a loss of your own, e.g. loss=lambda outputs, labels: "
+                "optax.sigmoid_binary_cross_entropy(outputs, labels).mean(-1)", UserWarning, stacklevel=3)
     if outputs is None:
         outputs = jit_predict(state, x[: state_mod.SAMPLE])
     probs = losses.looks_like_probabilities(outputs)

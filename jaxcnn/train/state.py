@@ -98,6 +98,23 @@ def has_batch_stats(model: Any, input_shape: Sequence[int]) -> bool:
     return bool(jax.tree.leaves(shapes.get("batch_stats", {})))
 
 
+def _keras_optimizer_message(optimizer: Any) -> str:
+    """What to pass instead of a Keras optimizer object: jaxcnn's of the same name and rate."""
+    cls = optimizer if isinstance(optimizer, type) else type(optimizer)
+    name = cls.__name__.lower()
+    if name not in optim.OPTIMIZERS:
+        return (f"{cls.__name__} is a Keras optimizer, which cannot update jaxcnn's parameters; pass a name "
+                f"({', '.join(repr(n) for n in optim.OPTIMIZERS)}) or an optax GradientTransformation")
+    rate = ""
+    try:
+        rate = f", learning_rate={float(np.asarray(optimizer.learning_rate)):g}"
+    except Exception:  # noqa: BLE001 - a schedule, or a class: the name alone
+        pass
+    return (f"{cls.__name__} is a Keras optimizer, which cannot update jaxcnn's parameters; pass optimizer={name!r}{rate} "
+            f"instead (Keras 3's update rule and defaults), or jaxcnn.optim.get_optimizer({name!r}, ...) with Keras's "
+            "other arguments")
+
+
 def optimizer_from(optimizer: str | optax.GradientTransformation, learning_rate: optim.LearningRate | None,
                    ) -> tuple[optax.GradientTransformation, str | None]:
     """The optax transformation for ``optimizer`` and, when it was given by name, or built by
@@ -108,6 +125,8 @@ def optimizer_from(optimizer: str | optax.GradientTransformation, learning_rate:
         optimizer = optim.get_optimizer(optimizer, learning_rate)
     if isinstance(optimizer, optax.GradientTransformation):
         return optimizer, optim.spec_of(optimizer)
+    if losses.is_keras_object(optimizer):
+        raise ConfigError(_keras_optimizer_message(optimizer))
     raise ConfigError(f"optimizer must be a name (e.g. 'rmsprop') or an optax GradientTransformation, got {type(optimizer).__name__}")
 
 
