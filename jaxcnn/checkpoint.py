@@ -70,8 +70,16 @@ def write_together(directory: Path, files: dict[str, bytes | str]) -> None:
             except OSError:
                 pass
         raise
-    for name in files:
-        os.replace(directory / f"{name}.tmp", directory / name)
+    try:
+        for name in files:
+            os.replace(directory / f"{name}.tmp", directory / name)
+    finally:  # a rename that failed leaves no temporary file behind
+        for tmp in written:
+            if tmp.exists():
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass
 
 
 def model_spec(state: Any, model_name: str | None = None, model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -123,13 +131,15 @@ def _nnx_kwargs(adapter: Any, known: set[str] = frozenset()) -> dict[str, Any]:
     module = nnx.merge(adapter.graphdef, *adapter.templates)
     out: dict[str, Any] = {}
     for p in params:
-        if p.kind == p.VAR_POSITIONAL and p.name not in known:  # nnx.Sequential(*layers): nothing records them
+        # nnx.Sequential(*layers): a constructor that takes everything positionally; nothing
+        # records those arguments (a *args after other parameters is left out, as before)
+        if p.kind == p.VAR_POSITIONAL and p is params[0] and p.name not in known:
             out[f"*{p.name}"] = {"unserializable": f"<the positional arguments *{p.name} {cls.__name__} was built with>"}
             warnings.warn(
                 f"{cls.__name__}.__init__ takes *{p.name}, which an export cannot record; reload it with the module "
                 f"built again: jaxcnn.checkpoint.load_state(directory, model={cls.__name__}(...))", stacklevel=_user_stacklevel())
             continue
-        if p.name == "rngs" or p.kind == p.VAR_KEYWORD or p.name in known:
+        if p.name == "rngs" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in known:
             continue
         if hasattr(module, p.name):
             saved = _json_kwargs({p.name: getattr(module, p.name)})[p.name]
@@ -164,7 +174,8 @@ def _class_path(cls: type) -> str:
 def _json_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in kwargs.items():
-        if isinstance(v, np.generic) and not isinstance(v, np.void):  # np.int64(8): the number, not its dtype
+        if (isinstance(v, np.generic) and not isinstance(v, np.void)) or \
+                (isinstance(v, (np.ndarray, jax.Array)) and v.shape == ()):  # np.int64(8), jnp.float32(0.5): the number
             v = v.item()
         elif isinstance(v, (list, tuple)):
             v = [e.item() if isinstance(e, np.generic) else e for e in v]
@@ -722,23 +733,24 @@ class TrainCheckpoints:
         Orbax's half-written ``*.orbax-checkpoint-tmp`` folder is removed."""
         import shutil
 
-        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if "No space left on device" in text or "os_error_code='28'" in text:
+        text = " ".join(str(error).split()) or type(error).__name__
+        full = "No space left on device" in text or "os_error_code='28'" in text
+        if full:
             text = "No space left on device"
         elif len(text) > 300:
             text = text[:300] + "..."
-        kept: list[int] = []
         try:
             for p in self.directory.iterdir():
                 if ".orbax-checkpoint-tmp" in p.name:
                     shutil.rmtree(p, ignore_errors=True)
-                elif p.name.isdigit():
-                    kept.append(int(p.name))
-        except OSError:
-            pass
+            self._manager.reload()
+            kept = list(self._manager.all_steps())
+        except Exception:  # noqa: BLE001 - the message still says what failed
+            kept = []
         then = (f"the checkpoint after epoch {max(kept)} is kept, and fit(..., resume=True) continues from it"
                 if kept else "fit(..., resume=True) then starts the run again")
-        return CheckpointError(f"cannot save a checkpoint in {self.directory}: {text}; free some space or fix the cause: {then}")
+        fix = "free some space" if full else "fix the cause"
+        return CheckpointError(f"cannot save a checkpoint in {self.directory}: {text}; {fix}: {then}")
 
     def restore(self, template: Any, epoch: int | None = None) -> Restored:
         """Read the checkpoint after ``epoch`` completed epochs (default: the latest) into a

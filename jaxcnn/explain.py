@@ -214,7 +214,6 @@ def _prepare(state: Any, x: Any, target: Any, batch_size: int, what: str) -> tup
     _check_arrays(x, None, f"explain.{what}(state, x)", labels=False)
     xs = np.ascontiguousarray(checks.check_images(x, state.input_shape, "x"), np.float32)
     checks.check_positive_int(batch_size, "batch_size")
-    probs = state.outputs_are_probs
     if target is None:
         from jaxcnn.train.loop import predict
 
@@ -233,7 +232,10 @@ def _prepare(state: Any, x: Any, target: Any, batch_size: int, what: str) -> tup
         if bad.any():
             raise ShapeError(f"target {int(t[bad][0])} is outside the model's classes 0..{state.num_classes - 1}")
         targets = t.astype(np.int32)
-    return state, xs, targets, probs
+    from jaxcnn.train.state import with_outputs_decided
+
+    state = with_outputs_decided(state, xs)  # a loss replaced by an undecided one: as fit would decide it
+    return state, xs, targets, state.outputs_are_probs
 
 
 def _batched(fn: Callable[..., jax.Array], arrays: tuple[np.ndarray, ...], batch_size: int) -> np.ndarray:

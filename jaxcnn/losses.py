@@ -115,8 +115,13 @@ _NAMES = {
 def is_keras_object(obj: Any) -> bool:
     """Whether ``obj`` is a Keras object or class (a ``keras.losses`` / ``keras.metrics`` one...),
     told from its module's name, without importing Keras."""
-    module = (obj if isinstance(obj, type) else type(obj)).__module__ or ""
-    return module.startswith(("keras", "tf_keras", "tensorflow.python.keras"))
+    return _is_keras_module((obj if isinstance(obj, type) else type(obj)).__module__)
+
+
+def _is_keras_module(module: str | None) -> bool:
+    """``keras.*``, ``tf_keras.*`` or TensorFlow's Keras (not a module of one's own named ``keras_utils``)."""
+    module = module or ""
+    return module.split(".")[0] in ("keras", "tf_keras") or module.startswith("tensorflow.python.keras")
 
 
 #: The first two parameter names of a loss function in Keras's order, ``(y_true, y_pred)``.
@@ -130,8 +135,7 @@ def _refuse_keras_loss(loss: Any) -> None:
     parameters say Keras's order: with one-hot labels both arguments have the same shape, so
     the swap would train silently on a loss that falls below zero."""
     fn_module = getattr(loss, "__module__", None) or ""
-    if callable(loss) and not isinstance(loss, type) and type(loss).__module__ == "builtins" \
-            and fn_module.startswith(("keras", "tf_keras", "tensorflow")):
+    if callable(loss) and not isinstance(loss, type) and type(loss).__module__ == "builtins" and _is_keras_module(fn_module):
         name = getattr(loss, "__name__", "this function")
         if name in _NAMES:
             instead = f"pass loss={name!r} (with fit's from_logits= and label_smoothing=) instead"
@@ -147,10 +151,15 @@ def _refuse_keras_loss(loss: Any) -> None:
         except (TypeError, ValueError):  # a builtin without a signature
             names = []
         if len(names) == 2 and names[0] in _KERAS_ORDER[0] and names[1] in _KERAS_ORDER[1]:
-            name = getattr(loss, "__name__", "the loss")
+            name = getattr(loss, "__name__", None)
+            if not (isinstance(name, str) and name.isidentifier()):  # a callable object, a partial, a lambda
+                what, call = f"the loss {type(loss).__name__}", "loss_fn"
+            else:
+                what, call = name, name
             raise ConfigError(
-                f"{name} takes ({names[0]}, {names[1]}), Keras's order, but jaxcnn calls a loss as loss(outputs, labels); "
-                f"reorder its parameters, or pass loss=lambda outputs, labels: {name}(labels, outputs)"
+                f"{what} takes ({names[0]}, {names[1]}), Keras's order, but jaxcnn calls a loss as loss(outputs, labels); "
+                f"reorder its parameters, or pass loss=lambda outputs, labels: {call}(labels, outputs)"
+                + ("" if call == name else " with the loss as loss_fn")
             )
     if not is_keras_object(loss):
         return

@@ -211,7 +211,7 @@ def _nnx_children(model: Any) -> list[tuple[str, str, int | None, Any]]:
 
     out: list[tuple[str, str, int | None, Any]] = []
     for k, v in vars(model).items():
-        if isinstance(v, nnx.List):
+        if isinstance(v, nnx.List) and not any(isinstance(c, nnx.Variable) for c in v):  # Params in it: one row
             out += [(f"{k}.{i}", k, i, c) for i, c in enumerate(v) if isinstance(c, nnx.Module)]
         elif isinstance(v, nnx.Module):
             out.append((k, k, None, v))

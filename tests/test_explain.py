@@ -152,6 +152,8 @@ def test_grad_cam_of_an_nnx_module_with_batchnorm_and_dropout():
 def test_saliency_and_gradients_are_the_input_gradients_of_the_score():
     st = state(BnDropSoftmax())
     assert st.loss.from_logits is False  # create_train_state decided it from the outputs (a softmax)
+    undecided = st.replace(loss=st.loss.with_from_logits(None))  # a loss replaced by an undecided one: decided as fit would
+    np.testing.assert_allclose(explain.gradients(undecided, X, 3), explain.gradients(st, X, 3), atol=1e-7)
     variables = {"params": st.params, "batch_stats": st.batch_stats}
 
     def score(x, c):  # a softmax output: its log-probability, as for a logit

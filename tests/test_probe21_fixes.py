@@ -6,8 +6,10 @@ import warnings
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import jaxcnn
 
@@ -232,3 +234,107 @@ def test_predict_on_a_model_of_no_bundled_shape_points_at_the_library():
     with pytest.raises(ConfigError, match=r"^the model takes images of shape \(20, 20, 3\), and no data set here has that shape "
                                           r".*jaxcnn\.predict\(jaxcnn\.checkpoint\.load_state\(directory\), images\)$"):
         _dataset_for((20, 20, 3))
+
+
+# -- what the regression probe of this session's changes found ----------------------------------
+
+
+def test_a_state_from_create_train_state_still_gets_fits_loss_checks():
+    # create_train_state now decides from_logits, and fit's "resolved before" return skipped the
+    # custom loss's check (a .mean() trained silently) and the multi-hot warning.
+    from jaxcnn import train
+    from jaxcnn.errors import ConfigError
+
+    def mean_nll(outputs, labels):
+        return -jnp.take_along_axis(jax.nn.log_softmax(outputs), labels[:, None], axis=-1).mean()
+
+    state = train.create_train_state(Tiny(), X.shape[1:], loss=mean_nll)
+    with pytest.raises(ConfigError, match=r"returned shape \(\) for a batch of 2"):
+        jaxcnn.fit(state, X, Y, epochs=1, verbose=0)
+    multi = _onehot(Y) + _onehot((Y + 1) % 10)
+    with pytest.warns(UserWarning, match=r"^y's rows are meant to be one-hot"):
+        jaxcnn.fit(train.create_train_state(Tiny(), X.shape[1:]), X, multi, epochs=1, batch_size=8, verbose=0, devices=None)
+
+
+def test_a_state_whose_loss_was_replaced_by_an_undecided_one_is_decided_where_it_is_used():
+    from jaxcnn import losses
+
+    state, _ = jaxcnn.fit(Softmax(), X, Y, epochs=0, verbose=0)
+    undecided = state.replace(loss=losses.CategoricalCrossentropy())
+    assert undecided.loss.from_logits is None
+    np.testing.assert_array_equal(jaxcnn.predict(undecided, X, output="probs"), jaxcnn.predict(state, X, output="probs"))
+    assert jaxcnn.evaluate(undecided, X, Y) == pytest.approx(jaxcnn.evaluate(state, X, Y), rel=1e-6)
+
+
+def test_loss_refusals_name_only_keras_and_give_valid_code():
+    import types
+
+    import optax
+
+    from jaxcnn import losses
+    from jaxcnn.errors import ConfigError
+
+    own = types.ModuleType("keras_compat")  # a module of one's own whose name starts with keras
+    exec("import optax\ndef my_loss(outputs, labels):\n    return optax.softmax_cross_entropy_with_integer_labels(outputs, labels)\n",
+         own.__dict__)
+    assert losses.get_loss(own.my_loss).fn is own.my_loss
+    for fn in (optax.softmax_cross_entropy, optax.softmax_cross_entropy_with_integer_labels, optax.sigmoid_binary_cross_entropy):
+        assert losses.get_loss(fn).fn is fn  # (logits, labels): jaxcnn's order
+
+    class Focal:
+        def __call__(self, y_true, y_pred):
+            return optax.softmax_cross_entropy_with_integer_labels(y_pred, y_true)
+
+    with pytest.raises(ConfigError, match=r"^the loss Focal takes \(y_true, y_pred\), .*loss=lambda outputs, labels: "
+                                          r"loss_fn\(labels, outputs\) with the loss as loss_fn$"):
+        losses.get_loss(Focal())
+
+
+class ParamList(nnx.Module):
+    def __init__(self, rngs):
+        self.ws = nnx.List([nnx.Param(jnp.ones((192, 16))), nnx.Param(jnp.ones((16, 10)))])
+
+    def __call__(self, x, train: bool = False):
+        return x.reshape(x.shape[0], -1) @ self.ws[0][...] @ self.ws[1][...]
+
+
+class Extra(nnx.Module):
+    def __init__(self, hidden: int = 16, *extra, rngs):
+        self.hidden = hidden
+        self.a = nnx.Linear(192, hidden, rngs=rngs)
+        self.b = nnx.Linear(hidden, 10, rngs=rngs)
+
+    def __call__(self, x, train: bool = False):
+        return self.b(jax.nn.relu(self.a(x.reshape(x.shape[0], -1))))
+
+
+def test_nnx_lists_of_parameters_and_a_later_star_args_keep_their_old_behaviour(tmp_path):
+    from flax import nnx
+
+    from jaxcnn import checkpoint
+
+    s = str(jaxcnn.summary(ParamList(nnx.Rngs(0)), X.shape[1:]))
+    assert "Total params: 3,232" in s  # the list's parameters, in one row as before
+    state, _ = jaxcnn.fit(Extra(rngs=nnx.Rngs(0)), X, Y, epochs=1, batch_size=8, verbose=0, devices=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        checkpoint.export(tmp_path / "m", state)
+    np.testing.assert_array_equal(jaxcnn.predict(checkpoint.load_state(tmp_path / "m"), X), jaxcnn.predict(state, X))
+
+
+class Rated(nn.Module):
+    scale: float = 0.5
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return nn.Dense(10)(x.reshape(x.shape[0], -1)) * self.scale
+
+
+def test_a_jax_scalar_attribute_is_exported_as_its_number(tmp_path):
+    import json
+
+    from jaxcnn import checkpoint
+
+    state, _ = jaxcnn.fit(Rated(scale=jnp.float32(0.25)), X, Y, epochs=1, batch_size=8, verbose=0, devices=None)
+    checkpoint.export(tmp_path / "m", state)
+    assert json.loads((tmp_path / "m" / checkpoint.MODEL_FILE).read_text())["module_kwargs"]["scale"] == 0.25

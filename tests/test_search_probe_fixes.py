@@ -307,6 +307,12 @@ def test_a_study_made_under_an_old_default_says_how_to_continue_it(small, tmp_pa
     with pytest.raises(ConfigError, match=r"differs in space\); join it with the same settings .* or out directory$"):
         search.random_search(*small, {"features": Choice((2, 3))}, model=Tiny, trials=1, metric="val_loss", mode="max",
                              out=tmp_path, **OPTS)
+    # an accuracy maximised, then minimised: the hint is about loss metrics only
+    search.random_search(*small, {"features": Choice((2,))}, model=Tiny, trials=1, metric="val_accuracy", out=tmp_path / "acc",
+                         **OPTS)
+    with pytest.raises(ConfigError, match=r"differs in mode\); join it with the same settings .* or out directory$"):
+        search.random_search(*small, {"features": Choice((2,))}, model=Tiny, trials=1, metric="val_accuracy", mode="min",
+                             out=tmp_path / "acc", **OPTS)
 
 
 def test_a_worker_left_waiting_says_for_which_trial_and_how_long():

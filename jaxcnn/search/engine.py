@@ -561,7 +561,7 @@ def open_study(
         diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
         # Defaults that changed (2026-12-04): a study made before them resumes with the old value given.
         # (each only where it applies: the old study has the old default, this search the new one).
-        hints = {"mode": (old.get("mode") == "max" and fp.get("mode") == "min",
+        hints = {"mode": (old.get("mode") == "max" and fp.get("mode") == "min" and "loss" in str(fp.get("metric")),
                           "mode='max' continues a study made when a loss metric was maximised by default"),
                  "space": (old.get("space") == spaces.space_to_dict(spaces.REPORT_SPACE) and not fp.get("space"),
                            "space=REPORT_SPACE continues a define-by-run study made when that was the default space")}

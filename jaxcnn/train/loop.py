@@ -381,10 +381,8 @@ def _resolve_loss(state: TrainState, loss: Any, from_logits: bool | None, label_
     """Fix ``from_logits`` from the model's outputs on a few training images (``outputs``, from
     the program that built the state, or one small forward pass): a softmax output is taken as
     probabilities, as Keras's default loss does."""
-    if loss is None and from_logits is None and label_smoothing == 0.0 and state.loss.from_logits is not None:
-        return state  # a state that was resolved before
     resolved = losses.get_loss(loss if loss is not None else state.loss, from_logits=from_logits, label_smoothing=label_smoothing)
-    losses.check_custom(resolved, state.num_classes, y[:2])
+    losses.check_custom(resolved, state.num_classes, y[:2])  # also for a state resolved before (create_train_state)
     if isinstance(resolved, losses.CategoricalCrossentropy) and y.ndim == 2:
         sums = y.sum(-1)
         off = np.flatnonzero(np.abs(sums - 1.0) > 1e-2)
@@ -394,6 +392,8 @@ def _resolve_loss(state: TrainState, loss: Any, from_logits: bool | None, label_
                 f"(row {int(off[0])} sums to {float(sums[off[0]]):g}); categorical cross-entropy trains the outputs as one "
                 "softmax. For multi-label targets pass a loss of your own, e.g. loss=lambda outputs, labels: "
                 "optax.sigmoid_binary_cross_entropy(outputs, labels).mean(-1)", UserWarning, stacklevel=3)
+    if loss is None and from_logits is None and label_smoothing == 0.0 and state.loss.from_logits is not None:
+        return state  # a state that was resolved before
     if outputs is None:
         outputs = jit_predict(state, x[: state_mod.SAMPLE])
     probs = losses.looks_like_probabilities(outputs)
@@ -857,6 +857,7 @@ def evaluate(state: TrainState, x: Any, y: Any = None, batch_size: int | None = 
     ys = checks.check_labels(y, len(xs), state.num_classes, "y")
     if metrics or weighted_metrics:
         state = state.replace(metrics=_get_metrics(metrics, weighted_metrics))
+    state = state_mod.with_outputs_decided(state, xs)
     w = _sample_weights(ys, state.num_classes, None, sample_weight, "")
     batch_size = min(batch_size, len(xs))
     # "auto" evaluates a BatchNorm model on the CPU mesh of parts, as fit's validation does.
@@ -892,6 +893,6 @@ def predict(state: TrainState, x: Any, batch_size: int | None = PREDICT_BATCH, o
         print(f"{_plural(len(xs), 'example')} predicted in {time.perf_counter() - t0:.1f}s", flush=True)
     if output == "classes":
         return raw.argmax(-1)
-    if output == "probs" and not state.outputs_are_probs:
+    if output == "probs" and not state_mod.with_outputs_decided(state, xs, raw).outputs_are_probs:
         return np.asarray(jax.nn.softmax(raw, axis=-1))
     return raw

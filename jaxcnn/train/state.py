@@ -153,16 +153,29 @@ def create_train_state(
     images = np.random.default_rng(0).random((SAMPLE, *tuple(int(d) for d in input_shape)), dtype=np.float32) \
         if len(input_shape) == 3 else None
     state, outputs = start_state(model, input_shape, optimizer, learning_rate, seed, loss=loss, metrics=metrics, sample=images)
-    if state.loss.from_logits is None:  # every loss get_loss makes (a function of your own too) is decided here, as fit does
-        if outputs is None:
-            from jaxcnn.train.strategies import jit_predict
+    # every loss get_loss makes (a function of your own too) is decided here, as fit does
+    return with_outputs_decided(state, images, outputs, check_training=True)
 
-            outputs = jit_predict(state, images)
-        probs = losses.looks_like_probabilities(outputs)
-        if probs:
-            check_probabilities_in_training(state, images)
-        state = state.replace(loss=state.loss.with_from_logits(not probs))
-    return state
+
+def with_outputs_decided(state: TrainState, images: np.ndarray, outputs: Any = None, *,
+                         check_training: bool = False) -> TrainState:
+    """``state`` with its loss's ``from_logits`` decided from the model's outputs on ``images``
+    (the first :data:`SAMPLE`; ``outputs``: those outputs, when already computed): a softmax
+    output is taken as probabilities, anything else as logits, as ``fit`` decides. A decided
+    state comes back as it is. ``create_train_state`` decides every state it makes; ``evaluate``,
+    ``predict`` and ``jaxcnn.explain`` decide one whose loss was replaced by an undecided one.
+    ``check_training``: also refuse a softmax applied in evaluation only."""
+    if state.loss.from_logits is not None:
+        return state
+    images = np.asarray(images[:SAMPLE], np.float32)
+    if outputs is None:
+        from jaxcnn.train.strategies import jit_predict
+
+        outputs = jit_predict(state, images)
+    probs = losses.looks_like_probabilities(np.asarray(outputs)[:SAMPLE])
+    if probs and check_training:
+        check_probabilities_in_training(state, images)
+    return state.replace(loss=state.loss.with_from_logits(not probs))
 
 
 def check_probabilities_in_training(state: TrainState, images: np.ndarray) -> None:
