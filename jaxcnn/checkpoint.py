@@ -713,6 +713,7 @@ class TrainCheckpoints:
         items = {"state": self._ocp.args.StandardSave(tree), "meta": self._ocp.args.JsonSave(meta)}
         if arrays:
             items["callback_arrays"] = self._ocp.args.StandardSave(arrays)
+        _drop_closed_loop_reports()  # a write that fails leaves tensorstore's in-flight writes reporting so
         try:
             self._manager.save(int(epoch), args=self._ocp.args.Composite(**items), metrics=ranked, force=True)
         except Exception as e:  # noqa: BLE001

@@ -338,3 +338,41 @@ def test_a_jax_scalar_attribute_is_exported_as_its_number(tmp_path):
     state, _ = jaxcnn.fit(Rated(scale=jnp.float32(0.25)), X, Y, epochs=1, batch_size=8, verbose=0, devices=None)
     checkpoint.export(tmp_path / "m", state)
     assert json.loads((tmp_path / "m" / checkpoint.MODEL_FILE).read_text())["module_kwargs"]["scale"] == 0.25
+
+
+class BnDrop(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.BatchNorm(use_running_average=not train)(nn.Conv(4, (3, 3))(x))
+        x = nn.Dropout(0.3, deterministic=not train)(nn.relu(x))
+        return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("devices", ["auto", None])
+@pytest.mark.parametrize("model", [Wide, BnDrop])
+def test_a_keras_callback_keeps_and_puts_back_weights_with_get_and_set_weights(model, devices):
+    # self.model.get_weights() raised AttributeError: the Keras idiom of a callback that keeps
+    # the weights of one epoch and puts them back (here mid-training, so the next epoch trains on).
+    class KeepFirst:
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                self.kept = self.model.get_weights()
+            if epoch == 1:
+                self.model.set_weights(self.kept)
+
+    keep = KeepFirst()
+    state, history = jaxcnn.fit(model(), X, Y, epochs=2, batch_size=8, verbose=0, devices=devices, callbacks=[keep])
+    got = jax.tree.leaves((state.params, state.batch_stats))
+    assert len(got) == len(keep.kept) and all(np.array_equal(a, b) for a, b in zip(got, keep.kept))
+    assert int(state.step) == 4  # the optimizer's state and step stay the last epoch's, as in Keras
+    # and training goes on from weights put back mid-run
+    _, more = jaxcnn.fit(model(), X, Y, epochs=3, batch_size=8, verbose=0, devices=devices, callbacks=[KeepFirst()])
+    assert np.isfinite(more.history["loss"]).all()
+    from jaxcnn.errors import ShapeError
+
+    class Wrong:
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.set_weights(self.model.get_weights()[1:])
+
+    with pytest.raises(ShapeError, match=r"^set_weights takes the list get_weights gives, \d+ arrays of shapes"):
+        jaxcnn.fit(model(), X, Y, epochs=1, batch_size=8, verbose=0, devices=devices, callbacks=[Wrong()])

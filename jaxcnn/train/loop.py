@@ -117,15 +117,35 @@ def state_of(obj: Any, what: str) -> TrainState:
 
 
 class Loop:
-    """What callbacks see: the running ``state``, the ``history`` so far, ``stop_training``, and
+    """What callbacks see: the running ``state``, the ``history`` so far, ``stop_training``,
     ``learning_rate`` (settable when the optimizer's rate is a number; also as Keras's
-    ``optimizer.learning_rate``)."""
+    ``optimizer.learning_rate``), and Keras's ``get_weights()`` / ``set_weights(weights)``."""
 
     def __init__(self, state: TrainState, history: History):
         self.state = state
         self.history = history
         self.stop_training = False
         self.epoch_first_step = 0  # the global step at which the running epoch began
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Keras's ``model.get_weights()``: host copies of the model's parameters, then its
+        BatchNorm statistics, in flax's tree order (not Keras's layer order), for a callback
+        that keeps them and puts them back with :meth:`set_weights`."""
+        return [np.array(a) for a in jax.tree.leaves(jax.device_get((self.state.params, self.state.batch_stats)))]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Keras's ``model.set_weights(weights)``: the list :meth:`get_weights` gives, each array
+        put where the running one is (the optimizer's state and the step are kept, as in Keras)."""
+        leaves, treedef = jax.tree.flatten((self.state.params, self.state.batch_stats))
+        weights = list(weights)
+        if len(weights) != len(leaves) or any(np.shape(w) != np.shape(a) for w, a in zip(weights, leaves)):
+            got = [tuple(np.shape(w)) for w in weights]
+            raise ShapeError(f"set_weights takes the list get_weights gives, {len(leaves)} arrays of shapes "
+                             f"{[tuple(np.shape(a)) for a in leaves]}; got {len(weights)} of shapes {got}")
+        placed = [jax.device_put(np.asarray(w, a.dtype), a.sharding) if isinstance(a, jax.Array) else np.asarray(w, a.dtype)
+                  for w, a in zip(weights, leaves)]
+        params, batch_stats = jax.tree.unflatten(treedef, placed)
+        self.state = self.state.replace(params=params, batch_stats=batch_stats)
 
     @property
     def optimizer(self) -> Loop:
