@@ -398,12 +398,8 @@ def write_file(path: str | os.PathLike[str], data: bytes | str, *, hint: str = "
 
     path = Path(path)
     try:
-        atomic_write(path, data)
+        atomic_write(path, data)  # which leaves no temporary file when it fails
     except OSError as e:
-        try:
-            path.with_name(path.name + ".tmp").unlink(missing_ok=True)
-        except OSError:
-            pass
         raise ConfigError(f"cannot write {path}: {e.strerror or e}; {hint}") from None
 
 
@@ -427,9 +423,7 @@ def export_model(directory: Path, state: Any, config: RunConfig, **kwargs: Any) 
             checkpoint.export(directory, state)
         else:
             checkpoint.export(directory, state, config.model, config.model_kwargs)
-    except OSError as e:
-        for tmp in directory.glob("*.tmp"):
-            tmp.unlink(missing_ok=True)
+    except OSError as e:  # export leaves no temporary file when it fails
         raise ConfigError(f"cannot write {directory}: {e.strerror or e}; {kwargs.get('hint', 'free some space or choose a writable --out')}") from None
 
 

@@ -308,6 +308,8 @@ def predict_best(best: Path, stem: Path, log: Path, verbose: bool) -> tuple[dict
     fresh.unlink(missing_ok=True)
     value, error = call_main("experiments.predict", [str(best), "--out", str(fresh)], log, verbose)
     if isinstance(value, dict) and not error:
+        from jaxcnn.checkpoint import atomic_write
+
         if fresh.is_file():  # (a stand-in for predict, as in the tests, may write no figure)
             os.replace(fresh, png)
         value = {k: float(v) for k, v in value.items() if isinstance(v, (int, float))}
@@ -1260,6 +1262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Build the report; return {"html": path, "markdown": path, "results": [RunResult], "failed": n}."""
+    from jaxcnn.checkpoint import atomic_write
     from jaxcnn.errors import ConfigError
 
     args = build_parser().parse_args(argv)
@@ -1344,13 +1347,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     failed = sum(1 for r in results if r.status == "failed") + (1 if predict[1] else 0)
     say(f"report: {html_path} and {md_path} in {total:.1f} s" + (f"; {failed} run(s) failed" if failed else ""))
     return {"html": html_path, "markdown": md_path, "results": results, "failed": failed, "wall_time_s": total}
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` through a temporary file and a rename: never a half-written report."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _cli(argv: list[str] | None = None) -> int:

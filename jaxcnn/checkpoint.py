@@ -63,23 +63,14 @@ def write_together(directory: Path, files: dict[str, bytes | str]) -> None:
                 if e.filename is None:
                     raise OSError(e.errno, e.strerror, str(directory / name)) from None
                 raise
-    except BaseException:
+        for name in files:
+            os.replace(directory / f"{name}.tmp", directory / name)
+    finally:  # renamed: none is left; after a failed write or rename, the rest are removed
         for tmp in written:
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
-        raise
-    try:
-        for name in files:
-            os.replace(directory / f"{name}.tmp", directory / name)
-    finally:  # a rename that failed leaves no temporary file behind
-        for tmp in written:
-            if tmp.exists():
-                try:
-                    tmp.unlink()
-                except OSError:
-                    pass
 
 
 def model_spec(state: Any, model_name: str | None = None, model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -171,14 +162,18 @@ def _class_path(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+def _number(v: Any) -> Any:
+    """A NumPy or JAX scalar (``np.int64(8)``, ``jnp.float32(0.5)``) as the Python number; anything
+    else as it is (a dtype such as ``jnp.bfloat16`` stays a dtype)."""
+    if (isinstance(v, np.generic) and not isinstance(v, np.void)) or (isinstance(v, (np.ndarray, jax.Array)) and v.shape == ()):
+        return v.item()
+    return v
+
+
 def _json_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in kwargs.items():
-        if (isinstance(v, np.generic) and not isinstance(v, np.void)) or \
-                (isinstance(v, (np.ndarray, jax.Array)) and v.shape == ()):  # np.int64(8), jnp.float32(0.5): the number
-            v = v.item()
-        elif isinstance(v, (list, tuple)):
-            v = [e.item() if isinstance(e, np.generic) else e for e in v]
+        v = [_number(e) for e in v] if isinstance(v, (list, tuple)) else _number(v)
         if v is None or isinstance(v, (bool, int, float, str)):
             out[k] = v
         elif isinstance(v, (list, tuple)) and all(isinstance(e, (bool, int, float, str)) for e in v):
