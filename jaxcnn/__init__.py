@@ -149,8 +149,11 @@ _CPU_SPLIT = use_cpu_devices()
 
 from jaxcnn import callbacks, errors, layers, models, optim, train
 from jaxcnn.callbacks import (
+    BackupAndRestore,
+    Callback,
     CSVLogger,
     EarlyStopping,
+    LambdaCallback,
     LearningRateScheduler,
     ModelCheckpoint,
     ReduceLROnPlateau,
@@ -179,7 +182,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "CSVLogger", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint", "ReduceLROnPlateau", "TensorBoard",
+    "BackupAndRestore", "Callback", "CSVLogger", "EarlyStopping", "LambdaCallback", "LearningRateScheduler", "ModelCheckpoint", "ReduceLROnPlateau", "TensorBoard",
     "TerminateOnNaN", "compilation_cache", "use_cpu_devices", "TrainState", "callbacks", "create_train_state", "errors",
     "eval_step", "evaluate", "fit", "get_model", "layers", "models", "optim", "predict", "summary", "train",
     "train_step", *sorted(_LAZY),

@@ -41,6 +41,8 @@ def _as_images(images: Any) -> np.ndarray:
     from jaxcnn.errors import ShapeError
 
     images = np.asarray(images)
+    if images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (1, 3, 4) and min(images.shape[:2]) > 4):
+        images = images[None]  # one image, (H, W) or (H, W, C): a batch (N, H, W) is never 1 to 4 pixels wide
     if images.ndim == 4 and images.shape[-1] not in (1, 3, 4):
         if images.shape[1] in (1, 3, 4):
             raise ShapeError(
@@ -50,8 +52,8 @@ def _as_images(images: Any) -> np.ndarray:
         raise ShapeError(f"images must be (N, H, W) or (N, H, W, C) with C = 1, 3 or 4 channels, got shape {images.shape}")
     if images.ndim not in (3, 4):
         raise ShapeError(
-            f"images must be (N, H, W) or (N, H, W, C), got shape {images.shape}; reshape flat images, e.g. "
-            "x.reshape(-1, 28, 28), and pass a single image as x[None]"
+            f"images must be (N, H, W) or (N, H, W, C), or one image (H, W) or (H, W, C), got shape {images.shape}; "
+            "reshape flat images, e.g. x.reshape(-1, 28, 28)"
         )
     if images.size and images.dtype != np.uint8 and images.dtype != bool:
         lo, hi = np.nanmin(images), np.nanmax(images)
@@ -72,7 +74,8 @@ def image_grid(
     size: float = 2.4,
     suptitle: str | None = None,
 ) -> Figure:
-    """A grid of images (N, H, W) or (N, H, W, C) with C = 1, 3 or 4 (channels last), one title each.
+    """A grid of images (N, H, W) or (N, H, W, C) with C = 1, 3 or 4 (channels last), one title
+    each; one image (H, W) or (H, W, C) is drawn alone.
 
     Pixel values: uint8 0..255, or floats 0..1. Float images whose values lie in 0..255 with some
     above 1.5 (0..255 pixels cast to float, not divided by 255) are divided by 255 to draw, with
@@ -373,13 +376,16 @@ def explanations(
     """Each image with its explanation laid over it (:mod:`jaxcnn.explain`): a heat map from
     ``cmap``, ``alpha`` opaque, scaled per image to its largest value.
 
-    images: (N, H, W[, C]) uint8 or float in [0, 1]; maps: (N, H, W) (``grad_cam``,
+    images: (N, H, W[, C]) uint8 or float in [0, 1], or one image and its map; maps: (N, H, W) (``grad_cam``,
     ``saliency``) or (N, H, W, C) attributions (``integrated_gradients``, ``gradients``), drawn
     as the absolute value of their sum over the channels. ``labels`` and ``predicted`` title
     each image ("7", or "7 / true: 2" in red where they differ); ``class_names`` names them.
     """
+    raw_shape = np.shape(images)
     images = _as_images(images)
     maps = np.asarray(maps, np.float64)
+    if images.ndim > len(raw_shape) and (maps.ndim == 2 or maps.shape == raw_shape):
+        maps = maps[None]  # one image's map
     if maps.ndim == 4:
         maps = np.abs(maps.sum(-1))
     if maps.ndim != 3 or len(maps) != len(images) or maps.shape[1:] != images.shape[1:3]:

@@ -312,6 +312,9 @@ def test_bad_flags_exit_with_status_2(tmp_path, capsys):
     assert "--seeds must be a positive integer" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
     assert report._cli(["--out", str(tmp_path / "file")]) == 2
+    # a --data-dir that is not there ran the whole report and exited 0, its CIFAR-10 sections "not found"
+    assert report._cli(["--quick", "--out", str(tmp_path / "r"), "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert "--data-dir" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 # ----------------------------------------------------------------------------------------------

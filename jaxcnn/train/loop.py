@@ -12,7 +12,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -70,6 +70,19 @@ class History:
 
     def __contains__(self, key: object) -> bool:
         return key in self.history
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.history)
+
+    def keys(self) -> Any:
+        """The logged names, as ``history.history.keys()``: ``dict(history)`` is that dict."""
+        return self.history.keys()
+
+    def values(self) -> Any:
+        return self.history.values()
+
+    def items(self) -> Any:
+        return self.history.items()
 
     def best_epoch(self, monitor: str = "val_loss", mode: str = "auto") -> int:
         """The epoch (0-based) with the best ``monitor`` value."""
@@ -155,8 +168,10 @@ class Loop:
 
     @property
     def learning_rate(self) -> float:
+        """The optimizer's rate (NaN when an optax optimizer does not tell it), a float that
+        also has Keras's ``assign(value)`` and ``numpy()``."""
         lr = optim.get_learning_rate(self.state.opt_state)
-        return float("nan") if lr is None else float(lr)
+        return _Rate(float("nan") if lr is None else float(lr), self)
 
     @learning_rate.setter
     def learning_rate(self, value: float) -> None:
@@ -176,6 +191,23 @@ class Loop:
                 "the optimizer's learning rate follows a schedule, which would override a rate set by a callback "
                 "(Keras raises here too); use a constant learning rate with this callback, or drop the callback"
             )
+
+
+class _Rate(float):
+    """The learning rate a callback reads, a float, with what Keras callbacks call on their
+    optimizer's rate variable: ``assign(value)`` (sets the loop's rate) and ``numpy()``."""
+
+    def __new__(cls, value: float, loop: Loop) -> _Rate:
+        rate = super().__new__(cls, value)
+        rate._loop = loop
+        return rate
+
+    def assign(self, value: Any) -> _Rate:
+        self._loop.learning_rate = float(value)
+        return self._loop.learning_rate
+
+    def numpy(self) -> float:
+        return float(self)
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True, salt: int = 0) -> np.ndarray:
@@ -396,6 +428,21 @@ def _check_inputs(model_or_state: Any, x: Any, y: Any, *, validation_split: floa
     return _Inputs(train, val, input_shape, num_classes)
 
 
+def _check_steps(name: str, steps: Any, n: int, batch_size: int, fewer: str) -> None:
+    """Keras's ``steps_per_epoch`` / ``validation_steps``: accepted where they name the whole
+    pass over the arrays that fit makes anyway; another count refused with the slice for it."""
+    if steps is None:
+        return
+    whole = -(-n // batch_size)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ConfigError(f"{name} must be None or a positive integer, got {steps!r}")
+    if int(steps) != whole:
+        fix = (f"or give fewer examples: {fewer.format(n=int(steps) * batch_size)}" if steps < whole
+               else "the arrays are not repeated within an epoch")
+        raise ConfigError(f"{name}={steps}: fit takes arrays and passes over all of them, {n} examples in batches of "
+                          f"{batch_size}, {_plural(whole, 'step')}; drop {name}, {fix}")
+
+
 def _resolve_loss(state: TrainState, loss: Any, from_logits: bool | None, label_smoothing: float, x: np.ndarray,
                   y: np.ndarray, outputs: np.ndarray | None = None) -> TrainState:
     """Fix ``from_logits`` from the model's outputs on a few training images (``outputs``, from
@@ -414,15 +461,15 @@ def _resolve_loss(state: TrainState, loss: Any, from_logits: bool | None, label_
                 "optax.sigmoid_binary_cross_entropy(outputs, labels).mean(-1)", UserWarning, stacklevel=3)
     if loss is None and from_logits is None and label_smoothing == 0.0 and state.loss.from_logits is not None:
         return state  # a state that was resolved before
+    if resolved.from_logits is None:  # decided as create_train_state, evaluate and predict decide it
+        return state_mod.with_outputs_decided(state.replace(loss=resolved), x, outputs, check_training=True)
     if outputs is None:
         outputs = jit_predict(state, x[: state_mod.SAMPLE])
     probs = losses.looks_like_probabilities(outputs)
     if probs:
         state_mod.check_probabilities_in_training(state, np.asarray(x[: state_mod.SAMPLE], np.float32))
     out = np.asarray(outputs, np.float64)
-    if resolved.from_logits is None:
-        resolved = resolved.with_from_logits(not probs)
-    elif isinstance(resolved, losses.CategoricalCrossentropy) and bool(resolved.from_logits) == probs:
+    if isinstance(resolved, losses.CategoricalCrossentropy) and bool(resolved.from_logits) == probs:
         if resolved.from_logits is False and bool(np.all(out >= 0)) and np.all(out.sum(-1) > 0):
             return state.replace(loss=resolved)  # non-negative: divided by their sums, as Keras's loss does
         what = "probabilities (a softmax output)" if probs else "logits (not probabilities)"
@@ -617,6 +664,8 @@ def fit(
     callbacks: Iterable[Callback] | Callback | None = (),
     verbose: int | str = "auto",
     initial_epoch: int = 0,
+    steps_per_epoch: int | None = None,
+    validation_steps: int | None = None,
     devices: int | str | Sequence[Any] | None = "auto",
     data_on_device: bool | None = None,
     checkpoint_dir: str | Path | None = None,
@@ -661,6 +710,9 @@ def fit(
       seed: parameter initialisation (linen), dropout and shuffling all derive from it.
       callbacks: a list, e.g. ``[EarlyStopping(), LearningRateScheduler(f)]``, or one callback.
       verbose: 0 silent, 1 or "auto" (the default) a progress bar per epoch, 2 one line per epoch.
+      steps_per_epoch, validation_steps: Keras's, for scripts that pass them: None, or the
+        steps of a whole pass over the arrays (every epoch and validation covers all the data;
+        another count is refused with the slice that trains on fewer examples).
       devices: "auto" (on CPU, each batch cut into parts of at most 32 examples dealt out to the
         CPU devices, or for models with batch statistics one part per device of an SPMD mesh
         that keeps the statistics the whole batch's; one device on an accelerator), None (one
@@ -705,6 +757,10 @@ def fit(
     inputs = _check_inputs(model_or_state, x, y, validation_split=validation_split, validation_data=validation_data,
                            class_weight=class_weight, sample_weight=sample_weight)
     asked, batch_size = batch_size, min(batch_size, len(inputs.train.x))  # Keras: one batch of all the data
+    _check_steps("steps_per_epoch", steps_per_epoch, len(inputs.train.x), batch_size, "x[:{n}], y[:{n}]")
+    if inputs.val is not None:
+        _check_steps("validation_steps", validation_steps, len(inputs.val.x), validation_batch_size,
+                     "validation_data=(x_val[:{n}], y_val[:{n}])")
     probe = model_or_state if isinstance(model_or_state, TrainState) else None
     # a bad `devices` fails here, before compiling
     strategy = choose_strategy(devices, batch_size, probe, data_on_device, asked_batch_size=asked)
@@ -823,7 +879,7 @@ def _epochs(loop: Loop, strategy: Strategy, inputs: _Inputs, hooks: list[Hooks],
                 if h.on_test_end is not None:
                     h.on_test_end(dict(val), loop)
             logs.update({f"val_{k}": v for k, v in val.items()})
-        lr = loop.learning_rate
+        lr = float(loop.learning_rate)
         if not math.isnan(lr):  # an optax optimizer without inject_hyperparams does not tell its rate
             logs["learning_rate"] = lr
         logs["time_s"] = time.perf_counter() - t0
