@@ -94,10 +94,33 @@ def model_spec(state: Any, model_name: str | None = None, model_kwargs: dict[str
         found = models.find_registered(module)
         if found is not None:
             return {"model": found[0], "model_kwargs": _json_kwargs(found[1])}
-        attrs = models._attributes(module)  # noqa: SLF001 - same package
-        return {"module": _class_path(type(module)), "module_kwargs": _json_kwargs(attrs), "kind": "linen"}
+        return {"module": _class_path(type(module)), "module_kwargs": _linen_kwargs(module), "kind": "linen"}
     known = _json_kwargs(dict(model_kwargs or {}))
     return {"module": _class_path(adapter.module_type), "module_kwargs": {**_nnx_kwargs(adapter, set(known)), **known}, "kind": "nnx"}
+
+
+def _linen_kwargs(module: Any) -> dict[str, Any]:
+    """A linen module's attributes as JSON. One that JSON cannot hold (a function, ``act=nn.relu``)
+    is left out where it is the class's default, which the reload takes; any other is recorded
+    as unsaved, with a warning now, as reloading it will need the module passed in."""
+    from jaxcnn.checks import _user_stacklevel
+
+    out: dict[str, Any] = {}
+    for name, value, default in models.module_fields(module):
+        saved = _json_kwargs({name: value})[name]
+        if isinstance(saved, dict) and "unserializable" in saved:
+            try:
+                if value is default or bool(value == default):
+                    continue
+            except Exception:  # noqa: BLE001 - an array's ambiguous truth: not the default
+                pass
+            cls = type(module).__name__
+            warnings.warn(
+                f"{cls}'s attribute {name} = {saved['unserializable']} cannot be recorded in the export (not a number, "
+                f"string, list or dtype); reload it with the module built again: "
+                f"jaxcnn.checkpoint.load_state(directory, model={cls}(...))", UserWarning, stacklevel=_user_stacklevel())
+        out[name] = saved
+    return out
 
 
 def _nnx_kwargs(adapter: Any, known: set[str] = frozenset()) -> dict[str, Any]:
@@ -186,7 +209,7 @@ def _json_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _from_json_kwargs(kwargs: dict[str, Any], where: Path) -> dict[str, Any]:
+def _from_json_kwargs(kwargs: dict[str, Any], where: Path, cls: str = "MyModel") -> dict[str, Any]:
     import jax.numpy as jnp
 
     out = {}
@@ -197,7 +220,7 @@ def _from_json_kwargs(kwargs: dict[str, Any], where: Path) -> dict[str, Any]:
             raise CheckpointError(
                 f"{where} cannot rebuild the module: its {'arguments' if k.startswith('*') else 'attribute'} "
                 f"{k} = {v['unserializable']} {'were' if k.startswith('*') else 'was'} not saved; "
-                "pass the module yourself: jaxcnn.checkpoint.load_state(directory, model=MyModel(...))"
+                f"pass the module yourself: jaxcnn.checkpoint.load_state(directory, model={cls}(...))"
             )
         else:
             out[k] = v
@@ -355,7 +378,7 @@ def _rebuild(meta: dict[str, Any], where: Path) -> Any:
             obj = getattr(obj, part)
     except (ImportError, AttributeError):
         raise CheckpointError(f"{where} was exported from {meta['module']}, which cannot be imported here; {fix}") from None
-    kwargs = _from_json_kwargs(meta.get("module_kwargs", {}), where)
+    kwargs = _from_json_kwargs(meta.get("module_kwargs", {}), where, qualname.rpartition(".")[2])
     try:
         if meta.get("kind") == "nnx":
             return build_nnx(obj, kwargs)

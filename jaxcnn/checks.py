@@ -66,6 +66,16 @@ def _channels_first(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
     return shape[1] in (1, 3, 4) and shape[2] >= 8 and shape[3] >= 8 and shape[3] not in (1, 3, 4)
 
 
+def check_input_shape(shape: tuple[int, ...], what: str = "input_shape") -> None:
+    """Refuse one input's shape (C, H, W), channels-first (PyTorch's, torchsummary's), with the
+    channels-last shape the models take: 1, 3 or 4 before two equal axes (a non-square shape such
+    as (1, 200, 12) may be meant as it is, 12 channels; fit's message says to pass it here)."""
+    if len(shape) == 3 and shape[1] == shape[2] and _channels_first((1, *shape), ()):
+        c, h, w = shape
+        raise ShapeError(f"{what} {tuple(shape)} looks channels-first (C, H, W); jaxcnn's models take channels-last "
+                         f"images (H, W, C): pass ({h}, {w}, {c})")
+
+
 def check_finite(x: np.ndarray, what: str = "x") -> float | None:
     """Raise ``ShapeError`` naming the first NaN or infinite value of ``x`` (by index), if any;
     return the largest value (``None`` for an integer or empty array, finite by construction, and
@@ -175,6 +185,9 @@ def check_image_shape(x: Any, expected: tuple[int, ...] = (), what: str = "x", t
             f"{what} has shape {x.shape}, one image; the model takes a batch (N, {', '.join(map(str, expected))}): "
             f"give it as a batch of one, {_name(what)}[None]"
         )
+    if x.ndim == 2 and expected and expected[-1] == 1 and tuple(x.shape) == expected[:2]:
+        raise ShapeError(f"{what} has shape {x.shape}, one image without its channel axis; the model takes a batch "
+                         f"(N, {', '.join(map(str, expected))}): give it as {_name(what)}[None, ..., None]")
     if x.ndim != 4 or (expected and tuple(x.shape[1:]) != expected):
         shape = f"(N, {', '.join(map(str, expected))})" if expected else "(N, H, W, C)"
         raise ShapeError(f"{what} has shape {x.shape} but the model takes images of shape {shape}")

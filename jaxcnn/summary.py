@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import layers as L
+from jaxcnn.checks import check_input_shape
 from jaxcnn.errors import ConfigError
 
 
@@ -306,7 +307,9 @@ def image_shape(input_shape: Any) -> tuple[int, ...]:
         dims = dims[1:]
     if not dims or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in dims):
         raise ConfigError(f"input_shape must be the shape of one input, e.g. (28, 28, 1), got {tuple(input_shape)!r}")
-    return tuple(int(d) for d in dims)
+    dims = tuple(int(d) for d in dims)
+    check_input_shape(dims)
+    return dims
 
 
 def _module_of(model: Any, input_shape: Sequence[int] | None) -> tuple[Any, Sequence[int]]:

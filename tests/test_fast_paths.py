@@ -249,11 +249,12 @@ def test_winograd_convolution_equals_xla(k, size, cin, padding):
     (gx, gw), (wx, ww) = (jax.jit(jax.grad(loss(m), argnums=(0, 1)))(x, w) for m in ("xla", "winograd"))
     np.testing.assert_allclose(wx, gx, atol=3e-5 * float(jnp.abs(gx).max()))
     np.testing.assert_allclose(ww, gw, atol=3e-5 * float(jnp.abs(gw).max()))
-    # Reverse over reverse: a Hessian-vector product in the kernel.
-    v = jax.random.normal(kc, w.shape)
-    hvp = lambda m: jax.jit(jax.grad(lambda w: jnp.vdot(jax.grad(loss(m), argnums=1)(x, w), v)))(w)  # noqa: E731
-    h_xla, h_win = hvp("xla"), hvp("winograd")
-    np.testing.assert_allclose(h_win, h_xla, atol=1e-4 * float(jnp.abs(h_xla).max()))
+    if padding == "same":  # (both kernel sizes; the costliest programs here, so not for every size)
+        # Reverse over reverse: a Hessian-vector product in the kernel.
+        v = jax.random.normal(kc, w.shape)
+        hvp = lambda m: jax.jit(jax.grad(lambda w: jnp.vdot(jax.grad(loss(m), argnums=1)(x, w), v)))(w)  # noqa: E731
+        h_xla, h_win = hvp("xla"), hvp("winograd")
+        np.testing.assert_allclose(h_win, h_xla, atol=1e-4 * float(jnp.abs(h_xla).max()))
     with pytest.raises(TypeError, match="forward-mode"):
         jax.jvp(lambda w: conv2d(x, w, padding, method="winograd"), (w,), (w,))
     # The transforms are exact in float64: F(4, r) is the correlation itself.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+
 import flax.linen as nn
 import matplotlib
 import numpy as np
@@ -69,3 +72,86 @@ def test_a_history_converts_to_a_dict_of_its_logs():
     _, history = jaxcnn.fit(Tiny(), X, Y, epochs=2, batch_size=8, verbose=0, devices=None)
     assert dict(history) == history.history and list(history) == list(history.history)
     assert dict(history.items())["loss"] == history["loss"] and len(history) == 2
+
+
+class Pools(nn.Module):  # pools 8x8 images down to nothing
+    @nn.compact
+    def __call__(self, x):
+        for _ in range(4):
+            x = nn.max_pool(nn.relu(nn.Conv(4, (3, 3))(x)), (2, 2), (2, 2))
+        return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+def test_channels_first_shapes_and_images_pooled_to_nothing_get_one_line():
+    # summary(model, (1, 28, 28)), torchsummary's habit, and a model pooling its images to 0x0
+    # raised a bare ZeroDivisionError from inside JAX's initialisers
+    ShapeError = jaxcnn.errors.ShapeError
+    for call in (lambda: jaxcnn.summary(Tiny(), (1, 28, 28)), lambda: jaxcnn.create_train_state(Tiny(), (3, 32, 32))):
+        with pytest.raises(ShapeError, match=r"looks channels-first \(C, H, W\); jaxcnn's models take channels-last images "
+                           r"\(H, W, C\): pass \((28, 28, 1|32, 32, 3)\)"):
+            call()
+    for call in (lambda: jaxcnn.fit(Pools(), X, Y, verbose=0), lambda: jaxcnn.summary(Pools(), (8, 8, 3))):
+        with pytest.raises(ShapeError, match=r"Pools cannot be applied to images of shape \(\d+, 8, 8, 3\): a layer gets an input "
+                           r"with a zero-size axis .* shrink the 8x8 images to nothing\? Pool less, or use padding='SAME'"):
+            call()
+    state, _ = jaxcnn.fit(Tiny(), X[..., :1], Y, verbose=0, devices=None)
+    with pytest.raises(ShapeError, match=r"x has shape \(8, 8\), one image without its channel axis; .* x\[None, \.\.\., None\]"):
+        jaxcnn.predict(state, X[0, ..., 0])
+
+
+def test_pytorch_style_data_sets_and_pairs_are_refused_with_how_to_gather_them():
+    # a Dataset of one's own (__getitem__, __len__), a loader (__iter__) and a list of [x, y] lists
+    # got "y is missing", per-example pairs were told to np.concatenate (which flattens them)
+    ConfigError = jaxcnn.errors.ConfigError
+
+    class Examples:
+        def __len__(self):
+            return len(X)
+
+        def __getitem__(self, i):
+            return X[i], Y[i]
+
+    class Loader:
+        def __iter__(self):
+            yield X[:8], Y[:8]
+
+    state, _ = jaxcnn.fit(Tiny(), X, Y, verbose=0, devices=None)
+    for x, name in ((Examples(), "Examples"), (Loader(), "Loader")):
+        for call in (lambda: jaxcnn.fit(Tiny(), x), lambda: jaxcnn.predict(state, x)):
+            with pytest.raises(ConfigError, match=rf"^x is a {name}; .* not generators or data set objects: gather them first"):
+                call()
+    with pytest.raises(ConfigError, match=r"^x is a list of \(x, y\) batches; .* np\.concatenate"):
+        jaxcnn.fit(Tiny(), [[X[:8], Y[:8]], [X[8:], Y[8:]]])
+    with pytest.raises(ConfigError, match=r"^x is a list of \(x, y\) examples; .* x = np\.stack\(\[xi for xi, yi in examples\]\)"):
+        jaxcnn.fit(Tiny(), [(X[i], int(Y[i])) for i in range(4)])
+    with pytest.raises(ConfigError, match=r"^x is a list of 2 arrays; give the images and the labels apart"):
+        jaxcnn.fit(Tiny(), [X, Y])
+
+
+class ActNet(nn.Module):
+    act: Callable = nn.relu
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(10)(self.act(x.reshape(x.shape[0], -1)))
+
+
+def test_a_function_attribute_exports_at_its_default_and_warns_otherwise(tmp_path):
+    # act=nn.relu was recorded as "unserializable" even at its default, silently, and the reload
+    # failed (in another process, usually) telling the user to pass model=MyModel(...)
+    from jaxcnn import checkpoint
+
+    state, _ = jaxcnn.fit(ActNet(), X, Y, verbose=0, devices=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        checkpoint.export(tmp_path / "default", state)
+    again = checkpoint.load_state(tmp_path / "default")
+    np.testing.assert_array_equal(jaxcnn.predict(again, X), jaxcnn.predict(state, X))
+    state, _ = jaxcnn.fit(ActNet(act=nn.gelu), X, Y, verbose=0, devices=None)
+    with pytest.warns(UserWarning, match=r"ActNet's attribute act = <function gelu .* cannot be recorded in the export .*"
+                      r"load_state\(directory, model=ActNet\(\.\.\.\)\)"):
+        checkpoint.export(tmp_path / "gelu", state)
+    with pytest.raises(jaxcnn.errors.CheckpointError, match=r"its attribute act = .* model=ActNet\(\.\.\.\)\)"):
+        checkpoint.load_state(tmp_path / "gelu")
+    again = checkpoint.load_state(tmp_path / "gelu", model=ActNet(act=nn.gelu))
+    np.testing.assert_array_equal(jaxcnn.predict(again, X), jaxcnn.predict(state, X))

@@ -601,17 +601,26 @@ def _check_arrays(x: Any, y: Any, call: str, labels: bool = True) -> None:
     import collections.abc
     import types
 
-    batches = isinstance(x, list) and bool(x) and isinstance(x[0], tuple) and len(x[0]) in (2, 3) and all(hasattr(a, "shape") for a in x[0])
+    first = x[0] if isinstance(x, list) and x else None
+    # (x, y) pairs, as tuples or as lists (PyTorch's default collate gives lists): batches, or single examples
+    pairs = isinstance(first, (tuple, list)) and len(first) in (2, 3) and all(hasattr(a, "shape") or isinstance(a, (int, float)) for a in first)
+    single = pairs and np.ndim(first[1]) == 0 and np.ndim(first[0]) <= 3
     libraries = ("tensorflow", "torch.utils.data", "grain", "datasets", "keras")  # a data set class of theirs, or a subclass
+    array_like = isinstance(x, (list, tuple, np.ndarray, str, bytes, dict)) or hasattr(x, "__array__") or hasattr(x, "__array_interface__")
     dataset = not hasattr(x, "__array__") and any(c.__module__.startswith(libraries) for c in type(x).__mro__)  # a tf.Tensor goes through
-    if batches or dataset or isinstance(x, (types.GeneratorType, collections.abc.Iterator)):
+    # a data set or loader of one's own (PyTorch's Dataset: __getitem__ and __len__; a DataLoader: __iter__)
+    own = not array_like and (hasattr(x, "__iter__") or (hasattr(x, "__getitem__") and hasattr(x, "__len__")))
+    if pairs or dataset or own or isinstance(x, (types.GeneratorType, collections.abc.Iterator)):
+        what = ("list of (x, y) examples" if single else "list of (x, y) batches") if pairs else type(x).__name__
+        gather = ("x = np.stack([xi for xi, yi in examples]), y = np.array([yi for xi, yi in examples])" if single else
+                  "x = np.concatenate([xb for xb, yb in batches]), y = np.concatenate([yb for xb, yb in batches])")
         raise ConfigError(
-            f"x is a {'list of (x, y) batches' if batches else type(x).__name__}; {call} takes arrays (images (N, H, W, C) and labels (N,)), not generators or "
-            "data set objects: gather the batches first, e.g. x = np.concatenate([xb for xb, yb in batches])"
+            f"x is a {what}; {call} takes arrays (images (N, H, W, C) and labels (N,)), not generators or "
+            f"data set objects: gather them first, e.g. {gather}"
         )
     if labels and y is None:
         if isinstance(x, (tuple, list)) and len(x) in (2, 3) and all(hasattr(a, "shape") for a in x):
-            raise ConfigError(f"x is a tuple of {len(x)} arrays; give the images and the labels apart: {call}")
+            raise ConfigError(f"x is a {type(x).__name__} of {len(x)} arrays; give the images and the labels apart: {call}")
         raise ConfigError(f"y is missing: {call} needs the labels, integers (N,) or one-hot (N, classes)")
 
 
@@ -730,7 +739,8 @@ def fit(
         (``TerminateOnNaN``), the weights those of the last good step.
 
     The history has per epoch: loss, accuracy, the metrics, val_loss, val_accuracy and the
-    validation metrics (with validation), learning_rate, time_s, examples_per_s, train_time_s.
+    validation metrics (with validation), learning_rate (under a schedule, the rate of the
+    epoch's last step), time_s, examples_per_s, train_time_s.
     Raises ``ShapeError``/``ConfigError`` on bad input before compiling, and ``TrainingError``
     (its ``state`` and ``history`` those of the last good step) if the loss becomes NaN.
     """

@@ -333,6 +333,12 @@ def tracing_errors(module: Any, images: tuple[int, ...]) -> Iterator[None]:
         if type(e) in (TypeError, ValueError) and _SHAPE_WORDS.search(str(e)):
             raise _apply_error(module, images, e) from e
         raise  # the model's own errors, and JAX's tracer errors, as they are
+    except ZeroDivisionError as e:  # an initialiser's fan-in of a layer given a zero-size input
+        raise ShapeError(
+            f"{model_name(module)} cannot be applied to images of shape {tuple(images)}: a layer gets an input with a "
+            f"zero-size axis ({e} in its initialiser): do its poolings and 'VALID' convolutions shrink the "
+            f"{'x'.join(map(str, tuple(images)[1:3]))} images to nothing? Pool less, or use padding='SAME'"
+        ) from e
 
 
 #: What JAX's and Flax's shape checks say (not a user's own ValueError, not a tracer error).
