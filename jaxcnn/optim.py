@@ -443,6 +443,10 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 }
 
 
+#: PyTorch's optimizer arguments, as Keras (and get_optimizer) names them.
+_TORCH_NAMES = {"lr": "learning_rate", "betas": "beta_1 and beta_2", "eps": "epsilon", "alpha": "rho"}
+
+
 def did_you_mean(name: str, choices: Any) -> str:
     """``" (did you mean 'x'?)"`` for the closest of ``choices``, or ``""``."""
     close = difflib.get_close_matches(str(name).lower(), list(choices), n=1, cutoff=0.7)
@@ -469,9 +473,10 @@ def get_optimizer(name: str, learning_rate: LearningRate | None = None, **kwargs
     accepted = [p for p in inspect.signature(factory).parameters if p != "learning_rate"]
     for key in kwargs:
         if key not in accepted:
-            raise ConfigError(
-                f"optimizer {name!r} does not take {key!r}{did_you_mean(key, accepted)}; it takes {', '.join(accepted)}"
-            )
+            torch = _TORCH_NAMES.get(key)
+            hint = f" (PyTorch's {key}; Keras's name is {torch})" if torch else did_you_mean(key, accepted)
+            raise ConfigError(f"optimizer {name!r} does not take {key!r}{hint}; it takes learning_rate (the second "
+                              f"argument) and {', '.join(accepted)}")
     options = dict(kwargs)
     if learning_rate is not None:
         kwargs["learning_rate"] = learning_rate = _check_lr(learning_rate)

@@ -19,8 +19,13 @@ from jaxcnn.errors import ConfigError, ShapeError
 def test_unknown_names_suggest_the_closest():
     with pytest.raises(ConfigError, match=r"unknown optimizer 'adamm' \(did you mean 'adam'\?\); use one of rmsprop, adamax, adam, adamw, sgd"):
         optim.get_optimizer("adamm")
-    with pytest.raises(ConfigError, match=r"optimizer 'sgd' does not take 'momentun' \(did you mean 'momentum'\?\); it takes momentum, nesterov, weight_decay"):
+    with pytest.raises(ConfigError, match=r"optimizer 'sgd' does not take 'momentun' \(did you mean 'momentum'\?\); it takes learning_rate \(the second argument\) and momentum, nesterov, weight_decay"):
         optim.get_optimizer("sgd", 0.1, momentun=0.9)
+    # PyTorch's names: 'betas' was told "did you mean 'beta_2'?", 'lr' nothing
+    with pytest.raises(ConfigError, match=r"optimizer 'adam' does not take 'betas' \(PyTorch's betas; Keras's name is beta_1 and beta_2\)"):
+        optim.get_optimizer("adam", betas=(0.9, 0.99))
+    with pytest.raises(ConfigError, match=r"does not take 'lr' \(PyTorch's lr; Keras's name is learning_rate\); it takes learning_rate"):
+        optim.get_optimizer("sgd", lr=0.1)
     with pytest.raises(ConfigError, match=r"unknown activation 'gellu' \(did you mean 'gelu'\?\); use one of celu, elu, "):
         layers.get_activation("gellu")
     with pytest.raises(ConfigError, match=r"unknown metric 'acuracy' \(did you mean 'accuracy'\?\); use one of accuracy, acc, "):
