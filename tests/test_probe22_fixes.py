@@ -155,3 +155,16 @@ def test_a_function_attribute_exports_at_its_default_and_warns_otherwise(tmp_pat
         checkpoint.load_state(tmp_path / "gelu")
     again = checkpoint.load_state(tmp_path / "gelu", model=ActNet(act=nn.gelu))
     np.testing.assert_array_equal(jaxcnn.predict(again, X), jaxcnn.predict(state, X))
+
+
+def test_a_storage_that_cannot_open_fails_at_once(monkeypatch, tmp_path):
+    # a refused connection was tried 8 times, sleeping 7 s in all, before the same one-line error;
+    # the retries are for workers racing to create one database's tables
+    from jaxcnn.search import engine
+
+    slept = []
+    monkeypatch.setattr(engine.time, "sleep", slept.append)
+    with pytest.raises(jaxcnn.errors.ConfigError, match=r"cannot open the study storage .*Connection refused"):
+        engine.open_storage("postgresql://nobody@127.0.0.1:1/x", engine.SearchConfig())
+    assert slept == []
+    assert engine.open_storage(f"sqlite:///{tmp_path / 'ok.db'}", engine.SearchConfig()) is not None

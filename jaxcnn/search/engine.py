@@ -402,6 +402,11 @@ def storage_url(storage: str | None, out: Path | None) -> str | None:
     return None
 
 
+#: What a storage that cannot open says when trying again cannot help (sqlalchemy's drivers).
+_NO_RETRY = ("Connection refused", "could not translate host name", "Name or service not known", "authentication failed",
+             "does not exist", "unable to open database file", "No such file or directory")
+
+
 def open_storage(url: str | None, config: SearchConfig) -> Any:
     """An Optuna storage for ``url`` (None: in memory), with heartbeats and the retry callback.
 
@@ -428,13 +433,16 @@ def open_storage(url: str | None, config: SearchConfig) -> Any:
                 grace_period=config.grace,
                 heartbeat_stale_trial_callback=retry,
             )
+            last = None
             break
         except ImportError as e:
             raise ConfigError(f"storage {url}: {e}; install the database's driver (PostgreSQL: pip install psycopg2-binary)") from None
         except Exception as e:  # noqa: BLE001 (sqlalchemy/optuna errors of many kinds)
             last = e
+            if any(words in str(e) for words in _NO_RETRY):
+                break  # no server, no such host or database, wrong password: the same again in 7 s
             time.sleep(0.2 * (attempt + 1))
-    else:
+    if last is not None:
         raise ConfigError(f"cannot open the study storage {url}: {last}; check the URL and that the database is running") from None
     if sqlite:
         from sqlalchemy import event

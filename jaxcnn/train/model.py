@@ -334,6 +334,11 @@ def tracing_errors(module: Any, images: tuple[int, ...]) -> Iterator[None]:
             raise _apply_error(module, images, e) from e
         raise  # the model's own errors, and JAX's tracer errors, as they are
     except ZeroDivisionError as e:  # an initialiser's fan-in of a layer given a zero-size input
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is None or "initializers" not in tb.tb_frame.f_code.co_filename:
+            raise  # the model's own
         raise ShapeError(
             f"{model_name(module)} cannot be applied to images of shape {tuple(images)}: a layer gets an input with a "
             f"zero-size axis ({e} in its initialiser): do its poolings and 'VALID' convolutions shrink the "
