@@ -168,3 +168,16 @@ def test_a_storage_that_cannot_open_fails_at_once(monkeypatch, tmp_path):
         engine.open_storage("postgresql://nobody@127.0.0.1:1/x", engine.SearchConfig())
     assert slept == []
     assert engine.open_storage(f"sqlite:///{tmp_path / 'ok.db'}", engine.SearchConfig()) is not None
+
+
+def test_the_pure_steps_refuse_a_batch_that_is_not_a_dict_of_arrays():
+    # a tuple batch raised "tuple indices must be integers", a list of labels AttributeError
+    import jax
+
+    state = jaxcnn.create_train_state(Tiny(), (8, 8, 3))
+    with pytest.raises(jaxcnn.errors.ConfigError, match=r'^train_step takes batch = \{"x": .*got a tuple; pass \{"x": x, "y": y\}'):
+        jax.jit(jaxcnn.train_step)(state, (X, Y))
+    with pytest.raises(jaxcnn.errors.ConfigError, match=r'^eval_step: batch\["y"\] is a list; give arrays'):
+        jaxcnn.eval_step(state, {"x": X, "y": list(Y)})
+    _, metrics = jax.jit(jaxcnn.train_step)(state, {"x": X, "y": Y})
+    assert float(metrics["count"]) == 16

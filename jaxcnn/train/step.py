@@ -143,6 +143,19 @@ def sum_metrics(state: TrainState, parts: list[dict[str, Any]]) -> dict[str, Any
     return {**total, "extra": extra}
 
 
+def _check_batch(batch: Any, step: str) -> None:
+    """Refuse (while tracing, so at no cost per step) a batch that is not {"x": array, "y": array}."""
+    from jaxcnn.errors import ConfigError
+
+    if not isinstance(batch, dict) or "x" not in batch or "y" not in batch:
+        got = f"a dict with keys {sorted(batch)}" if isinstance(batch, dict) else f"a {type(batch).__name__}"
+        raise ConfigError(f'{step} takes batch = {{"x": images (B, H, W, C), "y": labels (B,)}}, got {got}; '
+                          'pass {"x": x, "y": y}')
+    for key, value in batch.items():
+        if not hasattr(value, "shape") and not isinstance(value, (int, float)):
+            raise ConfigError(f'{step}: batch["{key}"] is a {type(value).__name__}; give arrays, e.g. np.asarray(...)')
+
+
 def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Any]]:
     """One optimizer step on ``batch`` = {"x": (B, H, W, C) float, "y": (B,) int or (B, C)
     float, optional "w": (B,) sample weights}, the batch in one piece (part 0).
@@ -151,6 +164,7 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, A
     ``correct``, ``weight``, ``count``, ``extra`` (the state's metrics) and ``finite`` (whether
     the loss was finite). A non-finite loss leaves the state unchanged.
     """
+    _check_batch(batch, "train_step")
     grads, metrics, new_stats = part_grads(state, state.params, batch, 0, batch["x"].shape[0])
     finite = jnp.isfinite(metrics["loss_sum"])
     return guarded_update(state, grads, new_stats, finite), {**metrics, "finite": finite}
@@ -180,6 +194,7 @@ def eval_step(state: TrainState, batch: Batch) -> dict[str, Any]:
     ``batch["mask"]`` (B,) of 0/1 marks padding rows, which count for nothing. The loss includes
     the L2 terms, as Keras's ``val_loss`` does.
     """
+    _check_batch(batch, "eval_step")
     x, y = batch["x"], batch["y"]
     mask = batch.get("mask", jnp.ones(y.shape[:1], jnp.float32))
     outputs, l2, _ = model_outputs(state, state.params, state.batch_stats, x, False, None)
