@@ -1270,8 +1270,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ConfigError(f"--seeds must be a positive integer, got {args.seeds}")
     t0 = time.perf_counter()
     out = Path(args.out or ("runs/report-quick" if args.quick else "runs/report"))
-    if args.data_dir is not None and not args.no_cifar and not Path(args.data_dir).expanduser().is_dir():
-        raise ConfigError(f"--data-dir {args.data_dir} is not a directory; give the folder holding CIFAR-10, "
+    if args.data_dir is not None and not args.no_cifar and not Path(args.data_dir).expanduser().exists():
+        raise ConfigError(f"--data-dir {args.data_dir} does not exist; give the folder holding CIFAR-10 (or its archive), "
                           "or leave --data-dir out (then its sections say how to get it)")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory; choose another --out")

@@ -201,6 +201,8 @@ def _json_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
             out[k] = v
         elif isinstance(v, (list, tuple)) and all(isinstance(e, (bool, int, float, str)) for e in v):
             out[k] = list(v)
+        elif isinstance(v, (np.ndarray, jax.Array)):  # np.dtype() of an array is its dtype: not the array
+            out[k] = {"unserializable": f"<an array of shape {tuple(v.shape)} and dtype {v.dtype}>"}
         else:
             try:  # dtypes, e.g. jnp.bfloat16
                 out[k] = {"dtype": np.dtype(v).name}

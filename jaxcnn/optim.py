@@ -444,7 +444,7 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 
 
 #: PyTorch's optimizer arguments, as Keras (and get_optimizer) names them.
-_TORCH_NAMES = {"lr": "learning_rate", "betas": "beta_1 and beta_2", "eps": "epsilon", "alpha": "rho"}
+_TORCH_NAMES = {"lr": ("learning_rate",), "betas": ("beta_1", "beta_2"), "eps": ("epsilon",), "alpha": ("rho",)}
 
 
 def did_you_mean(name: str, choices: Any) -> str:
@@ -473,8 +473,8 @@ def get_optimizer(name: str, learning_rate: LearningRate | None = None, **kwargs
     accepted = [p for p in inspect.signature(factory).parameters if p != "learning_rate"]
     for key in kwargs:
         if key not in accepted:
-            torch = _TORCH_NAMES.get(key)
-            hint = f" (PyTorch's {key}; Keras's name is {torch})" if torch else did_you_mean(key, accepted)
+            torch = [k for k in _TORCH_NAMES.get(key, ()) if k in accepted or k == "learning_rate"]
+            hint = f" (PyTorch's {key}; Keras's name is {' and '.join(torch)})" if torch else did_you_mean(key, accepted)
             raise ConfigError(f"optimizer {name!r} does not take {key!r}{hint}; it takes learning_rate (the second "
                               f"argument) and {', '.join(accepted)}")
     options = dict(kwargs)

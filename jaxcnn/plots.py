@@ -83,7 +83,13 @@ def image_grid(
     Floats outside these ranges (standardized images) are clipped to 0..1. Channels-first images
     (N, C, H, W) are refused (``ShapeError``) with the transpose that fixes them.
     """
+    raw = np.ndim(images)
     images = _as_images(images)
+    if isinstance(titles, str):
+        if images.ndim == raw:  # a batch
+            raise ConfigError(f"titles must be a list of one title per image ({len(images)}), got the string {titles!r}; "
+                              "use suptitle= for one title over the grid")
+        titles = [titles]  # one image's title
     if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
     n = len(images)
@@ -384,8 +390,10 @@ def explanations(
     raw_shape = np.shape(images)
     images = _as_images(images)
     maps = np.asarray(maps, np.float64)
-    if images.ndim > len(raw_shape) and (maps.ndim == 2 or maps.shape == raw_shape):
-        maps = maps[None]  # one image's map
+    one = images.ndim > len(raw_shape)
+    if one and maps.ndim in (2, 3) and maps.shape[:2] == tuple(raw_shape[:2]):
+        maps = maps[None]  # one image's map, (H, W) or (H, W, C)
+        labels, predicted = (None if a is None else np.atleast_1d(a) for a in (labels, predicted))
     if maps.ndim == 4:
         maps = np.abs(maps.sum(-1))
     if maps.ndim != 3 or len(maps) != len(images) or maps.shape[1:] != images.shape[1:3]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import warnings
 from collections.abc import Callable
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import pytest
@@ -30,6 +34,7 @@ def test_a_keras_callback_assigns_the_rate_on_its_optimizer():
     class Halve(jaxcnn.Callback):
         def on_epoch_end(self, epoch, logs=None):
             rate = self.model.optimizer.learning_rate
+            assert copy.deepcopy(rate) == rate and pickle.loads(pickle.dumps(rate)) == rate  # the number, not the loop
             rate.assign(rate.numpy() / 2)
 
     _, history = jaxcnn.fit(Tiny(), X, Y, epochs=3, batch_size=8, verbose=0, learning_rate=0.01, callbacks=[Halve()],
@@ -86,13 +91,15 @@ def test_channels_first_shapes_and_images_pooled_to_nothing_get_one_line():
     # summary(model, (1, 28, 28)), torchsummary's habit, and a model pooling its images to 0x0
     # raised a bare ZeroDivisionError from inside JAX's initialisers
     ShapeError = jaxcnn.errors.ShapeError
-    for call in (lambda: jaxcnn.summary(Tiny(), (1, 28, 28)), lambda: jaxcnn.create_train_state(Tiny(), (3, 32, 32))):
+    for shape in ((1, 28, 28), (None, 3, 32, 32)):
         with pytest.raises(ShapeError, match=r"looks channels-first \(C, H, W\); jaxcnn's models take channels-last images "
                            r"\(H, W, C\): pass \((28, 28, 1|32, 32, 3)\)"):
-            call()
+            jaxcnn.summary(Tiny(), shape)
+    # a shape given to create_train_state is taken as it is (exports of such states reload, as before)
+    assert jaxcnn.create_train_state(Tiny(), (3, 32, 32)).input_shape == (3, 32, 32)
     for call in (lambda: jaxcnn.fit(Pools(), X, Y, verbose=0), lambda: jaxcnn.summary(Pools(), (8, 8, 3))):
         with pytest.raises(ShapeError, match=r"Pools cannot be applied to images of shape \(\d+, 8, 8, 3\): a layer gets an input "
-                           r"with a zero-size axis .* shrink the 8x8 images to nothing\? Pool less, or use padding='SAME'"):
+                           r"with a zero-size axis .* shrink the 8x8 images to nothing \(or has a layer 0 features\)\? Pool less"):
             call()
     state, _ = jaxcnn.fit(Tiny(), X[..., :1], Y, verbose=0, devices=None)
     with pytest.raises(ShapeError, match=r"x has shape \(8, 8\), one image without its channel axis; .* x\[None, \.\.\., None\]"):
@@ -116,10 +123,26 @@ def test_pytorch_style_data_sets_and_pairs_are_refused_with_how_to_gather_them()
             yield X[:8], Y[:8]
 
     state, _ = jaxcnn.fit(Tiny(), X, Y, verbose=0, devices=None)
-    for x, name in ((Examples(), "Examples"), (Loader(), "Loader")):
+    for x, what, gather in ((Examples(), "Examples, a data set of \\(x, y\\) examples", "np.stack"),
+                            (Loader(), "Loader, a data set of \\(x, y\\) batches", "np.concatenate")):
         for call in (lambda: jaxcnn.fit(Tiny(), x), lambda: jaxcnn.predict(state, x)):
-            with pytest.raises(ConfigError, match=rf"^x is a {name}; .* not generators or data set objects: gather them first"):
+            with pytest.raises(ConfigError, match=rf"^x is a {what}; .* not generators or data set objects: gather them first, e.g. x = {gather}"):
                 call()
+    # sequences of images that NumPy converts, as before: a deque, a lazy Sequence, a memoryview
+    import collections
+
+    class Lazy(collections.abc.Sequence):
+        def __getitem__(self, i):
+            return X[i]
+
+        def __len__(self):
+            return len(X)
+
+    for x in (collections.deque(list(X)), Lazy(), memoryview(X)):
+        assert jaxcnn.predict(state, x).shape == (16, 10)
+    onehot = np.eye(10, dtype=np.float32)[Y]
+    with pytest.raises(ConfigError, match=r"^x is a list of \(x, y\) examples; .* np\.stack"):  # one-hot labels too
+        jaxcnn.fit(Tiny(), [(X[i], onehot[i]) for i in range(4)])
     with pytest.raises(ConfigError, match=r"^x is a list of \(x, y\) batches; .* np\.concatenate"):
         jaxcnn.fit(Tiny(), [[X[:8], Y[:8]], [X[8:], Y[8:]]])
     with pytest.raises(ConfigError, match=r"^x is a list of \(x, y\) examples; .* x = np\.stack\(\[xi for xi, yi in examples\]\)"):
@@ -181,3 +204,47 @@ def test_the_pure_steps_refuse_a_batch_that_is_not_a_dict_of_arrays():
         jaxcnn.eval_step(state, {"x": X, "y": list(Y)})
     _, metrics = jax.jit(jaxcnn.train_step)(state, {"x": X, "y": Y})
     assert float(metrics["count"]) == 16
+    from flax.core import FrozenDict  # any mapping, other keys left alone
+
+    assert float(jaxcnn.eval_step(state, FrozenDict({"x": X, "y": Y, "name": "batch 0"}))["count"]) == 16
+
+
+def test_one_image_takes_its_title_label_and_map_as_given():
+    # the regression probe: a string title for one image was drawn as its first letter, a scalar
+    # label raised TypeError, an (H, W) image's (H, W, 1) map was refused
+    from jaxcnn import plots
+
+    fig = plots.image_grid(rng.random((28, 28, 1)), "cat")
+    assert [ax.get_title() for ax in fig.axes if ax.images] == ["cat"]
+    with pytest.raises(jaxcnn.errors.ConfigError, match="titles must be a list of one title per image"):
+        plots.image_grid(rng.random((3, 28, 28)), "cat")
+    fig = plots.explanations(rng.random((28, 28)), rng.random((28, 28, 1)), labels=1, predicted=2)
+    assert [ax.get_title() for ax in fig.axes if ax.images] == ["2 / true: 1"]
+
+
+def test_pytorch_optimizer_names_are_hinted_only_where_the_optimizer_takes_keras_s():
+    from jaxcnn import optim
+
+    with pytest.raises(jaxcnn.errors.ConfigError, match=r"'sgd' does not take 'betas'; it takes"):
+        optim.get_optimizer("sgd", betas=(0.9, 0.99))
+    with pytest.raises(jaxcnn.errors.ConfigError, match=r"'rmsprop' does not take 'alpha' \(PyTorch's alpha; Keras's name is rho\)"):
+        optim.get_optimizer("rmsprop", alpha=0.9)
+
+
+class ArrayAttr(nn.Module):
+    scale: jax.Array = None
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(10)(x.reshape(x.shape[0], -1) * self.scale)
+
+
+def test_an_array_attribute_is_not_exported_as_its_dtype(tmp_path):
+    # a jnp.array attribute was recorded as {"dtype": "float32"} and the reload failed while tracing
+    from jaxcnn import checkpoint
+
+    state, _ = jaxcnn.fit(ArrayAttr(scale=jnp.ones((1, 192))), X, Y, verbose=0, devices=None)
+    with pytest.warns(UserWarning, match=r"ArrayAttr's attribute scale = .* cannot be recorded"):
+        checkpoint.export(tmp_path / "m", state)
+    with pytest.raises(jaxcnn.errors.CheckpointError, match=r"model=ArrayAttr\(\.\.\.\)"):
+        checkpoint.load_state(tmp_path / "m")

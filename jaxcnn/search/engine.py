@@ -33,6 +33,7 @@ import json
 import math
 import os
 import socket
+import re
 import sys
 import threading
 import time
@@ -403,8 +404,8 @@ def storage_url(storage: str | None, out: Path | None) -> str | None:
 
 
 #: What a storage that cannot open says when trying again cannot help (sqlalchemy's drivers).
-_NO_RETRY = ("Connection refused", "could not translate host name", "Name or service not known", "authentication failed",
-             "does not exist", "unable to open database file", "No such file or directory")
+_NO_RETRY = re.compile(r'Connection refused|could not translate host name|Name or service not known|authentication failed|'
+                       r'(database|role) "[^"]*" does not exist|unable to open database file|No such file or directory')
 
 
 def open_storage(url: str | None, config: SearchConfig) -> Any:
@@ -439,7 +440,7 @@ def open_storage(url: str | None, config: SearchConfig) -> Any:
             raise ConfigError(f"storage {url}: {e}; install the database's driver (PostgreSQL: pip install psycopg2-binary)") from None
         except Exception as e:  # noqa: BLE001 (sqlalchemy/optuna errors of many kinds)
             last = e
-            if any(words in str(e) for words in _NO_RETRY):
+            if _NO_RETRY.search(str(e)):
                 break  # no server, no such host or database, wrong password: the same again in 7 s
             time.sleep(0.2 * (attempt + 1))
     if last is not None:

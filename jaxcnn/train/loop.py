@@ -209,6 +209,9 @@ class _Rate(float):
     def numpy(self) -> float:
         return float(self)
 
+    def __reduce__(self) -> tuple[Any, ...]:  # copied or pickled as the number alone, not the loop
+        return float, (float(self),)
+
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True, salt: int = 0) -> np.ndarray:
     """The order of the ``n`` training examples in ``epoch``: a function of (seed, epoch, salt)
@@ -601,17 +604,19 @@ def _check_arrays(x: Any, y: Any, call: str, labels: bool = True) -> None:
     import collections.abc
     import types
 
-    first = x[0] if isinstance(x, list) and x else None
-    # (x, y) pairs, as tuples or as lists (PyTorch's default collate gives lists): batches, or single examples
-    pairs = isinstance(first, (tuple, list)) and len(first) in (2, 3) and all(hasattr(a, "shape") or isinstance(a, (int, float)) for a in first)
-    single = pairs and np.ndim(first[1]) == 0 and np.ndim(first[0]) <= 3
     libraries = ("tensorflow", "torch.utils.data", "grain", "datasets", "keras")  # a data set class of theirs, or a subclass
-    array_like = isinstance(x, (list, tuple, np.ndarray, str, bytes, dict)) or hasattr(x, "__array__") or hasattr(x, "__array_interface__")
+    array_like = isinstance(x, (np.ndarray, str, bytes, dict)) or hasattr(x, "__array__") or hasattr(x, "__array_interface__")
     dataset = not hasattr(x, "__array__") and any(c.__module__.startswith(libraries) for c in type(x).__mro__)  # a tf.Tensor goes through
-    # a data set or loader of one's own (PyTorch's Dataset: __getitem__ and __len__; a DataLoader: __iter__)
-    own = not array_like and (hasattr(x, "__iter__") or (hasattr(x, "__getitem__") and hasattr(x, "__len__")))
-    if pairs or dataset or own or isinstance(x, (types.GeneratorType, collections.abc.Iterator)):
-        what = ("list of (x, y) examples" if single else "list of (x, y) batches") if pairs else type(x).__name__
+    iterator = isinstance(x, (types.GeneratorType, collections.abc.Iterator))
+    # (x, y) pairs, as tuples or as lists (PyTorch's default collate gives lists), in a list or a data set or
+    # loader of one's own (PyTorch's Dataset: __getitem__ and __len__; a DataLoader: __iter__): batches, or
+    # single examples. A sequence of images (a deque, a lazy Sequence) goes on to NumPy, as before.
+    first = None if array_like or dataset or iterator else _first_item(x)
+    pairs = isinstance(first, (tuple, list)) and len(first) in (2, 3) and all(hasattr(a, "shape") or isinstance(a, (int, float)) for a in first)
+    single = pairs and np.ndim(first[0]) <= 3  # one image (H, W, C), not a batch (B, H, W, C)
+    if pairs or dataset or iterator:
+        kind = "(x, y) examples" if single else "(x, y) batches"
+        what = type(x).__name__ if not pairs else f"list of {kind}" if isinstance(x, list) else f"{type(x).__name__}, a data set of {kind}"
         gather = ("x = np.stack([xi for xi, yi in examples]), y = np.array([yi for xi, yi in examples])" if single else
                   "x = np.concatenate([xb for xb, yb in batches]), y = np.concatenate([yb for xb, yb in batches])")
         raise ConfigError(
@@ -622,6 +627,16 @@ def _check_arrays(x: Any, y: Any, call: str, labels: bool = True) -> None:
         if isinstance(x, (tuple, list)) and len(x) in (2, 3) and all(hasattr(a, "shape") for a in x):
             raise ConfigError(f"x is a {type(x).__name__} of {len(x)} arrays; give the images and the labels apart: {call}")
         raise ConfigError(f"y is missing: {call} needs the labels, integers (N,) or one-hot (N, classes)")
+
+
+def _first_item(x: Any) -> Any:
+    """The first item of a list, a sequence or an iterable (None when it has none, or fails)."""
+    try:
+        if hasattr(x, "__getitem__") and hasattr(x, "__len__"):
+            return x[0] if len(x) else None
+        return next(iter(x), None) if hasattr(x, "__iter__") else None
+    except Exception:  # noqa: BLE001 - not one of these: NumPy's conversion says what it is
+        return None
 
 
 def _check_settings(epochs: Any, batch_size: Any, initial_epoch: Any, seed: Any) -> tuple[int, int, int, int]:

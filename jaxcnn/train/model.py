@@ -342,7 +342,7 @@ def tracing_errors(module: Any, images: tuple[int, ...]) -> Iterator[None]:
         raise ShapeError(
             f"{model_name(module)} cannot be applied to images of shape {tuple(images)}: a layer gets an input with a "
             f"zero-size axis ({e} in its initialiser): do its poolings and 'VALID' convolutions shrink the "
-            f"{'x'.join(map(str, tuple(images)[1:3]))} images to nothing? Pool less, or use padding='SAME'"
+            f"{'x'.join(map(str, tuple(images)[1:3]))} images to nothing (or has a layer 0 features)? Pool less, or use padding='SAME'"
         ) from e
 
 

@@ -202,7 +202,6 @@ def start_state(model: Any, input_shape: Sequence[int], optimizer: str | optax.G
     input_shape = tuple(int(d) for d in input_shape)
     if len(input_shape) != 3:
         raise ShapeError(f"input_shape must be (H, W, C), got {input_shape}")
-    checks.check_input_shape(input_shape)
     tx, spec = optimizer_from(optimizer, learning_rate)
     adapter = adapt(model)
     num_classes = output_classes(adapter, input_shape)  # traced only: a bad shape fails here, uncompiled

@@ -147,11 +147,15 @@ def _check_batch(batch: Any, step: str) -> None:
     """Refuse (while tracing, so at no cost per step) a batch that is not {"x": array, "y": array}."""
     from jaxcnn.errors import ConfigError
 
-    if not isinstance(batch, dict) or "x" not in batch or "y" not in batch:
-        got = f"a dict with keys {sorted(batch)}" if isinstance(batch, dict) else f"a {type(batch).__name__}"
+    import collections.abc
+
+    if not isinstance(batch, collections.abc.Mapping) or "x" not in batch or "y" not in batch:
+        mapping = isinstance(batch, collections.abc.Mapping)
+        got = f"a {type(batch).__name__} with keys {sorted(map(str, batch))}" if mapping else f"a {type(batch).__name__}"
         raise ConfigError(f'{step} takes batch = {{"x": images (B, H, W, C), "y": labels (B,)}}, got {got}; '
                           'pass {"x": x, "y": y}')
-    for key, value in batch.items():
+    for key in ("x", "y", "w", "mask"):
+        value = batch.get(key, 0.0)
         if not hasattr(value, "shape") and not isinstance(value, (int, float)):
             raise ConfigError(f'{step}: batch["{key}"] is a {type(value).__name__}; give arrays, e.g. np.asarray(...)')
 
