@@ -248,3 +248,24 @@ def test_an_array_attribute_is_not_exported_as_its_dtype(tmp_path):
         checkpoint.export(tmp_path / "m", state)
     with pytest.raises(jaxcnn.errors.CheckpointError, match=r"model=ArrayAttr\(\.\.\.\)"):
         checkpoint.load_state(tmp_path / "m")
+
+
+def test_a_search_whose_labels_are_out_of_range_points_at_the_labels():
+    # every trial invalid on a label out of range was told to check the images and the space
+    from jaxcnn import search
+
+    class Mine(nn.Module):
+        features: int = 4
+
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(5)(nn.Dense(self.features)(x.reshape(x.shape[0], -1)))
+
+    y = np.arange(16) % 5
+    y[3] = 7
+    with pytest.warns(UserWarning, match=r"every trial of the search was invalid.*y holds label 7 .*; check that the labels are "
+                      r"the model's classes, 0\.\.classes-1$"):
+        result = search.random_search(X, y, {"features": search.Choice((4, 8))}, model=Mine, trials=1, epochs=1, batch_size=8,
+                                      verbose=0)
+    with pytest.raises(jaxcnn.errors.ConfigError, match="trial 1 has no saved model \\(status 'invalid'\\); models are saved by"):
+        result.trials[0].load_state()

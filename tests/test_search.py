@@ -164,6 +164,9 @@ def test_custom_model_class_with_dropout_and_training_hyperparameters(small, tmp
     again = search.random_search(*small, space, model=TinyCNN, trials=2, seed=2, out=tmp_path, **OPTS)
     assert again.trained_here == 0
     assert [t.results for t in again.trials] == [t.results for t in result.trials]
+    # the resumed result has no weights in memory; its trials reload their saved models
+    assert again.best.params is None and again.best.model_dir == tmp_path / "trials" / f"{again.best.trial:03d}" / "model"
+    jax.tree.map(np.testing.assert_array_equal, again.best.load_state().params, result.best.params)
     assert len(again.study.trials) == 2
     # Fewer trials than the study holds: said, nothing trained, and the files (and times) kept.
     fewer = search.random_search(*small, space, model=TinyCNN, trials=1, seed=2, out=tmp_path, **{**OPTS, "verbose": 1})

@@ -67,7 +67,7 @@ import numpy as np
 from jaxcnn.errors import ConfigError, SearchError, ShapeError
 from jaxcnn.search.engine import (
     DB_FILE, MAX_RETRY, PRUNERS, SAMPLERS, STOP_ATTR, TRAINING_PARAMS, Data, SearchConfig, attempts_by_slot, check_space_names,
-    describe_model, fingerprint, is_define_by_run, open_storage, open_study, slot_count, storage_url, work,
+    describe_model, fingerprint, is_define_by_run, open_storage, open_study, slot_count, storage_url, trial_dir, work,
 )
 from jaxcnn.search.space import (
     REPORT_SPACE, Choice, Dimension, IntRange, LogUniform, Space, Uniform, check_space, draw, sample,
@@ -95,8 +95,10 @@ class Trial:
     epoch), ``"error"`` (the model or its training raised; ``reason`` names the error and the
     line of the user's code) or ``"failed"``; ``state`` is Optuna's (COMPLETE, PRUNED, FAIL). ``results`` holds
     the last epoch's loss, accuracy, val_loss and val_accuracy (the report's ``model_results``).
-    ``params``/``batch_stats`` are the trained variables when this process trained the trial or
-    its ``out/trials/NNN/model`` holds them. ``attempts`` counts tries (a killed worker's too).
+    ``params``/``batch_stats`` are the trained variables when this process trained the trial;
+    ``model_dir`` is its saved model (``out/trials/NNN/model``, a search with ``out``), which
+    :meth:`load_state` reloads, also after a resume or in another process. ``attempts`` counts
+    tries (a killed worker's too).
     """
 
     trial: int
@@ -116,6 +118,17 @@ class Trial:
     worker: str = ""
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     module: Any = None  # the Flax module, when this process built it
+    model_dir: Path | None = None  # out/trials/NNN/model, when the search saved it
+
+    def load_state(self) -> Any:
+        """The trial's trained state, reloaded from :attr:`model_dir` (``jaxcnn.checkpoint.load_state``),
+        ready for ``evaluate``, ``predict``, ``explain`` or ``fit`` to train on."""
+        if self.model_dir is None:
+            raise ConfigError(f"trial {self.trial} has no saved model (status {self.status!r}); models are saved by a search "
+                              "run with out=..., for each finished trial")
+        from jaxcnn import checkpoint
+
+        return checkpoint.load_state(self.model_dir)
 
     def best_epoch(self, metric: str = "val_accuracy", mode: str = "auto") -> int | None:
         """0-based epoch with the best ``metric``, or None without a history."""
@@ -307,9 +320,11 @@ def _warn_none_usable(result: SearchResult) -> None:
     what = {frozenset({"invalid"}): "was invalid", frozenset({"error"}): "raised an error"}.get(frozenset(kinds), "was invalid or raised an error")
     reasons = sorted({t.reason for t in result.trials})
     more = f" (and {len(reasons) - 1} other reasons, in trials.csv)" if len(reasons) > 1 else ""
+    labels = all(r.startswith("y ") for r in reasons)  # the labels' check (out of range, not whole numbers)
+    check = ("that the labels are the model's classes, 0..classes-1" if labels else
+             "that the model takes the data's images (e.g. its input channels) and the space's values")
     warnings.warn(
-        f"every trial of the search {what}, so result.best is None: {reasons[0]}{more}; check that the model "
-        "takes the data's images (e.g. its input channels) and the space's values",
+        f"every trial of the search {what}, so result.best is None: {reasons[0]}{more}; check {check}",
         UserWarning, stacklevel=_user_stacklevel(),
     )
 
@@ -561,6 +576,8 @@ def collect(study: Any, config: SearchConfig, space: dict[str, Any], out: Path |
             wall_time_s=float(ua.get("wall_time_s") or 0.0), attempts=tried, worker=ua.get("worker", ""),
             model_kwargs=dict(ua.get("model_kwargs") or {}),
         )
+        if out is not None and (trial_dir(Path(out), t) / "model").is_dir():
+            trial.model_dir = trial_dir(Path(out), t) / "model"
         rec = local.get(t)
         if rec is not None and rec.get("number") == ft.number and rec.get("state_obj") is not None:
             state = rec["state_obj"]
