@@ -69,7 +69,9 @@ def _channels_first(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
 def check_input_shape(shape: tuple[int, ...], what: str = "input_shape") -> None:
     """Refuse one input's shape (C, H, W), channels-first (PyTorch's, torchsummary's), with the
     channels-last shape the models take: 1, 3 or 4 before two equal axes (a non-square shape such
-    as (1, 200, 12) may be meant as it is, 12 channels; fit's message says to pass it here)."""
+    as (1, 200, 12) may be meant as it is, 12 channels). ``summary`` checks its input_shape with
+    it; ``create_train_state`` takes a shape as given (fit's channels-first message names it as
+    the way to train on such a shape, and reloaded exports pass their recorded shape there)."""
     if len(shape) == 3 and shape[1] == shape[2] and _channels_first((1, *shape), ()):
         c, h, w = shape
         raise ShapeError(f"{what} {tuple(shape)} looks channels-first (C, H, W); jaxcnn's models take channels-last "

@@ -576,8 +576,9 @@ def collect(study: Any, config: SearchConfig, space: dict[str, Any], out: Path |
             wall_time_s=float(ua.get("wall_time_s") or 0.0), attempts=tried, worker=ua.get("worker", ""),
             model_kwargs=dict(ua.get("model_kwargs") or {}),
         )
-        if out is not None and (trial_dir(Path(out), t) / "model").is_dir():
-            trial.model_dir = trial_dir(Path(out), t) / "model"
+        saved = trial_dir(Path(out), t) / "model" if out is not None else None
+        if saved is not None and saved.is_dir():
+            trial.model_dir = saved
         rec = local.get(t)
         if rec is not None and rec.get("number") == ft.number and rec.get("state_obj") is not None:
             state = rec["state_obj"]

@@ -32,8 +32,8 @@ import hashlib
 import json
 import math
 import os
-import socket
 import re
+import socket
 import sys
 import threading
 import time

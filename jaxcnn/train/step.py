@@ -21,12 +21,14 @@ batches and parts of any size add up.
 
 from __future__ import annotations
 
+import collections.abc
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn.errors import ConfigError
 from jaxcnn.train.state import TrainState
 
 Array = jax.Array
@@ -145,10 +147,6 @@ def sum_metrics(state: TrainState, parts: list[dict[str, Any]]) -> dict[str, Any
 
 def _check_batch(batch: Any, step: str) -> None:
     """Refuse (while tracing, so at no cost per step) a batch that is not {"x": array, "y": array}."""
-    from jaxcnn.errors import ConfigError
-
-    import collections.abc
-
     if not isinstance(batch, collections.abc.Mapping) or "x" not in batch or "y" not in batch:
         mapping = isinstance(batch, collections.abc.Mapping)
         got = f"a {type(batch).__name__} with keys {sorted(map(str, batch))}" if mapping else f"a {type(batch).__name__}"
