@@ -99,6 +99,20 @@ def model_spec(state: Any, model_name: str | None = None, model_kwargs: dict[str
     return {"module": _class_path(adapter.module_type), "module_kwargs": {**_nnx_kwargs(adapter, set(known)), **known}, "kind": "nnx"}
 
 
+def _same(value: Any, default: Any) -> bool:
+    """Whether an attribute holds its default: the same object, an equal value, or an equal array
+    (a ``default_factory`` builds a new one for each module)."""
+    if value is default:
+        return True
+    try:
+        if hasattr(value, "shape") or hasattr(default, "shape"):
+            a, b = np.asarray(value), np.asarray(default)
+            return bool(a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b))
+        return bool(value == default)
+    except Exception:  # noqa: BLE001 - a comparison that raises: not the default
+        return False
+
+
 def _linen_kwargs(module: Any) -> dict[str, Any]:
     """A linen module's attributes as JSON. One that JSON cannot hold (a function, ``act=nn.relu``)
     is left out where it is the class's default, which the reload takes; any other is recorded
@@ -109,11 +123,8 @@ def _linen_kwargs(module: Any) -> dict[str, Any]:
     for name, value, default in models.module_fields(module):
         saved = _json_kwargs({name: value})[name]
         if isinstance(saved, dict) and "unserializable" in saved:
-            try:
-                if value is default or bool(value == default):
-                    continue
-            except Exception:  # noqa: BLE001 - an array's ambiguous truth: not the default
-                pass
+            if _same(value, default):
+                continue
             cls = type(module).__name__
             warnings.warn(
                 f"{cls}'s attribute {name} = {saved['unserializable']} cannot be recorded in the export (not a number, "

@@ -119,16 +119,24 @@ class Trial:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     module: Any = None  # the Flax module, when this process built it
     model_dir: Path | None = None  # out/trials/NNN/model, when the search saved it
+    _state: Any = field(default=None, repr=False, compare=False)  # the trained state, less its optimizer state
 
-    def load_state(self) -> Any:
-        """The trial's trained state, reloaded from :attr:`model_dir` (``jaxcnn.checkpoint.load_state``),
-        ready for ``evaluate``, ``predict``, ``explain`` or ``fit`` to train on."""
+    def load_state(self, model: Any = None, optimizer: Any = None, loss: Any = None) -> Any:
+        """The trial's trained state, ready for ``evaluate``, ``predict``, ``explain`` or ``fit`` to
+        train on (with a fresh optimizer state). In the process that trained it, the state is the
+        one in memory; otherwise it is reloaded from :attr:`model_dir`
+        (``jaxcnn.checkpoint.load_state``; ``model``, ``optimizer`` and ``loss`` as there; the
+        module this process built is the default ``model``, so a class defined in a function
+        reloads too)."""
+        if self._state is not None and model is None and optimizer is None and loss is None:
+            return self._state.replace(opt_state=self._state.tx.init(self._state.params))
         if self.model_dir is None:
             raise ConfigError(f"trial {self.trial} has no saved model (status {self.status!r}); models are saved by a search "
                               "run with out=..., for each finished trial")
         from jaxcnn import checkpoint
 
-        return checkpoint.load_state(self.model_dir)
+        return checkpoint.load_state(self.model_dir, model=self.module if model is None else model,
+                                     optimizer=optimizer, loss=loss)
 
     def best_epoch(self, metric: str = "val_accuracy", mode: str = "auto") -> int | None:
         """0-based epoch with the best ``metric``, or None without a history."""
@@ -320,7 +328,7 @@ def _warn_none_usable(result: SearchResult) -> None:
     what = {frozenset({"invalid"}): "was invalid", frozenset({"error"}): "raised an error"}.get(frozenset(kinds), "was invalid or raised an error")
     reasons = sorted({t.reason for t in result.trials})
     more = f" (and {len(reasons) - 1} other reasons, in trials.csv)" if len(reasons) > 1 else ""
-    labels = all(r.startswith("y ") for r in reasons)  # the labels' check (out of range, not whole numbers)
+    labels = all(r.startswith(("y ", "validation y ")) for r in reasons)  # the labels' check (out of range, not whole numbers)
     check = ("that the labels are the model's classes, 0..classes-1" if labels else
              "that the model takes the data's images (e.g. its input channels) and the space's values")
     warnings.warn(
@@ -584,6 +592,7 @@ def collect(study: Any, config: SearchConfig, space: dict[str, Any], out: Path |
             state = rec["state_obj"]
             trial.params, trial.batch_stats = state.params, state.batch_stats
             trial.module = rec.get("module")
+            trial._state = state.replace(opt_state=None)  # load_state gives it a fresh optimizer state, as a reload does
         trials.append(trial)
     best = _best(trials, config)
     return SearchResult(trials=trials, best=best, config=config, space=space, study=study, wall_time_s=0.0)

@@ -570,7 +570,8 @@ def open_study(
         diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
         # Defaults that changed (2026-12-04): a study made before them resumes with the old value given.
         # (each only where it applies: the old study has the old default, this search the new one).
-        hints = {"mode": (old.get("mode") == "max" and fp.get("mode") == "min" and "loss" in str(fp.get("metric")),
+        hints = {"mode": (old.get("mode") == "max" and fp.get("mode") == "min" and "loss" in str(fp.get("metric"))
+                          and old.get("metric") == fp.get("metric"),
                           "mode='max' continues a study made when a loss metric was maximised by default"),
                  "space": (old.get("space") == spaces.space_to_dict(spaces.REPORT_SPACE) and not fp.get("space"),
                            "space=REPORT_SPACE continues a define-by-run study made when that was the default space")}
@@ -925,6 +926,7 @@ def run_trial(
     state = history = None
     module = kwargs = bar = None
     status, reason = "ok", ""
+    announced = False  # its start line printed (a trial whose model cannot be built gets it with its end line)
     try:
         declared = {name: spaces.suggest(trial, name, dim) for name, dim in space.items()}
         module, kwargs = build_model(config.model, trial, declared, seed)
@@ -944,6 +946,7 @@ def run_trial(
             opt_kwargs["weight_decay"] = declared["weight_decay"]  # Keras: the optimizer's own decay
         if config.verbose:
             print_(f"Trial {t}/{total}: {_hp_text(hp)} (seed {seed})")
+            announced = True
         from jaxcnn import optim
 
         optimizer = optim.get_optimizer(opt, lr, **opt_kwargs) if opt_kwargs else opt
@@ -1005,6 +1008,8 @@ def run_trial(
     record["state"] = {"ok": "COMPLETE", "pruned": "PRUNED"}.get(status, "FAIL")
     record["module"], record["state_obj"] = module, state  # not stored (nor "exception")
     if config.verbose:
+        if not announced:
+            print_(f"Trial {t}/{total}: {_hp_text(hp)} (seed {seed})")
         shown = " - ".join(f"{k}: {results[k]:.4f}" for k in METRICS if k in results) or "no epoch finished"
         epochs = len(history) if history is not None else 0
         tail = "" if status == "ok" else f" [{status}: {reason}]"

@@ -167,6 +167,7 @@ def params_figure(
             ax.set_xscale("log")
             if xs:
                 ax.set_xlim(min(xs) / 1.3, max(xs) * 1.3)
+                _log_ticks(ax, xs)
         elif kind == "int":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
             if xs:
@@ -185,6 +186,23 @@ def params_figure(
         axes[0].legend(fontsize=7)
     fig.suptitle(f"{metric} of each trial against each hyperparameter")
     return fig
+
+
+def _log_ticks(ax: Any, xs: Sequence[float]) -> None:
+    """Readable ticks on a log axis: matplotlib labels the minor ticks of a range under a decade,
+    and their labels overlap; label the decades, or, under a decade, a few values of the range."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    lo, hi = min(xs), max(xs)
+    if lo > 0 and hi / lo < 10:
+        left, right = ax.get_xlim()
+        ticks: list[float] = []
+        for v in sorted(set(xs)):  # the trials' values, a fifth of the panel apart at least
+            if not ticks or math.log(v / ticks[-1]) >= 0.2 * math.log(right / left):
+                ticks.append(v)
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
 
 
 def importances_figure(importances: Mapping[str, float], metric: str) -> Figure:

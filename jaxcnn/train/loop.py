@@ -612,8 +612,11 @@ def _check_arrays(x: Any, y: Any, call: str, labels: bool = True) -> None:
     # loader of one's own (PyTorch's Dataset: __getitem__ and __len__; a DataLoader: __iter__): batches, or
     # single examples. A sequence of images (a deque, a lazy Sequence) goes on to NumPy, as before.
     first = None if array_like or dataset or iterator else _first_item(x)
+    # A pair's images have more axes than its labels (and weights): an image given as a list of its
+    # rows (arrays of one shape) is not a pair.
     pairs = (isinstance(first, (tuple, list)) and len(first) in (2, 3) and hasattr(first[0], "shape")
-             and all(hasattr(a, "shape") or isinstance(a, (int, float)) for a in first))
+             and all(hasattr(a, "shape") or isinstance(a, (int, float)) for a in first)
+             and all(np.ndim(a) < np.ndim(first[0]) for a in first[1:]))
     single = pairs and np.ndim(first[0]) <= 3  # one image (H, W, C), not a batch (B, H, W, C)
     if pairs or dataset or iterator:
         kind = "(x, y) examples" if single else "(x, y) batches"

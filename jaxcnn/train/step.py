@@ -154,8 +154,21 @@ def _check_batch(batch: Any, step: str) -> None:
                           'pass {"x": x, "y": y}')
     for key in ("x", "y", "w", "mask"):
         value = batch.get(key, 0.0)
+        if value is None and key in ("w", "mask"):
+            raise ConfigError(f'{step}: batch["{key}"] is None; leave the key out for equal weights')
         if not hasattr(value, "shape") and not isinstance(value, (int, float)):
             raise ConfigError(f'{step}: batch["{key}"] is a {type(value).__name__}; give arrays, e.g. np.asarray(...)')
+    x = batch["x"]
+    if not getattr(x, "shape", ()):
+        raise ConfigError(f'{step}: batch["x"] is one number; give a batch of images (B, H, W, C)')
+    for key in ("y", "w", "mask"):
+        value = batch.get(key)
+        if key != "y" and (value is None or not getattr(value, "shape", ())):
+            continue  # no weights, or one number for all
+        shape = tuple(getattr(value, "shape", ()))
+        if not shape or shape[0] != x.shape[0]:
+            raise ConfigError(f'{step}: batch["{key}"] has shape {shape} for {x.shape[0]} images; give one per image, '
+                              f'({x.shape[0]},{"" if key != "y" else " ..."})')
 
 
 def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Any]]:
