@@ -159,3 +159,12 @@ def test_a_trial_whose_model_raises_is_announced_with_its_values(capsys):
     out = capsys.readouterr().out
     start = next(line for line in out.splitlines() if line.startswith("Trial 1/1:"))
     assert "features=4" in start and "my model is broken" in out.split(start, 1)[1]
+
+
+def test_the_steps_per_epoch_slice_allows_for_validation_split():
+    # the suggested x[:n] named training examples and forgot the share validation_split takes
+    x = rng.uniform(0, 1, (100, 8, 8, 1)).astype(np.float32)
+    y = np.arange(100) % 10
+    with pytest.raises(jaxcnn.errors.ConfigError, match=r"80 examples .* x\[:63\], y\[:63\] \(validation_split=0\.2 keeps 50 "):
+        jaxcnn.fit(Flat(), x, y, batch_size=10, steps_per_epoch=5, validation_split=0.2, verbose=0)
+    jaxcnn.fit(Flat(), x[:63], y[:63], batch_size=10, steps_per_epoch=5, validation_split=0.2, verbose=0, devices=None)

@@ -446,6 +446,19 @@ def _check_steps(name: str, steps: Any, n: int, batch_size: int, fewer: str) -> 
                           f"{batch_size}, {_plural(whole, 'step')}; drop {name}, {fix}")
 
 
+def _fewer_with_split(split: float) -> str:
+    """The slice hint of :func:`_check_steps` for ``{n}`` training examples, when
+    ``validation_split`` takes its share of the slice too (Keras's ``floor(m * (1 - split))``)."""
+    class _Slice(str):
+        def format(self, n: int) -> str:  # type: ignore[override]
+            m = int(n / (1.0 - split)) + 2
+            while m > 0 and math.floor(m * (1.0 - split)) > n:
+                m -= 1
+            return f"x[:{m}], y[:{m}] (validation_split={split:g} keeps {math.floor(m * (1.0 - split))} of them to train on)"
+
+    return _Slice()
+
+
 def _resolve_loss(state: TrainState, loss: Any, from_logits: bool | None, label_smoothing: float, x: np.ndarray,
                   y: np.ndarray, outputs: np.ndarray | None = None) -> TrainState:
     """Fix ``from_logits`` from the model's outputs on a few training images (``outputs``, from
@@ -786,10 +799,13 @@ def fit(
     inputs = _check_inputs(model_or_state, x, y, validation_split=validation_split, validation_data=validation_data,
                            class_weight=class_weight, sample_weight=sample_weight)
     asked, batch_size = batch_size, min(batch_size, len(inputs.train.x))  # Keras: one batch of all the data
-    _check_steps("steps_per_epoch", steps_per_epoch, len(inputs.train.x), batch_size, "x[:{n}], y[:{n}]")
+    split = validation_split if validation_data is None and validation_split else 0.0
+    _check_steps("steps_per_epoch", steps_per_epoch, len(inputs.train.x), batch_size,
+                 _fewer_with_split(split) if split else "x[:{n}], y[:{n}]")
     if inputs.val is not None:
         _check_steps("validation_steps", validation_steps, len(inputs.val.x), validation_batch_size,
-                     "validation_data=(x_val[:{n}], y_val[:{n}])")
+                     "validation_data=(x_val[:{n}], y_val[:{n}]) in place of validation_split" if split
+                     else "validation_data=(x_val[:{n}], y_val[:{n}])")
     probe = model_or_state if isinstance(model_or_state, TrainState) else None
     # a bad `devices` fails here, before compiling
     strategy = choose_strategy(devices, batch_size, probe, data_on_device, asked_batch_size=asked)
