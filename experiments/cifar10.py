@@ -42,7 +42,8 @@ Writes, into ``--out`` (default ``runs/cifar10-cnn<N>-<time>``): config.json, su
 Keras-style table, each count explained, e.g. ``(5x5x32 + 1) x 64 = 51,264``), digits.png (the
 first three training images titled with class names), figure4.png (the report's Figure 4:
 training images 12 and 36, 0-based, i.e. R's 13 and 37, a horse and a cat), history.json,
-history.csv, history.png, predictions.png ("Actual: cat, Predicted: dog"), metrics.json,
+history.csv, history.png, predictions.png ("Actual: cat, Predicted: dog"), mistakes.png (wrong
+test predictions), confusion.png (the test set's confusion matrix), metrics.json,
 model/ (reload with ``python -m experiments.predict <run dir> --data-dir ...``) and checkpoints/
 (see experiments/common.py).
 """

@@ -17,8 +17,8 @@ Every check runs before the run directory is made: the flags, the data, and ever
 written through a temporary file and a rename, so a full disk leaves no half-written file.
 
 Reliability: ``--resume --out RUN`` continues an interrupted run from its latest checkpoint,
-taking every setting from ``RUN/config.json``; a flag given explicitly must agree with it (the
-epochs may grow). It ends with the same history and parameters as a run never interrupted (the
+taking every setting from ``RUN/config.json``; a flag given explicitly must agree with it
+(``--epochs`` may change: more trains on; no more than already trained leaves nothing to do). It ends with the same history and parameters as a run never interrupted (the
 data order, dropout keys and learning rate all derive from the seed, the epoch and the saved
 state). config.json records a SHA-256 of the data and of the settings, so a resume on other data
 (another ``--data-dir``) or with an edited config is refused; ``--resume`` refuses a directory

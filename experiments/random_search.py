@@ -32,7 +32,7 @@ search (exit status 130) and prints how many trials the study keeps and the comm
 continues it.
 
 Result (seed 0; 48,000 images to train on, 12,000 to validate): seed 0 draws k = 6, 10, 6, 6, 8,
-6, 9, 4, 4, 4; trial 2 (k = 10) is invalid; two trials (weight decay 0.056 and 0.078 with learning
+6, 9, 4, 4, 4 for trials 1 to 10; trial 2 (k = 10) is invalid; two trials (weight decay 0.056 and 0.078 with learning
 rate 0.008) never leave chance level (val_accuracy 0.106). The best is trial 4: k = 6, weight
 decay 0.0229, learning rate 0.0042; last epoch loss 0.693, accuracy 0.925, val_loss 0.672,
 val_accuracy 0.926 (test accuracy 0.929 through experiments.predict); trial 10 (k = 4, weight

@@ -203,7 +203,8 @@ def random_search(
       y: integer labels (N,) (or one-hot).
       space: name -> dimension; default :data:`REPORT_SPACE` (``{}`` with a define-by-run model).
       config: a :class:`SearchConfig`; ``overrides`` replace its fields (``trials=3, model=MyCNN,
-        sampler="tpe", pruner="median"``).
+        sampler="tpe", pruner="median", class_weight={0: 2.0}``). The default ``batch_size``
+        (256) on fewer training examples trains on one batch of all of them, as ``fit``.
       validation_data: ``(x_val, y_val)``; default: the last ``validation_split`` of ``x``/``y``.
       out: directory for the study (SQLite, unless ``storage``), each trial's results and model,
         and the final tables and figures. A directory holding this search continues it.
@@ -219,6 +220,7 @@ def random_search(
     _refuse_unknown_options(overrides)
     if config is not None and not isinstance(config, SearchConfig):
         raise ConfigError(f"config must be a jaxcnn.search.SearchConfig, got {type(config).__name__}; or give its fields as keywords (trials=3, ...)")
+    config_given = config
     config = dataclasses.replace(config or SearchConfig(), **overrides).check()
     if space is None:  # a define-by-run model suggests its own values: none are added
         space = {} if is_define_by_run(config.model) else REPORT_SPACE
@@ -233,7 +235,10 @@ def random_search(
     say = print if config.verbose else (lambda *a, **k: None)
     data = _prepare_data(x, y, validation_data, config)
     # A model function may suggest its own batch_size (then batch_size= is not used): not checked here.
-    if "batch_size" not in space and not is_define_by_run(config.model) and config.batch_size > len(data.x_train):
+    given = "batch_size" in overrides or (config_given and config_given.batch_size != SearchConfig.batch_size)
+    # Keras and fit train on one batch of all of the data when the batch is larger: so does the
+    # default; a batch_size given larger than the data is taken for a mistake.
+    if given and "batch_size" not in space and not is_define_by_run(config.model) and config.batch_size > len(data.x_train):
         raise ConfigError(
             f"batch_size {config.batch_size} is larger than the {len(data.x_train)} training examples; "
             f"use batch_size <= {len(data.x_train)} or more data"
@@ -296,6 +301,15 @@ _OPTUNA_OPTIONS = {
     "n_jobs": "random_search takes workers= (worker processes, each with its share of the CPU cores), not Optuna's n_jobs=",
     "direction": ("random_search takes mode= ('auto', the default: minimise a loss, maximise an accuracy; or 'min', "
                   "'max'), not Optuna's direction="),
+    # fit's keywords the search does not take
+    "sample_weight": ("random_search takes no sample_weight= (one weight per example); class_weight={class: weight} "
+                      "weighs each training example's loss by its class, as fit's class_weight"),
+    "callbacks": ("random_search takes no callbacks=: each trial trains epochs= epochs and reports to the pruner; "
+                  "train the best values with jaxcnn.fit(..., callbacks=[...]) (result.best.hyperparameters)"),
+    "loss": ("random_search takes no loss=: each trial trains with fit's default cross-entropy (logits or a softmax "
+             "output decided from the model); train the best values with jaxcnn.fit(..., loss=...) for another"),
+    "metrics": ("random_search takes no metrics=: each trial records loss and accuracy and their val_ figures; "
+                "metric= names the one to optimise"),
 }
 
 
@@ -670,7 +684,8 @@ def save_results(result: SearchResult, out: str | os.PathLike[str]) -> Path:
         "study": result.study.study_name,
         "run_wall_time_s": result.wall_time_s,
         "trials_wall_time_s": sum(t.wall_time_s for t in result.trials),
-        "config": {k: (v if isinstance(v, (int, float, str, type(None))) else describe_model(v) if k == "model" else type(v).__name__)
+        "config": {k: (v if isinstance(v, (int, float, str, type(None))) else describe_model(v) if k == "model"
+                       else {str(c): float(w) for c, w in v.items()} if k == "class_weight" else type(v).__name__)
                    for k, v in dataclasses.asdict(config).items()},
         "space": space_to_dict(result.space),
     }

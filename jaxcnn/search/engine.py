@@ -88,6 +88,9 @@ class SearchConfig:
     # Trials in a row whose model or training raised (a bug, not values it cannot take) before
     # the search stops with SearchError; KerasTuner's name and default.
     max_consecutive_failed_trials: int = 3
+    # Keras's fit(class_weight=): {class: weight}, each training example's loss weighed by its
+    # class's weight (1 for a class left out); the validation figures are not weighed, as Keras.
+    class_weight: dict[int, float] | None = None
 
     def check(self) -> SearchConfig:
         for name in ("trials", "epochs", "batch_size", "heartbeat_interval", "max_consecutive_failed_trials"):
@@ -129,6 +132,8 @@ class SearchConfig:
             raise ConfigError(
                 f"model must be a registry name, a Flax module class or a function trial -> module, got {self.model!r}"
             )
+        if self.class_weight is not None:
+            _check_class_weight(self.class_weight)
         from jaxcnn import optim
 
         optim.get_optimizer(self.optimizer, self.learning_rate)
@@ -500,6 +505,18 @@ def make_pruner(config: SearchConfig) -> Any:
     return optuna.pruners.NopPruner()
 
 
+def _check_class_weight(class_weight: Any) -> None:
+    """``class_weight`` as fit takes it: a dict of class (a whole number >= 0) -> weight (finite, >= 0)."""
+    if not isinstance(class_weight, dict):
+        raise ConfigError(f"class_weight must be a dict {{class: weight}}, got {type(class_weight).__name__}")
+    for c, v in class_weight.items():
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0:
+            hint = f"; use int keys, {{{int(c)}: ...}}" if isinstance(c, str) and c.strip().isdigit() else ""
+            raise ConfigError(f"class_weight has class {c!r}; classes are whole numbers from 0{hint}")
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) or v < 0:
+            raise ConfigError(f"class_weight[{c!r}] is {v!r}; class weights must be finite numbers >= 0")
+
+
 def fingerprint(config: SearchConfig, space: dict[str, Any], data: tuple[np.ndarray, ...]) -> dict[str, Any]:
     """What must match for a worker to join (or a rerun to resume) a study: everything that
     changes a trial's result. ``trials`` may grow; the pruner may differ per worker."""
@@ -520,6 +537,9 @@ def fingerprint(config: SearchConfig, space: dict[str, Any], data: tuple[np.ndar
         "sampler": config.sampler if isinstance(config.sampler, str) else type(config.sampler).__name__,
         "input_shape": [int(d) for d in data[0].shape[1:]],
         "data": {"train": len(data[0]), "validation": len(data[2]), "sha256": h.hexdigest()},
+        # only when given: a study made before class_weight existed is the same search without it
+        **({"class_weight": sorted([int(c), float(v)] for c, v in config.class_weight.items())}
+           if config.class_weight is not None else {}),
     }
 
 
@@ -960,7 +980,7 @@ def run_trial(
                 module, data.x_train, data.y_train,
                 epochs=config.epochs, batch_size=batch_size, optimizer=optimizer,
                 learning_rate=None if opt_kwargs else lr,
-                validation_data=(data.x_val, data.y_val), seed=seed, callbacks=callbacks,
+                validation_data=(data.x_val, data.y_val), seed=seed, callbacks=callbacks, class_weight=config.class_weight,
                 verbose=2 if config.verbose == 2 else 0, devices="auto",
             )
         except TrainingError as e:

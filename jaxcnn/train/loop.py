@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from jaxcnn import checks, losses, optim
-from jaxcnn.callbacks import Callback, Hooks, _auto_mode
+from jaxcnn.callbacks import _HOOK_ARGS, OPTIONAL_HOOKS, Callback, Hooks, _auto_mode
 from jaxcnn.errors import ConfigError, ShapeError, TrainingError
 from jaxcnn.metrics import FIT_TAIL
 from jaxcnn.train import step as steps
@@ -289,6 +289,13 @@ def _non_finite(epoch: int, step: int) -> str:
             "check the inputs for NaN, or add weight decay")
 
 
+def _one_callback(callbacks: Any) -> bool:
+    """Whether ``callbacks`` is one callback rather than a list of them: a :class:`Callback`, or
+    any object with a hook of jaxcnn's or Keras's (``on_train_batch_end`` alone will do)."""
+    names = set(_HOOK_ARGS) | {alias for alias in OPTIONAL_HOOKS.values() if alias}
+    return isinstance(callbacks, Callback) or any(hasattr(callbacks, n) for n in names)
+
+
 def run_epoch(state: TrainState, strategy: Strategy, data: Data, order: np.ndarray, batch_size: int, *,
               epoch: int = 0, verbose: int = 0, desc: str = "", loop: Loop | None = None,
               callbacks: Sequence[Callback | Hooks] = (), stop_on_nan: bool = True) -> tuple[TrainState, dict[str, float]]:
@@ -375,7 +382,8 @@ def _sample_weights(y: np.ndarray, num_classes: int, class_weight: dict[int, flo
         table = np.ones(num_classes, np.float32)
         for c, v in class_weight.items():
             if not isinstance(c, (int, np.integer)) or not 0 <= int(c) < num_classes:
-                raise ConfigError(f"class_weight has class {c!r}; classes are 0..{num_classes - 1}")
+                hint = f"; use int keys, {{{int(c)}: ...}}" if isinstance(c, str) and c.strip().isdigit() else ""
+                raise ConfigError(f"class_weight has class {c!r}; classes are 0..{num_classes - 1}{hint}")
             try:
                 table[int(c)] = float(v)
             except (TypeError, ValueError):
@@ -504,14 +512,19 @@ _copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
 def _fingerprint(inputs: _Inputs, state: TrainState, batch_size: int, seed: int, shuffle: bool) -> dict[str, Any]:
     """What must not change when a run is resumed: the data (a hash of it) and the settings."""
-    h = hashlib.blake2b(digest_size=16)
+    h, hw = hashlib.blake2b(digest_size=16), hashlib.blake2b(digest_size=16)
     for d in (inputs.train, inputs.val):
-        for a in (d or ()):
+        if d is None:
+            continue
+        for a, into in ((d.x, h), (d.y, h), (d.w, hw)):
             if a is not None:
-                h.update(str(a.shape).encode())
-                h.update(np.ascontiguousarray(a).tobytes())
-    return {"data": h.hexdigest(), "batch_size": batch_size, "seed": seed, "shuffle": shuffle,
-            "loss": type(state.loss).__name__, "optimizer": state.optimizer_spec}
+                into.update(str(a.shape).encode())
+                into.update(np.ascontiguousarray(a).tobytes())
+    weighed = any(d is not None and d.w is not None for d in (inputs.train, inputs.val))
+    # the weights apart from the data (so a changed class_weight is named), and only when given:
+    # a checkpoint written without weights resumes as before
+    return {"data": h.hexdigest(), **({"weights": hw.hexdigest()} if weighed else {}), "batch_size": batch_size,
+            "seed": seed, "shuffle": shuffle, "loss": type(state.loss).__name__, "optimizer": state.optimizer_spec}
 
 
 def _open_checkpoints(checkpoint_dir: Any, resume: bool, monitor: str) -> Any:
@@ -553,9 +566,12 @@ def _restore(ckpts: Any, state: TrainState, fingerprint: dict[str, Any], hooks: 
     restored = ckpts.restore(state)
     saved = restored.meta.get("fit")
     if saved is not None:
-        for key, value in fingerprint.items():
+        for key in {**fingerprint, **({"weights": None} if "weights" in saved else {})}:
+            value = fingerprint.get(key)
             if saved.get(key) != value and not (key == "optimizer" and _same_optimizer(saved.get(key), value)):
-                what = "the training data differ from" if key == "data" else f"{key}={value!r} differs from {saved.get(key)!r} in"
+                what = ("the training data differ from" if key == "data" else
+                        "the class_weight or sample_weight (or their absence) differs from" if key == "weights" else
+                        f"{key}={value!r} differs from {saved.get(key)!r} in")
                 raise ConfigError(f"cannot resume from {ckpts.directory}: {what} the run that wrote it; "
                                   "resume with the same data and settings, or start again with another checkpoint_dir")
     before, now = restored.meta.get("strategy"), _strategy_meta(strategy, batch_size, state)
@@ -761,7 +777,8 @@ def fit(
         mesh). See :mod:`jaxcnn.train.strategies`. The history is the same on any number of
         CPU devices (for BatchNorm models, to float tolerance).
       data_on_device: keep the training set on the device and run chunks of steps in one
-        ``lax.scan`` (default: on GPU/TPU, off on CPU).
+        ``lax.scan`` (default: on GPU/TPU, off on CPU); one step at a time when a callback
+        has a batch hook (``on_train_batch_end``, ModelCheckpoint with an int ``save_freq``).
       checkpoint_dir: save the whole training state, the history and every callback's state
         there after each epoch (orbax). With ``resume=True``, continue from the latest
         checkpoint there: the resumed run ends exactly as one never interrupted, whatever the
@@ -794,7 +811,7 @@ def fit(
     validation_batch_size = checks.check_positive_int(validation_batch_size or batch_size, "validation_batch_size")
     validation_freq = checks.check_positive_int(validation_freq, "validation_freq")
     _check_arrays(x, y, "fit(model, x, y)")
-    callbacks = [callbacks] if isinstance(callbacks, Callback) or hasattr(callbacks, "on_epoch_end") else list(callbacks or ())
+    callbacks = [callbacks] if _one_callback(callbacks) else list(callbacks or ())
     hooks = [Hooks(cb) for cb in callbacks]  # a Keras callback, a hook of neither jaxcnn's nor Keras's form: refused here
     inputs = _check_inputs(model_or_state, x, y, validation_split=validation_split, validation_data=validation_data,
                            class_weight=class_weight, sample_weight=sample_weight)
@@ -808,7 +825,8 @@ def fit(
                      else "validation_data=(x_val[:{n}], y_val[:{n}])")
     probe = model_or_state if isinstance(model_or_state, TrainState) else None
     # a bad `devices` fails here, before compiling
-    strategy = choose_strategy(devices, batch_size, probe, data_on_device, asked_batch_size=asked)
+    per_step = any(h.on_train_batch_end is not None or h.on_train_batch_begin is not None for h in hooks)
+    strategy = choose_strategy(devices, batch_size, probe, data_on_device, asked_batch_size=asked, per_step=per_step)
     outputs = None  # the model's outputs on the first training images, when building the state gave them
     if isinstance(model_or_state, TrainState):
         state = model_or_state
@@ -817,7 +835,7 @@ def fit(
     else:
         state, outputs = start_state(model_or_state, inputs.input_shape, "rmsprop" if optimizer is None else optimizer, learning_rate, seed,
                                      metrics=_get_metrics(metrics, weighted_metrics), sample=inputs.train.x[: state_mod.SAMPLE])
-        strategy = choose_strategy(devices, batch_size, state, data_on_device)
+        strategy = choose_strategy(devices, batch_size, state, data_on_device, per_step=per_step)
     state = _resolve_loss(state, loss, from_logits, label_smoothing, inputs.train.x, inputs.train.y, outputs)
     history = History(params={"verbose": verbose, "epochs": epochs, "steps": -(-len(inputs.train.x) // batch_size),  # Keras's three
                               "batch_size": batch_size, "samples": len(inputs.train.x), "seed": seed})
@@ -982,7 +1000,7 @@ def evaluate(state: TrainState, x: Any, y: Any = None, batch_size: int | None = 
     w = _sample_weights(ys, state.num_classes, None, sample_weight, "")
     batch_size = min(batch_size, len(xs))
     # "auto" evaluates a BatchNorm model on the CPU mesh of parts, as fit's validation does.
-    strategy = choose_strategy(devices, batch_size if devices == "auto" else 1, state, data_on_device=False)
+    strategy = choose_strategy(devices, batch_size, state, data_on_device=False, training=False)
     acc = strategy.evaluate(strategy.put_state(state), Data(xs, ys, w), batch_size)
     logs = metric_logs(state, acc, arrays=True)
     if verbose:

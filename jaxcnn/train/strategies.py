@@ -497,7 +497,8 @@ def scan_units(order: np.ndarray, batch_size: int, chunk: int) -> list[tuple[np.
 
 
 def choose_strategy(devices: int | str | Sequence[Any] | None, batch_size: int, state: TrainState | None = None,
-                    data_on_device: bool | None = None, *, asked_batch_size: int | None = None) -> Strategy:
+                    data_on_device: bool | None = None, *, asked_batch_size: int | None = None,
+                    per_step: bool = False, training: bool = True) -> Strategy:
     """The one place a strategy is chosen (see the module docstring).
 
     ``devices="auto"``: on CPU, :class:`Parts` over one local CPU device per core, or for a model
@@ -508,9 +509,12 @@ def choose_strategy(devices: int | str | Sequence[Any] | None, batch_size: int, 
     ``data_on_device`` forces the resident strategy on or off. ``asked_batch_size``: the batch
     size the user asked for, when ``batch_size`` is smaller because the data is (Keras's one
     batch of all the data); the error for a batch that does not divide over the devices says so.
+    ``per_step``: a callback runs after every batch, so the resident strategy scans one step at
+    a time (its hooks see each step, as Keras's do) instead of chunks of 64. ``training=False``
+    (evaluate): any batch size, the last batch padded to a multiple of the device count.
     """
     place = placement(devices)
-    if batch_size % place.size:
+    if training and batch_size % place.size:
         if asked_batch_size is not None and asked_batch_size != batch_size:
             raise ConfigError(f"the training data has {batch_size} examples, fewer than batch_size {asked_batch_size}, so its "
                               f"one batch of {batch_size} does not divide over {place.size} devices; use a multiple of "
@@ -520,7 +524,7 @@ def choose_strategy(devices: int | str | Sequence[Any] | None, batch_size: int, 
     if data_on_device is None:
         data_on_device = not on_cpu
     if data_on_device:
-        return Resident(place)
+        return Resident(place, chunk=1 if per_step else 64)
     if place.size > 1:
         return Mesh(place)
     has_stats = state is not None and bool(jax.tree.leaves(state.batch_stats))

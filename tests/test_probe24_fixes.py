@@ -1,0 +1,126 @@
+"""Session 24's fixes (what session 23's probes found): each test fails without its fix."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+import jaxcnn
+
+rng = np.random.default_rng(0)
+X = rng.uniform(0, 1, (64, 8, 8, 1)).astype(np.float32)
+Y = np.arange(64) % 10
+
+
+class DropNet(nn.Module):  # dropout without BatchNorm, a train argument
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Dropout(0.25, deterministic=not train)(x.reshape(x.shape[0], -1))
+        return nn.Dense(10)(x)
+
+
+class Steps(jaxcnn.Callback):
+    """Counts batch-end calls and stops training at the third batch."""
+
+    def __init__(self, stop_at=None):
+        self.seen, self.stop_at = [], stop_at
+
+    def on_epoch_end(self, epoch, logs, loop):
+        pass
+
+    def on_train_batch_end(self, batch, logs, loop):
+        self.seen.append(batch)
+        if self.stop_at is not None and len(self.seen) >= self.stop_at:
+            loop.stop_training = True
+
+
+def test_batch_hooks_see_every_step_with_the_data_on_the_device():
+    # the resident strategy ran 64-step chunks and called batch hooks once per chunk
+    cb = Steps()
+    jaxcnn.fit(DropNet(), X, Y, epochs=2, batch_size=4, verbose=0, data_on_device=True, callbacks=[cb])
+    assert cb.seen == list(range(32))  # jaxcnn's form gets the global step
+    stop = Steps(stop_at=3)
+    state, _ = jaxcnn.fit(DropNet(), X, Y, epochs=2, batch_size=4, verbose=0, data_on_device=True, callbacks=[stop])
+    assert int(state.step) == 3 and len(stop.seen) == 3
+
+
+def test_model_checkpoint_save_freq_with_the_data_on_the_device(tmp_path):
+    # 16 steps an epoch, saved every 5 global steps: as on the per-step path
+    ck = jaxcnn.callbacks.ModelCheckpoint(str(tmp_path / "w-{epoch}-{batch}"), save_freq=5, save_weights_only=True)
+    jaxcnn.fit(DropNet(), X, Y, epochs=2, batch_size=4, verbose=0, data_on_device=True, callbacks=[ck])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["w-1-5", "w-1-10", "w-1-15", "w-2-4", "w-2-9", "w-2-14"])
+
+
+def test_one_callback_with_only_batch_hooks_is_taken_as_one():
+    class Stop:  # duck-typed, Keras's form, no on_epoch_end
+        def __init__(self):
+            self.n = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.n += 1
+
+    cb = Stop()
+    jaxcnn.fit(DropNet(), X, Y, epochs=1, batch_size=16, verbose=0, callbacks=cb)
+    assert cb.n == 4
+
+
+@pytest.mark.skipif(jax.device_count() < 2, reason="needs two devices")
+@pytest.mark.parametrize("devices", ["all", 2])
+def test_evaluate_over_several_devices(devices):
+    state, _ = jaxcnn.fit(DropNet(), X, Y, epochs=1, batch_size=16, verbose=0)
+    one = jaxcnn.evaluate(state, X[:37], Y[:37], devices=None)
+    many = jaxcnn.evaluate(state, X[:37], Y[:37], devices=devices)
+    assert many["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    assert many["accuracy"] == pytest.approx(one["accuracy"])
+
+
+def test_search_takes_class_weight_and_names_what_it_does_not_take(tmp_path):
+    from jaxcnn import search
+
+    # class weights reach each trial's fit: all of class 0's weight moved to the other classes
+    # changes the trial's training loss; a study keeps it in its fingerprint
+    opts = dict(model=DropNet, trials=1, epochs=1, batch_size=16, verbose=0, space={"learning_rate": search.Choice((1e-2,))})
+    plain = search.random_search(X, Y, **opts)
+    weighed = search.random_search(X, Y, class_weight={0: 0.0, 1: 3.0}, out=tmp_path / "s", **opts)
+    assert weighed.trials[0].status == "ok", weighed.trials[0].reason
+    assert weighed.trials[0].results["loss"] != pytest.approx(plain.trials[0].results["loss"], rel=1e-4)
+    with pytest.raises(jaxcnn.errors.ConfigError, match="differs in class_weight"):
+        search.random_search(X, Y, class_weight={0: 1.0}, out=tmp_path / "s", **opts)
+    with pytest.raises(jaxcnn.errors.ConfigError, match=r"use int keys, \{1: \.\.\.\}"):
+        search.random_search(X, Y, class_weight={"1": 2.0}, **opts)
+    for key, says in [("sample_weight", "class_weight="), ("callbacks", "jaxcnn.fit"), ("loss", "cross-entropy"),
+                      ("metrics", "metric= names")]:
+        with pytest.raises(jaxcnn.errors.ConfigError, match=f"random_search takes no {key}=.*{says}"):
+            search.random_search(X, Y, **{key: None}, **opts)
+
+
+def test_search_default_batch_size_on_fewer_examples_is_one_batch():
+    from jaxcnn import search
+
+    # 64 examples, 51 to train on: the default 256 was refused; fit (and Keras) take one batch
+    result = search.random_search(X, Y, model=DropNet, trials=1, epochs=1, verbose=0, space={"learning_rate": search.Choice((1e-2,))})
+    assert result.trials[0].status == "ok", result.trials[0].reason
+    with pytest.raises(jaxcnn.errors.ConfigError, match="batch_size 300 is larger than the"):  # given: still a mistake
+        search.random_search(X, Y, model=DropNet, trials=1, epochs=1, verbose=0, batch_size=300,
+                             space={"learning_rate": search.Choice((1e-2,))})
+
+
+def test_resume_with_other_class_weight_names_the_weights(tmp_path):
+    kw = dict(epochs=1, batch_size=16, verbose=0, checkpoint_dir=tmp_path / "c", resume=True)
+    jaxcnn.fit(DropNet(), X, Y, class_weight={0: 2.0}, **kw)
+    for other in ({0: 3.0}, None):
+        with pytest.raises(jaxcnn.errors.ConfigError, match="class_weight or sample_weight"):
+            jaxcnn.fit(DropNet(), X, Y, class_weight=other, **dict(kw, epochs=2))
+    state, history = jaxcnn.fit(DropNet(), X, Y, class_weight={0: 2.0}, **dict(kw, epochs=2))  # the same: resumes
+    assert len(history.history["loss"]) == 2
+
+
+def test_out_of_range_labels_say_what_they_likely_mean():
+    with pytest.raises(jaxcnn.errors.ShapeError, match=r"look numbered from 1 \(as in R\): pass y - 1"):
+        jaxcnn.fit(DropNet(), X, Y + 1, epochs=1, verbose=0)
+    with pytest.raises(jaxcnn.errors.ShapeError, match=r"needs 12 outputs \(e.g. nn.Dense\(12\)\)"):
+        jaxcnn.fit(DropNet(), X, np.arange(64) % 12, epochs=1, verbose=0)
+    with pytest.raises(jaxcnn.errors.ConfigError, match=r"use int keys"):
+        jaxcnn.fit(DropNet(), X, Y, epochs=1, verbose=0, class_weight={"0": 2.0})
