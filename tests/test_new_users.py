@@ -62,7 +62,7 @@ def test_outputs_that_mix_the_batch_are_refused_before_training(mnist):
 
 def test_a_model_built_for_other_images_is_one_line_in_fit_and_summary(mnist):
     x, y = mnist
-    expected = (r"^ForCifar cannot be applied to images of shape \({}, 28, 28, 1\): dot_general requires contracting "
+    expected = (r"^ForCifar cannot be applied to images of shape \(28, 28, 1\) \(a batch of {}\): dot_general requires contracting "
                 r"dimensions to have the same shape, got \(784,\) and \(3072,\)\. Is it built for other images")
     with pytest.raises(ShapeError, match=expected.format(8)) as e:
         jaxcnn.fit(ForCifar(), x, y, verbose=0)

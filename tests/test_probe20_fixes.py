@@ -64,7 +64,7 @@ def test_summary_explains_a_block_of_layers_as_the_sum_of_its_layers():
 
 def test_summary_of_an_nnx_model_on_images_it_cannot_take_says_so():
     # It printed every output shape as "(?)" and no error; a linen model's summary raises.
-    with pytest.raises(ShapeError, match=r"NNXBlockNet cannot be applied to images of shape \(1, 16, 16, 3\)"):
+    with pytest.raises(ShapeError, match=r"NNXBlockNet cannot be applied to images of shape \(16, 16, 3\) \(a batch of 1\)"):
         jaxcnn.summary(NNXBlockNet(rngs=nnx.Rngs(0)), (16, 16, 3))
 
 

@@ -124,3 +124,20 @@ def test_out_of_range_labels_say_what_they_likely_mean():
         jaxcnn.fit(DropNet(), X, np.arange(64) % 12, epochs=1, verbose=0)
     with pytest.raises(jaxcnn.errors.ConfigError, match=r"use int keys"):
         jaxcnn.fit(DropNet(), X, Y, epochs=1, verbose=0, class_weight={"0": 2.0})
+
+
+def test_an_nnx_convolution_built_for_other_channels_says_so():
+    from flax import nnx
+
+    class RGB(nnx.Module):  # an NNX Conv fixes its input channels: 3, given 1-channel images
+        def __init__(self, rngs=None):
+            rngs = rngs or nnx.Rngs(0)
+            self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+            self.fc = nnx.Linear(8 * 8 * 4, 10, rngs=rngs)
+
+        def __call__(self, x):
+            return self.fc(nnx.relu(self.conv(x)).reshape(x.shape[0], -1))
+
+    with pytest.raises(jaxcnn.errors.ShapeError, match=r"^RGB cannot be applied to images of shape \(8, 8, 1\) \(a batch of \d+\): "
+                       r"a convolution is built for 3 input channels and gets 1\. "):
+        jaxcnn.fit(RGB(), X, Y, epochs=1, verbose=0)

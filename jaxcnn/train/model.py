@@ -340,7 +340,7 @@ def tracing_errors(module: Any, images: tuple[int, ...]) -> Iterator[None]:
         if tb is None or "initializers" not in tb.tb_frame.f_code.co_filename:
             raise  # the model's own
         raise ShapeError(
-            f"{model_name(module)} cannot be applied to images of shape {tuple(images)}: a layer gets an input with a "
+            f"{model_name(module)} cannot be applied to images of shape {_image_shape(images)}: a layer gets an input with a "
             f"zero-size axis ({e} in its initialiser): do its poolings and 'VALID' convolutions shrink the "
             f"{'x'.join(map(str, tuple(images)[1:3]))} images to nothing (or has a layer 0 features)? Pool less, or use padding='SAME'"
         ) from e
@@ -352,10 +352,23 @@ _SHAPE_WORDS = re.compile(r"shape|dimension|broadcast", re.I)
 
 def _apply_error(module: Any, images: tuple[int, ...], error: Exception) -> ShapeError:
     first = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
+    channels = _CONV_CHANNELS.search(first)
+    if channels:  # JAX's words for a convolution built for other input channels (an NNX Conv's in_features)
+        first = f"a convolution is built for {channels.group(2)} input channels and gets {channels.group(1)}"
     return ShapeError(
-        f"{model_name(module)} cannot be applied to images of shape {tuple(images)}: {first}. "
+        f"{model_name(module)} cannot be applied to images of shape {_image_shape(images)}: {first}. "
         "Is it built for other images (another size or number of channels)? Check the shapes its layers expect"
     )
+
+
+#: conv_general_dilated's "... but 1 // 1 != 3" (input channels // groups != the kernel's input channels).
+_CONV_CHANNELS = re.compile(r"feature dimension size.* but (\d+) // \d+ != (\d+)")
+
+
+def _image_shape(images: tuple[int, ...]) -> str:
+    """``(H, W, C)``, with the batch it was traced on: "(28, 28, 1) (a batch of 8)"."""
+    shape = tuple(images)
+    return f"{shape[1:]} (a batch of {shape[0]})" if len(shape) == 4 else str(shape)
 
 
 def call_error(module: Any, error: TypeError) -> ConfigError:
