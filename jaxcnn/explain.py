@@ -23,6 +23,7 @@ Flax linen or NNX model works, the registry's and your own.
   it can use (those with (B, h, w, channels) outputs), by default the last convolution (or block
   of a network of blocks), as Keras's Grad-CAM example picks.
 - :func:`gradients`: the raw input gradients, (N, H, W, C), for methods of your own.
+- :func:`feature_maps`: a layer's output, (N, h, w, channels), what the layer sees.
 
 Images are explained ``batch_size`` at a time in one compiled program (the last batch padded),
 so a few hundred images take seconds on a CPU.
@@ -42,7 +43,7 @@ import numpy as np
 from jaxcnn import checks
 from jaxcnn.errors import ConfigError, ShapeError
 
-__all__ = ["gradients", "saliency", "integrated_gradients", "grad_cam", "layer_names"]
+__all__ = ["gradients", "saliency", "integrated_gradients", "grad_cam", "feature_maps", "layer_names"]
 
 #: images explained in one program when no ``batch_size`` is given.
 BATCH = 32
@@ -380,22 +381,51 @@ def grad_cam(state: Any, x: Any, target: Any = None, *, layer: str | None = None
     the class). ``layer`` is one of :func:`layer_names` (default: the last convolution or block,
     see there; Keras's Grad-CAM example names its last convolutional layer), a layer called once
     per forward pass."""
+    layer, shape = _pick_layer(_state(state, "grad_cam"), layer, "grad_cam")
+    state, xs, targets, probs = _prepare(state, x, target, batch_size, "grad_cam")
+    return _batched(lambda xb, tb: _grad_cam(state, xb, tb, probs, layer, shape), (xs, targets), batch_size)
+
+
+def _pick_layer(st: Any, layer: str | None, what: str) -> tuple[str, tuple[int, ...]]:
+    """``layer`` (default :func:`_default_layer`'s) and its output shape for one image, checked:
+    a layer with feature maps, called once per forward pass (found by tracing, before compiling)."""
     from jaxcnn.train.model import model_name
 
-    st = _state(state, "grad_cam")
     layers, calls = _traced_layers(st)
     if layer is not None and calls.get(layer, 0) > 1:
-        raise ConfigError(f"layer {layer!r} is called {calls[layer]} times in one forward pass, and Grad-CAM explains one "
+        raise ConfigError(f"layer {layer!r} is called {calls[layer]} times in one forward pass, and {'Grad-CAM explains' if what == 'grad_cam' else what + ' takes'} one "
                           f"activation; choose a layer called once: {', '.join(n for n, _, _ in layers) or 'there is none'}")
     if not layers:
-        raise ConfigError(f"grad_cam needs a layer whose output is feature maps (B, h, w, channels); "
-                          f"{model_name(st.model)} has none: use saliency or integrated_gradients")
+        raise ConfigError(f"{what} needs a layer whose output is feature maps (B, h, w, channels); "
+                          f"{model_name(st.model)} has none" + (": use saliency or integrated_gradients" if what == "grad_cam" else ""))
     names = [name for name, _, _ in layers]
     if layer is None:
         layer = _default_layer(layers)
     elif layer not in names:
         raise ConfigError(f"layer {layer!r} is not a layer with feature maps (B, h, w, channels) in this model; choose one of "
                           f"{', '.join(names)}")
-    state, xs, targets, probs = _prepare(state, x, target, batch_size, "grad_cam")
-    shape = next(shape for name, shape, _ in layers if name == layer)  # traced above: not again inside the program
-    return _batched(lambda xb, tb: _grad_cam(state, xb, tb, probs, layer, shape), (xs, targets), batch_size)
+    return layer, next(shape for name, shape, _ in layers if name == layer)  # traced here: not again inside the program
+
+
+@functools.partial(jax.jit, static_argnames=("layer",))
+def _feature_maps(state: Any, x: jax.Array, layer: str) -> jax.Array:
+    kept: dict[str, jax.Array] = {}
+
+    def hook(name: str, module: Any, out: Any) -> Any:
+        if name == layer:
+            kept["a"] = out
+        return out
+
+    _forward(state, x, hook)
+    return kept["a"].astype(jnp.float32)
+
+
+def feature_maps(state: Any, x: Any, layer: str | None = None, *, batch_size: int = BATCH) -> np.ndarray:
+    """The output of ``layer`` for images ``x``, (N, h, w, channels) float32, in evaluation mode
+    (what Keras gives with ``keras.Model(model.input, model.get_layer(name).output)``).
+    ``layer`` is one of :func:`layer_names` (default: the last convolution or block, as for
+    :func:`grad_cam`). Show one image's channels with ``m = maps[0]``,
+    ``plots.image_grid(m.transpose(2, 0, 1) / max(m.max(), 1e-12))`` (grey levels from 0 to 1)."""
+    layer, _ = _pick_layer(_state(state, "feature_maps"), layer, "feature_maps")
+    st, xs, _, _ = _prepare(state, x, 0, batch_size, "feature_maps")
+    return _batched(lambda xb: _feature_maps(st, xb, layer), (xs,), batch_size)

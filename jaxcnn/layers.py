@@ -753,17 +753,45 @@ class LeakyReLU(nn.Module):
         return nn.leaky_relu(x, self.negative_slope)
 
 
-class Dropout(nn.Module):
-    """``keras.layers.Dropout``: active only when ``train=True``; needs the ``"dropout"`` rng.
+#: The mode jaxcnn runs a model in (True while ``fit`` trains it): what :class:`Dropout` and
+#: :class:`BatchNorm` follow when they are called without ``train``, as Keras's layers follow
+#: the model's ``training``. Outside jaxcnn's calls (``module.apply`` by hand): evaluation.
+_TRAINING: contextvars.ContextVar[bool] = contextvars.ContextVar("jaxcnn_training", default=False)
 
+
+@contextlib.contextmanager
+def training_mode(train: bool) -> Iterator[None]:
+    """Run the model in training (``True``) or evaluation mode: jaxcnn's Dropout and BatchNorm
+    called without ``train`` follow it. jaxcnn's own calls (fit, evaluate, predict) set it."""
+    token = _TRAINING.set(bool(train))
+    try:
+        yield
+    finally:
+        _TRAINING.reset(token)
+
+
+def _mode(train: bool | None, training: bool | None, layer: str) -> bool:
+    """``train``, or Keras's name ``training``, or (neither given) the mode jaxcnn runs the model in."""
+    if train is not None and training is not None and bool(train) != bool(training):
+        raise ConfigError(f"{layer} got train={train!r} and training={training!r}; give one of them")
+    given = train if train is not None else training
+    return _TRAINING.get() if given is None else bool(given)
+
+
+class Dropout(nn.Module):
+    """``keras.layers.Dropout``: active in training; needs the ``"dropout"`` rng.
+
+    ``train`` (or Keras's ``training``) says the mode; left out, the layer follows the mode
+    jaxcnn runs the model in (training inside ``fit``, evaluation elsewhere), as Keras's layers
+    follow the model's ``training``, so a model that never passes it still drops out in training.
     Kept units are scaled by ``1 / (1 - rate)`` (inverted dropout, as Keras).
     """
 
     rate: float
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Array:
-        return nn.Dropout(self.rate, deterministic=not train)(x)
+    def __call__(self, x: Array, train: bool | None = None, *, training: bool | None = None) -> Array:
+        return nn.Dropout(self.rate, deterministic=not _mode(train, training, "Dropout"))(x)
 
 
 class BatchNorm(nn.Module):
@@ -772,14 +800,20 @@ class BatchNorm(nn.Module):
     Training uses the batch statistics and updates the moving mean and variance in the
     ``batch_stats`` collection (``moving = momentum * moving + (1 - momentum) * batch``);
     evaluation uses the moving statistics. 2 x C trainable (gamma, beta) and 2 x C
-    non-trainable parameters.
+    non-trainable parameters. ``train`` (or Keras's ``training``) says the mode; left out, the
+    mode jaxcnn runs the model in, as for :class:`Dropout`.
     """
 
     momentum: float = 0.99
     epsilon: float = 1e-3
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Array:
+    def __call__(self, x: Array, train: bool | None = None, *, training: bool | None = None) -> Array:
         return nn.BatchNorm(
-            use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon, name="bn"
+            use_running_average=not _mode(train, training, "BatchNorm"), momentum=self.momentum, epsilon=self.epsilon, name="bn"
         )(x)
+
+
+#: Keras's names for the same layers.
+MaxPooling2D = MaxPool2D
+BatchNormalization = BatchNorm

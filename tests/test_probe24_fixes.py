@@ -141,3 +141,83 @@ def test_an_nnx_convolution_built_for_other_channels_says_so():
     with pytest.raises(jaxcnn.errors.ShapeError, match=r"^RGB cannot be applied to images of shape \(8, 8, 1\) \(a batch of \d+\): "
                        r"a convolution is built for 3 input channels and gets 1\. "):
         jaxcnn.fit(RGB(), X, Y, epochs=1, verbose=0)
+
+
+class KerasStyle(nn.Module):  # jaxcnn's layers, and no train passed to them (Keras's habit)
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        from jaxcnn import layers as L
+
+        x = L.BatchNorm()(x)
+        x = L.Dropout(0.5)(x.reshape(x.shape[0], -1))
+        return L.Dense(10)(x)
+
+
+class KerasNames(nn.Module):  # Keras's argument name, training=, and a model without train
+    @nn.compact
+    def __call__(self, x):
+        from jaxcnn import layers as L
+
+        x = L.BatchNorm()(x, training=None)
+        return L.Dense(10)(L.Dropout(0.5)(x.reshape(x.shape[0], -1)))
+
+
+@pytest.mark.parametrize("model", [KerasStyle, KerasNames])
+def test_jaxcnn_layers_without_train_follow_fits_mode(model):
+    # BatchNorm and Dropout left at train=False trained with the moving statistics and no dropout
+    state, _ = jaxcnn.fit(model(), X, Y, epochs=1, batch_size=16, verbose=0)
+    mean = jax.tree.leaves(state.batch_stats)[0]
+    assert float(np.abs(np.asarray(mean)).max()) > 0  # the moving mean moved: batch statistics in training
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    a, b = (state.model.apply(variables, X[:8], train=True, rngs={"dropout": jax.random.key(k)}, mutable=["batch_stats"])[0]
+            for k in (1, 2))
+    assert not np.allclose(a, b)  # training: dropout is on
+    np.testing.assert_allclose(jaxcnn.predict(state, X[:8]), state.model.apply(variables, X[:8]), rtol=1e-5, atol=1e-6)
+
+
+def test_jaxcnn_dropout_takes_kerass_training_name():
+    from jaxcnn import layers as L
+
+    x = np.ones((4, 100), np.float32)
+    drop = L.Dropout(0.5)
+    out = drop.apply({}, x, training=True, rngs={"dropout": jax.random.key(1)})
+    assert (np.asarray(out) == 0).any()
+    np.testing.assert_array_equal(drop.apply({}, x, training=False), x)
+    np.testing.assert_array_equal(drop.apply({}, x), x)  # outside jaxcnn's calls: evaluation
+    with pytest.raises(jaxcnn.errors.ConfigError, match="give one of them"):
+        drop.apply({}, x, True, training=False, rngs={"dropout": jax.random.key(1)})
+
+
+def test_feature_maps_are_the_layers_output():
+    from flax import nnx
+
+    from jaxcnn import explain
+
+    class Net(nn.Module):  # BatchNorm and dropout, a softmax output
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = nn.relu(nn.Conv(6, (3, 3), name="conv")(x))
+            x = nn.BatchNorm(use_running_average=not train)(x)
+            x = nn.Dropout(0.3, deterministic=not train)(x)
+            return nn.softmax(nn.Dense(10)(x.reshape(x.shape[0], -1)))
+
+    state, _ = jaxcnn.fit(Net(), X, Y, epochs=1, batch_size=16, verbose=0)
+    maps = explain.feature_maps(state, X[:33], "conv", batch_size=16)  # three batches, the last padded
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    want = nn.Conv(6, (3, 3)).apply({"params": variables["params"]["conv"]}, X[:33])  # before the relu
+    np.testing.assert_allclose(maps, want, rtol=1e-5, atol=1e-6)
+    assert explain.feature_maps(state, X[:2]).shape == (2, 8, 8, 6)  # default: the last layer with weights
+    with pytest.raises(jaxcnn.errors.ConfigError, match="choose one of conv"):
+        explain.feature_maps(state, X[:2], "nope")
+
+    class NNXNet(nnx.Module):
+        def __init__(self, rngs=None):
+            rngs = rngs or nnx.Rngs(0)
+            self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+            self.fc = nnx.Linear(8 * 8 * 4, 10, rngs=rngs)
+
+        def __call__(self, x):
+            return self.fc(nnx.relu(self.conv(x)).reshape(x.shape[0], -1))
+
+    state, _ = jaxcnn.fit(NNXNet(), X, Y, epochs=1, batch_size=16, verbose=0)
+    assert explain.feature_maps(state, X[:3], "conv").shape == (3, 8, 8, 4)

@@ -142,7 +142,8 @@ class LinenModel:
             rngs = {"dropout": jax.random.key(0)}  # a module without `train` may drop out always
 
         def run(variables: Any, x: jax.Array, rngs: Any) -> Any:
-            return self.module.apply(variables, x, rngs=rngs, mutable=mutable, **self.call_kwargs(train))
+            with layers.training_mode(train):  # jaxcnn's Dropout and BatchNorm called without train follow it
+                return self.module.apply(variables, x, rngs=rngs, mutable=mutable, **self.call_kwargs(train))
 
         return _with_fast_paths(run, type(self.module))(variables, x, rngs)
 
