@@ -164,17 +164,22 @@ def _traced_layers(state: Any) -> tuple[list[tuple[str, tuple[int, ...], bool]],
     output was called; found by tracing one image (nothing runs)."""
     seen: dict[str, tuple[tuple[int, ...], bool]] = {}
     calls: dict[str, int] = {}
+    outputs: dict[str, Any] = {}
 
     def record(name: str, module: Any, out: Any) -> Any:
         if _is_4d(out):
             seen.pop(name, None)  # where its last call ends
             seen[name] = (tuple(int(d) for d in out.shape[1:]), _has_params(module))
             calls[name] = calls.get(name, 0) + 1
+            outputs[name] = out
         return out
 
     x = jax.ShapeDtypeStruct((1, *state.input_shape), jnp.float32)
     jax.eval_shape(lambda s, x: _forward(s, x, record), state, x)
-    once = [(name, shape, weights) for name, (shape, weights) in seen.items() if calls[name] == 1]
+    # a layer inside another whose output is the outer one's (jaxcnn.layers.BatchNorm's inner
+    # "bn"): the same activation under two names, listed once, by the outer (the summary's) name
+    inner = {n for n in seen for o in seen if n.startswith(o + "/") and outputs[n] is outputs[o]}
+    once = [(name, shape, weights) for name, (shape, weights) in seen.items() if calls[name] == 1 and name not in inner]
     return once, calls
 
 

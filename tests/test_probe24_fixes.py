@@ -221,3 +221,18 @@ def test_feature_maps_are_the_layers_output():
 
     state, _ = jaxcnn.fit(NNXNet(), X, Y, epochs=1, batch_size=16, verbose=0)
     assert explain.feature_maps(state, X[:3], "conv").shape == (3, 8, 8, 4)
+
+
+def test_layer_names_list_a_jaxcnn_layer_once():
+    # jaxcnn.layers.BatchNorm's inner "bn" (and Dropout's inner Dropout) were listed beside it
+    from jaxcnn import explain
+    from jaxcnn import layers as L
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = L.BatchNorm()(L.Conv2D(4, 3, padding="same", activation="relu")(x))
+            return L.Dense(10)(L.Flatten()(L.Dropout(0.3)(x)))
+
+    state = jaxcnn.create_train_state(Net(), (8, 8, 1))
+    assert explain.layer_names(state) == ["Conv2D_0", "BatchNorm_0", "Dropout_0"]
