@@ -190,10 +190,24 @@ def _sow_l2(module: nn.Module, l2: float, kernel: Array) -> None:
         module.sow("losses", "l2", l2 * jnp.sum(jnp.square(kernel.astype(jnp.float32))))
 
 
+def _features(layer: Conv2D | Dense, keras_name: str) -> int:
+    """The layer's output channels: ``features``, or Keras's name for it (``filters``, ``units``)."""
+    given = {n: v for n, v in (("features", layer.features), (keras_name, getattr(layer, keras_name))) if v is not None}
+    kind = type(layer).__name__
+    if not given:
+        raise ConfigError(f"{kind} needs its number of outputs: {kind}(32, ...) or {kind}({keras_name}=32, ...)")
+    if len(set(given.values())) > 1:
+        raise ConfigError(f"{kind} got features={layer.features!r} and {keras_name}={getattr(layer, keras_name)!r}; give one of them")
+    n = next(iter(given.values()))
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ConfigError(f"{kind}'s {next(iter(given))} must be a positive whole number, got {n!r}")
+    return n
+
+
 def _bias_and_activation(layer: Conv2D | Dense, y: Array) -> Array:
     """Add the layer's bias (one per output channel) and apply its activation."""
     if layer.use_bias:
-        bias = layer.param("bias", layer.bias_init, (layer.features,), layer.param_dtype)
+        bias = layer.param("bias", layer.bias_init, (y.shape[-1],), layer.param_dtype)
         y = y + bias.astype(y.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
     act = get_activation(layer.activation)
     return act(y) if act is not None else y
@@ -578,7 +592,7 @@ class Conv2D(nn.Module):
     """2-D convolution on NHWC input, like ``keras.layers.Conv2D``.
 
     Attributes:
-      features: number of output channels (Keras ``filters``).
+      features: number of output channels (or ``filters=``, Keras's name).
       kernel_size: ``k`` or ``(kh, kw)``.
       padding: ``"valid"`` (Keras's default) or ``"same"``.
       activation: a Keras name (``"relu"``...), a function, or ``None`` for linear.
@@ -591,7 +605,7 @@ class Conv2D(nn.Module):
     Input ``(N, H, W, C)``; output ``(N, H', W', features)`` with ``H' = H - kh + 1`` for "valid".
     """
 
-    features: int
+    features: int | None = None
     kernel_size: int | Sequence[int] = 3
     padding: str = "valid"
     activation: str | Callable[[Array], Array] | None = None
@@ -603,6 +617,7 @@ class Conv2D(nn.Module):
     bias_init: Callable[..., Array] = zeros
     input_grad: str = "auto"
     method: str = "auto"
+    filters: int | None = None  # Keras's name for features
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -620,7 +635,7 @@ class Conv2D(nn.Module):
                 f"leave a {max(h - kh + 1, 0)}x{max(w - kw + 1, 0)} output); use a kernel of at most "
                 f"{h}x{w} here, padding='same', or less pooling before this layer"
             )
-        kernel = self.param("kernel", self.kernel_init, (kh, kw, c, self.features), self.param_dtype)
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, c, _features(self, "filters")), self.param_dtype)
         _sow_l2(self, self.kernel_l2, kernel)
         dtype = self.dtype or x.dtype
         y = conv2d(x.astype(dtype), kernel.astype(dtype), padding, self.input_grad, self.method)
@@ -630,10 +645,11 @@ class Conv2D(nn.Module):
 class Dense(nn.Module):
     """Fully connected layer on the last axis, like ``keras.layers.Dense``.
 
-    Input ``(..., D)``; output ``(..., features)``. Attributes as in :class:`Conv2D`.
+    Input ``(..., D)``; output ``(..., features)`` (or ``units=``, Keras's name). Attributes as
+    in :class:`Conv2D`.
     """
 
-    features: int
+    features: int | None = None
     activation: str | Callable[[Array], Array] | None = None
     kernel_l2: float = 0.0
     use_bias: bool = True
@@ -641,10 +657,11 @@ class Dense(nn.Module):
     param_dtype: Dtype = jnp.float32
     kernel_init: Callable[..., Array] = glorot_uniform
     bias_init: Callable[..., Array] = zeros
+    units: int | None = None  # Keras's name for features
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], _features(self, "units")), self.param_dtype)
         _sow_l2(self, self.kernel_l2, kernel)
         dtype = self.dtype or x.dtype
         y = jnp.dot(x.astype(dtype), kernel.astype(dtype))

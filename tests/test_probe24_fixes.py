@@ -236,3 +236,31 @@ def test_layer_names_list_a_jaxcnn_layer_once():
 
     state = jaxcnn.create_train_state(Net(), (8, 8, 1))
     assert explain.layer_names(state) == ["Conv2D_0", "BatchNorm_0", "Dropout_0"]
+
+
+def test_conv2d_and_dense_take_kerass_names():
+    from jaxcnn import layers as L
+
+    class Keras(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = L.MaxPooling2D()(L.Conv2D(filters=4, kernel_size=3, activation="relu")(x))
+            return L.Dense(units=10)(L.Flatten()(x))
+
+    class Flax(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = L.MaxPool2D()(L.Conv2D(4, 3, activation="relu")(x))
+            return L.Dense(10)(L.Flatten()(x))
+
+    a, b = (jaxcnn.create_train_state(m(), (8, 8, 1), seed=0) for m in (Keras, Flax))
+    assert jax.tree.map(np.shape, a.params) == jax.tree.map(np.shape, b.params)
+    np.testing.assert_array_equal(jaxcnn.predict(a, X[:4]), jaxcnn.predict(b, X[:4]))
+
+    class Both(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return L.Dense(10)(L.Flatten()(L.Conv2D(4, filters=5)(x)))
+
+    with pytest.raises(jaxcnn.errors.ConfigError, match="Conv2D got features=4 and filters=5; give one of them"):
+        jaxcnn.create_train_state(Both(), (8, 8, 1))
