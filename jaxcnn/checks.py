@@ -247,18 +247,19 @@ def check_labels(y: Any, n: int, num_classes: int, what: str = "y") -> np.ndarra
         raise ShapeError(
             f"{what} holds label {int(y[bad[0]])} at index {int(bad[0])}, outside 0..{num_classes - 1} "
             f"({bad.size} label{'s' if bad.size != 1 else ''} out of range); the model has {num_classes} classes"
-            + _label_hint(int(y.min()), int(y.max()), num_classes)
+            + _label_hint(int(y.min()), int(y.max()), num_classes, what)
         )
     y = y.astype(np.int32)
     return y
 
 
-def _label_hint(low: int, high: int, num_classes: int) -> str:
+def _label_hint(low: int, high: int, num_classes: int, what: str = "y") -> str:
     """What labels out of range most likely mean: numbered from 1, or a model with too few outputs."""
     if low == 1 and high == num_classes:
-        return f"; labels 1..{high} look numbered from 1 (as in R): pass y - 1"
+        return f"; labels 1..{high} look numbered from 1 (as in R): subtract 1 from {what}"
     if low >= 0 and high >= num_classes:
-        return f"; for {high + 1} classes the model's last layer needs {high + 1} outputs (e.g. nn.Dense({high + 1}))"
+        return (f"; for {high + 1} classes the model's last layer needs {high + 1} outputs "
+                f"(e.g. nn.Dense({high + 1}), nnx.Linear(..., {high + 1}))")
     return ""
 
 

@@ -118,9 +118,9 @@ def test_resume_with_other_class_weight_names_the_weights(tmp_path):
 
 
 def test_out_of_range_labels_say_what_they_likely_mean():
-    with pytest.raises(jaxcnn.errors.ShapeError, match=r"look numbered from 1 \(as in R\): pass y - 1"):
+    with pytest.raises(jaxcnn.errors.ShapeError, match=r"look numbered from 1 \(as in R\): subtract 1 from y"):
         jaxcnn.fit(DropNet(), X, Y + 1, epochs=1, verbose=0)
-    with pytest.raises(jaxcnn.errors.ShapeError, match=r"needs 12 outputs \(e.g. nn.Dense\(12\)\)"):
+    with pytest.raises(jaxcnn.errors.ShapeError, match=r"needs 12 outputs \(e.g. nn.Dense\(12\), nnx.Linear\(\.\.\., 12\)\)"):
         jaxcnn.fit(DropNet(), X, np.arange(64) % 12, epochs=1, verbose=0)
     with pytest.raises(jaxcnn.errors.ConfigError, match=r"use int keys"):
         jaxcnn.fit(DropNet(), X, Y, epochs=1, verbose=0, class_weight={"0": 2.0})
@@ -264,3 +264,63 @@ def test_conv2d_and_dense_take_kerass_names():
 
     with pytest.raises(jaxcnn.errors.ConfigError, match="Conv2D got features=4 and filters=5; give one of them"):
         jaxcnn.create_train_state(Both(), (8, 8, 1))
+
+
+def test_a_checkpoint_whose_weights_were_hashed_with_the_data_still_resumes(tmp_path, monkeypatch):
+    # before the weights had their own key, they were hashed into "data": such a run resumes
+    from jaxcnn.train import loop
+
+    new = loop._fingerprint
+
+    def old(inputs, *args):
+        fp = new(inputs, *args)
+        fp.pop("weights", None)
+        return {**fp, "data": loop._data_hash(inputs, weights=True)}
+
+    kw = dict(batch_size=16, verbose=0, checkpoint_dir=tmp_path / "c", resume=True, class_weight={0: 2.0})
+    monkeypatch.setattr(loop, "_fingerprint", old)
+    jaxcnn.fit(DropNet(), X, Y, epochs=1, **kw)
+    monkeypatch.setattr(loop, "_fingerprint", new)
+    _, history = jaxcnn.fit(DropNet(), X, Y, epochs=2, **kw)
+    assert len(history.history["loss"]) == 2
+    with pytest.raises(jaxcnn.errors.ConfigError, match="class_weight or sample_weight"):
+        jaxcnn.fit(DropNet(), X, Y, epochs=3, **dict(kw, class_weight={0: 3.0}))
+    # class_weight={} trains as no weights, and resumes as such
+    kw = dict(batch_size=16, verbose=0, checkpoint_dir=tmp_path / "d", resume=True)
+    jaxcnn.fit(DropNet(), X, Y, epochs=1, class_weight={}, **kw)
+    _, history = jaxcnn.fit(DropNet(), X, Y, epochs=2, **kw)
+    assert len(history.history["loss"]) == 2
+
+
+class OnlyBatch:
+    def on_train_batch_end(self, batch, logs=None):
+        pass
+
+
+@pytest.mark.parametrize("callbacks, says", [
+    (OnlyBatch, r"holds the class OnlyBatch, not a callback; pass an instance: OnlyBatch\(\.\.\.\)"),
+    ([OnlyBatch], "holds the class OnlyBatch"),
+    ("early_stopping", "holds 'early_stopping', which has no hooks"),
+    (["EarlyStopping"], "holds 'EarlyStopping', which has no hooks"),
+    ([None], "holds None, which has no hooks"),
+    (object(), "which has no hooks"),
+])
+def test_callbacks_that_are_not_callbacks_are_refused(callbacks, says):
+    # a class ran with self=<the step>; names, None and hookless objects were ignored or raised TypeError
+    with pytest.raises(jaxcnn.errors.ConfigError, match=says):
+        jaxcnn.fit(DropNet(), X, Y, epochs=1, verbose=0, callbacks=callbacks)
+    jaxcnn.fit(DropNet(), X, Y, epochs=1, batch_size=32, verbose=0, callbacks=(OnlyBatch(), jaxcnn.callbacks.History()
+                                                                               if hasattr(jaxcnn.callbacks, "History") else OnlyBatch()))
+
+
+def test_search_class_weight_for_a_class_without_labels_is_refused_before_the_study(tmp_path):
+    from jaxcnn import search
+
+    opts = dict(model=DropNet, trials=1, epochs=1, batch_size=16, verbose=0, space={"learning_rate": search.Choice((1e-2,))})
+    with pytest.raises(jaxcnn.errors.ConfigError, match=r"class_weight has class 10; the labels hold classes 0\.\.9"):
+        search.random_search(X, Y, class_weight={10: 2.0}, out=tmp_path / "s", **opts)
+    assert not (tmp_path / "s").exists()
+    # {} and all-ones weights are no weights: the same study as none
+    search.random_search(X, Y, class_weight={}, out=tmp_path / "t", **opts)
+    again = search.random_search(X, Y, class_weight={3: 1.0}, out=tmp_path / "t", **dict(opts, trials=2))
+    assert [t.status for t in again.trials] == ["ok", "ok"]

@@ -234,6 +234,7 @@ def random_search(
     check_space_names(space, config.model)  # a misspelled key would make every trial invalid
     say = print if config.verbose else (lambda *a, **k: None)
     data = _prepare_data(x, y, validation_data, config)
+    _check_class_weight_classes(config, data)
     # A model function may suggest its own batch_size (then batch_size= is not used): not checked here.
     given = "batch_size" in overrides or (config_given and config_given.batch_size != SearchConfig.batch_size)
     # Keras and fit train on one batch of all of the data when the batch is larger: so does the
@@ -311,6 +312,20 @@ _OPTUNA_OPTIONS = {
     "metrics": ("random_search takes no metrics=: each trial records loss and accuracy and their val_ figures; "
                 "metric= names the one to optimise"),
 }
+
+
+def _check_class_weight_classes(config: SearchConfig, data: Any) -> None:
+    """A class_weight class the model or the labels do not have: refused before the study is made
+    (in every trial it would be invalid, and the study would keep the weights)."""
+    if not config.class_weight:
+        return
+    known = _num_classes(config.model)
+    ys = (data.y_train, data.y_val)
+    classes = known or (ys[0].shape[1] if ys[0].ndim == 2 else max(int(y.max()) for y in ys if len(y)) + 1)
+    for c in config.class_weight:
+        if int(c) >= classes:
+            whose = f"the model has {classes} classes" if known else f"the labels hold classes 0..{classes - 1}"
+            raise ConfigError(f"class_weight has class {c!r}; {whose}, so its weight would weigh nothing: fix the key or the labels")
 
 
 def _refuse_unknown_options(overrides: Mapping[str, Any]) -> None:

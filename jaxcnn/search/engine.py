@@ -537,9 +537,9 @@ def fingerprint(config: SearchConfig, space: dict[str, Any], data: tuple[np.ndar
         "sampler": config.sampler if isinstance(config.sampler, str) else type(config.sampler).__name__,
         "input_shape": [int(d) for d in data[0].shape[1:]],
         "data": {"train": len(data[0]), "validation": len(data[2]), "sha256": h.hexdigest()},
-        # only when given: a study made before class_weight existed is the same search without it
+        # only when some weight is not 1: a study made before class_weight existed (or with {}) is the same search
         **({"class_weight": sorted([int(c), float(v)] for c, v in config.class_weight.items())}
-           if config.class_weight is not None else {}),
+           if config.class_weight and any(float(v) != 1.0 for v in config.class_weight.values()) else {}),
     }
 
 

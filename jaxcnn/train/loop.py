@@ -289,11 +289,27 @@ def _non_finite(epoch: int, step: int) -> str:
             "check the inputs for NaN, or add weight decay")
 
 
-def _one_callback(callbacks: Any) -> bool:
-    """Whether ``callbacks`` is one callback rather than a list of them: a :class:`Callback`, or
-    any object with a hook of jaxcnn's or Keras's (``on_train_batch_end`` alone will do)."""
-    names = set(_HOOK_ARGS) | {alias for alias in OPTIONAL_HOOKS.values() if alias}
-    return isinstance(callbacks, Callback) or any(hasattr(callbacks, n) for n in names)
+_HOOK_NAMES = set(_HOOK_ARGS) | {alias for alias in OPTIONAL_HOOKS.values() if alias}
+
+
+def _callback_list(callbacks: Any) -> list[Any]:
+    """``callbacks`` as a list: one callback (a :class:`Callback`, or any object with a hook of
+    jaxcnn's or Keras's, ``on_train_batch_end`` alone will do) or a list or tuple of them. A
+    class instead of an instance, a name, None or an object without hooks is refused."""
+    if callbacks is None:
+        return []
+    one = isinstance(callbacks, Callback) or (not isinstance(callbacks, type) and any(hasattr(callbacks, n) for n in _HOOK_NAMES))
+    items = [callbacks] if one else callbacks
+    if not one and (isinstance(items, (str, bytes, dict, type)) or not isinstance(items, Iterable)):
+        items = [items]  # refused below, as an item
+    items = list(items)
+    for cb in items:
+        if isinstance(cb, type):
+            raise ConfigError(f"callbacks holds the class {cb.__name__}, not a callback; pass an instance: {cb.__name__}(...)")
+        if not any(hasattr(cb, n) for n in _HOOK_NAMES):
+            raise ConfigError(f"callbacks holds {cb!r}, which has no hooks (on_epoch_end, on_train_batch_end, ...); pass "
+                              "callback objects, e.g. jaxcnn.callbacks.EarlyStopping(patience=3)")
+    return items
 
 
 def run_epoch(state: TrainState, strategy: Strategy, data: Data, order: np.ndarray, batch_size: int, *,
@@ -512,19 +528,25 @@ _copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
 def _fingerprint(inputs: _Inputs, state: TrainState, batch_size: int, seed: int, shuffle: bool) -> dict[str, Any]:
     """What must not change when a run is resumed: the data (a hash of it) and the settings."""
-    h, hw = hashlib.blake2b(digest_size=16), hashlib.blake2b(digest_size=16)
+    # the weights apart from the data (so a changed class_weight is named), and only when some
+    # weight is not 1 (class_weight={} or all-ones weights train as none): a checkpoint written
+    # without weights resumes as before
+    weighed = any(d is not None and d.w is not None and not np.all(d.w == 1) for d in (inputs.train, inputs.val))
+    return {"data": _data_hash(inputs, weights=False), **({"weights": _data_hash(inputs, weights=True, data=False)} if weighed else {}),
+            "batch_size": batch_size, "seed": seed, "shuffle": shuffle, "loss": type(state.loss).__name__,
+            "optimizer": state.optimizer_spec}
+
+
+def _data_hash(inputs: _Inputs, *, weights: bool, data: bool = True) -> str:
+    """A hash of the training and validation images and labels (``data``) and weights (``weights``);
+    both together is how checkpoints written before 2026-12-05 hashed weighed data."""
+    h = hashlib.blake2b(digest_size=16)
     for d in (inputs.train, inputs.val):
-        if d is None:
-            continue
-        for a, into in ((d.x, h), (d.y, h), (d.w, hw)):
-            if a is not None:
-                into.update(str(a.shape).encode())
-                into.update(np.ascontiguousarray(a).tobytes())
-    weighed = any(d is not None and d.w is not None for d in (inputs.train, inputs.val))
-    # the weights apart from the data (so a changed class_weight is named), and only when given:
-    # a checkpoint written without weights resumes as before
-    return {"data": h.hexdigest(), **({"weights": hw.hexdigest()} if weighed else {}), "batch_size": batch_size,
-            "seed": seed, "shuffle": shuffle, "loss": type(state.loss).__name__, "optimizer": state.optimizer_spec}
+        for a in (d.x, d.y, d.w) if d is not None else ():
+            if a is not None and (weights if a is d.w else data):
+                h.update(str(a.shape).encode())
+                h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 def _open_checkpoints(checkpoint_dir: Any, resume: bool, monitor: str) -> Any:
@@ -559,13 +581,16 @@ def _say_strategy(meta: dict[str, Any]) -> str:
 
 
 def _restore(ckpts: Any, state: TrainState, fingerprint: dict[str, Any], hooks: Sequence[Hooks],
-             strategy: Strategy, batch_size: int) -> tuple[Any, list[tuple[Hooks, Any]]]:
-    """The checkpoint to resume from (None: none) and each callback paired with its saved state."""
+             strategy: Strategy, batch_size: int, legacy: Callable[[], str] | None = None) -> tuple[Any, list[tuple[Hooks, Any]]]:
+    """The checkpoint to resume from (None: none) and each callback paired with its saved state.
+    ``legacy``: the data hash as checkpoints written before the weights had their own key made it."""
     if ckpts is None or ckpts.latest_epoch is None:
         return None, []
     restored = ckpts.restore(state)
     saved = restored.meta.get("fit")
     if saved is not None:
+        if "weights" not in saved and "weights" in fingerprint and legacy is not None and saved.get("data") == legacy():
+            saved = {**saved, "data": fingerprint["data"], "weights": fingerprint["weights"]}  # weights hashed with the data, as before
         for key in {**fingerprint, **({"weights": None} if "weights" in saved else {})}:
             value = fingerprint.get(key)
             if saved.get(key) != value and not (key == "optimizer" and _same_optimizer(saved.get(key), value)):
@@ -811,7 +836,7 @@ def fit(
     validation_batch_size = checks.check_positive_int(validation_batch_size or batch_size, "validation_batch_size")
     validation_freq = checks.check_positive_int(validation_freq, "validation_freq")
     _check_arrays(x, y, "fit(model, x, y)")
-    callbacks = [callbacks] if _one_callback(callbacks) else list(callbacks or ())
+    callbacks = _callback_list(callbacks)
     hooks = [Hooks(cb) for cb in callbacks]  # a Keras callback, a hook of neither jaxcnn's nor Keras's form: refused here
     inputs = _check_inputs(model_or_state, x, y, validation_split=validation_split, validation_data=validation_data,
                            class_weight=class_weight, sample_weight=sample_weight)
@@ -846,7 +871,8 @@ def fit(
     # fit continuing a trained state from epoch 0 (called in a loop) shuffles anew each call
     salt = int(model_or_state.step) if isinstance(model_or_state, TrainState) and initial_epoch == 0 else 0
     try:
-        restored, callback_states = _restore(ckpts, state, fingerprint, hooks, strategy, batch_size)
+        restored, callback_states = _restore(ckpts, state, fingerprint, hooks, strategy, batch_size,
+                                             legacy=lambda: _data_hash(inputs, weights=True))
     except Exception:
         if ckpts is not None:
             ckpts.close()
