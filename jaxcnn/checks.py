@@ -253,6 +253,13 @@ def check_labels(y: Any, n: int, num_classes: int, what: str = "y") -> np.ndarra
     return y
 
 
+def whole_key(c: Any) -> bool:
+    """Whether a class key that is not an int names a whole number ("1", 1.0): told to use int keys."""
+    if isinstance(c, str):
+        return c.strip().isdigit()
+    return isinstance(c, (float, np.floating)) and float(c).is_integer() and c >= 0
+
+
 def _label_hint(low: int, high: int, num_classes: int, what: str = "y") -> str:
     """What labels out of range most likely mean: numbered from 1, or a model with too few outputs."""
     if low == 1 and high == num_classes:

@@ -324,3 +324,17 @@ def test_search_class_weight_for_a_class_without_labels_is_refused_before_the_st
     search.random_search(X, Y, class_weight={}, out=tmp_path / "t", **opts)
     again = search.random_search(X, Y, class_weight={3: 1.0}, out=tmp_path / "t", **dict(opts, trials=2))
     assert [t.status for t in again.trials] == ["ok", "ok"]
+
+
+def test_class_weight_float_keys_and_explicit_ones(tmp_path):
+    from jaxcnn import search
+
+    with pytest.raises(jaxcnn.errors.ConfigError, match=r"use int keys, \{0: \.\.\.\}"):
+        jaxcnn.fit(DropNet(), X, Y, epochs=1, verbose=0, class_weight={np.float64(0): 2.0})
+    with pytest.raises(jaxcnn.errors.ConfigError, match=r"use int keys, \{1: \.\.\.\}"):
+        search.random_search(X, Y, model=DropNet, trials=1, epochs=1, verbose=0, class_weight={1.0: 2.0})
+    # a class at 1.0 is a class left out: the same study
+    opts = dict(model=DropNet, trials=1, epochs=1, batch_size=16, verbose=0, space={"learning_rate": search.Choice((1e-2,))})
+    search.random_search(X, Y, class_weight={0: 2.0}, out=tmp_path / "s", **opts)
+    again = search.random_search(X, Y, class_weight={0: 2.0, 1: 1.0}, out=tmp_path / "s", **dict(opts, trials=2))
+    assert [t.status for t in again.trials] == ["ok", "ok"]

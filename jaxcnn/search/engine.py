@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from jaxcnn import checks
 from jaxcnn.callbacks import Callback
 from jaxcnn.errors import ConfigError, SearchError, ShapeError, TrainingError
 from jaxcnn.search import space as spaces
@@ -511,7 +512,7 @@ def _check_class_weight(class_weight: Any) -> None:
         raise ConfigError(f"class_weight must be a dict {{class: weight}}, got {type(class_weight).__name__}")
     for c, v in class_weight.items():
         if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0:
-            hint = f"; use int keys, {{{int(c)}: ...}}" if isinstance(c, str) and c.strip().isdigit() else ""
+            hint = f"; use int keys, {{{int(float(c))}: ...}}" if checks.whole_key(c) else ""
             raise ConfigError(f"class_weight has class {c!r}; classes are whole numbers from 0{hint}")
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) or v < 0:
             raise ConfigError(f"class_weight[{c!r}] is {v!r}; class weights must be finite numbers >= 0")
@@ -538,7 +539,8 @@ def fingerprint(config: SearchConfig, space: dict[str, Any], data: tuple[np.ndar
         "input_shape": [int(d) for d in data[0].shape[1:]],
         "data": {"train": len(data[0]), "validation": len(data[2]), "sha256": h.hexdigest()},
         # only when some weight is not 1: a study made before class_weight existed (or with {}) is the same search
-        **({"class_weight": sorted([int(c), float(v)] for c, v in config.class_weight.items())}
+        # (a class at 1.0 is one left out: {0: 2.0, 1: 1.0} is {0: 2.0})
+        **({"class_weight": sorted([int(c), float(v)] for c, v in config.class_weight.items() if float(v) != 1.0)}
            if config.class_weight and any(float(v) != 1.0 for v in config.class_weight.values()) else {}),
     }
 

@@ -398,7 +398,7 @@ def _sample_weights(y: np.ndarray, num_classes: int, class_weight: dict[int, flo
         table = np.ones(num_classes, np.float32)
         for c, v in class_weight.items():
             if not isinstance(c, (int, np.integer)) or not 0 <= int(c) < num_classes:
-                hint = f"; use int keys, {{{int(c)}: ...}}" if isinstance(c, str) and c.strip().isdigit() else ""
+                hint = f"; use int keys, {{{int(float(c))}: ...}}" if checks.whole_key(c) else ""
                 raise ConfigError(f"class_weight has class {c!r}; classes are 0..{num_classes - 1}{hint}")
             try:
                 table[int(c)] = float(v)
