@@ -97,6 +97,9 @@ _HOOK_ARGS = {
 OPTIONAL_HOOKS = {"on_train_batch_end": "on_batch_end", "on_train_batch_begin": "on_batch_begin",
                   "on_test_begin": None, "on_test_end": None}
 
+#: Every hook name a callback may define, jaxcnn's and Keras's aliases.
+HOOK_NAMES = frozenset(_HOOK_ARGS) | {alias for alias in OPTIONAL_HOOKS.values() if alias}
+
 
 def _defined(cb: Any, attr: str | None) -> Callable[..., Any] | None:
     """``cb``'s method ``attr`` when ``cb`` defines it (its class, or set on the instance as
@@ -405,7 +408,7 @@ class LambdaCallback(Callback):
 
     def __init__(self, **hooks: Callable[..., Any]):
         for name, fn in hooks.items():
-            if name not in _HOOK_ARGS and name not in OPTIONAL_HOOKS.values():
+            if name not in HOOK_NAMES:
                 raise ConfigError(f"unknown callback hook {name!r}; use one of {', '.join(_HOOK_ARGS)}")
             setattr(self, name, fn)
 

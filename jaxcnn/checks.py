@@ -253,11 +253,12 @@ def check_labels(y: Any, n: int, num_classes: int, what: str = "y") -> np.ndarra
     return y
 
 
-def whole_key(c: Any) -> bool:
-    """Whether a class key that is not an int names a whole number ("1", 1.0): told to use int keys."""
-    if isinstance(c, str):
-        return c.strip().isdigit()
-    return isinstance(c, (float, np.floating)) and float(c).is_integer() and c >= 0
+def int_key_hint(c: Any) -> str:
+    """For a class_weight key that is not an int but names a whole number ("1", 1.0): the hint
+    to use int keys ("; use int keys, {1: ...}"); else ""."""
+    whole = c.strip().isdigit() if isinstance(c, str) else (
+        isinstance(c, (float, np.floating)) and float(c).is_integer() and c >= 0)
+    return f"; use int keys, {{{int(float(c))}: ...}}" if whole else ""
 
 
 def _label_hint(low: int, high: int, num_classes: int, what: str = "y") -> str:

@@ -512,8 +512,7 @@ def _check_class_weight(class_weight: Any) -> None:
         raise ConfigError(f"class_weight must be a dict {{class: weight}}, got {type(class_weight).__name__}")
     for c, v in class_weight.items():
         if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0:
-            hint = f"; use int keys, {{{int(float(c))}: ...}}" if checks.whole_key(c) else ""
-            raise ConfigError(f"class_weight has class {c!r}; classes are whole numbers from 0{hint}")
+            raise ConfigError(f"class_weight has class {c!r}; classes are whole numbers from 0{checks.int_key_hint(c)}")
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) or v < 0:
             raise ConfigError(f"class_weight[{c!r}] is {v!r}; class weights must be finite numbers >= 0")
 
@@ -521,6 +520,7 @@ def _check_class_weight(class_weight: Any) -> None:
 def fingerprint(config: SearchConfig, space: dict[str, Any], data: tuple[np.ndarray, ...]) -> dict[str, Any]:
     """What must match for a worker to join (or a rerun to resume) a study: everything that
     changes a trial's result. ``trials`` may grow; the pruner may differ per worker."""
+    weighed = sorted([int(c), float(v)] for c, v in (config.class_weight or {}).items() if float(v) != 1.0)
     h = hashlib.sha256()
     for a in data:
         h.update(str(a.shape).encode())
@@ -540,8 +540,7 @@ def fingerprint(config: SearchConfig, space: dict[str, Any], data: tuple[np.ndar
         "data": {"train": len(data[0]), "validation": len(data[2]), "sha256": h.hexdigest()},
         # only when some weight is not 1: a study made before class_weight existed (or with {}) is the same search
         # (a class at 1.0 is one left out: {0: 2.0, 1: 1.0} is {0: 2.0})
-        **({"class_weight": sorted([int(c), float(v)] for c, v in config.class_weight.items() if float(v) != 1.0)}
-           if config.class_weight and any(float(v) != 1.0 for v in config.class_weight.values()) else {}),
+        **({"class_weight": weighed} if weighed else {}),
     }
 
 

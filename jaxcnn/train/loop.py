@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from jaxcnn import checks, losses, optim
-from jaxcnn.callbacks import _HOOK_ARGS, OPTIONAL_HOOKS, Callback, Hooks, _auto_mode
+from jaxcnn.callbacks import HOOK_NAMES, Callback, Hooks, _auto_mode
 from jaxcnn.errors import ConfigError, ShapeError, TrainingError
 from jaxcnn.metrics import FIT_TAIL
 from jaxcnn.train import step as steps
@@ -289,16 +289,13 @@ def _non_finite(epoch: int, step: int) -> str:
             "check the inputs for NaN, or add weight decay")
 
 
-_HOOK_NAMES = set(_HOOK_ARGS) | {alias for alias in OPTIONAL_HOOKS.values() if alias}
-
-
 def _callback_list(callbacks: Any) -> list[Any]:
     """``callbacks`` as a list: one callback (a :class:`Callback`, or any object with a hook of
     jaxcnn's or Keras's, ``on_train_batch_end`` alone will do) or a list or tuple of them. A
     class instead of an instance, a name, None or an object without hooks is refused."""
     if callbacks is None:
         return []
-    one = isinstance(callbacks, Callback) or (not isinstance(callbacks, type) and any(hasattr(callbacks, n) for n in _HOOK_NAMES))
+    one = isinstance(callbacks, Callback) or (not isinstance(callbacks, type) and any(hasattr(callbacks, n) for n in HOOK_NAMES))
     items = [callbacks] if one else callbacks
     if not one and (isinstance(items, (str, bytes, dict, type)) or not isinstance(items, Iterable)):
         items = [items]  # refused below, as an item
@@ -306,7 +303,7 @@ def _callback_list(callbacks: Any) -> list[Any]:
     for cb in items:
         if isinstance(cb, type):
             raise ConfigError(f"callbacks holds the class {cb.__name__}, not a callback; pass an instance: {cb.__name__}(...)")
-        if not any(hasattr(cb, n) for n in _HOOK_NAMES):
+        if not any(hasattr(cb, n) for n in HOOK_NAMES):
             raise ConfigError(f"callbacks holds {cb!r}, which has no hooks (on_epoch_end, on_train_batch_end, ...); pass "
                               "callback objects, e.g. jaxcnn.callbacks.EarlyStopping(patience=3)")
     return items
@@ -398,8 +395,7 @@ def _sample_weights(y: np.ndarray, num_classes: int, class_weight: dict[int, flo
         table = np.ones(num_classes, np.float32)
         for c, v in class_weight.items():
             if not isinstance(c, (int, np.integer)) or not 0 <= int(c) < num_classes:
-                hint = f"; use int keys, {{{int(float(c))}: ...}}" if checks.whole_key(c) else ""
-                raise ConfigError(f"class_weight has class {c!r}; classes are 0..{num_classes - 1}{hint}")
+                raise ConfigError(f"class_weight has class {c!r}; classes are 0..{num_classes - 1}{checks.int_key_hint(c)}")
             try:
                 table[int(c)] = float(v)
             except (TypeError, ValueError):
