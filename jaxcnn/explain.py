@@ -147,22 +147,28 @@ def _is_4d(out: Any) -> bool:
     return hasattr(out, "shape") and hasattr(out, "dtype") and len(out.shape) == 4
 
 
-def _has_params(module: Any) -> bool:
+def _has_params(module: Any) -> int:
+    """2 for a layer with a kernel (a weight of two or more axes: a convolution, or a block
+    holding one), 1 for one with only per-channel weights (a normalisation's scale and bias),
+    0 for none."""
+    leaves = None
     try:
         from flax import nnx
 
         if isinstance(module, nnx.Module):
-            return bool(jax.tree.leaves(nnx.state(module, nnx.Param)))
+            leaves = jax.tree.leaves(nnx.state(module, nnx.Param))
     except ImportError:  # pragma: no cover
         pass
-    return bool(jax.tree.leaves(module.variables.get("params", {})))
+    if leaves is None:
+        leaves = jax.tree.leaves(module.variables.get("params", {}))
+    return 2 if any(jnp.ndim(leaf) >= 2 for leaf in leaves) else int(bool(leaves))
 
 
-def _traced_layers(state: Any) -> tuple[list[tuple[str, tuple[int, ...], bool]], dict[str, int]]:
-    """(name, output shape, whether it has weights) of every layer called once with a (B, h, w,
+def _traced_layers(state: Any) -> tuple[list[tuple[str, tuple[int, ...], int]], dict[str, int]]:
+    """(name, output shape, its weights as :func:`_has_params` grades them) of every layer called once with a (B, h, w,
     channels) output, in the order their calls end, and how many times each layer with such an
     output was called; found by tracing one image (nothing runs)."""
-    seen: dict[str, tuple[tuple[int, ...], bool]] = {}
+    seen: dict[str, tuple[tuple[int, ...], int]] = {}
     calls: dict[str, int] = {}
     outputs: dict[str, Any] = {}
 
@@ -183,20 +189,24 @@ def _traced_layers(state: Any) -> tuple[list[tuple[str, tuple[int, ...], bool]],
     return once, calls
 
 
-def _default_layer(layers: list[tuple[str, tuple[int, ...], bool]]) -> str:
-    """The last layer with feature maps and weights that is not inside another such layer (the
-    last convolution, or the last block of a network of blocks), else the last with feature maps."""
-    weighed = [name for name, _, weights in layers if weights]
-    outer = [n for n in weighed if not any(n.startswith(o + "/") for o in weighed)]
-    return outer[-1] if outer else layers[-1][0]
+def _default_layer(layers: list[tuple[str, tuple[int, ...], int]]) -> str:
+    """The last layer with feature maps and a kernel that is not inside another such layer (the
+    last convolution, not the BatchNorm after it; or the last block of a network of blocks), else
+    the last with any weights, else the last with feature maps."""
+    for grade in (2, 1):
+        weighed = [name for name, _, weights in layers if weights >= grade]
+        outer = [n for n in weighed if not any(n.startswith(o + "/") for o in weighed)]
+        if outer:
+            return outer[-1]
+    return layers[-1][0]
 
 
 def layer_names(state: Any) -> list[str]:
     """The layers :func:`grad_cam` can explain, those whose output is a batch of feature maps
     (B, h, w, channels) and are called once in a forward pass (a layer shared by two calls has
-    two activations), in the order their calls end. Its default is the last of them with
-    weights that is not inside another (the last convolution, or the last block of a network
-    built of blocks), or the last of them if none has weights. A linen
+    two activations), in the order their calls end. Its default is the last of them with a
+    kernel that is not inside another (the last convolution, not a BatchNorm after it; or the
+    last block of a network built of blocks), else the last with weights, else the last. A linen
     layer is named by its path of module names (``"Conv_1"``, ``"block/conv"``), an NNX layer by
     its attribute path (``"conv2"``, ``"blocks/0"``)."""
     return [name for name, _, _ in _traced_layers(_state(state, "layer_names"))[0]]

@@ -152,6 +152,14 @@ def placement(devices: int | str | Sequence[Any] | None = None) -> Placement:
         chosen = list(devices)
         if not chosen:
             raise ConfigError("devices is an empty list; pass None, 'auto', 'all', a count or some devices")
+        odd = next((d for d in chosen if not isinstance(d, jax.Device)), None)
+        if odd is not None:
+            raise ConfigError(f"devices holds {odd!r}, which is not a jax device; pass jax devices (e.g. jax.devices()[:2]), "
+                              "or a count such as devices=2")
+        twice = next((d for i, d in enumerate(chosen) if d in chosen[:i]), None)
+        if twice is not None:
+            raise ConfigError(f"devices lists {twice} twice; each device takes one part of a batch, so list each once "
+                              f"(e.g. jax.devices()[:{len(set(chosen))}])")
     else:
         raise ConfigError(f"devices must be None, 'auto', 'all', a count or a list of devices, got {devices!r}")
     return Placement(tuple(chosen))

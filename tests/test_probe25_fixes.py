@@ -1,0 +1,71 @@
+"""Session 25's fixes (what was noticed and left in session 24): each test fails without its fix."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import numpy as np
+import pytest
+from flax import nnx
+
+import jaxcnn
+from jaxcnn import explain
+
+rng = np.random.default_rng(0)
+X = rng.uniform(0, 1, (16, 8, 8, 1)).astype(np.float32)
+
+
+class ConvBN(nn.Module):  # Conv, BatchNorm, pool: Keras's usual block, with dropout and no train flag
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(4, (3, 3), name="conv")(x)
+        x = nn.BatchNorm(use_running_average=not train, name="bn")(x)
+        x = nn.max_pool(nn.relu(x), (2, 2), (2, 2))
+        x = nn.Dropout(0.2, deterministic=not train)(x)
+        return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+class NNXConvBN(nnx.Module):
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(4, rngs=rngs)
+        self.fc = nnx.Linear(4 * 8 * 8, 10, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.relu(self.bn(self.conv(x)))
+        return nnx.softmax(self.fc(x.reshape(x.shape[0], -1)))
+
+
+@pytest.mark.parametrize("make", [lambda: ConvBN(), lambda: NNXConvBN(nnx.Rngs(0))], ids=["linen", "nnx"])
+def test_the_default_layer_is_the_last_convolution_not_the_batchnorm_after_it(make):
+    # the default was "the last layer with weights", the BatchNorm (scale and bias), where the
+    # docs say "the last convolution"
+    state = jaxcnn.create_train_state(make(), (8, 8, 1))
+    assert explain.layer_names(state)[:2] == ["conv", "bn"]
+    np.testing.assert_array_equal(explain.feature_maps(state, X[:3]), explain.feature_maps(state, X[:3], "conv"))
+    np.testing.assert_array_equal(explain.grad_cam(state, X[:3]), explain.grad_cam(state, X[:3], layer="conv"))
+
+
+def test_a_model_of_batchnorm_only_defaults_to_it():
+    class OnlyBN(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.BatchNorm(use_running_average=True)(x)
+            return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+    state = jaxcnn.create_train_state(OnlyBN(), (8, 8, 1))
+    np.testing.assert_array_equal(explain.feature_maps(state, X[:2]), explain.feature_maps(state, X[:2], "BatchNorm_0"))
+
+
+@pytest.mark.parametrize("devices, message", [
+    ("twice", "lists cpu:0 twice; each device takes one part of a batch, so list each once"),
+    ([0, 1], "devices holds 0, which is not a jax device; pass jax devices"),
+])
+def test_a_list_of_devices_with_one_twice_or_a_non_device_is_refused(devices, message):
+    # devices=[d0, d0] gave JAX's bare AssertionError; [0, 1] an AttributeError
+    import jax
+
+    if devices == "twice":
+        devices = [jax.devices()[0]] * 2
+    y = np.arange(16) % 10
+    with pytest.raises(jaxcnn.errors.ConfigError, match=message.replace("(", r"\(")):
+        jaxcnn.fit(ConvBN(), X, y, epochs=1, batch_size=8, devices=devices, verbose=0)
