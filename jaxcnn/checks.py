@@ -225,7 +225,14 @@ def check_labels(y: Any, n: int, num_classes: int, what: str = "y") -> np.ndarra
         check_finite(y, what)
         return y.astype(np.float32)
     if y.ndim != 1:
-        raise ShapeError(f"{what} has shape {y.shape}; expected integer labels (N,) or one-hot (N, {num_classes})")
+        hint = ""
+        if y.ndim == 2 and y.shape[1] > num_classes:
+            hint = (f"; {y.shape[1]} columns look like one-hot labels of {y.shape[1]} classes, and the model has "
+                    f"{num_classes} outputs" + _label_hint(0, y.shape[1] - 1, num_classes, what))
+        elif y.ndim == 2 and 1 < y.shape[1] < num_classes:
+            hint = (f"; for one-hot labels of {y.shape[1]} classes give the model {y.shape[1]} outputs, or give "
+                    f"integer labels, {what}.argmax(1)")
+        raise ShapeError(f"{what} has shape {y.shape}; expected integer labels (N,) or one-hot (N, {num_classes}){hint}")
     if y.dtype == np.bool_:
         y = y.astype(np.int32)  # False/True as classes 0/1, as Keras takes them
     if len(y) != n:

@@ -69,3 +69,14 @@ def test_a_list_of_devices_with_one_twice_or_a_non_device_is_refused(devices, me
     y = np.arange(16) % 10
     with pytest.raises(jaxcnn.errors.ConfigError, match=message.replace("(", r"\(")):
         jaxcnn.fit(ConvBN(), X, y, epochs=1, batch_size=8, devices=devices, verbose=0)
+
+
+@pytest.mark.parametrize("columns, message", [
+    (12, "12 columns look like one-hot labels of 12 classes, and the model has 10 outputs; for 12 classes the model's "
+         "last layer needs 12 outputs"),
+    (8, "for one-hot labels of 8 classes give the model 8 outputs, or give integer labels, y.argmax(1)"),
+])
+def test_one_hot_labels_of_another_width_say_what_to_change(columns, message):
+    y = np.eye(columns, dtype=np.float32)[np.arange(16) % columns]
+    with pytest.raises(jaxcnn.errors.ShapeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        jaxcnn.fit(ConvBN(), X, y, epochs=1, batch_size=8, verbose=0)
