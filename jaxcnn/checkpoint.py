@@ -269,7 +269,7 @@ def export(directory: str | os.PathLike[str], state: Any, model_name: str | None
 
     state = bare_state(state_of(state, "export"))
     spec = model_spec(state, model_name, model_kwargs)
-    _warn_main(spec)
+    _warn_main(spec, directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -296,9 +296,10 @@ def export(directory: str | os.PathLike[str], state: Any, model_name: str | None
 _WARNED_MAIN: set[str] = set()
 
 
-def _warn_main(spec: dict[str, Any]) -> None:
+def _warn_main(spec: dict[str, Any], directory: Path) -> None:
     """Warn when the exported module's class lives in ``__main__``: another process (or a script
-    of another name) cannot import it, so reloading there needs the module passed in."""
+    of another name) cannot import it, so reloading there needs the module passed in. Names the
+    export's directory: inside ``fit`` the export is ModelCheckpoint's (or a search's)."""
     module = spec.get("module")
     if isinstance(module, str) and module.startswith("__main__:") and module not in _WARNED_MAIN:
         from jaxcnn.checks import _user_stacklevel
@@ -306,7 +307,7 @@ def _warn_main(spec: dict[str, Any]) -> None:
         _WARNED_MAIN.add(module)  # once per class and process: a search exports every trial
         name = module.partition(":")[2]
         warnings.warn(
-            f"the exported module's class {name} is defined in __main__ (the script being run), so it cannot be imported "
+            f"exporting to {directory}: the module's class {name} is defined in __main__ (the script being run), so it cannot be imported "
             f"where the export is reloaded; reload it elsewhere with jaxcnn.checkpoint.load_state(directory, model={name}(...)), "
             "or move the class to an importable module",
             UserWarning, stacklevel=_user_stacklevel(),

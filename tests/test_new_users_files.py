@@ -148,6 +148,8 @@ def test_export_of_a_class_in_main_warns_at_the_users_line(main_class, small, tm
     state, _ = jaxcnn.fit(main_class(2, rngs=nnx.Rngs(0)), *small, epochs=1, batch_size=64, verbose=0)
     with pytest.warns(UserWarning, match=r"MainNNX is defined in __main__.*load_state\(directory, model=MainNNX\(\.\.\.\)\)") as w:
         checkpoint.export(tmp_path / "m", state)
+    # the export's directory is named: inside fit, ModelCheckpoint's export warns at the fit line
+    assert any(str(r.message).startswith(f"exporting to {tmp_path / 'm'}: ") for r in w)
     assert [r.filename for r in w if "__main__" in str(r.message)] == [__file__]
     with warnings.catch_warnings():  # a search exports every trial: the warning is not repeated
         warnings.simplefilter("error")
