@@ -80,3 +80,56 @@ def test_one_hot_labels_of_another_width_say_what_to_change(columns, message):
     y = np.eye(columns, dtype=np.float32)[np.arange(16) % columns]
     with pytest.raises(jaxcnn.errors.ShapeError, match=message.replace("(", r"\(").replace(")", r"\)")):
         jaxcnn.fit(ConvBN(), X, y, epochs=1, batch_size=8, verbose=0)
+
+
+class Head(nn.Module):  # a search's model of one's own, with a default and no train flag
+    width: int = 4
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(10)(nn.relu(nn.Conv(self.width, (3, 3))(x)).reshape(x.shape[0], -1))
+
+
+class NNXHead(nnx.Module):
+    def __init__(self, width: int = 4, *, rngs):
+        self.conv = nnx.Conv(1, width, (3, 3), rngs=rngs)
+        self.fc = nnx.Linear(width * 64, 10, rngs=rngs)
+
+    def __call__(self, x):
+        return nnx.softmax(self.fc(nnx.relu(self.conv(x)).reshape(x.shape[0], -1)))
+
+
+@pytest.mark.parametrize("model", [Head, NNXHead], ids=["linen", "nnx"])
+def test_a_search_refuses_labels_past_its_models_outputs_before_the_study(model, tmp_path):
+    # labels 1..10 made every trial invalid, and the study kept them: the corrected labels in the
+    # same out= were then refused as "a different search (it differs in data)"
+    from jaxcnn import search
+    from jaxcnn.search import Choice
+
+    x = rng.uniform(0, 1, (60, 8, 8, 1)).astype(np.float32)
+    y = np.arange(60) % 10
+    kw = dict(model=model, trials=1, epochs=1, batch_size=16, out=tmp_path / "s", verbose=0)
+    with pytest.raises(jaxcnn.errors.ShapeError, match=r"the model has 10 classes; labels 1..10 look numbered from 1"):
+        search.random_search(x, y + 1, {"width": Choice((2, 4))}, **kw)
+    assert not (tmp_path / "s" / "study.db").exists()
+    result = search.random_search(x, y, {"width": Choice((2, 4))}, **kw)  # the corrected labels, the same out
+    assert [t.status for t in result.trials] == ["ok"]
+
+
+def test_a_search_model_that_needs_the_spaces_values_is_not_probed(tmp_path):
+    # a class without defaults cannot be built before a trial: its trials report the labels, as before
+    from jaxcnn import search
+    from jaxcnn.search import Choice
+
+    class NoDefault(nn.Module):
+        width: int
+
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(10)(nn.Conv(self.width, (3, 3))(x).reshape(x.shape[0], -1))
+
+    x = rng.uniform(0, 1, (60, 8, 8, 1)).astype(np.float32)
+    with pytest.warns(UserWarning, match="every trial of the search was invalid"):
+        result = search.random_search(x, np.arange(60) % 10 + 1, {"width": Choice((2, 4))}, model=NoDefault, trials=1,
+                                      epochs=1, batch_size=16, verbose=0)
+    assert [t.status for t in result.trials] == ["invalid"]

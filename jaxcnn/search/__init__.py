@@ -451,6 +451,27 @@ def _num_classes(model: Any) -> int | None:
     return int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0 else None
 
 
+def _traced_classes(model: Any, input_shape: tuple[int, ...]) -> int | None:
+    """The outputs of a Flax class or module (not a define-by-run function) built as a trial
+    would build it without values (its own defaults), found by tracing; None where it cannot be
+    built so (a value it needs comes from the space) or is no classifier. Labels past these
+    outputs would make every trial invalid: they are refused before the study is made."""
+    import warnings
+
+    from jaxcnn.search.engine import build_model
+    from jaxcnn.train.state import output_classes
+
+    if isinstance(model, str) or is_define_by_run(model):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            classes = output_classes(build_model(model, None, {}, 0)[0], input_shape)
+    except Exception:  # noqa: BLE001 - the trial reports the model's own error
+        return None
+    return classes if classes >= 2 else None
+
+
 def _check_labels(y: Any, n: int, num_classes: int | None, what: str) -> np.ndarray:
     """``y`` checked as :func:`jaxcnn.fit` checks it (jaxcnn.checks.check_labels), as int32
     classes (N,). Without a known number of classes, labels must still be whole numbers >= 0."""
@@ -474,7 +495,7 @@ def _prepare_data(x, y, validation_data, config: SearchConfig) -> Data:
     from jaxcnn import checks
 
     x = checks.check_images(x, (), "x")
-    num_classes = _num_classes(config.model)
+    num_classes = _num_classes(config.model) or _traced_classes(config.model, x.shape[1:])
     y = _check_labels(y, len(x), num_classes, "y")
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
