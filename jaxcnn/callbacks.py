@@ -691,10 +691,15 @@ class ModelCheckpoint(_MonitorMixin, Callback):
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             variables = {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}
             checkpoint.atomic_write(path, serialization.to_bytes(variables))
-        elif self.model_name is not None:
-            checkpoint.export(path, state, self.model_name, self.model_kwargs)
-        else:  # an export that rebuilds the model from the state itself
-            checkpoint.export(path, state)
+        else:
+            token = checkpoint._in_model_checkpoint.set(True)  # a Keras file name was warned of when this was made
+            try:
+                if self.model_name is not None:
+                    checkpoint.export(path, state, self.model_name, self.model_kwargs)
+                else:  # an export that rebuilds the model from the state itself
+                    checkpoint.export(path, state)
+            finally:
+                checkpoint._in_model_checkpoint.reset(token)
 
     def get_state(self) -> dict[str, Any]:
         return {"best": None if self.best is None else float(self.best), "saved": list(self.saved)}

@@ -16,6 +16,7 @@ per-epoch saving). orbax is imported only when a :class:`TrainCheckpoints` is cr
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import os
@@ -265,6 +266,12 @@ def export(directory: str | os.PathLike[str], state: Any, model_name: str | None
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"{directory} is a file, not a directory; export writes two files into a directory: choose a directory")
+    if directory.suffix.lower() in (".keras", ".h5") and not _in_model_checkpoint.get():  # ModelCheckpoint warned when made
+        from jaxcnn.checks import _user_stacklevel
+
+        warnings.warn(f"export({str(directory)!r}) writes a directory (model.json, params.msgpack), not Keras's "
+                      f"{directory.suffix} file; name it without the extension, and reload it with jaxcnn.checkpoint.load_state",
+                      UserWarning, stacklevel=_user_stacklevel())
     from jaxcnn.train.loop import state_of
 
     state = bare_state(state_of(state, "export"))
@@ -294,6 +301,8 @@ def export(directory: str | os.PathLike[str], state: Any, model_name: str | None
 
 
 _WARNED_MAIN: set[str] = set()
+#: True while ModelCheckpoint exports (it warns of a Keras file name once, when it is made).
+_in_model_checkpoint: contextvars.ContextVar[bool] = contextvars.ContextVar("_in_model_checkpoint", default=False)
 
 
 def _warn_main(spec: dict[str, Any], directory: Path) -> None:

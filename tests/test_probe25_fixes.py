@@ -133,3 +133,20 @@ def test_a_search_model_that_needs_the_spaces_values_is_not_probed(tmp_path):
         result = search.random_search(x, np.arange(60) % 10 + 1, {"width": Choice((2, 4))}, model=NoDefault, trials=1,
                                       epochs=1, batch_size=16, verbose=0)
     assert [t.status for t in result.trials] == ["invalid"]
+
+
+def test_export_to_a_keras_file_name_warns_once_and_model_checkpoint_only_when_made(tmp_path):
+    import warnings
+
+    state = jaxcnn.create_train_state(ConvBN(), (8, 8, 1))
+    with pytest.warns(UserWarning, match=r"writes a directory \(model.json, params.msgpack\), not Keras's .keras file; name it "
+                      "without the extension") as w:
+        jaxcnn.checkpoint.export(tmp_path / "model.keras", state)
+    assert [r.filename for r in w] == [__file__]
+    assert jaxcnn.checkpoint.load_state(tmp_path / "model.keras") is not None
+    with pytest.warns(UserWarning, match="ModelCheckpoint") as w:
+        cb = jaxcnn.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"))
+    with warnings.catch_warnings():  # its exports do not warn again
+        warnings.simplefilter("error")
+        jaxcnn.fit(ConvBN(), X, np.arange(16) % 10, epochs=1, batch_size=8, verbose=0, callbacks=[cb])
+    assert (tmp_path / "best.keras" / "model.json").is_file()
