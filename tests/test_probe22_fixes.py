@@ -255,7 +255,7 @@ def test_a_search_whose_labels_are_out_of_range_points_at_the_labels():
     from jaxcnn import search
 
     class Mine(nn.Module):
-        features: int = 4
+        features: int  # no default: built by the trials alone (one with defaults is checked before the study)
 
         @nn.compact
         def __call__(self, x):

@@ -39,7 +39,7 @@ def test_small_images_given_as_lists_of_rows_are_images_not_pairs(height):
 def test_bad_validation_labels_point_the_search_at_the_labels():
     # the hint tested the reason's start for "y " and missed "validation y holds label ..."
     class Mine(nn.Module):
-        features: int = 4
+        features: int  # no default: built by the trials alone (one with defaults is checked before the study)
 
         @nn.compact
         def __call__(self, x):
