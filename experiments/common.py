@@ -544,7 +544,10 @@ def validate_config(config: RunConfig) -> None:
     key = config.dataset.strip().lower().replace("-", "_")
     if key not in DATASETS:
         raise ConfigError(f"unknown data set {config.dataset!r}; {_close(key, DATASETS)}known data sets: {', '.join(DATASETS)}")
-    optim.get_optimizer(config.optimizer, config.learning_rate)  # unknown name, non-positive rate
+    optim.get_optimizer(config.optimizer, config.learning_rate)  # unknown name, negative rate
+    if config.learning_rate == 0:  # the library takes 0, as Keras does; an experiment would train nothing
+        raise ConfigError("--learning-rate 0 would train nothing (the weights stay as they are); give a positive rate, "
+                          "e.g. 0.001 (the report's)")
     try:
         import matplotlib  # noqa: F401  (reads MPLBACKEND when imported)
     except ValueError:

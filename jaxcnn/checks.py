@@ -316,8 +316,9 @@ def check_learning_rate(learning_rate: Any, what: str = "learning rate") -> Any:
     """A learning rate as a Python ``float``, or a schedule (a callable) unchanged.
 
     Takes any real number type: ``0.001``, ``np.float32(0.001)``, a 0-d ``np.array(0.001)`` or
-    JAX array. ``None`` (the optimizer's default) passes through. A bool, a non-number, an array
-    of more than one value, or a value that is not positive and finite raises ``ConfigError``.
+    JAX array. ``None`` (the optimizer's default) passes through. 0 is taken, as Keras takes it (the
+    weights stay as they are: a sanity check, or a layer frozen by hand). A bool, a non-number, an
+    array of more than one value, or a value that is negative or not finite raises ``ConfigError``.
     """
     if learning_rate is None or callable(learning_rate):
         return learning_rate
@@ -332,8 +333,8 @@ def check_learning_rate(learning_rate: Any, what: str = "learning rate") -> Any:
                 value = float(np.format_float_positional(arr[()], unique=True, trim="-"))
         except (TypeError, ValueError):
             value = None
-    if value is None or not math.isfinite(value) or value <= 0:
+    if value is None or not math.isfinite(value) or value < 0:
         raise ConfigError(
-            f"{what} must be a positive finite number, got {learning_rate!r}; the report uses 0.001 for RMSprop"
+            f"{what} must be a finite number >= 0, got {learning_rate!r}; the report uses 0.001 for RMSprop"
         )
     return value

@@ -60,7 +60,7 @@ def _check_lr(learning_rate: LearningRate) -> LearningRate:
 
     if learning_rate is None:
         raise ConfigError(
-            f"learning rate must be a positive finite number, got {learning_rate!r}; "
+            f"learning rate must be a finite number >= 0, got {learning_rate!r}; "
             "the report uses 0.001 for RMSprop"
         )
     return check_learning_rate(learning_rate)

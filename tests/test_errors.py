@@ -104,11 +104,10 @@ def test_kernel_too_big_for_its_input(xy):
 
 def test_non_positive_learning_rate(model, xy, tmp_path):
     x, y = xy
-    for lr in (0.0, -0.001):
-        with pytest.raises(ConfigError, match=rf"learning rate must be a positive finite number, got {lr}"):
-            jaxcnn.fit(model, x, y, learning_rate=lr, verbose=0)
+    with pytest.raises(ConfigError, match=r"learning rate must be a finite number >= 0, got -0.001"):
+        jaxcnn.fit(model, x, y, learning_rate=-0.001, verbose=0)
     out = tmp_path / "run"
-    with pytest.raises(ConfigError, match=r"learning rate must be a positive finite number, got 0\.0"):
+    with pytest.raises(ConfigError, match=r"--learning-rate 0 would train nothing \(the weights stay as they are\); give a positive"):
         mnist.main(["--learning-rate", "0", "--out", str(out), *QUIET])
     assert not out.exists()  # refused before any run directory is made
 

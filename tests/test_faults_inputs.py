@@ -244,9 +244,9 @@ def test_numpy_learning_rates_are_accepted_and_recorded_as_floats(mnist64):
     assert float(jaxcnn.optim.get_learning_rate(tx.init({"w": jnp.zeros(3)}))) == pytest.approx(0.001)
     assert checks.check_learning_rate(np.float32(0.001)) == 0.001  # not 0.0010000000474974513
     for bad in (np.array([0.001, 0.002]), np.float32(-1), np.nan, True, "0.001"):
-        with pytest.raises(ConfigError, match=r"^learning rate must be a positive finite number"):
+        with pytest.raises(ConfigError, match=r"^learning rate must be a finite number >= 0"):
             checks.check_learning_rate(bad)
-    with pytest.raises(ConfigError, match=r"^learning rate must be a positive finite number, got array\(\[0\.1"):
+    with pytest.raises(ConfigError, match=r"^learning rate must be a finite number >= 0, got array\(\[0\.1"):
         jaxcnn.optim.get_optimizer("adam", np.array([0.1]))
 
 

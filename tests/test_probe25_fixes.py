@@ -150,3 +150,18 @@ def test_export_to_a_keras_file_name_warns_once_and_model_checkpoint_only_when_m
         warnings.simplefilter("error")
         jaxcnn.fit(ConvBN(), X, np.arange(16) % 10, epochs=1, batch_size=8, verbose=0, callbacks=[cb])
     assert (tmp_path / "best.keras" / "model.json").is_file()
+
+
+@pytest.mark.parametrize("optimizer", ["rmsprop", "adam", "sgd"])
+def test_a_learning_rate_of_0_is_taken_as_keras_takes_it_and_trains_nothing(optimizer):
+    # 0 was refused ("must be a positive finite number"); Keras takes it (a sanity check, a frozen model)
+    import jax
+
+    model = ConvBN()
+    start = jaxcnn.create_train_state(model, (8, 8, 1))
+    result = jaxcnn.fit(model, X, np.arange(16) % 10, epochs=2, batch_size=8, optimizer=optimizer, learning_rate=0.0, verbose=0)
+    for a, b in zip(jax.tree.leaves(start.params), jax.tree.leaves(result.state.params)):
+        np.testing.assert_array_equal(a, b)
+    assert result.history["learning_rate"] == [0.0, 0.0]
+    with pytest.raises(jaxcnn.errors.ConfigError, match=r"^learning rate must be a finite number >= 0, got -1"):
+        jaxcnn.fit(model, X, np.arange(16) % 10, learning_rate=-1, verbose=0)

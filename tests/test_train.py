@@ -45,7 +45,7 @@ def test_rmsprop_matches_keras_update_by_hand():
 
 
 def test_learning_rate_must_be_positive():
-    with pytest.raises(ConfigError, match="learning rate must be a positive finite number, got -0.1"):
+    with pytest.raises(ConfigError, match="learning rate must be a finite number >= 0, got -0.1"):
         optim.get_optimizer("rmsprop", -0.1)
     with pytest.raises(ConfigError, match="unknown optimizer 'adagrad'"):
         optim.get_optimizer("adagrad")
