@@ -165,3 +165,23 @@ def test_a_learning_rate_of_0_is_taken_as_keras_takes_it_and_trains_nothing(opti
     assert result.history["learning_rate"] == [0.0, 0.0]
     with pytest.raises(jaxcnn.errors.ConfigError, match=r"^learning rate must be a finite number >= 0, got -1"):
         jaxcnn.fit(model, X, np.arange(16) % 10, learning_rate=-1, verbose=0)
+
+
+def test_a_batchnorm_that_updates_its_statistics_in_evaluation_is_refused_before_training():
+    # use_running_average=False always: fit trained the first epoch, then validation failed with
+    # Flax's "collection batch_stats is immutable" (evaluate and predict too)
+    class AlwaysBatch(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.BatchNorm(use_running_average=False, name="bn")(nn.Conv(4, (3, 3))(x))
+            return nn.Dense(10)(nn.relu(x).reshape(x.shape[0], -1))
+
+    calls = []
+    cb = jaxcnn.callbacks.LambdaCallback(on_epoch_end=lambda *a: calls.append(a))
+    with pytest.raises(jaxcnn.errors.ConfigError, match=r"^AlwaysBatch updates its batch statistics in evaluation too \(its "
+                       r"layer 'bn': a BatchNorm with use_running_average=False\?\); .*use_running_average=not train"):
+        jaxcnn.fit(AlwaysBatch(), X, np.arange(16) % 10, epochs=1, batch_size=8, validation_split=0.25, callbacks=[cb],
+                   verbose=0)
+    assert calls == []  # before any epoch
+    # the models that switch with train (and jaxcnn.layers.BatchNorm, which follows fit's mode) train as before
+    jaxcnn.fit(ConvBN(), X, np.arange(16) % 10, epochs=1, batch_size=8, validation_split=0.25, verbose=0)

@@ -215,9 +215,35 @@ def start_state(model: Any, input_shape: Sequence[int], optimizer: str | optax.G
     else:
         init_key, dropout_key = _seed_keys(seed)
         variables = _init_variables(adapter, input_shape, init_key, dropout_key)
+    _check_statistics_in_evaluation(adapter, variables, input_shape)
     state = state_from_variables(adapter, variables, tx, dropout_key, input_shape, num_classes,
                                  loss=losses.get_loss(loss), metrics=tuple(metrics), optimizer_spec=spec)
     return state, outputs
+
+
+def _check_statistics_in_evaluation(adapter: Model, variables: Any, input_shape: tuple[int, ...]) -> None:
+    """Refuse a linen model whose BatchNorm updates its statistics in evaluation mode too
+    (``use_running_average=False`` always): evaluation would otherwise fail after the first
+    epoch with Flax's "collection batch_stats is immutable". Traced only (nothing compiles), and
+    only for a model with batch statistics."""
+    if adapter.kind != "linen" or not jax.tree.leaves(variables.get("batch_stats", {})):
+        return
+    from flax.errors import ModifyScopeVariableError
+
+    x = jax.ShapeDtypeStruct((SAMPLE, *input_shape), jnp.float32)
+    try:
+        jax.eval_shape(lambda v, x: adapter.apply(v, x, train=False, mutable=["losses"]), variables, x)
+    except ModifyScopeVariableError as e:
+        import re
+
+        where = re.search(r'in "/?([^"]*)" because collection "batch_stats"', str(e))
+        layer = f"its layer {where.group(1)!r}" if where and where.group(1) else "a layer"
+        raise ConfigError(
+            f"{model_name(adapter)} updates its batch statistics in evaluation too ({layer}: a BatchNorm with "
+            "use_running_average=False?); jaxcnn evaluates with the moving averages, as Keras does: build it with "
+            "use_running_average=not train (give __call__ a train argument), or use jaxcnn.layers.BatchNorm, which "
+            "follows fit's mode"
+        ) from None
 
 
 # A linen module's start, one program: the seed's keys, the initial variables and the outputs
