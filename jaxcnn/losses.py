@@ -230,9 +230,25 @@ def check_custom(loss: Loss, num_classes: int, labels: Any) -> None:
         out = jax.eval_shape(loss.fn, outputs, given)
     except Exception as e:  # noqa: BLE001 - the user's function: any error, with the calling convention
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+        def works(*args: Any) -> bool:
+            try:
+                return getattr(jax.eval_shape(loss.fn, *args), "shape", None) == (2,)
+            except Exception:  # noqa: BLE001
+                return False
+
+        one_hot = jax.ShapeDtypeStruct((2, num_classes), jnp.float32)
+        if labels.ndim == 1 and works(outputs, one_hot):  # optax.softmax_cross_entropy and the like
+            fix = ("it takes one-hot labels (B, C): pass y one-hot (jaxcnn.data.one_hot(y, classes)), or a loss for "
+                   "integer labels (optax.softmax_cross_entropy_with_integer_labels)")
+        elif works(given, outputs) or (labels.ndim == 1 and works(one_hot, outputs)):
+            call = f"{loss.name}(labels, outputs)" if loss.name.isidentifier() else "your_loss(labels, outputs)"
+            fix = (f"it looks Keras-style, loss(y_true, y_pred): pass lambda outputs, labels: {call}"
+                   + ("" if works(given, outputs) else " with y one-hot (jaxcnn.data.one_hot(y, classes))"))
+        else:
+            fix = "check that it takes outputs (B, C) and these labels and returns one value per example (B,)"
         raise ConfigError(
-            f"the loss {loss.name} failed on {shapes}: {first}. jaxcnn calls a loss as loss(outputs, labels); "
-            f"a Keras-style loss(y_true, y_pred) can be passed as lambda outputs, labels: {loss.name}(labels, outputs)"
+            f"the loss {loss.name} failed on {shapes}: {first}. jaxcnn calls a loss as loss(outputs, labels); {fix}"
         ) from None
     if getattr(out, "shape", None) != (2,):
         raise ConfigError(

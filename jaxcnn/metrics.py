@@ -456,7 +456,9 @@ def with_weighted(metrics: Sequence[Any] | None, weighted_metrics: Sequence[Any]
 
 def _as_classes(y: Any, what: str) -> np.ndarray:
     y = np.asarray(y)
-    if y.ndim == 2:  # one-hot labels, probabilities or logits
+    if y.ndim == 2 and y.shape[1] == 1:  # class indices as a column (N, 1), as fit takes them
+        y = y.reshape(-1)
+    elif y.ndim == 2:  # one-hot labels, probabilities or logits
         y = np.argmax(y, axis=-1)
     if y.ndim != 1:
         raise ShapeError(f"{what} must be class indices (N,) or scores (N, C), got shape {y.shape}")

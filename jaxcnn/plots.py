@@ -134,6 +134,11 @@ def labelled_images(
             "probabilities with plots.predictions(images, labels, probs)"
         )
     indices = [int(i) for i in idx]
+    from jaxcnn.metrics import _as_classes
+
+    labels = _as_classes(labels, "labels")  # (N,), a column (N, 1) or one-hot (N, C), as fit takes them
+    if predicted is not None:
+        predicted = _as_classes(predicted, "predicted")
     if predicted is None:
         titles = [_label(labels[i], class_names) for i in indices]
     else:

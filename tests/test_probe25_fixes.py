@@ -185,3 +185,93 @@ def test_a_batchnorm_that_updates_its_statistics_in_evaluation_is_refused_before
     assert calls == []  # before any epoch
     # the models that switch with train (and jaxcnn.layers.BatchNorm, which follows fit's mode) train as before
     jaxcnn.fit(ConvBN(), X, np.arange(16) % 10, epochs=1, batch_size=8, validation_split=0.25, verbose=0)
+
+
+def _ce(outputs, labels):
+    import optax
+
+    return optax.softmax_cross_entropy_with_integer_labels(outputs, labels)
+
+
+def _mse(outputs, labels):
+    import jax
+    import jax.numpy as jnp
+
+    return jnp.mean((jax.nn.softmax(outputs) - jax.nn.one_hot(labels, outputs.shape[-1])) ** 2, -1)
+
+
+@pytest.mark.parametrize("first, then, message", [
+    (dict(label_smoothing=0.0), dict(label_smoothing=0.3), r"label_smoothing=0.3 differs from 0.0"),
+    (dict(loss=_ce), dict(loss=_mse), r"loss_function='test_probe25_fixes._mse' differs from 'test_probe25_fixes._ce'"),
+    ("adam", "adam_fast", r"the optax optimizer's settings \(its learning rate, say\) differ from the run"),
+])
+def test_a_resume_with_another_loss_or_optax_optimizer_is_refused(first, then, message, tmp_path):
+    # label_smoothing, a loss function of one's own and an optax optimizer's settings were not
+    # compared: the resumed history mixed two runs
+    import optax
+
+    def kw(which):
+        if which == "adam":
+            return dict(optimizer=optax.adam(1e-3))
+        if which == "adam_fast":
+            return dict(optimizer=optax.adam(0.5))
+        return which
+
+    y = np.arange(16) % 10
+    common = dict(batch_size=8, verbose=0, checkpoint_dir=tmp_path / "ck", resume=True)
+    jaxcnn.fit(ConvBN(), X, y, epochs=1, **common, **kw(first))
+    with pytest.raises(jaxcnn.errors.ConfigError, match=r"^cannot resume from .*: " + message):
+        jaxcnn.fit(ConvBN(), X, y, epochs=2, **common, **kw(then))
+    result = jaxcnn.fit(ConvBN(), X, y, epochs=2, **common, **kw(first))  # the same settings resume
+    assert len(result.history["loss"]) == 2
+
+
+def test_predict_probs_of_outputs_taken_as_probabilities_sum_to_1_as_the_loss_divides_them():
+    # a sigmoid output trained with from_logits=False: predict(output="probs") gave the raw
+    # outputs (rows summing to 0.3..1.5), not the distribution the loss and evaluate use
+    class Sig(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.sigmoid(nn.Dense(10)(x.reshape(x.shape[0], -1)))
+
+    y = np.arange(16) % 10
+    state, _ = jaxcnn.fit(Sig(), X, y, epochs=1, batch_size=8, verbose=0, from_logits=False)
+    raw = jaxcnn.predict(state, X)
+    probs = jaxcnn.predict(state, X, output="probs")
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(probs, raw / raw.sum(1, keepdims=True), rtol=1e-6)
+    loss = -np.log(np.clip(probs[np.arange(16), y], 1e-7, 1 - 1e-7)).mean()
+    assert jaxcnn.evaluate(state, X, y)["loss"] == pytest.approx(loss, rel=1e-5)
+    # a float32 softmax's outputs come back as they are
+    soft = jaxcnn.create_train_state(NNXConvBN(nnx.Rngs(0)), (8, 8, 1))
+    np.testing.assert_array_equal(jaxcnn.predict(soft, X, output="probs"), jaxcnn.predict(soft, X))
+
+
+def test_labels_as_a_column_are_classes_in_the_host_metrics_and_plots():
+    # (N, 1) labels, which fit and evaluate take, were argmaxed: every label became class 0
+    from jaxcnn import metrics, plots
+
+    y_true, y_pred = np.array([0, 1, 2, 2, 1]), np.array([0, 1, 2, 1, 1])
+    np.testing.assert_array_equal(metrics.confusion_matrix(y_true[:, None], y_pred[:, None], 3),
+                                  metrics.confusion_matrix(y_true, y_pred, 3))
+    assert "accuracy 0.8000" in plots.confusion_matrix(y_true[:, None], np.eye(3)[y_pred]).axes[0].get_title()
+    fig = plots.labelled_images(np.zeros((5, 8, 8, 1), np.float32), y_true[:, None], [0, 3], predicted=y_pred[:, None])
+    assert [ax.get_title() for ax in fig.axes if ax.images] == ["Actual: 0, Predicted: 0", "Actual: 2, Predicted: 1"]
+
+
+def test_a_loss_for_one_hot_labels_given_integer_labels_says_so():
+    # optax.softmax_cross_entropy with integer labels was told to swap to Keras's order, which
+    # failed again and then suggested "<lambda>(labels, outputs)"
+    import optax
+
+    y = np.arange(16) % 10
+    with pytest.raises(jaxcnn.errors.ConfigError, match=r"it takes one-hot labels \(B, C\): pass y one-hot .*"
+                       r"optax.softmax_cross_entropy_with_integer_labels"):
+        jaxcnn.fit(ConvBN(), X, y, loss=optax.softmax_cross_entropy, verbose=0)
+
+    def keras_style(y_true, y_pred):  # Keras's order, failing on the shapes
+        return optax.softmax_cross_entropy_with_integer_labels(y_pred, y_true)
+
+    with pytest.raises(jaxcnn.errors.ConfigError, match=r"it looks Keras-style, loss\(y_true, y_pred\): pass lambda outputs, "
+                       r"labels: your_loss\(labels, outputs\)"):
+        jaxcnn.fit(ConvBN(), X, y, loss=lambda a, b: keras_style(a, b), verbose=0)

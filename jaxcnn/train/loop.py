@@ -7,6 +7,7 @@ epochs of shuffled batches with validation, callbacks, a progress bar and a :cla
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -528,9 +529,59 @@ def _fingerprint(inputs: _Inputs, state: TrainState, batch_size: int, seed: int,
     # weight is not 1 (class_weight={} or all-ones weights train as none): a checkpoint written
     # without weights resumes as before
     weighed = any(d is not None and d.w is not None and not np.all(d.w == 1) for d in (inputs.train, inputs.val))
+    loss = state.loss
     return {"data": _data_hash(inputs, weights=False), **({"weights": _data_hash(inputs, weights=True, data=False)} if weighed else {}),
-            "batch_size": batch_size, "seed": seed, "shuffle": shuffle, "loss": type(state.loss).__name__,
-            "optimizer": state.optimizer_spec}
+            "batch_size": batch_size, "seed": seed, "shuffle": shuffle, "loss": type(loss).__name__,
+            "optimizer": state.optimizer_spec,
+            # compared only with checkpoints that record them (version 2, 2026-12-05): older ones resume as before
+            "version": 2, "label_smoothing": float(getattr(loss, "label_smoothing", 0.0) or 0.0),
+            "loss_function": _qualname(loss.fn) if isinstance(loss, losses.CustomLoss) else None,
+            "optax": _optax_settings(state.tx) if state.optimizer_spec is None else None}
+
+
+#: Keys of the fingerprint compared only when the checkpoint has them (written from version 2 on).
+_V2_KEYS = ("label_smoothing", "loss_function", "optax")
+
+
+def _qualname(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
+def _optax_settings(tx: Any, depth: int = 0) -> str:
+    """The numbers, strings and function names an optax transformation closes over (its learning
+    rate, betas, schedule and the chain's parts), found through its functions' closures: what
+    tells optax.adam(1e-3) from optax.adam(0.5) when nothing else records it."""
+    found: list[str] = []
+
+    def walk(obj: Any, level: int) -> None:
+        if level > 12 or len(found) > 500:
+            return
+        if obj is None or isinstance(obj, (bool, int, float, str, np.number)):
+            found.append(repr(obj.item() if isinstance(obj, np.number) else obj))
+        elif isinstance(obj, (tuple, list)):
+            for item in obj:
+                walk(item, level + 1)
+        elif isinstance(obj, dict):
+            for k in sorted(obj, key=str):
+                found.append(str(k))
+                walk(obj[k], level + 1)
+        elif isinstance(obj, (np.ndarray, jax.Array)) and np.size(obj) <= 64:
+            found.append(repr(np.asarray(obj).tolist()))
+        elif callable(obj) and not isinstance(obj, type):
+            fn = getattr(obj, "__wrapped__", obj)
+            found.append(getattr(fn, "__qualname__", type(fn).__name__))
+            for cell in getattr(fn, "__closure__", None) or ():
+                try:
+                    walk(cell.cell_contents, level + 1)
+                except ValueError:  # an empty cell
+                    pass
+            if isinstance(obj, functools.partial):
+                walk(obj.args, level + 1)
+                walk(obj.keywords, level + 1)
+
+    for part in (getattr(tx, "init", None), getattr(tx, "update", None)):
+        walk(part, depth)
+    return hashlib.blake2b(" ".join(found).encode(), digest_size=12).hexdigest()
 
 
 def _data_hash(inputs: _Inputs, *, weights: bool, data: bool = True) -> str:
@@ -589,9 +640,12 @@ def _restore(ckpts: Any, state: TrainState, fingerprint: dict[str, Any], hooks: 
             saved = {**saved, "data": fingerprint["data"], "weights": fingerprint["weights"]}  # weights hashed with the data, as before
         for key in {**fingerprint, **({"weights": None} if "weights" in saved else {})}:
             value = fingerprint.get(key)
+            if key == "version" or (key in _V2_KEYS and saved.get("version", 1) < 2):
+                continue
             if saved.get(key) != value and not (key == "optimizer" and _same_optimizer(saved.get(key), value)):
                 what = ("the training data differ from" if key == "data" else
                         "the class_weight or sample_weight (or their absence) differs from" if key == "weights" else
+                        "the optax optimizer's settings (its learning rate, say) differ from" if key == "optax" else
                         f"{key}={value!r} differs from {saved.get(key)!r} in")
                 raise ConfigError(f"cannot resume from {ckpts.directory}: {what} the run that wrote it; "
                                   "resume with the same data and settings, or start again with another checkpoint_dir")
@@ -1034,8 +1088,9 @@ def evaluate(state: TrainState, x: Any, y: Any = None, batch_size: int | None = 
 def predict(state: TrainState, x: Any, batch_size: int | None = PREDICT_BATCH, output: str = "logits", *,
             verbose: int | str = 0) -> np.ndarray:
     """Model outputs for ``x`` (N, H, W, C): ``"logits"`` (the raw outputs (N, classes): logits,
-    or the probabilities of a model that ends in a softmax), ``"probs"`` (softmax of logits; a
-    softmax output as it is) or ``"classes"`` (N,). ``verbose`` 1, 2 or "auto" prints how many
+    or the probabilities of a model that ends in a softmax), ``"probs"`` (softmax of logits;
+    outputs taken as probabilities divided by their sums, as the loss divides them) or
+    ``"classes"`` (N,). ``verbose`` 1, 2 or "auto" prints how many
     examples and how long, when done (default 0: silent)."""
     state = state_of(state, "predict")
     verbose = _check_verbose(verbose)
@@ -1054,6 +1109,14 @@ def predict(state: TrainState, x: Any, batch_size: int | None = PREDICT_BATCH, o
         print(f"{_plural(len(xs), 'example')} predicted in {time.perf_counter() - t0:.1f}s", flush=True)
     if output == "classes":
         return raw.argmax(-1)
-    if output == "probs" and not state_mod.with_outputs_decided(state, xs, raw).outputs_are_probs:
-        return np.asarray(jax.nn.softmax(raw, axis=-1))
+    if output == "probs":
+        if not state_mod.with_outputs_decided(state, xs, raw).outputs_are_probs:
+            return np.asarray(jax.nn.softmax(raw, axis=-1))
+        # outputs taken as probabilities: divided by their sums, as the loss divides them (Keras's
+        # cross-entropy): a sigmoid output's rows, a bfloat16 softmax's, sum to 1
+        # (a float32 softmax's rows, within rounding of 1, are returned as they are)
+        total = raw.sum(-1, keepdims=True, dtype=np.float64)
+        if np.all(np.abs(total - 1.0) <= 1e-5):
+            return raw
+        return np.where(total > 0, raw / np.where(total > 0, total, 1.0), raw).astype(raw.dtype)
     return raw
