@@ -275,3 +275,14 @@ def test_a_loss_for_one_hot_labels_given_integer_labels_says_so():
     with pytest.raises(jaxcnn.errors.ConfigError, match=r"it looks Keras-style, loss\(y_true, y_pred\): pass lambda outputs, "
                        r"labels: your_loss\(labels, outputs\)"):
         jaxcnn.fit(ConvBN(), X, y, loss=lambda a, b: keras_style(a, b), verbose=0)
+
+
+def test_fit_says_it_leaves_the_confusion_matrix_out_of_its_logs():
+    # metrics=["confusion_matrix"] was accepted by fit and silently dropped from every log
+    y = np.arange(16) % 10
+    with pytest.warns(UserWarning, match=r"so 'confusion_matrix' \(an array\) is left out of the history.*jaxcnn.evaluate\(state, "
+                      r"x, y, metrics=\['confusion_matrix'\]\)") as w:
+        result = jaxcnn.fit(ConvBN(), X, y, epochs=1, batch_size=8, metrics=["confusion_matrix", "f1"], verbose=0)
+    assert [r.filename for r in w if "confusion_matrix" in str(r.message)] == [__file__]
+    assert "f1" in result.history and "confusion_matrix" not in result.history
+    assert jaxcnn.evaluate(result.state, X, y, metrics=["confusion_matrix"])["confusion_matrix"].sum() == 16

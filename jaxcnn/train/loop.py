@@ -912,6 +912,7 @@ def fit(
                                      metrics=_get_metrics(metrics, weighted_metrics), sample=inputs.train.x[: state_mod.SAMPLE])
         strategy = choose_strategy(devices, batch_size, state, data_on_device, per_step=per_step)
     state = _resolve_loss(state, loss, from_logits, label_smoothing, inputs.train.x, inputs.train.y, outputs)
+    _warn_array_metrics(state.metrics)
     history = History(params={"verbose": verbose, "epochs": epochs, "steps": -(-len(inputs.train.x) // batch_size),  # Keras's three
                               "batch_size": batch_size, "samples": len(inputs.train.x), "seed": seed})
     ckpts = None
@@ -977,6 +978,20 @@ def fit(
         # A mesh the user asked for (devices="all", a count) stays.
         state = jax.device_put(state, strategy.devices[0])
     return FitResult(state, history)
+
+
+def _warn_array_metrics(metrics: Sequence[Any]) -> None:
+    """Warn that a metric whose result is an array (the confusion matrix) is left out of fit's
+    logs, which hold a number per epoch (Keras's); evaluate gives it."""
+    from jaxcnn.metrics import ConfusionMatrix
+
+    names = [m.name for m in metrics if isinstance(getattr(m, "metric", m), ConfusionMatrix)]
+    if names:
+        warnings.warn(
+            f"fit's logs hold a number per epoch, as Keras's do, so {', '.join(repr(n) for n in names)} (an array) is "
+            "left out of the history, the progress bar and the callbacks' logs; get it after training with "
+            "jaxcnn.evaluate(state, x, y, metrics=['confusion_matrix'])",
+            UserWarning, stacklevel=3)
 
 
 def _get_metrics(metrics: Sequence[Any], weighted_metrics: Sequence[Any] = ()) -> tuple[Any, ...]:
