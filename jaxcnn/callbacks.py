@@ -303,9 +303,15 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, float], loop: Loop) -> None:
         current = monitored(logs, self.monitor)
         if current is None:
+            freq = (getattr(getattr(loop, "history", None), "params", None) or {}).get("validation_freq")
+            if self.monitor.startswith("val_") and isinstance(freq, int) and freq > 1:
+                why = (f"fit validates every {freq} epochs (validation_freq={freq}), so it is compared on the epochs "
+                       "that validate and patience counts those")
+            else:
+                why = "pass validation data or monitor another metric"
             warnings.warn(
-                f"EarlyStopping monitors {self.monitor!r}, which is not in the logs "
-                f"(available: {', '.join(logs)}); pass validation data or monitor another metric",
+                f"EarlyStopping monitors {self.monitor!r}, which is not in the logs of epoch {epoch + 1} "
+                f"(available: {', '.join(logs)}); {why}",
                 stacklevel=_user_stacklevel(),
             )
             return

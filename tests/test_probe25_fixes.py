@@ -286,3 +286,13 @@ def test_fit_says_it_leaves_the_confusion_matrix_out_of_its_logs():
     assert [r.filename for r in w if "confusion_matrix" in str(r.message)] == [__file__]
     assert "f1" in result.history and "confusion_matrix" not in result.history
     assert jaxcnn.evaluate(result.state, X, y, metrics=["confusion_matrix"])["confusion_matrix"].sum() == 16
+
+
+def test_early_stopping_on_an_epoch_without_validation_names_validation_freq():
+    # "pass validation data" was said although validation data was passed, on the epochs
+    # validation_freq skips
+    y = np.arange(16) % 10
+    with pytest.warns(UserWarning, match=r"^EarlyStopping monitors 'val_loss', which is not in the logs of epoch 1 .*fit validates "
+                      r"every 2 epochs \(validation_freq=2\)"):
+        jaxcnn.fit(ConvBN(), X, y, epochs=2, batch_size=8, validation_split=0.25, validation_freq=2, verbose=0,
+                   callbacks=[jaxcnn.EarlyStopping(monitor="val_loss", patience=0)])

@@ -914,7 +914,8 @@ def fit(
     state = _resolve_loss(state, loss, from_logits, label_smoothing, inputs.train.x, inputs.train.y, outputs)
     _warn_array_metrics(state.metrics)
     history = History(params={"verbose": verbose, "epochs": epochs, "steps": -(-len(inputs.train.x) // batch_size),  # Keras's three
-                              "batch_size": batch_size, "samples": len(inputs.train.x), "seed": seed})
+                              "batch_size": batch_size, "samples": len(inputs.train.x), "seed": seed,
+                              "validation_freq": validation_freq if inputs.val is not None else None})
     ckpts = None
     if checkpoint_dir is not None:
         ckpts = _open_checkpoints(checkpoint_dir, resume, "val_loss" if inputs.val is not None and validation_freq == 1 else "loss")
