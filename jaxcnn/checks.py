@@ -56,14 +56,14 @@ def as_array(x: Any, what: str = "x") -> np.ndarray:
 
 def _channels_first(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
     """Whether a 4-axis ``shape`` looks like (N, C, H, W): it is the model's (H, W, C) with the
-    channel axis moved first, or (with no model shape yet) 1, 3 or 4 (RGBA) channels before two
-    image axes of at least 8 pixels."""
+    channel axis moved first, or (with no model shape yet) 1 to 4 channels (gray, two bands,
+    RGB, RGBA) before two image axes of at least 8 pixels."""
     if len(shape) != 4:
         return False
     if expected:
         h, w, c = expected
         return tuple(shape[1:]) == (c, h, w) and tuple(shape[1:]) != tuple(expected)
-    return shape[1] in (1, 3, 4) and shape[2] >= 8 and shape[3] >= 8 and shape[3] not in (1, 3, 4)
+    return shape[1] in (1, 2, 3, 4) and shape[2] >= 8 and shape[3] >= 8 and shape[3] not in (1, 2, 3, 4)
 
 
 def check_input_shape(shape: tuple[int, ...], what: str = "input_shape") -> None:

@@ -296,3 +296,10 @@ def test_early_stopping_on_an_epoch_without_validation_names_validation_freq():
                       r"every 2 epochs \(validation_freq=2\)"):
         jaxcnn.fit(ConvBN(), X, y, epochs=2, batch_size=8, validation_split=0.25, validation_freq=2, verbose=0,
                    callbacks=[jaxcnn.EarlyStopping(monitor="val_loss", patience=0)])
+
+
+def test_two_channel_images_channels_first_are_told_to_transpose():
+    # (N, 2, 28, 28) trained as 2x28 images of 28 channels
+    x = rng.uniform(0, 1, (16, 2, 12, 12)).astype(np.float32)
+    with pytest.raises(jaxcnn.errors.ShapeError, match=r"looks channels-first \(N, C, H, W\).*x.transpose\(0, 2, 3, 1\)"):
+        jaxcnn.fit(ConvBN(), x, np.arange(16) % 10, verbose=0)
