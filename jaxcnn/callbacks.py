@@ -486,7 +486,8 @@ class BackupAndRestore(Callback):
 def _auto_mode(monitor: str, mode: str, owner: str) -> str:
     """Keras's "auto" for jaxcnn's log keys: maximise accuracies (any name with "acc"), AUC,
     precision, recall and F1 (``keras.metrics``' ``_direction = "up"``), minimise the loss.
-    Keras raises for a name it cannot place; here any other name is minimised."""
+    Keras raises for a name it cannot place; here any other name is minimised, with a warning
+    unless it names a loss or an error."""
     if mode not in ("auto", "min", "max"):
         raise ConfigError(f"{owner} mode must be 'auto', 'min' or 'max', got {mode!r}")
     if mode != "auto":
@@ -494,6 +495,13 @@ def _auto_mode(monitor: str, mode: str, owner: str) -> str:
     name = monitor.removeprefix("val_")
     if any(s in name for s in ("acc", "auc", "precision", "recall", "f1")):
         return "max"
+    if not any(s in name.lower() for s in ("loss", "error", "mse", "mae", "crossentropy", "hinge", "divergence",
+                                            "learning_rate", "lr")):
+        from jaxcnn.checks import _user_stacklevel
+
+        warnings.warn(f"{owner}(monitor={monitor!r}) cannot tell whether it should rise or fall (Keras raises here); it is "
+                      "minimised: pass mode='max' for a score that rises, or mode='min'", UserWarning,
+                      stacklevel=_user_stacklevel())
     return "min"
 
 

@@ -208,7 +208,7 @@ def training_curves(
         from jaxcnn.callbacks import _auto_mode
 
         values = np.asarray(h[monitor], float)  # NaN where validation_freq skipped an epoch
-        best_epoch = epochs[int(np.nanargmax(values) if _auto_mode(monitor, "auto", "monitor") == "max" else np.nanargmin(values))]
+        best_epoch = epochs[int(np.nanargmax(values) if _auto_mode(monitor, "auto", "plots.training_curves") == "max" else np.nanargmin(values))]
     lrs = [float(v) for v in h.get("learning_rate", [])]
     if learning_rate is None:
         learning_rate = len({v for v in lrs if np.isfinite(v)}) > 1

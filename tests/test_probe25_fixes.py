@@ -303,3 +303,18 @@ def test_two_channel_images_channels_first_are_told_to_transpose():
     x = rng.uniform(0, 1, (16, 2, 12, 12)).astype(np.float32)
     with pytest.raises(jaxcnn.errors.ShapeError, match=r"looks channels-first \(N, C, H, W\).*x.transpose\(0, 2, 3, 1\)"):
         jaxcnn.fit(ConvBN(), x, np.arange(16) % 10, verbose=0)
+
+
+def test_auto_mode_warns_for_a_name_it_cannot_place():
+    # a custom score (val_top2) was minimised silently in auto mode, where Keras raises
+    import warnings
+
+    with pytest.warns(UserWarning, match=r"^EarlyStopping\(monitor='val_top2'\) cannot tell whether it should rise or fall "
+                      r"\(Keras raises here\); it is minimised: pass mode='max'") as w:
+        jaxcnn.EarlyStopping(monitor="val_top2")
+    assert [r.filename for r in w] == [__file__]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for monitor in ("val_loss", "val_accuracy", "val_f1", "mae", "val_my_error"):
+            jaxcnn.EarlyStopping(monitor=monitor)
+        jaxcnn.EarlyStopping(monitor="val_top2", mode="max")

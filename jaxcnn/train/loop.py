@@ -90,7 +90,7 @@ class History:
         values = self.history.get(monitor)
         if not values:
             raise ConfigError(f"history has no {monitor!r}; it has {', '.join(self.history)}")
-        mode = _auto_mode(monitor, mode, "best_epoch")
+        mode = _auto_mode(monitor, mode, "History.best_epoch")
         if np.all(np.isnan(values)):
             raise ConfigError(f"history's {monitor!r} has no value (NaN in every epoch)")
         i = int(np.nanargmax(values) if mode == "max" else np.nanargmin(values))
