@@ -445,11 +445,11 @@ def load(directory: str | os.PathLike[str], model: Any = None) -> tuple[Any, dic
         variables = serialization.from_bytes(template, blob)
     except Exception as e:  # msgpack raises many kinds
         raise CheckpointError(f"{params_path} cannot be read as parameters of {name!r}: {e}") from None
-    _check_shapes(template, variables, params_path, name)
+    _check_shapes(template, variables, params_path, name, rebuilt=model is None)
     return module, variables, meta
 
 
-def _check_shapes(template: Any, variables: Any, path: Path, name: str) -> None:
+def _check_shapes(template: Any, variables: Any, path: Path, name: str, rebuilt: bool = False) -> None:
     want = jax.tree_util.tree_flatten_with_path(template)[0]
     got = dict(jax.tree_util.tree_flatten_with_path(variables)[0])
     for key, leaf in want:
@@ -459,6 +459,8 @@ def _check_shapes(template: Any, variables: Any, path: Path, name: str) -> None:
             raise CheckpointError(
                 f"{path} does not match model {name!r}: {where} should have shape {tuple(leaf.shape)}, "
                 f"found {None if arr is None else tuple(np.shape(arr))}; was it saved from another architecture?"
+                + (" Or was the module built with an argument the export could not record (its export warned: one not "
+                   "kept as a plain attribute)? Then pass it built again: load_state(directory, model=...)" if rebuilt else "")
             )
 
 

@@ -318,3 +318,24 @@ def test_auto_mode_warns_for_a_name_it_cannot_place():
         for monitor in ("val_loss", "val_accuracy", "val_f1", "mae", "val_my_error"):
             jaxcnn.EarlyStopping(monitor=monitor)
         jaxcnn.EarlyStopping(monitor="val_top2", mode="max")
+
+
+class NNXRenamed(nnx.Module):  # keeps its width under another name: an export cannot record it
+    def __init__(self, width: int = 8, *, rngs):
+        self.w = width
+        self.conv = nnx.Conv(1, width, (3, 3), rngs=rngs)
+        self.fc = nnx.Linear(width * 64, 10, rngs=rngs)
+
+    def __call__(self, x):
+        return self.fc(nnx.relu(self.conv(x)).reshape(x.shape[0], -1))
+
+
+def test_reloading_a_module_whose_argument_was_not_recorded_suggests_model(tmp_path):
+    state = jaxcnn.create_train_state(NNXRenamed(6, rngs=nnx.Rngs(0)), (8, 8, 1))
+    with pytest.warns(UserWarning, match="does not keep as a plain attribute self.width"):
+        jaxcnn.checkpoint.export(tmp_path / "m", state)
+    with pytest.raises(jaxcnn.errors.CheckpointError, match=r"another architecture\? Or was the module built with an argument "
+                       r"the export could not record .* load_state\(directory, model=\.\.\.\)$"):
+        jaxcnn.checkpoint.load_state(tmp_path / "m")
+    again = jaxcnn.checkpoint.load_state(tmp_path / "m", model=NNXRenamed(6, rngs=nnx.Rngs(1)))
+    np.testing.assert_array_equal(jaxcnn.predict(again, X), jaxcnn.predict(state, X))
