@@ -136,8 +136,9 @@ def labelled_images(
     indices = [int(i) for i in idx]
     from jaxcnn.metrics import _as_classes
 
-    labels = _as_classes(labels, "labels")  # (N,), a column (N, 1) or one-hot (N, C), as fit takes them
-    if predicted is not None:
+    if np.ndim(labels) == 2:  # a column (N, 1) or one-hot (N, C), as fit takes them; (N,) stays as given
+        labels = _as_classes(labels, "labels")
+    if predicted is not None and np.ndim(predicted) == 2:
         predicted = _as_classes(predicted, "predicted")
     if predicted is None:
         titles = [_label(labels[i], class_names) for i in indices]

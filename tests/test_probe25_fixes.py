@@ -99,7 +99,7 @@ class NNXHead(nnx.Module):
         return nnx.softmax(self.fc(nnx.relu(self.conv(x)).reshape(x.shape[0], -1)))
 
 
-@pytest.mark.parametrize("model", [Head, NNXHead], ids=["linen", "nnx"])
+@pytest.mark.parametrize("model", [Head, Head(width=3)], ids=["class", "instance"])
 def test_a_search_refuses_labels_past_its_models_outputs_before_the_study(model, tmp_path):
     # labels 1..10 made every trial invalid, and the study kept them: the corrected labels in the
     # same out= were then refused as "a different search (it differs in data)"
@@ -339,3 +339,53 @@ def test_reloading_a_module_whose_argument_was_not_recorded_suggests_model(tmp_p
         jaxcnn.checkpoint.load_state(tmp_path / "m")
     again = jaxcnn.checkpoint.load_state(tmp_path / "m", model=NNXRenamed(6, rngs=nnx.Rngs(1)))
     np.testing.assert_array_equal(jaxcnn.predict(again, X), jaxcnn.predict(state, X))
+
+
+class Outputs(nn.Module):  # its outputs follow a searched attribute
+    outputs: int = 2
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(self.outputs)(x.reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("model, space", [
+    (Outputs, {"outputs": "five"}),         # a searched attribute sets the outputs: the defaults' 2 would refuse labels 0..4
+    (NNXHead, {"width": "choice"}),         # NNX: not built before the study (it would make its weights)
+], ids=["outputs-from-the-space", "nnx"])
+def test_a_search_whose_outputs_cannot_be_known_before_its_trials_is_not_refused(model, space, tmp_path):
+    from jaxcnn import search
+    from jaxcnn.search import Choice
+
+    space = {"outputs": Choice((5,))} if "outputs" in space else {"width": Choice((2, 4))}
+    x = rng.uniform(0, 1, (60, 8, 8, 1)).astype(np.float32)
+    y = np.arange(60) % 5
+    result = search.random_search(x, y, space, model=model, trials=1, epochs=1, batch_size=16, verbose=0)
+    assert [t.status for t in result.trials] == ["ok"]
+
+
+def test_predict_probs_of_a_loss_of_ones_own_are_the_outputs_as_they_are():
+    # multi-label sigmoids trained with a binary cross-entropy of one's own: per-label
+    # probabilities, not divided by their row sums
+    import jax.numpy as jnp
+
+    class Multi(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.sigmoid(nn.Dense(4)(x.reshape(x.shape[0], -1)))
+
+    y = (np.arange(64).reshape(16, 4) % 3 == 0).astype(np.float32)
+
+    def bce(outputs, labels):
+        p = jnp.clip(outputs, 1e-7, 1 - 1e-7)
+        return -(labels * jnp.log(p) + (1 - labels) * jnp.log(1 - p)).mean(-1)
+
+    state, _ = jaxcnn.fit(Multi(), X, y, epochs=1, batch_size=8, verbose=0, loss=bce, from_logits=False)
+    np.testing.assert_array_equal(jaxcnn.predict(state, X, output="probs"), jaxcnn.predict(state, X))
+
+
+def test_labelled_images_take_string_digit_labels_as_before():
+    from jaxcnn import plots
+
+    fig = plots.labelled_images(np.zeros((3, 8, 8, 1), np.float32), np.array(["0", "1", "2"]))
+    assert [ax.get_title() for ax in fig.axes if ax.images] == ["0", "1", "2"]

@@ -233,7 +233,9 @@ def random_search(
         raise ConfigError("the search space is empty; give dimensions, or a model function trial -> module that suggests its own")
     check_space_names(space, config.model)  # a misspelled key would make every trial invalid
     say = print if config.verbose else (lambda *a, **k: None)
-    data = _prepare_data(x, y, validation_data, config)
+    # a model's outputs are found before the study only where nothing else starts JAX in this
+    # process: worker processes start their own (a GPU client here would hold their memory)
+    data = _prepare_data(x, y, validation_data, config, space if workers == 1 else None)
     _check_class_weight_classes(config, data)
     # A model function may suggest its own batch_size (then batch_size= is not used): not checked here.
     given = "batch_size" in overrides or (config_given and config_given.batch_size != SearchConfig.batch_size)
@@ -451,25 +453,32 @@ def _num_classes(model: Any) -> int | None:
     return int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0 else None
 
 
-def _traced_classes(model: Any, input_shape: tuple[int, ...]) -> int | None:
-    """The outputs of a Flax class or module (not a define-by-run function) built as a trial
-    would build it without values (its own defaults), found by tracing; None where it cannot be
-    built so (a value it needs comes from the space) or is no classifier. Labels past these
-    outputs would make every trial invalid: they are refused before the study is made."""
+def _traced_classes(model: Any, input_shape: tuple[int, ...], space: dict[str, Any], seed: int) -> int | None:
+    """The outputs of a linen class or module (not NNX, whose construction makes its weights; not
+    a define-by-run function), found by tracing it (nothing runs) built with its own defaults and
+    with the first trial's values: the count both give. None where it cannot be built so, the two
+    differ, or a searched attribute names classes or outputs (the outputs follow the space), or
+    it is no classifier. Labels past these outputs would make every trial invalid: they are
+    refused before the study is made."""
     import warnings
 
-    from jaxcnn.search.engine import build_model
+    from jaxcnn.search.engine import _is_nnx_module, _nnx_class, build_model
     from jaxcnn.train.state import output_classes
 
-    if isinstance(model, str) or is_define_by_run(model):
+    if isinstance(model, str) or is_define_by_run(model) or _nnx_class(model) or _is_nnx_module(model):
         return None
+    if any("class" in name.lower() or "output" in name.lower() for name in space):
+        return None
+    counts = set()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            classes = output_classes(build_model(model, None, {}, 0)[0], input_shape)
+            for values in ({}, sample(space, seed, 1)):
+                counts.add(output_classes(build_model(model, None, values, 0)[0], input_shape))
     except Exception:  # noqa: BLE001 - the trial reports the model's own error
         return None
-    return classes if classes >= 2 else None
+    classes = counts.pop() if len(counts) == 1 else None
+    return classes if classes is not None and classes >= 2 else None
 
 
 def _check_labels(y: Any, n: int, num_classes: int | None, what: str) -> np.ndarray:
@@ -489,13 +498,16 @@ def _check_labels(y: Any, n: int, num_classes: int | None, what: str) -> np.ndar
     return y.argmax(-1) if y.ndim == 2 else y
 
 
-def _prepare_data(x, y, validation_data, config: SearchConfig) -> Data:
+def _prepare_data(x, y, validation_data, config: SearchConfig, space: dict[str, Any] | None = None) -> Data:
     """The training and validation arrays, checked once with the checks :func:`jaxcnn.fit` runs
-    (shape, dtype, finite pixels, labels in range), so bad data fail before any trial."""
+    (shape, dtype, finite pixels, labels in range), so bad data fail before any trial. With
+    ``space``, a linen model's outputs are found by tracing (:func:`_traced_classes`)."""
     from jaxcnn import checks
 
     x = checks.check_images(x, (), "x")
-    num_classes = _num_classes(config.model) or _traced_classes(config.model, x.shape[1:])
+    num_classes = _num_classes(config.model)
+    if num_classes is None and space is not None:
+        num_classes = _traced_classes(config.model, x.shape[1:], space, config.seed)
     y = _check_labels(y, len(x), num_classes, "y")
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:

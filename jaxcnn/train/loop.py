@@ -556,8 +556,10 @@ def _optax_settings(tx: Any, depth: int = 0) -> str:
     def walk(obj: Any, level: int) -> None:
         if level > 12 or len(found) > 500:
             return
-        if obj is None or isinstance(obj, (bool, int, float, str, np.number)):
-            found.append(repr(obj.item() if isinstance(obj, np.number) else obj))
+        if obj is None or isinstance(obj, (bool, str, np.bool_)):
+            found.append(repr(obj))
+        elif isinstance(obj, (int, float, np.number)):  # optax.sgd(1) is optax.sgd(1.0), np.float32(0.5) is 0.5
+            found.append(repr(float(obj)))
         elif isinstance(obj, (tuple, list)):
             for item in obj:
                 walk(item, level + 1)
@@ -1105,8 +1107,8 @@ def predict(state: TrainState, x: Any, batch_size: int | None = PREDICT_BATCH, o
             verbose: int | str = 0) -> np.ndarray:
     """Model outputs for ``x`` (N, H, W, C): ``"logits"`` (the raw outputs (N, classes): logits,
     or the probabilities of a model that ends in a softmax), ``"probs"`` (softmax of logits;
-    outputs taken as probabilities divided by their sums, as the loss divides them) or
-    ``"classes"`` (N,). ``verbose`` 1, 2 or "auto" prints how many
+    outputs taken as probabilities divided by their sums, as the cross-entropy divides them;
+    with a loss of one's own, the outputs as they are) or ``"classes"`` (N,). ``verbose`` 1, 2 or "auto" prints how many
     examples and how long, when done (default 0: silent)."""
     state = state_of(state, "predict")
     verbose = _check_verbose(verbose)
@@ -1128,11 +1130,12 @@ def predict(state: TrainState, x: Any, batch_size: int | None = PREDICT_BATCH, o
     if output == "probs":
         if not state_mod.with_outputs_decided(state, xs, raw).outputs_are_probs:
             return np.asarray(jax.nn.softmax(raw, axis=-1))
-        # outputs taken as probabilities: divided by their sums, as the loss divides them (Keras's
-        # cross-entropy): a sigmoid output's rows, a bfloat16 softmax's, sum to 1
-        # (a float32 softmax's rows, within rounding of 1, are returned as they are)
+        # outputs taken as probabilities by jaxcnn's cross-entropy: divided by their sums, as that
+        # loss divides them (Keras's): a sigmoid output's rows, a bfloat16 softmax's, sum to 1
+        # (a float32 softmax's rows, within rounding of 1, are returned as they are). A loss of
+        # one's own (multi-label sigmoids, say) gets the outputs as they are.
         total = raw.sum(-1, keepdims=True, dtype=np.float64)
-        if np.all(np.abs(total - 1.0) <= 1e-5):
+        if isinstance(state.loss, losses.CustomLoss) or np.all(np.abs(total - 1.0) <= 1e-5):
             return raw
         return np.where(total > 0, raw / np.where(total > 0, total, 1.0), raw).astype(raw.dtype)
     return raw
