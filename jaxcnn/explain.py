@@ -307,7 +307,9 @@ def saliency(state: Any, x: Any, target: Any = None, *, samples: int = 0, noise:
     ``samples=0`` (the default) takes the plain gradient (Simonyan et al.); ``samples=n`` the
     mean gradient over ``n`` copies of the image with Gaussian noise added, of standard deviation
     ``noise`` times the image's value range (SmoothGrad; its authors suggest ``n`` about 25-50 and
-    ``noise`` 0.1-0.2). ``seed`` draws the noise, so the same call gives the same map."""
+    ``noise`` 0.1-0.2). ``seed`` draws the noise, image ``i`` of ``x`` from ``(seed, i)`` at any
+    ``batch_size``, so the same call gives the same map (the same image at another index of ``x``
+    gets other noise, and a map within the noise's spread)."""
     samples = checks.check_positive_int(samples, "samples", minimum=0)
     seed = checks.check_seed(seed)
     if not (isinstance(noise, (int, float)) and np.isfinite(noise) and noise > 0):
