@@ -389,3 +389,33 @@ def test_labelled_images_take_string_digit_labels_as_before():
 
     fig = plots.labelled_images(np.zeros((3, 8, 8, 1), np.float32), np.array(["0", "1", "2"]))
     assert [ax.get_title() for ax in fig.axes if ax.images] == ["0", "1", "2"]
+
+
+def test_a_search_whose_outputs_follow_an_attribute_of_another_name_runs():
+    # units: int = 3 with the space Choice((3, 5)) and labels 0..4: the defaults and trial 1 gave 3
+    # outputs, and the search was refused although trials 2 and 3 had 5
+    from jaxcnn import search
+    from jaxcnn.search import Choice
+
+    class Units(nn.Module):
+        units: int = 3
+
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(self.units)(x.reshape(x.shape[0], -1))
+
+    x = rng.uniform(0, 1, (60, 8, 8, 1)).astype(np.float32)
+    result = search.random_search(x, np.arange(60) % 5, {"units": Choice((3, 5))}, model=Units, trials=3, epochs=1,
+                                  batch_size=16, seed=2, verbose=0)
+    assert sorted(t.status for t in result.trials) == ["invalid", "ok", "ok"]
+
+
+def test_the_optax_fingerprint_reads_numbers_as_the_optimizer_does():
+    import optax
+
+    from jaxcnn.train.loop import _optax_settings
+
+    assert _optax_settings(optax.adam(np.float32(1e-3))) == _optax_settings(optax.adam(1e-3))
+    assert _optax_settings(optax.sgd(1)) == _optax_settings(optax.sgd(1.0))
+    assert _optax_settings(optax.sgd(0.1, 0.9, nesterov=True)) == _optax_settings(optax.sgd(0.1, 0.9, nesterov=1))
+    assert _optax_settings(optax.adam(1e-3)) != _optax_settings(optax.adam(2e-3))

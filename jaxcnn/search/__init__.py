@@ -453,13 +453,28 @@ def _num_classes(model: Any) -> int | None:
     return int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0 else None
 
 
+def _numbered_from_1(y: Any, classes: int) -> bool:
+    """Whether integer labels ``y`` are 1..``classes``, the model's classes numbered from 1 (as
+    in R): the one mistake refused before a study on a traced count, which may differ by trial."""
+    try:
+        a = np.asarray(y)
+    except Exception:  # noqa: BLE001 - the checks below say what is wrong
+        return False
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a.reshape(-1)
+    if a.ndim != 1 or not a.size or not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        return False
+    with np.errstate(invalid="ignore"):
+        return bool(np.nanmin(a) == 1 and np.nanmax(a) == classes)
+
+
 def _traced_classes(model: Any, input_shape: tuple[int, ...], space: dict[str, Any], seed: int) -> int | None:
     """The outputs of a linen class or module (not NNX, whose construction makes its weights; not
     a define-by-run function), found by tracing it (nothing runs) built with its own defaults and
     with the first trial's values: the count both give. None where it cannot be built so, the two
     differ, or a searched attribute names classes or outputs (the outputs follow the space), or
-    it is no classifier. Labels past these outputs would make every trial invalid: they are
-    refused before the study is made."""
+    it is no classifier. Labels 1..classes would make every trial invalid: they are refused
+    before the study is made (other labels past a traced count may suit other trials' models)."""
     import warnings
 
     from jaxcnn.search.engine import _is_nnx_module, _nnx_class, build_model
@@ -507,7 +522,9 @@ def _prepare_data(x, y, validation_data, config: SearchConfig, space: dict[str, 
     x = checks.check_images(x, (), "x")
     num_classes = _num_classes(config.model)
     if num_classes is None and space is not None:
-        num_classes = _traced_classes(config.model, x.shape[1:], space, config.seed)
+        traced = _traced_classes(config.model, x.shape[1:], space, config.seed)
+        if traced is not None and _numbered_from_1(y, traced):
+            num_classes = traced  # refused below with "subtract 1 from y"; other labels each trial checks
     y = _check_labels(y, len(x), num_classes, "y")
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:

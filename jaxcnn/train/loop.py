@@ -556,10 +556,13 @@ def _optax_settings(tx: Any, depth: int = 0) -> str:
     def walk(obj: Any, level: int) -> None:
         if level > 12 or len(found) > 500:
             return
-        if obj is None or isinstance(obj, (bool, str, np.bool_)):
+        if obj is None or isinstance(obj, str):
             found.append(repr(obj))
-        elif isinstance(obj, (int, float, np.number)):  # optax.sgd(1) is optax.sgd(1.0), np.float32(0.5) is 0.5
-            found.append(repr(float(obj)))
+        elif isinstance(obj, (bool, int, float, np.number, np.bool_)):
+            # as float32 numbers: optax.sgd(1) is optax.sgd(1.0), nesterov=1 is True, and
+            # np.float32(1e-3) is 1e-3 (the optimizer computes in float32 either way)
+            with np.errstate(over="ignore"):
+                found.append(repr(float(np.float32(obj))))
         elif isinstance(obj, (tuple, list)):
             for item in obj:
                 walk(item, level + 1)
