@@ -389,6 +389,8 @@ def test_labelled_images_take_string_digit_labels_as_before():
 
     fig = plots.labelled_images(np.zeros((3, 8, 8, 1), np.float32), np.array(["0", "1", "2"]))
     assert [ax.get_title() for ax in fig.axes if ax.images] == ["0", "1", "2"]
+    fig = plots.labelled_images(np.zeros((3, 8, 8, 1), np.float32), np.array(["cat", "dog", "eel"]))  # names as labels
+    assert [ax.get_title() for ax in fig.axes if ax.images] == ["cat", "dog", "eel"]
 
 
 def test_a_search_whose_outputs_follow_an_attribute_of_another_name_runs():
