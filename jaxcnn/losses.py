@@ -241,10 +241,10 @@ def check_custom(loss: Loss, num_classes: int, labels: Any) -> None:
         if labels.ndim == 1 and works(outputs, one_hot):  # optax.softmax_cross_entropy and the like
             fix = ("it takes one-hot labels (B, C): pass y one-hot (jaxcnn.data.one_hot(y, classes)), or a loss for "
                    "integer labels (optax.softmax_cross_entropy_with_integer_labels)")
-        elif works(given, outputs) or (labels.ndim == 1 and works(one_hot, outputs)):
+        elif (swapped := works(given, outputs)) or (labels.ndim == 1 and works(one_hot, outputs)):
             call = f"{loss.name}(labels, outputs)" if loss.name.isidentifier() else "your_loss(labels, outputs)"
             fix = (f"it looks Keras-style, loss(y_true, y_pred): pass lambda outputs, labels: {call}"
-                   + ("" if works(given, outputs) else " with y one-hot (jaxcnn.data.one_hot(y, classes))"))
+                   + ("" if swapped else " with y one-hot (jaxcnn.data.one_hot(y, classes))"))
         else:
             fix = "check that it takes outputs (B, C) and these labels and returns one value per example (B,)"
         raise ConfigError(

@@ -31,7 +31,7 @@ def _figure(figsize: tuple[float, float]) -> Figure:
 
 
 def _label(value: Any, class_names: Sequence[str] | None) -> str:
-    if isinstance(value, (str, np.str_)) and not value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and not value.strip().lstrip("-").isdigit():  # np.str_ too
         return str(value)  # a class name given as the label ("cat")
     value = int(value)
     return class_names[value] if class_names is not None else str(value)

@@ -453,19 +453,19 @@ def _num_classes(model: Any) -> int | None:
     return int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0 else None
 
 
-def _numbered_from_1(y: Any, classes: int) -> bool:
-    """Whether integer labels ``y`` are 1..``classes``, the model's classes numbered from 1 (as
-    in R): the one mistake refused before a study on a traced count, which may differ by trial."""
+def _top_of_labels_from_1(y: Any) -> int | None:
+    """The largest of integer labels ``y`` whose smallest is 1 (numbered from 1, as in R: with a
+    traced count of that many classes, the one mistake refused before a study), else None."""
     try:
         a = np.asarray(y)
     except Exception:  # noqa: BLE001 - the checks below say what is wrong
-        return False
+        return None
     if a.ndim == 2 and a.shape[1] == 1:
         a = a.reshape(-1)
     if a.ndim != 1 or not a.size or not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
-        return False
+        return None
     with np.errstate(invalid="ignore"):
-        return bool(np.nanmin(a) == 1 and np.nanmax(a) == classes)
+        return int(np.nanmax(a)) if np.nanmin(a) == 1 and np.isfinite(np.nanmax(a)) else None
 
 
 def _traced_classes(model: Any, input_shape: tuple[int, ...], space: dict[str, Any], seed: int) -> int | None:
@@ -521,10 +521,9 @@ def _prepare_data(x, y, validation_data, config: SearchConfig, space: dict[str, 
 
     x = checks.check_images(x, (), "x")
     num_classes = _num_classes(config.model)
-    if num_classes is None and space is not None:
-        traced = _traced_classes(config.model, x.shape[1:], space, config.seed)
-        if traced is not None and _numbered_from_1(y, traced):
-            num_classes = traced  # refused below with "subtract 1 from y"; other labels each trial checks
+    top = _top_of_labels_from_1(y) if num_classes is None and space is not None else None
+    if top is not None and _traced_classes(config.model, x.shape[1:], space, config.seed) == top:  # traced only then
+        num_classes = top  # refused below with "subtract 1 from y"; other labels each trial checks
     y = _check_labels(y, len(x), num_classes, "y")
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:

@@ -547,7 +547,7 @@ def _qualname(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
 
 
-def _optax_settings(tx: Any, depth: int = 0) -> str:
+def _optax_settings(tx: Any) -> str:
     """The numbers, strings and function names an optax transformation closes over (its learning
     rate, betas, schedule and the chain's parts), found through its functions' closures: what
     tells optax.adam(1e-3) from optax.adam(0.5) when nothing else records it."""
@@ -585,7 +585,7 @@ def _optax_settings(tx: Any, depth: int = 0) -> str:
                 walk(obj.keywords, level + 1)
 
     for part in (getattr(tx, "init", None), getattr(tx, "update", None)):
-        walk(part, depth)
+        walk(part, 0)
     return hashlib.blake2b(" ".join(found).encode(), digest_size=12).hexdigest()
 
 
@@ -1137,8 +1137,10 @@ def predict(state: TrainState, x: Any, batch_size: int | None = PREDICT_BATCH, o
         # loss divides them (Keras's): a sigmoid output's rows, a bfloat16 softmax's, sum to 1
         # (a float32 softmax's rows, within rounding of 1, are returned as they are). A loss of
         # one's own (multi-label sigmoids, say) gets the outputs as they are.
+        if isinstance(state.loss, losses.CustomLoss):
+            return raw
         total = raw.sum(-1, keepdims=True, dtype=np.float64)
-        if isinstance(state.loss, losses.CustomLoss) or np.all(np.abs(total - 1.0) <= 1e-5):
+        if np.all(np.abs(total - 1.0) <= 1e-5):
             return raw
         return np.where(total > 0, raw / np.where(total > 0, total, 1.0), raw).astype(raw.dtype)
     return raw
