@@ -228,8 +228,18 @@ def _check_statistics_in_evaluation(adapter: Model, variables: Any, input_shape:
     only for a model with batch statistics."""
     if adapter.kind != "linen" or not jax.tree.leaves(variables.get("batch_stats", {})):
         return
+    leaves, treedef = jax.tree.flatten(variables)
+    # by the variables' shapes alone: checked once per model and input shape (a search's trials,
+    # a second fit), not traced again at every start
+    _check_evaluation_trace(adapter, tuple(input_shape), treedef, tuple((tuple(a.shape), str(a.dtype)) for a in leaves))
+
+
+@memo_if_hashable(maxsize=32)
+def _check_evaluation_trace(adapter: Model, input_shape: tuple[int, ...], treedef: Any,
+                            leaves: tuple[tuple[tuple[int, ...], str], ...]) -> None:
     from flax.errors import ModifyScopeVariableError
 
+    variables = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in leaves])
     x = jax.ShapeDtypeStruct((SAMPLE, *input_shape), jnp.float32)
     try:
         jax.eval_shape(lambda v, x: adapter.apply(v, x, train=False, mutable=["losses"]), variables, x)
